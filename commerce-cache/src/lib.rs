@@ -1,0 +1,1 @@
+//! commerce-cache (work in progress).

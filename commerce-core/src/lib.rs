@@ -1,0 +1,1 @@
+//! commerce-core (being written).

@@ -1,0 +1,1 @@
+//! Attribute macros for commerce-lock (work in progress).

@@ -1,0 +1,1 @@
+//! commerce-lock (work in progress).

@@ -1,0 +1,1 @@
+//! commerce-outbox (work in progress).
