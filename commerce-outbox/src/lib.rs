@@ -1,1 +1,65 @@
-//! commerce-outbox (work in progress).
+//! Transactional outbox for commerce-rs: no event lost, none published for a rolled-back
+//! transaction, each aggregate's events in commit order.
+//!
+//! ```no_run
+//! use commerce_outbox::{enqueue, ensure_topics, NewEvent, Relay, TopicSettings};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/shop").await?;
+//! commerce_outbox::MIGRATOR.run(&pool).await?;
+//! ensure_topics("127.0.0.1:9092", &["orders"], TopicSettings::default()).await?;
+//!
+//! // The event is written in the business transaction and exists only if it commits.
+//! let mut tx = pool.begin().await?;
+//! // ... insert the order on &mut *tx ...
+//! let event = NewEvent::new("orders", "order.created", "order", "o-42", serde_json::json!({"total_cents": 1999}));
+//! enqueue(&mut tx, &event).await?;
+//! tx.commit().await?;
+//!
+//! // The relay publishes it (woken by NOTIFY at commit) with key "o-42".
+//! let relay = Relay::builder(pool.clone(), "127.0.0.1:9092").build()?.spawn();
+//! // ...
+//! relay.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces:
+//! - [`enqueue`] writes an [`NewEvent`] in the caller's transaction ([`MIGRATOR`] creates the
+//!   `commerce_outbox` schema).
+//! - [`Relay`] publishes committed rows with an idempotent `acks=all` producer, several
+//!   relays side by side, per-aggregate order kept, broker outages waited out with backoff,
+//!   refused events dead-lettered to `<topic>.dlq` ([`dead_letter`] lists and replays them;
+//!   so does the `commerce-outbox` command-line tool).
+//! - [`InboxConsumer`] and [`inbox`] make consumers idempotent; [`saga`] builds
+//!   choreographed sagas on top, with a persisted saga log.
+//!
+//! See `docs/outbox.md` for the envelope, failure behaviour and benchmark figures.
+#![warn(missing_docs)]
+
+mod backoff;
+mod consumer;
+pub mod dead_letter;
+mod enqueue;
+mod error;
+mod event;
+pub mod inbox;
+mod kafka;
+mod metrics;
+mod migrate;
+mod relay;
+mod retention;
+pub mod saga;
+
+pub use backoff::Backoff;
+pub use consumer::{
+    decode_envelope, ConsumerHandle, ConsumerStats, EventHandler, HandlerError, InboxConsumer,
+    InboxConsumerBuilder,
+};
+pub use enqueue::{enqueue, enqueue_all, NOTIFY_CHANNEL};
+pub use error::{Error, Result};
+pub use event::{DomainEvent, Envelope, EventId, NewEvent, TopicRoutes};
+pub use kafka::{dlq_topic, ensure_topics, TopicSettings};
+pub use metrics::{outbox_stats, OutboxStats, RelayMetrics};
+pub use migrate::MIGRATOR;
+pub use relay::{Relay, RelayBuilder, RelayHandle};
+pub use retention::{prune_settled, PruneReport};

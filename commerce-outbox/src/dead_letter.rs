@@ -1,0 +1,140 @@
+//! Dead letters: list, inspect, replay, discard.
+//!
+//! An event the broker kept refusing becomes a dead letter after the relay's
+//! `max_attempts`. Later events of the same aggregate are held (not published) until the
+//! dead letter is replayed or discarded, so no consumer ever sees an aggregate's events out
+//! of order or with a hole it cannot detect.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::EventId;
+
+const COLUMNS: &str = "
+    e.id, e.topic, e.event_type, e.aggregate_type, e.aggregate_id, e.aggregate_seq,
+    e.occurred_at, e.schema_version, e.payload, e.status, e.attempts, e.last_error,
+    e.created_at, e.published_at, e.dead_at,
+    (SELECT count(*) FROM commerce_outbox.event h
+     WHERE h.aggregate_type = e.aggregate_type AND h.aggregate_id = e.aggregate_id
+       AND h.aggregate_seq > e.aggregate_seq AND h.status = 'pending') AS held_behind";
+
+/// An outbox row with its delivery state, as the dead-letter tools show it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OutboxEvent {
+    /// Event id.
+    #[sqlx(try_from = "Uuid")]
+    pub id: EventId,
+    /// Target topic.
+    pub topic: String,
+    /// Event type.
+    pub event_type: String,
+    /// Aggregate type.
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// Position within the aggregate (commit order).
+    pub aggregate_seq: i64,
+    /// When the fact happened.
+    pub occurred_at: DateTime<Utc>,
+    /// Payload schema version.
+    pub schema_version: i32,
+    /// The payload.
+    pub payload: serde_json::Value,
+    /// `pending`, `published`, `dead` or `discarded`.
+    pub status: String,
+    /// Publish attempts the broker refused.
+    pub attempts: i32,
+    /// The last publish error.
+    pub last_error: Option<String>,
+    /// When it was enqueued (committed rows only are visible).
+    pub created_at: DateTime<Utc>,
+    /// When the broker acknowledged it.
+    pub published_at: Option<DateTime<Utc>>,
+    /// When it became a dead letter.
+    pub dead_at: Option<DateTime<Utc>>,
+    /// Later events of the same aggregate still pending (held behind this one if dead).
+    pub held_behind: i64,
+}
+
+/// Dead letters, oldest first, at most `limit`.
+///
+/// # Errors
+/// [`Error::Database`] when the query fails.
+pub async fn list_dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<OutboxEvent>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM commerce_outbox.event e WHERE e.status = 'dead' ORDER BY e.dead_at, e.position LIMIT $1"
+    );
+    Ok(sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?)
+}
+
+/// Any outbox event, whatever its status.
+///
+/// # Errors
+/// [`Error::EventNotFound`] when it does not exist (or was pruned).
+pub async fn inspect_event(pool: &PgPool, id: EventId) -> Result<OutboxEvent> {
+    let sql = format!("SELECT {COLUMNS} FROM commerce_outbox.event e WHERE e.id = $1");
+    sqlx::query_as(&sql)
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(Error::EventNotFound(id))
+}
+
+/// Makes a dead letter pending again with its attempts reset; the relay publishes it (and
+/// then the events held behind it) on its next batch. Replay after fixing the cause (topic
+/// created, broker limit raised, consumer fixed).
+///
+/// # Errors
+/// [`Error::EventNotFound`] or [`Error::NotDeadLetter`].
+pub async fn replay_dead_letter(pool: &PgPool, id: EventId) -> Result<()> {
+    settle_dead_letter(
+        pool,
+        id,
+        "UPDATE commerce_outbox.event
+         SET status = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL
+         WHERE id = $1 AND status = 'dead'",
+    )
+    .await
+}
+
+/// Gives up on a dead letter: it is kept as `discarded` (pruned with published rows) and the
+/// events held behind it are released. Consumers will never see it.
+///
+/// # Errors
+/// [`Error::EventNotFound`] or [`Error::NotDeadLetter`].
+pub async fn discard_dead_letter(pool: &PgPool, id: EventId) -> Result<()> {
+    settle_dead_letter(
+        pool,
+        id,
+        "UPDATE commerce_outbox.event SET status = 'discarded', dead_at = now()
+         WHERE id = $1 AND status = 'dead'",
+    )
+    .await
+}
+
+async fn settle_dead_letter(pool: &PgPool, id: EventId, sql: &str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query::<Postgres>(sql)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if updated == 0 {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM commerce_outbox.event WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+        return Err(match status {
+            None => Error::EventNotFound(id),
+            Some(status) => Error::NotDeadLetter { id, status },
+        });
+    }
+    sqlx::query("SELECT pg_notify('commerce_outbox', '')")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! The crate's error type.
+
+use crate::event::EventId;
+
+/// Everything that can go wrong in commerce-outbox.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database statement failed (connection lost, constraint violated, ...).
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// Applying the crate's migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A Kafka client could not be created or an admin/consume call failed.
+    #[error("kafka error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+
+    /// Creating a topic failed for a reason other than "it already exists".
+    #[error("cannot create topic {topic}: {reason}")]
+    TopicCreation {
+        /// The topic that could not be created.
+        topic: String,
+        /// The broker's reason.
+        reason: String,
+    },
+
+    /// A payload could not be encoded to or decoded from JSON.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+
+    /// A Kafka message is not an outbox envelope (no body, or not the envelope's JSON).
+    #[error("message at {topic}/{partition}@{offset} is not an outbox envelope: {reason}")]
+    NotAnEnvelope {
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// Why it could not be decoded.
+        reason: String,
+    },
+
+    /// An event is invalid before it reaches the database (empty topic, type or aggregate).
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+
+    /// No topic is routed for this aggregate type and the routes have no default.
+    #[error("no topic routed for aggregate type {aggregate_type:?}")]
+    NoRoute {
+        /// The aggregate type that has no route.
+        aggregate_type: String,
+    },
+
+    /// The event does not exist (or was pruned).
+    #[error("event {0} not found")]
+    EventNotFound(EventId),
+
+    /// The event exists but is not a dead letter, so it cannot be replayed or discarded.
+    #[error("event {id} is {status}, not a dead letter")]
+    NotDeadLetter {
+        /// The event.
+        id: EventId,
+        /// Its current status.
+        status: String,
+    },
+
+    /// A consumer's handler failed; the message is retried and its offset not committed.
+    #[error("handler failed: {0}")]
+    Handler(String),
+
+    /// A background task (relay worker, consumer) ended abnormally.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,220 @@
+//! Claiming a batch of pending rows without breaking per-aggregate order.
+//!
+//! A row may be published only when every earlier event of its aggregate is published.
+//! The claim locks candidate rows with `FOR UPDATE SKIP LOCKED` (so relays never wait on each
+//! other), then keeps, per aggregate, only a run of consecutive sequence numbers that starts
+//! at the aggregate's oldest unsettled event. A row whose predecessor is locked by another
+//! relay (in flight there) or dead is dropped and stays pending. Sequence numbers have no
+//! gaps and follow commit order (see `enqueue`), so "consecutive from the oldest unsettled"
+//! is exact, and a transaction that commits late simply shows up in a later claim: no cursor
+//! can skip it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// Oldest pending rows first; rows whose aggregate has an earlier dead row or an earlier row
+/// waiting out its retry backoff are not even candidates, so a blocked aggregate cannot fill
+/// the batch and starve the others.
+const CLAIM_SQL: &str = "
+SELECT e.id, e.topic, e.event_type, e.aggregate_type, e.aggregate_id, e.aggregate_seq,
+       e.occurred_at, e.schema_version, e.payload, e.attempts
+FROM commerce_outbox.event e
+WHERE e.status = 'pending'
+  AND e.next_attempt_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM commerce_outbox.event b
+      WHERE b.aggregate_type = e.aggregate_type
+        AND b.aggregate_id = e.aggregate_id
+        AND b.aggregate_seq < e.aggregate_seq
+        AND b.status IN ('pending', 'dead')
+        AND (b.status = 'dead' OR b.next_attempt_at > now()))
+ORDER BY e.position
+LIMIT $1
+FOR UPDATE OF e SKIP LOCKED";
+
+/// Oldest unsettled sequence number of each claimed aggregate, read without locks, so rows
+/// locked by other relays count too.
+const HEADS_SQL: &str = "
+SELECT e.aggregate_type, e.aggregate_id, min(e.aggregate_seq)
+FROM commerce_outbox.event e
+JOIN unnest($1::text[], $2::text[]) AS k(aggregate_type, aggregate_id)
+  ON e.aggregate_type = k.aggregate_type AND e.aggregate_id = k.aggregate_id
+WHERE e.status IN ('pending', 'dead')
+GROUP BY e.aggregate_type, e.aggregate_id";
+
+/// A locked outbox row the relay is about to publish.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct ClaimedRow {
+    pub(crate) id: Uuid,
+    pub(crate) topic: String,
+    pub(crate) event_type: String,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) aggregate_seq: i64,
+    pub(crate) occurred_at: DateTime<Utc>,
+    pub(crate) schema_version: i32,
+    pub(crate) payload: serde_json::Value,
+    pub(crate) attempts: i32,
+}
+
+/// What a claim returned.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// Rows locked by the candidate query (a full batch means more work is likely waiting).
+    pub(crate) locked: usize,
+    /// Rows safe to publish, each aggregate's rows in sequence order.
+    pub(crate) rows: Vec<ClaimedRow>,
+}
+
+/// Locks up to `limit` candidates on `conn` (inside the batch's transaction) and returns
+/// the ones that may be published now.
+pub(crate) async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Claim> {
+    let candidates: Vec<ClaimedRow> = sqlx::query_as(CLAIM_SQL)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    let locked = candidates.len();
+    if candidates.is_empty() {
+        return Ok(Claim {
+            locked,
+            rows: candidates,
+        });
+    }
+    let mut types = Vec::new();
+    let mut ids = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for row in &candidates {
+        if seen.insert((row.aggregate_type.as_str(), row.aggregate_id.as_str())) {
+            types.push(row.aggregate_type.clone());
+            ids.push(row.aggregate_id.clone());
+        }
+    }
+    let heads: Vec<(String, String, i64)> = sqlx::query_as(HEADS_SQL)
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let heads: HashMap<(String, String), i64> =
+        heads.into_iter().map(|(t, i, s)| ((t, i), s)).collect();
+    Ok(Claim {
+        locked,
+        rows: keep_publishable(candidates, &heads),
+    })
+}
+
+/// Per aggregate, keeps the consecutive run of sequence numbers starting at the aggregate's
+/// oldest unsettled one; aggregates keep their first-seen order.
+pub(crate) fn keep_publishable(
+    candidates: Vec<ClaimedRow>,
+    heads: &HashMap<(String, String), i64>,
+) -> Vec<ClaimedRow> {
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut groups: HashMap<(String, String), Vec<ClaimedRow>> = HashMap::new();
+    for row in candidates {
+        let key = (row.aggregate_type.clone(), row.aggregate_id.clone());
+        groups
+            .entry(key.clone())
+            .or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            })
+            .push(row);
+    }
+    let mut out = Vec::new();
+    for key in order {
+        let Some(mut rows) = groups.remove(&key) else {
+            continue;
+        };
+        let Some(&head) = heads.get(&key) else {
+            continue;
+        };
+        rows.sort_by_key(|r| r.aggregate_seq);
+        let mut expected = head;
+        for row in rows {
+            if row.aggregate_seq != expected {
+                break;
+            }
+            expected += 1;
+            out.push(row);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(aggregate: &str, seq: i64) -> ClaimedRow {
+        ClaimedRow {
+            id: Uuid::now_v7(),
+            topic: "t".into(),
+            event_type: "e".into(),
+            aggregate_type: "order".into(),
+            aggregate_id: aggregate.into(),
+            aggregate_seq: seq,
+            occurred_at: Utc::now(),
+            schema_version: 1,
+            payload: serde_json::Value::Null,
+            attempts: 0,
+        }
+    }
+
+    fn heads(entries: &[(&str, i64)]) -> HashMap<(String, String), i64> {
+        entries
+            .iter()
+            .map(|(a, s)| (("order".to_owned(), (*a).to_owned()), *s))
+            .collect()
+    }
+
+    fn seqs(rows: &[ClaimedRow]) -> Vec<(String, i64)> {
+        rows.iter()
+            .map(|r| (r.aggregate_id.clone(), r.aggregate_seq))
+            .collect()
+    }
+
+    #[test]
+    fn keeps_a_run_starting_at_the_head() {
+        let kept = keep_publishable(
+            vec![row("a", 3), row("a", 4), row("b", 1), row("a", 5)],
+            &heads(&[("a", 3), ("b", 1)]),
+        );
+        assert_eq!(
+            seqs(&kept),
+            vec![
+                ("a".into(), 3),
+                ("a".into(), 4),
+                ("a".into(), 5),
+                ("b".into(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn drops_an_aggregate_whose_head_is_held_elsewhere() {
+        // Seq 2 is locked by another relay (not among our candidates): 3 and 4 must wait.
+        let kept = keep_publishable(
+            vec![row("a", 3), row("a", 4), row("b", 7)],
+            &heads(&[("a", 2), ("b", 7)]),
+        );
+        assert_eq!(seqs(&kept), vec![("b".into(), 7)]);
+    }
+
+    #[test]
+    fn stops_at_a_gap_in_the_claimed_run() {
+        // Seq 2 was skipped (locked by another relay that dropped it); 3 must not overtake it.
+        let kept = keep_publishable(vec![row("a", 1), row("a", 3)], &heads(&[("a", 1)]));
+        assert_eq!(seqs(&kept), vec![("a".into(), 1)]);
+    }
+
+    #[test]
+    fn drops_rows_without_a_known_head() {
+        let kept = keep_publishable(vec![row("a", 1)], &heads(&[]));
+        assert!(kept.is_empty());
+    }
+}

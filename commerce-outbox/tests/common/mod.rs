@@ -1,0 +1,242 @@
+//! Shared test support: topics, writing events, reading them back, a private broker.
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use commerce_outbox::{
+    decode_envelope, enqueue, ensure_topics, Envelope, EventId, NewEvent, TopicSettings,
+};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::json;
+use sqlx::PgPool;
+
+pub const PARTITIONS: i32 = 4;
+
+/// A fresh topic (and its `.dlq`) on `brokers`.
+pub async fn new_topic(brokers: &str, prefix: &str) -> String {
+    let topic = commerce_testkit::unique_name(prefix);
+    ensure_topics(
+        brokers,
+        &[&topic],
+        TopicSettings {
+            partitions: PARTITIONS,
+            replication_factor: 1,
+        },
+    )
+    .await
+    .expect("create topics");
+    topic
+}
+
+/// Commits one event `{ "n": n }` for `aggregate` in its own transaction.
+pub async fn commit_event(pool: &PgPool, topic: &str, aggregate: &str, n: i64) -> EventId {
+    let mut tx = pool.begin().await.expect("begin");
+    let event = NewEvent::new(topic, "test.happened", "test", aggregate, json!({ "n": n }));
+    let id = enqueue(&mut tx, &event).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    id
+}
+
+/// A message read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub envelope: Envelope,
+    pub key: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning (all partitions, no group offsets).
+pub struct Reader {
+    consumer: StreamConsumer,
+    pub received: Vec<Received>,
+}
+
+impl Reader {
+    pub fn new(brokers: &str, topic: &str) -> Self {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", commerce_testkit::unique_name("reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .set("reconnect.backoff.max.ms", "500")
+            .create()
+            .expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..PARTITIONS {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("assignment");
+        }
+        consumer.assign(&assignment).expect("assign");
+        Self {
+            consumer,
+            received: Vec::new(),
+        }
+    }
+
+    /// Reads until `done(&received)` or `timeout`; panics on timeout.
+    pub async fn read_until(&mut self, timeout: Duration, done: impl Fn(&[Received]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.received) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out after {timeout:?} with {} messages",
+                self.received.len()
+            );
+            let Ok(message) =
+                tokio::time::timeout(left.min(Duration::from_millis(500)), self.consumer.recv())
+                    .await
+            else {
+                continue;
+            };
+            let Ok(message) = message else { continue };
+            let envelope = decode_envelope(&message).expect("envelope");
+            let mut headers = HashMap::new();
+            if let Some(h) = message.headers() {
+                for header in h.iter() {
+                    let value = header
+                        .value
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default();
+                    headers.insert(header.key.to_owned(), value);
+                }
+            }
+            self.received.push(Received {
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                partition: message.partition(),
+                offset: message.offset(),
+                envelope,
+                headers,
+            });
+        }
+    }
+
+    /// Reads until `count` messages arrived.
+    pub async fn read_count(&mut self, count: usize, timeout: Duration) {
+        self.read_until(timeout, |r| r.len() >= count).await;
+    }
+
+    /// Reads until every id in `ids` was seen.
+    pub async fn read_ids(&mut self, ids: &[EventId], timeout: Duration) {
+        self.read_until(timeout, |r| {
+            let seen: std::collections::HashSet<EventId> = r.iter().map(|m| m.envelope.id).collect();
+            ids.iter().all(|id| seen.contains(id))
+        })
+        .await;
+    }
+}
+
+/// The `n` payload values per aggregate, in arrival order.
+pub fn arrival_order(received: &[Received]) -> HashMap<String, Vec<i64>> {
+    let mut order: HashMap<String, Vec<i64>> = HashMap::new();
+    for message in received {
+        order
+            .entry(message.envelope.aggregate_id.clone())
+            .or_default()
+            .push(message.envelope.payload["n"].as_i64().expect("n"));
+    }
+    order
+}
+
+/// Polls `condition` until true or `timeout` (panics with `what`).
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tansu broker of the test's own on a free port (memory storage), which the test may
+/// stop and start without touching the shared broker.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> Self {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("free port");
+            listener.local_addr().expect("addr").port()
+        };
+        let mut broker = Self { port, child: None };
+        broker.restart().await;
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker process (again) on the same port and waits until it accepts.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (set TANSU_BIN or install it: scripts/services.sh)");
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        eventually(Duration::from_secs(20), "private broker to listen", || {
+            let address = address.clone();
+            async move { tokio::net::TcpStream::connect(address).await.is_ok() }
+        })
+        .await;
+    }
+
+    /// Kills the broker process (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tansu_binary() -> String {
+    if let Ok(path) = std::env::var("TANSU_BIN") {
+        return path;
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let installed = format!("{home}/.cargo/bin/tansu");
+    if std::path::Path::new(&installed).exists() {
+        installed
+    } else {
+        "tansu".to_owned()
+    }
+}

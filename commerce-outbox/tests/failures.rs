@@ -1,0 +1,192 @@
+//! Failures: the broker going away, a relay dying between publish and mark.
+
+mod common;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use commerce_outbox::{
+    ensure_topics, outbox_stats, Backoff, Envelope, EventHandler, HandlerError, InboxConsumer,
+    Relay, TopicSettings, MIGRATOR,
+};
+use commerce_testkit::{kafka_brokers, unique_name, TestDb};
+use common::{commit_event, eventually, new_topic, PrivateBroker, Reader, PARTITIONS};
+use sqlx::{Connection, PgConnection};
+
+fn settings() -> TopicSettings {
+    TopicSettings {
+        partitions: PARTITIONS,
+        replication_factor: 1,
+    }
+}
+
+/// Orders keep being placed while the broker is down; once it is back every event arrives.
+///
+/// The private tansu runs with memory storage, so a restart forgets its topics and
+/// messages: the test recreates the topics after the restart, and checks the events
+/// published before the outage with a reader that consumed them before the broker died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_while_the_broker_is_down_arrive_once_it_is_back() {
+    let db = TestDb::new(&[&MIGRATOR]).await;
+    let mut broker = PrivateBroker::start().await;
+    let brokers = broker.brokers();
+    let topic = unique_name("outbox-outage");
+    ensure_topics(&brokers, &[&topic], settings()).await.unwrap();
+
+    let relay = Relay::builder(db.pool().clone(), &brokers)
+        .name("outage")
+        .poll_interval(Duration::from_millis(200))
+        .broker_backoff(Backoff::new(Duration::from_millis(100), Duration::from_millis(800)))
+        .producer_config("message.timeout.ms", "1500")
+        .producer_config("reconnect.backoff.max.ms", "300")
+        .build()
+        .unwrap()
+        .spawn();
+
+    let mut before = Vec::new();
+    for n in 0..30 {
+        before.push(commit_event(db.pool(), &topic, &format!("order-{}", n % 5), n).await);
+    }
+    let mut early = Reader::new(&brokers, &topic);
+    early.read_ids(&before, Duration::from_secs(30)).await;
+    drop(early);
+
+    broker.stop();
+    let mut during = Vec::new();
+    for n in 30..60 {
+        during.push(commit_event(db.pool(), &topic, &format!("order-{}", n % 5), n).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pool = db.pool().clone();
+    eventually(Duration::from_secs(20), "the relay to notice the outage", || {
+        let relay = &relay;
+        async move { relay.metrics().await.unwrap().unavailable_total > 0 }
+    })
+    .await;
+    assert_eq!(outbox_stats(&pool).await.unwrap().pending, 30, "nothing is lost or skipped while down");
+
+    broker.restart().await;
+    ensure_topics(&brokers, &[&topic], settings()).await.unwrap();
+    let mut late = Reader::new(&brokers, &topic);
+    late.read_ids(&during, Duration::from_secs(45)).await;
+    let order = common::arrival_order(&late.received);
+    for (aggregate, ns) in order {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, sorted, "{aggregate} out of order after the outage");
+    }
+    eventually(Duration::from_secs(10), "pending to drain", || {
+        let pool = pool.clone();
+        async move { outbox_stats(&pool).await.unwrap().pending == 0 }
+    })
+    .await;
+    let metrics = relay.metrics().await.unwrap();
+    assert_eq!(metrics.dead_lettered_total, 0, "an outage never dead-letters events");
+    relay.shutdown().await.unwrap();
+}
+
+/// Records each applied event; a duplicate application would show as a second row.
+struct RecordEffect;
+
+#[async_trait]
+impl EventHandler for RecordEffect {
+    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+        sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+            .bind(envelope.id.0)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The relay is killed after the broker acknowledged a batch but before the rows were
+/// marked: nothing is lost, the batch is published again, and the inbox applies each event
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_absorbs_the_duplicates() {
+    const EVENTS: usize = 20;
+    let db = TestDb::new(&[&MIGRATOR]).await;
+    let brokers = kafka_brokers();
+    let topic = new_topic(&brokers, "outbox-crash").await;
+    sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        ids.push(commit_event(db.pool(), &topic, &format!("order-{}", n % 4), n as i64).await);
+    }
+
+    // A gate: any UPDATE of the outbox (the relay's "mark published") waits until the test
+    // releases an advisory lock, so the relay is caught exactly between publish and mark.
+    let mut gate = PgConnection::connect_with(&db.connect_options()).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)").execute(&mut gate).await.unwrap();
+    sqlx::query(
+        "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_lock_shared(4242); PERFORM pg_advisory_unlock_shared(4242); RETURN NULL; END $$",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER gate BEFORE UPDATE ON commerce_outbox.event
+         FOR EACH STATEMENT EXECUTE FUNCTION test_gate()",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+
+    let doomed = Relay::builder(db.pool().clone(), &brokers)
+        .name("doomed")
+        .batch_size(100)
+        .build()
+        .unwrap()
+        .spawn();
+    let mut reader = Reader::new(&brokers, &topic);
+    reader.read_ids(&ids, Duration::from_secs(30)).await;
+    assert_eq!(outbox_stats(db.pool()).await.unwrap().pending, EVENTS as i64, "published but not marked");
+    doomed.abort();
+
+    // Release the gate: the killed relay's transaction rolls back; the rows are still pending.
+    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut gate).await.unwrap();
+    sqlx::query("DROP TRIGGER gate ON commerce_outbox.event")
+        .execute(&mut gate)
+        .await
+        .unwrap();
+
+    let survivor = Relay::builder(db.pool().clone(), &brokers)
+        .name("survivor")
+        .poll_interval(Duration::from_millis(200))
+        .build()
+        .unwrap()
+        .spawn();
+    let pool = db.pool().clone();
+    eventually(Duration::from_secs(30), "the survivor to republish", || {
+        let pool = pool.clone();
+        async move { outbox_stats(&pool).await.unwrap().pending == 0 }
+    })
+    .await;
+    reader.read_count(2 * EVENTS, Duration::from_secs(30)).await;
+
+    let consumer = InboxConsumer::builder(db.pool().clone(), &brokers, unique_name("group"), "effects")
+        .topics([topic.as_str()])
+        .build(RecordEffect)
+        .unwrap()
+        .spawn();
+    eventually(Duration::from_secs(45), "the consumer to see every delivery", || {
+        let stats = consumer.stats();
+        async move { stats.applied + stats.duplicates >= 2 * EVENTS as u64 }
+    })
+    .await;
+    let stats = consumer.stats();
+    assert_eq!(stats.applied, EVENTS as u64);
+    assert_eq!(stats.duplicates, EVENTS as u64);
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM effects")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (EVENTS as i64, EVENTS as i64), "each effect exactly once");
+    consumer.shutdown().await.unwrap();
+    survivor.shutdown().await.unwrap();
+}
