@@ -1,0 +1,97 @@
+//! The `#[redis_lock(...)]` options, parsed into a typed struct.
+
+use syn::meta::ParseNestedMeta;
+use syn::{Expr, Ident, LitBool, LitStr};
+
+use crate::duration::parse_millis;
+
+/// What to do when the lock is lost while the body runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnLost {
+    /// Drop (cancel) the body and return `Err(commerce_lock::Error::LockLost { .. }.into())`.
+    Cancel,
+    /// Keep running; the body watches the guard's `lost()` signal itself.
+    Signal,
+}
+
+/// Every option of the attribute.
+#[derive(Default)]
+pub(crate) struct Options {
+    pub(crate) key: Option<LitStr>,
+    pub(crate) wait_ms: Option<u64>,
+    pub(crate) lease_ms: Option<u64>,
+    pub(crate) lock: Option<Expr>,
+    pub(crate) guard: Option<Ident>,
+    pub(crate) on_lost: Option<OnLost>,
+    pub(crate) watchdog: Option<bool>,
+}
+
+const KNOWN: &str = "key, wait, lease, lock, guard, on_lost, watchdog";
+
+fn duration(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {
+    let text: LitStr = meta.value()?.parse()?;
+    parse_millis(&text.value()).map_err(|message| syn::Error::new_spanned(&text, message))
+}
+
+fn once<T>(slot: &mut Option<T>, value: T, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(meta.error("this option is given twice"));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+impl Options {
+    /// Parses one `name = value` option.
+    pub(crate) fn parse_one(&mut self, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let Some(name) = meta.path.get_ident().map(ToString::to_string) else {
+            return Err(meta.error(format!("unknown option; expected one of: {KNOWN}")));
+        };
+        match name.as_str() {
+            "key" => {
+                let key: LitStr = meta.value()?.parse()?;
+                once(&mut self.key, key, meta)
+            }
+            "wait" => {
+                let wait = duration(meta)?;
+                once(&mut self.wait_ms, wait, meta)
+            }
+            "lease" => {
+                let lease = duration(meta)?;
+                if lease == 0 {
+                    return Err(meta.error("the lease must be longer than zero"));
+                }
+                once(&mut self.lease_ms, lease, meta)
+            }
+            "lock" => {
+                let lock: Expr = meta.value()?.parse()?;
+                once(&mut self.lock, lock, meta)
+            }
+            "guard" => {
+                let guard: Ident = meta.value()?.parse()?;
+                once(&mut self.guard, guard, meta)
+            }
+            "on_lost" => {
+                let text: LitStr = meta.value()?.parse()?;
+                let on_lost = match text.value().as_str() {
+                    "cancel" => OnLost::Cancel,
+                    "signal" => OnLost::Signal,
+                    _ => {
+                        return Err(syn::Error::new_spanned(
+                            &text,
+                            "on_lost must be \"cancel\" (drop the body, return an error) or \"signal\" (only fire the guard's lost signal)",
+                        ))
+                    }
+                };
+                once(&mut self.on_lost, on_lost, meta)
+            }
+            "watchdog" => {
+                let on: LitBool = meta.value()?.parse()?;
+                once(&mut self.watchdog, on.value, meta)
+            }
+            other => Err(meta.error(format!(
+                "unknown option `{other}`; expected one of: {KNOWN}"
+            ))),
+        }
+    }
+}
