@@ -1,1 +1,81 @@
-//! commerce-core (being written).
+//! # commerce-core
+//!
+//! Transactional stock decrement and order creation that never oversells, for an application
+//! on Postgres: products with stock, a ledger of every stock movement, a FIFO backorder queue,
+//! an order state machine, idempotent order placement, and a hook that lets the outbox write
+//! events in the same transaction.
+//!
+//! ```no_run
+//! use commerce_core::{Commerce, NewOrder, NewProduct, OrderStatus, ProductId, ShortagePolicy};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+//! commerce_core::MIGRATOR.run(&pool).await?;
+//! let commerce = Commerce::builder(pool).build();
+//!
+//! commerce.create_product(NewProduct { id: ProductId(7), name: "Kettle".into(), initial_stock: 1 }).await?;
+//! let first = commerce.place_order(NewOrder::new("alice").line(7, 1)).await?;
+//! assert_eq!(first.order.status, OrderStatus::Created);
+//!
+//! // Sold out: this order waits in the backorder queue...
+//! let second = commerce
+//!     .place_order(NewOrder::new("bob").line(7, 1).policy(ShortagePolicy::Backorder))
+//!     .await?;
+//! assert_eq!(second.order.status, OrderStatus::Backordered);
+//! // ...until stock arrives, which serves the oldest backorder first.
+//! let receipt = commerce.receive_stock(ProductId(7), 3, Some("PO-1")).await?;
+//! assert_eq!(receipt.allocations[0].order, second.order.id);
+//! assert_eq!(commerce.stock(ProductId(7)).await?.available, 2);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Guarantees
+//! - Stock never goes below zero (a `CHECK` constraint backs every strategy).
+//! - `available` always equals the sum of the product's ledger deltas.
+//! - A multi-line order is all or nothing; rows are locked in ascending product id, so
+//!   concurrent multi-line orders cannot deadlock.
+//! - With an idempotency key, repeats of a request (also racing ones) return the first order.
+//! - Events reach [`TransactionHook`]s inside the transaction: none for a rolled-back one.
+//!
+//! Tables live in the `commerce` schema; run [`MIGRATOR`] (it tolerates other crates'
+//! migrations in the same database).
+#![warn(missing_docs)]
+
+mod audit;
+mod commerce;
+mod error;
+mod event;
+mod ids;
+mod inventory;
+mod order;
+mod strategy;
+mod tx;
+
+use std::sync::LazyLock;
+
+use sqlx::migrate::Migrator;
+
+pub use audit::AuditReport;
+pub use commerce::{Commerce, CommerceBuilder};
+pub use error::{Error, Result};
+pub use event::{CoreEvent, TransactionHook};
+pub use ids::{OrderId, ProductId};
+pub use inventory::{
+    Backorder, BackorderAllocation, LedgerKind, LedgerPage, NewProduct, Receipt, StockLedgerEntry,
+    StockLevel,
+};
+pub use order::{
+    LineRequest, NewOrder, Order, OrderLimits, OrderLine, OrderStatus, OrderWriter, PlacedOrder,
+    ReserveMode, ShortagePolicy, StatusChange, UnknownStatus, ValidatedOrder,
+};
+pub use strategy::{ConditionalUpdate, StockStrategy};
+
+/// The schema migrations of commerce-core (schema `commerce`).
+///
+/// Other crates' migrations may share the database's migration table, so missing versions
+/// are ignored.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!();
+    migrator.set_ignore_missing(true);
+    migrator
+});

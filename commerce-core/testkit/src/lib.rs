@@ -96,7 +96,9 @@ impl TestDb {
         let name = format!("{DB_PREFIX}{secs}_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect_with(&admin)
             .await
-            .unwrap_or_else(|e| panic!("cannot reach Postgres at {url}: {e} (run scripts/services.sh up)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot reach Postgres at {url}: {e} (run scripts/services.sh up)")
+            });
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await

@@ -1,0 +1,253 @@
+//! [`Commerce`]: the one entry point an application embeds.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::error::Result;
+use crate::event::TransactionHook;
+use crate::ids::{OrderId, ProductId};
+use crate::inventory::{self, Backorder, LedgerPage, NewProduct, Receipt, StockLevel};
+use crate::order::{
+    self, NewOrder, Order, OrderLimits, OrderStatus, OrderWriter, PlacedOrder, StatusChange,
+    ValidatedOrder,
+};
+use crate::strategy::{ConditionalUpdate, StockStrategy};
+use crate::tx::Hooks;
+
+/// Inventory and orders on one Postgres database. Cheap to clone; share one per process.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> commerce_core::Result<()> {
+/// use commerce_core::{Commerce, NewOrder, NewProduct, ProductId, ShortagePolicy};
+///
+/// let commerce = Commerce::builder(pool).build();
+/// commerce.create_product(NewProduct { id: ProductId(1), name: "Mug".into(), initial_stock: 5 }).await?;
+/// let placed = commerce
+///     .place_order(NewOrder::new("user-1").line(1, 2).policy(ShortagePolicy::Backorder))
+///     .await?;
+/// assert_eq!(commerce.stock(ProductId(1)).await?.available, 3);
+/// # let _ = placed; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Commerce {
+    pool: PgPool,
+    hooks: Hooks,
+    writer: OrderWriter,
+    strategy: Arc<dyn StockStrategy>,
+    limits: OrderLimits,
+}
+
+impl std::fmt::Debug for Commerce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commerce")
+            .field("strategy", &self.strategy.name())
+            .field("hooks", &self.hooks)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Commerce`]. Defaults: [`ConditionalUpdate`], no hooks, [`OrderLimits::default`].
+pub struct CommerceBuilder {
+    pool: PgPool,
+    hooks: Vec<Arc<dyn TransactionHook>>,
+    strategy: Arc<dyn StockStrategy>,
+    limits: OrderLimits,
+}
+
+impl CommerceBuilder {
+    /// Uses `strategy` to take stock when orders are placed.
+    #[must_use]
+    pub fn strategy(mut self, strategy: impl StockStrategy) -> Self {
+        self.strategy = Arc::new(strategy);
+        self
+    }
+
+    /// Adds a hook run inside every write transaction (e.g. the outbox). Hooks run in the
+    /// order they were added.
+    #[must_use]
+    pub fn hook(mut self, hook: impl TransactionHook) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Sets the bounds on orders.
+    #[must_use]
+    pub fn limits(mut self, limits: OrderLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Builds it. The database must be migrated with [`crate::MIGRATOR`] first.
+    #[must_use]
+    pub fn build(self) -> Commerce {
+        let hooks = Hooks::new(self.hooks);
+        Commerce {
+            writer: OrderWriter::new(self.pool.clone(), hooks.clone()),
+            pool: self.pool,
+            hooks,
+            strategy: self.strategy,
+            limits: self.limits,
+        }
+    }
+}
+
+impl Commerce {
+    /// Starts building on `pool`.
+    #[must_use]
+    pub fn builder(pool: PgPool) -> CommerceBuilder {
+        CommerceBuilder {
+            pool,
+            hooks: Vec::new(),
+            strategy: Arc::new(ConditionalUpdate),
+            limits: OrderLimits::default(),
+        }
+    }
+
+    /// The pool in use.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The stock strategy's name.
+    #[must_use]
+    pub fn strategy_name(&self) -> &'static str {
+        self.strategy.name()
+    }
+
+    /// Creates a product; initial stock is recorded as an `inbound` ledger row.
+    ///
+    /// # Errors
+    /// [`crate::Error::ProductAlreadyExists`], [`crate::Error::InvalidQuantity`] for negative
+    /// stock, [`crate::Error::InvalidInput`] for a blank name, database errors.
+    pub async fn create_product(&self, product: NewProduct) -> Result<StockLevel> {
+        inventory::create_product(&self.pool, &self.hooks, product).await
+    }
+
+    /// The product's stock now.
+    ///
+    /// # Errors
+    /// [`crate::Error::ProductNotFound`], database errors.
+    pub async fn stock(&self, product: ProductId) -> Result<StockLevel> {
+        Ok(inventory::read_stock(&self.pool, &[product]).await?[0])
+    }
+
+    /// The stock of several products, in ascending product order.
+    ///
+    /// # Errors
+    /// [`crate::Error::ProductNotFound`] for the first unknown one, database errors.
+    pub async fn stock_of(&self, products: &[ProductId]) -> Result<Vec<StockLevel>> {
+        inventory::read_stock(&self.pool, products).await
+    }
+
+    /// Records arriving stock and hands it to the oldest backorders first, in one transaction.
+    ///
+    /// # Errors
+    /// [`crate::Error::ProductNotFound`], [`crate::Error::InvalidQuantity`], database errors.
+    pub async fn receive_stock(
+        &self,
+        product: ProductId,
+        quantity: i64,
+        reference: Option<&str>,
+    ) -> Result<Receipt> {
+        inventory::receive_stock(&self.pool, &self.hooks, product, quantity, reference).await
+    }
+
+    /// Corrects stock by `delta` (a count, damage, shrinkage) with a reason; a positive
+    /// correction serves backorders like a receipt.
+    ///
+    /// # Errors
+    /// [`crate::Error::InsufficientStock`] when it would go below zero, bad input, database errors.
+    pub async fn adjust_stock(
+        &self,
+        product: ProductId,
+        delta: i64,
+        reason: &str,
+    ) -> Result<StockLevel> {
+        inventory::adjust_stock(&self.pool, &self.hooks, product, delta, reason).await
+    }
+
+    /// A page of the product's ledger, newest first: pass the previous page's
+    /// `next_before` as `before` to go on. `limit` is clamped to 1..=1000.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn ledger(
+        &self,
+        product: ProductId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<LedgerPage> {
+        inventory::list_ledger(&self.pool, product, before, limit).await
+    }
+
+    /// The product's backorder queue, in the order it will be served.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn backorders(&self, product: ProductId) -> Result<Vec<Backorder>> {
+        inventory::list_backorders(&self.pool, product).await
+    }
+
+    /// Validates and places an order: stock of every line, the order, its lines, its first
+    /// history row, the ledger rows and the hooks' rows, in one transaction.
+    ///
+    /// # Errors
+    /// Validation errors before anything is written; [`crate::Error::InsufficientStock`]
+    /// under the reject policy; [`crate::Error::ProductNotFound`];
+    /// [`crate::Error::DuplicateRequest`] when the idempotency key was used for another
+    /// request; database, hook and strategy errors. Nothing is written on any error.
+    pub async fn place_order(&self, order: NewOrder) -> Result<PlacedOrder> {
+        let order = ValidatedOrder::new(order, &self.limits)?;
+        self.strategy.place(&self.writer, &order).await
+    }
+
+    /// The order with its lines.
+    ///
+    /// # Errors
+    /// [`crate::Error::OrderNotFound`], database errors.
+    pub async fn order(&self, order: OrderId) -> Result<Order> {
+        let mut conn = self.pool.acquire().await?;
+        order::load_order(&mut conn, order).await
+    }
+
+    /// The order's status changes, oldest first.
+    ///
+    /// # Errors
+    /// [`crate::Error::OrderNotFound`], database errors.
+    pub async fn order_history(&self, order: OrderId) -> Result<Vec<StatusChange>> {
+        order::status_history(&self.pool, order).await
+    }
+
+    /// Moves the order to `to`, recording `reason`. Moving to CANCELLED returns its stock.
+    ///
+    /// # Errors
+    /// [`crate::Error::IllegalTransition`], [`crate::Error::OrderNotFound`], database errors.
+    pub async fn transition_order(
+        &self,
+        order: OrderId,
+        to: OrderStatus,
+        reason: &str,
+    ) -> Result<Order> {
+        order::transition_order(&self.pool, &self.hooks, order, to, reason).await
+    }
+
+    /// Checks that stock, ledger, orders and the backorder queue agree (one snapshot).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn audit(&self) -> Result<crate::AuditReport> {
+        crate::audit::audit(&self.pool).await
+    }
+
+    /// Cancels the order and returns its stock (see [`Commerce::transition_order`]).
+    ///
+    /// # Errors
+    /// [`crate::Error::IllegalTransition`] once shipped, [`crate::Error::OrderNotFound`],
+    /// database errors.
+    pub async fn cancel_order(&self, order: OrderId, reason: &str) -> Result<Order> {
+        order::cancel_order(&self.pool, &self.hooks, order, reason).await
+    }
+}

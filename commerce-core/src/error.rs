@@ -1,0 +1,161 @@
+//! The crate's one error type.
+
+use crate::ids::{OrderId, ProductId};
+use crate::order::OrderStatus;
+
+/// Everything that can go wrong in commerce-core, as something a caller can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No product with this id exists.
+    #[error("product {product} not found")]
+    ProductNotFound {
+        /// The unknown product.
+        product: ProductId,
+    },
+    /// A product with this id already exists.
+    #[error("product {product} already exists")]
+    ProductAlreadyExists {
+        /// The existing product.
+        product: ProductId,
+    },
+    /// No order with this id exists.
+    #[error("order {order} not found")]
+    OrderNotFound {
+        /// The unknown order.
+        order: OrderId,
+    },
+    /// The order asked for more than is in stock, under the `reject` shortage policy.
+    #[error(
+        "insufficient stock for product {product}: requested {requested}, available {available}"
+    )]
+    InsufficientStock {
+        /// The first product (in product id order) that is short.
+        product: ProductId,
+        /// Units requested on the line.
+        requested: i64,
+        /// Units available when the order was tried.
+        available: i64,
+    },
+    /// A quantity is zero, negative or above the configured maximum.
+    #[error("invalid quantity {quantity}{}: {reason}", product.map(|p| format!(" for product {p}")).unwrap_or_default())]
+    InvalidQuantity {
+        /// The product the quantity was given for, if any.
+        product: Option<ProductId>,
+        /// The rejected quantity.
+        quantity: i64,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// An order without lines.
+    #[error("an order needs at least one line")]
+    EmptyOrder,
+    /// An order with more lines than the configured maximum.
+    #[error("an order may have at most {max} lines, got {lines}")]
+    TooManyLines {
+        /// Lines given.
+        lines: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The same product appears on two lines of one order.
+    #[error("product {product} appears on more than one line")]
+    DuplicateLine {
+        /// The repeated product.
+        product: ProductId,
+    },
+    /// A text field is empty or too long.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// The field at fault.
+        field: &'static str,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// The order's state machine does not allow this move.
+    #[error("order {order} cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The order.
+        order: OrderId,
+        /// Its current status.
+        from: OrderStatus,
+        /// The refused target status.
+        to: OrderStatus,
+    },
+    /// The idempotency key was already used by this user for a different request.
+    ///
+    /// A repeat of the *same* request is not an error: it returns the first order.
+    #[error("idempotency key {key:?} of user {user} was already used for a different request (order {existing})")]
+    DuplicateRequest {
+        /// The user.
+        user: String,
+        /// The reused key.
+        key: String,
+        /// The order the key belongs to.
+        existing: OrderId,
+    },
+    /// The database cannot be reached (connection refused, pool timed out, closed pool).
+    /// Nothing was written; retrying later is safe.
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    /// Two transactions conflicted (deadlock or serialization failure); retrying is safe.
+    #[error("transaction conflict, retry")]
+    Conflict(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    /// A transaction hook (e.g. the outbox) failed; the transaction was rolled back.
+    #[error("transaction hook failed: {0}")]
+    Hook(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The stock strategy could not run (e.g. its lock could not be taken); nothing was written.
+    #[error("stock strategy unavailable: {0}")]
+    Strategy(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// Whether the same call may succeed if simply retried (nothing was written).
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::DatabaseUnavailable(_) | Self::Conflict(_) | Self::Strategy(_)
+        )
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::DatabaseUnavailable(e),
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("40001" | "40P01")) =>
+            {
+                Self::Conflict(e)
+            }
+            sqlx::Error::Database(db)
+                if matches!(
+                    db.code().as_deref(),
+                    Some("57P01" | "57P02" | "57P03" | "53300")
+                ) =>
+            {
+                Self::DatabaseUnavailable(e)
+            }
+            _ => Self::Database(e),
+        }
+    }
+}
+
+/// The name of the constraint a database error violated, if any.
+pub(crate) fn violated_constraint(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,232 @@
+//! Reading and moving a product's stock.
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::{violated_constraint, Error, Result};
+use crate::event::CoreEvent;
+use crate::ids::ProductId;
+use crate::order::check_quantity;
+use crate::tx::{Hooks, TxEffects};
+
+use super::{allocate_backorders, LedgerKind, NewProduct, Receipt, StockLevel};
+
+/// Largest single receipt or adjustment; keeps `available` far from overflow.
+pub(crate) const MAX_MOVEMENT: i64 = 1_000_000_000;
+
+#[derive(sqlx::FromRow)]
+struct StockRow {
+    id: i64,
+    available: i64,
+    backordered: i64,
+}
+
+impl From<StockRow> for StockLevel {
+    fn from(r: StockRow) -> Self {
+        Self {
+            product: ProductId(r.id),
+            available: r.available,
+            backordered: r.backordered,
+        }
+    }
+}
+
+pub(crate) async fn create_product(
+    pool: &PgPool,
+    hooks: &Hooks,
+    product: NewProduct,
+) -> Result<StockLevel> {
+    if product.name.trim().is_empty() || product.name.len() > 500 {
+        return Err(Error::InvalidInput {
+            field: "name",
+            reason: "must be 1 to 500 bytes and not blank",
+        });
+    }
+    if product.initial_stock != 0 {
+        check_quantity(Some(product.id), product.initial_stock, MAX_MOVEMENT)?;
+    }
+    let mut tx = pool.begin().await?;
+    let inserted =
+        sqlx::query("INSERT INTO commerce.products (id, name, available) VALUES ($1, $2, $3)")
+            .bind(product.id.0)
+            .bind(&product.name)
+            .bind(product.initial_stock)
+            .execute(&mut *tx)
+            .await;
+    if let Err(e) = inserted {
+        return Err(if violated_constraint(&e) == Some("products_pkey") {
+            Error::ProductAlreadyExists {
+                product: product.id,
+            }
+        } else {
+            e.into()
+        });
+    }
+    let mut effects = TxEffects::default();
+    if product.initial_stock > 0 {
+        effects.ledger(
+            product.id,
+            product.initial_stock,
+            LedgerKind::Inbound,
+            Some("initial stock".to_owned()),
+            product.initial_stock,
+        );
+        effects.events.push(CoreEvent::StockReceived {
+            product: product.id,
+            quantity: product.initial_stock,
+            available: product.initial_stock,
+        });
+    }
+    effects.flush(&mut tx, hooks).await?;
+    tx.commit().await?;
+    Ok(StockLevel {
+        product: product.id,
+        available: product.initial_stock,
+        backordered: 0,
+    })
+}
+
+pub(crate) async fn read_stock(pool: &PgPool, products: &[ProductId]) -> Result<Vec<StockLevel>> {
+    let ids: Vec<i64> = products.iter().map(|p| p.0).collect();
+    let rows: Vec<StockRow> = sqlx::query_as(
+        "SELECT id, available, backordered FROM commerce.products WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let found: Vec<StockLevel> = rows.into_iter().map(StockLevel::from).collect();
+    if let Some(missing) = products
+        .iter()
+        .find(|p| !found.iter().any(|s| s.product == **p))
+    {
+        return Err(Error::ProductNotFound { product: *missing });
+    }
+    Ok(found)
+}
+
+/// Locks the rows of `products` (ascending id, the one lock order of this crate) and returns
+/// their stock in the same order.
+pub(crate) async fn lock_products(
+    conn: &mut PgConnection,
+    products: &[ProductId],
+) -> Result<Vec<StockLevel>> {
+    let mut ids: Vec<i64> = products.iter().map(|p| p.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows: Vec<StockRow> = sqlx::query_as(
+        "SELECT id, available, backordered FROM commerce.products \
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() != ids.len() {
+        let missing = ids
+            .iter()
+            .find(|id| !rows.iter().any(|r| r.id == **id))
+            .copied()
+            .unwrap_or_default();
+        return Err(Error::ProductNotFound {
+            product: ProductId(missing),
+        });
+    }
+    Ok(rows.into_iter().map(StockLevel::from).collect())
+}
+
+/// Writes a locked product's new stock figures.
+pub(crate) async fn store_stock(conn: &mut PgConnection, stock: StockLevel) -> Result<()> {
+    sqlx::query(
+        "UPDATE commerce.products SET available = $2, backordered = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(stock.product.0)
+    .bind(stock.available)
+    .bind(stock.backordered)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn receive_stock(
+    pool: &PgPool,
+    hooks: &Hooks,
+    product: ProductId,
+    quantity: i64,
+    reference: Option<&str>,
+) -> Result<Receipt> {
+    check_quantity(Some(product), quantity, MAX_MOVEMENT)?;
+    let mut tx = pool.begin().await?;
+    let mut stock = lock_products(&mut tx, &[product]).await?[0];
+    let mut effects = TxEffects::default();
+    stock.available += quantity;
+    effects.ledger(
+        product,
+        quantity,
+        LedgerKind::Inbound,
+        reference.map(str::to_owned),
+        stock.available,
+    );
+    effects.events.push(CoreEvent::StockReceived {
+        product,
+        quantity,
+        available: stock.available,
+    });
+    // Arriving stock serves the oldest backorders first, in this same transaction.
+    let allocations = allocate_backorders(&mut tx, &mut stock, &mut effects).await?;
+    if let Some(CoreEvent::StockReceived { available, .. }) = effects.events.first_mut() {
+        *available = stock.available;
+    }
+    store_stock(&mut tx, stock).await?;
+    effects.flush(&mut tx, hooks).await?;
+    tx.commit().await?;
+    Ok(Receipt {
+        product,
+        received: quantity,
+        allocations,
+        stock,
+    })
+}
+
+pub(crate) async fn adjust_stock(
+    pool: &PgPool,
+    hooks: &Hooks,
+    product: ProductId,
+    delta: i64,
+    reason: &str,
+) -> Result<StockLevel> {
+    check_quantity(Some(product), delta.saturating_abs(), MAX_MOVEMENT)?;
+    if reason.trim().is_empty() {
+        return Err(Error::InvalidInput {
+            field: "reason",
+            reason: "must not be empty",
+        });
+    }
+    let mut tx = pool.begin().await?;
+    let mut stock = lock_products(&mut tx, &[product]).await?[0];
+    if stock.available + delta < 0 {
+        return Err(Error::InsufficientStock {
+            product,
+            requested: -delta,
+            available: stock.available,
+        });
+    }
+    let mut effects = TxEffects::default();
+    stock.available += delta;
+    effects.ledger(
+        product,
+        delta,
+        LedgerKind::Adjust,
+        Some(reason.to_owned()),
+        stock.available,
+    );
+    effects.events.push(CoreEvent::StockAdjusted {
+        product,
+        delta,
+        available: stock.available,
+    });
+    if delta > 0 {
+        allocate_backorders(&mut tx, &mut stock, &mut effects).await?;
+    }
+    store_stock(&mut tx, stock).await?;
+    effects.flush(&mut tx, hooks).await?;
+    tx.commit().await?;
+    Ok(stock)
+}

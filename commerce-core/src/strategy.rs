@@ -1,0 +1,46 @@
+//! How stock is taken when orders are placed.
+//!
+//! A [`StockStrategy`] owns the transaction boundary of placing an order, so that very
+//! different approaches fit behind one trait:
+//! - [`ConditionalUpdate`] (this crate's default): one transaction per order, the database's
+//!   row lock taken by a conditional `UPDATE` is the only lock.
+//! - a distributed-lock strategy: take a lock per product (sorted, all or nothing) around the
+//!   transaction and read, check and write inside it ([`ReserveMode::ReadCheckWrite`]).
+//! - a batching strategy: queue the orders of a hot product and write many of them in one
+//!   transaction, answering each caller from the batch's outcome.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::order::{OrderWriter, PlacedOrder, ReserveMode, ValidatedOrder};
+
+/// Decides how an order's stock is taken and in which transaction the order is written.
+#[async_trait]
+pub trait StockStrategy: Send + Sync + 'static {
+    /// A short name for logs and benchmark output.
+    fn name(&self) -> &'static str;
+
+    /// Places `order`, writing it with `writer`. Implementations must keep the guarantee of
+    /// [`OrderWriter::place`]: the stock, the order and its ledger rows commit together or
+    /// not at all.
+    async fn place(&self, writer: &OrderWriter, order: &ValidatedOrder) -> Result<PlacedOrder>;
+}
+
+/// The conditional update: `UPDATE products SET available = available - q WHERE id = p AND
+/// available >= q`, in one transaction per order, lines in product order.
+///
+/// Correct without any lock outside the database, and the baseline every other strategy is
+/// measured against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConditionalUpdate;
+
+#[async_trait]
+impl StockStrategy for ConditionalUpdate {
+    fn name(&self) -> &'static str {
+        "conditional-update"
+    }
+
+    async fn place(&self, writer: &OrderWriter, order: &ValidatedOrder) -> Result<PlacedOrder> {
+        writer.place(order, ReserveMode::ConditionalUpdate).await
+    }
+}
