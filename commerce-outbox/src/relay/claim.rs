@@ -134,12 +134,10 @@ pub(crate) fn keep_publishable(
             continue;
         };
         rows.sort_by_key(|r| r.aggregate_seq);
-        let mut expected = head;
-        for row in rows {
+        for (expected, row) in (head..).zip(rows) {
             if row.aggregate_seq != expected {
                 break;
             }
-            expected += 1;
             out.push(row);
         }
     }
