@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against real servers (Postgres, Redis, the Kafka-protocol
+# broker), starting or installing them first. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh up
+cargo test --workspace --locked "$@"
