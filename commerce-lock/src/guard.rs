@@ -75,7 +75,10 @@ impl LockGuard {
 
     /// Every `(key, fencing token)` pair, in key order.
     pub fn fencing_tokens(&self) -> impl Iterator<Item = (&str, FencingToken)> + '_ {
-        self.keys.iter().map(String::as_str).zip(self.fences.iter().copied())
+        self.keys
+            .iter()
+            .map(String::as_str)
+            .zip(self.fences.iter().copied())
     }
 
     /// The random owner token stored in the keys: only it can renew or release them.

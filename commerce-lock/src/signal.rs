@@ -30,7 +30,8 @@ impl ReleaseSignal {
     /// Delivers one release notice.
     pub(crate) fn notify(&self) {
         self.one.notify_one();
-        self.all.send_modify(|generation| *generation = generation.wrapping_add(1));
+        self.all
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Wakes every current waiter, e.g. after notices may have been missed.

@@ -74,17 +74,26 @@ async fn invalid_requests_are_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_fires_lost_and_refuses_new_locks() {
     let lock = LocalLock::new();
-    let guard = lock.acquire("k", options(0, 10_000)).await.expect("free key");
+    let guard = lock
+        .acquire("k", options(0, 10_000))
+        .await
+        .expect("free key");
     within(10, lock.shutdown()).await;
     assert!(guard.is_lost());
-    assert!(matches!(lock.acquire("k2", options(0, 1_000)).await, Err(Error::ShutDown)));
+    assert!(matches!(
+        lock.acquire("k2", options(0, 1_000)).await,
+        Err(Error::ShutDown)
+    ));
 }
 
 /// Leases run on tokio's clock, so expiry can be tested without waiting.
 #[tokio::test(start_paused = true)]
 async fn lease_expiry_follows_the_paused_clock() {
     let lock = LocalLock::new();
-    let guard = lock.acquire("k", options(0, 10_000).without_watchdog()).await.expect("free key");
+    let guard = lock
+        .acquire("k", options(0, 10_000).without_watchdog())
+        .await
+        .expect("free key");
     let waiter = lock.acquire("k", options(60_000, 10_000));
     // The waiter sleeps until the lease ends (no notice comes); the paused clock jumps there.
     let next = waiter.await.expect("lease expired on the virtual clock");

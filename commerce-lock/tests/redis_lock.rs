@@ -26,7 +26,14 @@ async fn notice_only_lock(namespace: &str) -> RedisLock {
 async fn thousand_contenders_on_two_clients_never_lose_an_update() {
     let ns = namespace();
     let (a, b) = (redis_lock(&ns).await, redis_lock(&ns).await);
-    behaviour::mutual_exclusion(a.clone(), b.clone(), "counter-lock", &format!("{ns}:counter"), 1_000).await;
+    behaviour::mutual_exclusion(
+        a.clone(),
+        b.clone(),
+        "counter-lock",
+        &format!("{ns}:counter"),
+        1_000,
+    )
+    .await;
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -72,7 +79,10 @@ async fn fencing_tokens_grow_across_holders_and_clients() {
     behaviour::fencing_tokens_grow(&redis_lock(&ns).await, "k").await;
     // A second client continues the same sequence.
     let other = redis_lock(&ns).await;
-    let guard = other.acquire("k", options(0, 10_000)).await.expect("free key");
+    let guard = other
+        .acquire("k", options(0, 10_000))
+        .await
+        .expect("free key");
     assert_eq!(guard.fencing_token("k"), Some(FencingToken::new(3)));
     guard.release().await.expect("release");
 }
@@ -80,7 +90,12 @@ async fn fencing_tokens_grow_across_holders_and_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_fencing_token_is_refused_by_postgres() {
     let db = TestDb::new(&[]).await;
-    behaviour::stale_fence_refused_by_postgres(&redis_lock(&namespace()).await, db.pool(), "stock:1").await;
+    behaviour::stale_fence_refused_by_postgres(
+        &redis_lock(&namespace()).await,
+        db.pool(),
+        "stock:1",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,11 +103,22 @@ async fn stale_fencing_token_is_refused_by_redis_write() {
     let ns = namespace();
     let lock = redis_lock(&ns).await;
     let resource = format!("{ns}:stock:1");
-    let paused = lock.acquire("stock:1", options(0, 200).without_watchdog()).await.expect("free");
+    let paused = lock
+        .acquire("stock:1", options(0, 200).without_watchdog())
+        .await
+        .expect("free");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let current = lock.acquire("stock:1", options(5_000, 10_000)).await.expect("lease expired");
-    let (old, new) = (paused.fencing_token("stock:1").expect("token"), current.fencing_token("stock:1").expect("token"));
-    lock.write_fenced(&resource, "9", new).await.expect("current holder writes");
+    let current = lock
+        .acquire("stock:1", options(5_000, 10_000))
+        .await
+        .expect("lease expired");
+    let (old, new) = (
+        paused.fencing_token("stock:1").expect("token"),
+        current.fencing_token("stock:1").expect("token"),
+    );
+    lock.write_fenced(&resource, "9", new)
+        .await
+        .expect("current holder writes");
     match lock.write_fenced(&resource, "stale", old).await {
         Err(Error::StaleFencingToken { token, newest, .. }) => {
             assert_eq!((token, newest), (old.get(), new.get()));
@@ -115,11 +141,21 @@ async fn waiter_is_woken_by_the_release_notice() {
     behaviour::waiter_woken_by_release(notice_only_lock(&ns).await, "k").await;
     // Across clients too: the notice goes through Redis pub/sub.
     let (holder_lock, waiter_lock) = (notice_only_lock(&ns).await, notice_only_lock(&ns).await);
-    let holder = holder_lock.acquire("k2", options(0, 60_000)).await.expect("free key");
-    let waiter = tokio::spawn(async move { waiter_lock.acquire("k2", options(30_000, 60_000)).await });
+    let holder = holder_lock
+        .acquire("k2", options(0, 60_000))
+        .await
+        .expect("free key");
+    let waiter =
+        tokio::spawn(async move { waiter_lock.acquire("k2", options(30_000, 60_000)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     holder.release().await.expect("release");
-    within(10, waiter).await.expect("task").expect("woken").release().await.expect("release");
+    within(10, waiter)
+        .await
+        .expect("task")
+        .expect("woken")
+        .release()
+        .await
+        .expect("release");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +179,11 @@ async fn invalid_requests_are_typed_errors() {
 async fn lost_key_fires_the_lost_signal() {
     let lock = redis_lock(&namespace()).await;
     let guard = lock.acquire("k", options(0, 300)).await.expect("free key");
-    let () = plain_connection().await.del(lock.redis_key("k")).await.expect("DEL");
+    let () = plain_connection()
+        .await
+        .del(lock.redis_key("k"))
+        .await
+        .expect("DEL");
     within(10, guard.lost()).await;
     assert!(matches!(guard.release().await, Err(Error::LockLost { .. })));
 }
@@ -166,7 +206,10 @@ async fn redis_going_down_fails_closed() {
         .connect()
         .await
         .expect("connect to the private server");
-    let held = lock.acquire("held", options(0, 900)).await.expect("free key");
+    let held = lock
+        .acquire("held", options(0, 900))
+        .await
+        .expect("free key");
     server.stop();
     match within(10, lock.acquire("other", options(1_000, 1_000))).await {
         Err(Error::Unavailable { .. }) => {}
@@ -181,8 +224,14 @@ async fn redis_going_down_fails_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_fires_lost_and_refuses_new_locks() {
     let lock = redis_lock(&namespace()).await;
-    let guard = lock.acquire("k", options(0, 10_000)).await.expect("free key");
+    let guard = lock
+        .acquire("k", options(0, 10_000))
+        .await
+        .expect("free key");
     lock.shutdown().await;
     assert!(guard.is_lost());
-    assert!(matches!(lock.acquire("k2", options(0, 1_000)).await, Err(Error::ShutDown)));
+    assert!(matches!(
+        lock.acquire("k2", options(0, 1_000)).await,
+        Err(Error::ShutDown)
+    ));
 }

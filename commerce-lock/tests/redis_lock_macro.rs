@@ -39,7 +39,10 @@ async fn keys_of(lock: &RedisLock, order: &Order) -> Result<Vec<String>, AppErro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_template_reads_arguments_and_fields() {
     let lock = redis_lock(&namespace()).await;
-    let order = Order { user_id: 42, lines: (7, 1) };
+    let order = Order {
+        user_id: 42,
+        lines: (7, 1),
+    };
     let keys = keys_of(&lock, &order).await.expect("locked");
     assert_eq!(keys, vec!["cart:42:7".to_owned()]);
     assert_eq!(order.lines.1, 1);
@@ -47,7 +50,11 @@ async fn key_template_reads_arguments_and_fields() {
 
 /// The textbook lost update: read, yield, write. Only the lock keeps it exact.
 #[redis_lock(key = "counter:{name}", wait = "60s", lease = "10s")]
-async fn increment(lock: &impl DistributedLock, name: &str, counter: &AtomicU64) -> Result<(), AppError> {
+async fn increment(
+    lock: &impl DistributedLock,
+    name: &str,
+    counter: &AtomicU64,
+) -> Result<(), AppError> {
     let seen = counter.load(Ordering::SeqCst);
     tokio::task::yield_now().await;
     counter.store(seen + 1, Ordering::SeqCst);
@@ -87,23 +94,40 @@ async fn released_after_an_error_and_after_a_panic() {
         .connect()
         .await
         .expect("connect");
-    assert!(matches!(fail_inside(&lock, 1).await, Err(AppError::OutOfStock)));
+    assert!(matches!(
+        fail_inside(&lock, 1).await,
+        Err(AppError::OutOfStock)
+    ));
     let after_error = lock.acquire("stock:1", options(0, 1_000)).await;
-    assert!(after_error.is_ok(), "error path kept the lock: {after_error:?}");
-    after_error.expect("checked").release().await.expect("release");
+    assert!(
+        after_error.is_ok(),
+        "error path kept the lock: {after_error:?}"
+    );
+    after_error
+        .expect("checked")
+        .release()
+        .await
+        .expect("release");
 
     let shared: Arc<dyn DistributedLock> = Arc::new(lock.clone());
     let panicked = tokio::spawn(panic_inside(shared, 2)).await;
     assert!(panicked.is_err_and(|e| e.is_panic()));
     // The guard's drop releases in the background; the notice wakes this waiter.
     let after_panic = within(10, lock.acquire("stock:2", options(30_000, 1_000))).await;
-    after_panic.expect("panic path released").release().await.expect("release");
+    after_panic
+        .expect("panic path released")
+        .release()
+        .await
+        .expect("release");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_timeout_reaches_the_caller_through_from() {
     let lock = redis_lock(&namespace()).await;
-    let holder = lock.acquire("stock:3", options(0, 10_000)).await.expect("free key");
+    let holder = lock
+        .acquire("stock:3", options(0, 10_000))
+        .await
+        .expect("free key");
     match fail_inside(&lock, 3).await {
         Err(AppError::Lock(Error::WaitTimeout { key, .. })) => assert_eq!(key, "stock:3"),
         other => panic!("expected a wait timeout, got {other:?}"),
@@ -112,7 +136,11 @@ async fn wait_timeout_reaches_the_caller_through_from() {
 }
 
 #[redis_lock(key = "job:{id}", lease = "300ms", guard = g)]
-async fn long_job_cancelled(lock: &RedisLock, id: u32, reached_end: &AtomicU64) -> Result<(), AppError> {
+async fn long_job_cancelled(
+    lock: &RedisLock,
+    id: u32,
+    reached_end: &AtomicU64,
+) -> Result<(), AppError> {
     let _ = g.owner_token();
     tokio::time::sleep(Duration::from_secs(30)).await;
     reached_end.store(id.into(), Ordering::SeqCst);
@@ -144,14 +172,20 @@ async fn lost_lock_cancels_the_body_by_default() {
         Err(AppError::Lock(Error::LockLost { keys })) => assert_eq!(keys, vec!["job:5".to_owned()]),
         other => panic!("expected LockLost, got {other:?}"),
     }
-    assert_eq!(reached_end.load(Ordering::SeqCst), 0, "the body ran on after the loss");
+    assert_eq!(
+        reached_end.load(Ordering::SeqCst),
+        0,
+        "the body ran on after the loss"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_lock_only_signals_when_asked() {
     let lock = redis_lock(&namespace()).await;
     delete_soon(&lock, "job:6").await;
-    let saw_loss = within(10, long_job_signalled(&lock, 6)).await.expect("body result returned");
+    let saw_loss = within(10, long_job_signalled(&lock, 6))
+        .await
+        .expect("body result returned");
     assert!(saw_loss);
 }
 
@@ -169,9 +203,19 @@ impl Inventory {
 
 #[tokio::test]
 async fn methods_name_an_injected_client() {
-    let inventory = Inventory { locks: LocalLock::new(), warehouse: "north" };
-    assert_eq!(inventory.reserve("sku-1").await.expect("locked"), "north:sku-1");
+    let inventory = Inventory {
+        locks: LocalLock::new(),
+        warehouse: "north",
+    };
+    assert_eq!(
+        inventory.reserve("sku-1").await.expect("locked"),
+        "north:sku-1"
+    );
     // Released on return.
-    let guard: LockGuard = inventory.locks.acquire("north:sku-1", options(0, 1_000)).await.expect("free");
+    let guard: LockGuard = inventory
+        .locks
+        .acquire("north:sku-1", options(0, 1_000))
+        .await
+        .expect("free");
     guard.release().await.expect("release");
 }

@@ -28,7 +28,10 @@ fn is_lock_type(ty: &Type) -> bool {
                 return false;
             };
             is_wrapper
-                && args.args.iter().any(|a| matches!(a, syn::GenericArgument::Type(t) if is_lock_type(t)))
+                && args
+                    .args
+                    .iter()
+                    .any(|a| matches!(a, syn::GenericArgument::Type(t) if is_lock_type(t)))
         }),
         _ => false,
     }
@@ -197,7 +200,12 @@ pub(crate) fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenSt
     let statements = &block.stmts;
     let return_span = return_type.span();
     let fake_return = quote_spanned! {return_span=>
-        #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+        #[allow(
+            unreachable_code,
+            clippy::diverging_sub_expression,
+            clippy::empty_loop,
+            clippy::needless_return
+        )]
         if false {
             let #fake: #return_type = loop {};
             return #fake;
@@ -228,4 +236,3 @@ pub(crate) fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenSt
         }
     })
 }
-

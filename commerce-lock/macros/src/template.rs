@@ -33,7 +33,8 @@ fn parse_placeholder(inner: &str) -> Result<Placeholder, String> {
     let mut fields = Vec::new();
     for field in parts {
         let field = field.trim();
-        if !is_identifier(field) && !(field.chars().all(|c| c.is_ascii_digit()) && !field.is_empty()) {
+        let is_index = !field.is_empty() && field.chars().all(|c| c.is_ascii_digit());
+        if !is_identifier(field) && !is_index {
             return Err(format!(
                 "`{{{inner}}}` in the key template: `{field}` is not a field name"
             ));
@@ -77,7 +78,11 @@ pub(crate) fn parse(text: &str) -> Result<Template, String> {
                 placeholders.push(parse_placeholder(&inner)?);
                 format.push_str("{}");
             }
-            '}' => return Err(format!("unmatched `}}` in the key template {text:?} (write `}}}}` for a brace)")),
+            '}' => {
+                return Err(format!(
+                    "unmatched `}}` in the key template {text:?} (write `}}}}` for a brace)"
+                ))
+            }
             other => format.push(other),
         }
     }
@@ -101,9 +106,18 @@ mod tests {
         assert_eq!(
             template.placeholders,
             vec![
-                Placeholder { root: "product_id".into(), fields: vec![] },
-                Placeholder { root: "order".into(), fields: vec!["user_id".into()] },
-                Placeholder { root: "pair".into(), fields: vec!["0".into()] },
+                Placeholder {
+                    root: "product_id".into(),
+                    fields: vec![]
+                },
+                Placeholder {
+                    root: "order".into(),
+                    fields: vec!["user_id".into()]
+                },
+                Placeholder {
+                    root: "pair".into(),
+                    fields: vec!["0".into()]
+                },
             ]
         );
     }
@@ -117,7 +131,15 @@ mod tests {
 
     #[test]
     fn malformed_templates_are_rejected() {
-        for bad in ["", "stock:{", "stock:}", "stock:{}", "stock:{1x}", "stock:{a.b-c}", "{a.}"] {
+        for bad in [
+            "",
+            "stock:{",
+            "stock:}",
+            "stock:{}",
+            "stock:{1x}",
+            "stock:{a.b-c}",
+            "{a.}",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -163,7 +163,12 @@ impl RedisLock {
     /// # Errors
     /// [`Error::StaleFencingToken`] if a newer holder has written; [`Error::Unavailable`] if
     /// Redis cannot be reached.
-    pub async fn write_fenced(&self, resource: &str, value: &str, token: FencingToken) -> Result<()> {
+    pub async fn write_fenced(
+        &self,
+        resource: &str,
+        value: &str,
+        token: FencingToken,
+    ) -> Result<()> {
         let (written, newest): (i64, u64) = self
             .store
             .run(
@@ -254,7 +259,10 @@ impl Backend for RedisStore {
         for key in keys {
             invocation.key(self.fence_key(key));
         }
-        invocation.arg(token).arg(lease_millis(lease)).arg(keys.len());
+        invocation
+            .arg(token)
+            .arg(lease_millis(lease))
+            .arg(keys.len());
         let reply: Vec<i64> = self.run("acquire", &mut invocation).await?;
         match reply.as_slice() {
             [1, fences @ ..] if fences.len() == keys.len() => Ok(Attempt::Acquired(

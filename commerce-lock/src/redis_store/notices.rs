@@ -143,12 +143,15 @@ impl Subscriber {
         channels
             .iter()
             .map(|name| {
-                let channel = self.channels.entry(name.clone()).or_insert_with(|| Channel {
-                    signal: Arc::default(),
-                    watchers: 0,
-                    subscribed: false,
-                    idle_since: None,
-                });
+                let channel = self
+                    .channels
+                    .entry(name.clone())
+                    .or_insert_with(|| Channel {
+                        signal: Arc::default(),
+                        watchers: 0,
+                        subscribed: false,
+                        idle_since: None,
+                    });
                 channel.watchers += 1;
                 channel.idle_since = None;
                 Arc::clone(&channel.signal)
@@ -253,7 +256,8 @@ impl Subscriber {
             self.channels.remove(name);
         }
         if let (Some(sink), false) = (self.sink.as_mut(), idle.is_empty()) {
-            if let Err(error) = with_timeout(self.timeouts.response, sink.unsubscribe(&idle)).await {
+            if let Err(error) = with_timeout(self.timeouts.response, sink.unsubscribe(&idle)).await
+            {
                 tracing::debug!(%error, "unsubscribe from idle release channels failed");
                 self.disconnected(stream);
             }
@@ -289,6 +293,8 @@ pub(crate) async fn with_timeout<T>(
 ) -> redis::RedisResult<T> {
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis call timed out").into()),
+        Err(_) => {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis call timed out").into())
+        }
     }
 }

@@ -29,7 +29,10 @@ pub(crate) async fn mutual_exclusion<L: DistributedLock + Clone + 'static>(
             let mut redis = plain_connection().await;
             barrier.wait().await;
             let guard = lock
-                .acquire(&key, LockOptions::new(Duration::from_secs(120), Duration::from_secs(10)))
+                .acquire(
+                    &key,
+                    LockOptions::new(Duration::from_secs(120), Duration::from_secs(10)),
+                )
                 .await
                 .expect("acquire within the wait");
             let seen: Option<u64> = redis.get(&counter).await.expect("GET counter");
@@ -49,7 +52,10 @@ pub(crate) async fn mutual_exclusion<L: DistributedLock + Clone + 'static>(
     .await;
     let mut redis = plain_connection().await;
     let total: u64 = redis.get(counter).await.expect("GET counter");
-    assert_eq!(total, contenders as u64, "lost updates: the lock let two holders in");
+    assert_eq!(
+        total, contenders as u64,
+        "lost updates: the lock let two holders in"
+    );
 }
 
 /// A holder whose lease ran out cannot release the lock a newer holder took.
@@ -58,7 +64,10 @@ pub(crate) async fn only_owner_releases<L: DistributedLock>(lock: &L, key: &str)
         .acquire(key, options(0, 200).without_watchdog())
         .await
         .expect("free key");
-    let current = lock.acquire(key, options(5_000, 10_000)).await.expect("taken after the lease");
+    let current = lock
+        .acquire(key, options(5_000, 10_000))
+        .await
+        .expect("taken after the lease");
     match stale.release().await {
         Err(Error::LockLost { keys }) => assert_eq!(keys, vec![key.to_owned()]),
         other => panic!("stale release must report the lost lock, got {other:?}"),
@@ -79,18 +88,30 @@ pub(crate) async fn watchdog_keeps_long_hold<L: DistributedLock>(lock: &L, key: 
     let other = lock.acquire(key, options(0, 300)).await;
     assert!(matches!(other, Err(Error::WaitTimeout { .. })), "{other:?}");
     guard.release().await.expect("still held after four leases");
-    let again = lock.acquire(key, options(0, 300)).await.expect("free after release");
+    let again = lock
+        .acquire(key, options(0, 300))
+        .await
+        .expect("free after release");
     again.release().await.expect("release");
 }
 
 /// A bounded wait ends in a typed error naming the key.
 pub(crate) async fn wait_timeout_is_typed<L: DistributedLock>(lock: &L, key: &str) {
-    let holder = lock.acquire(key, options(0, 10_000)).await.expect("free key");
+    let holder = lock
+        .acquire(key, options(0, 10_000))
+        .await
+        .expect("free key");
     let started = Instant::now();
     match within(10, lock.acquire(key, options(200, 10_000))).await {
-        Err(Error::WaitTimeout { key: blocked, waited }) => {
+        Err(Error::WaitTimeout {
+            key: blocked,
+            waited,
+        }) => {
             assert_eq!(blocked, key);
-            assert!(waited >= Duration::from_millis(200), "gave up early: {waited:?}");
+            assert!(
+                waited >= Duration::from_millis(200),
+                "gave up early: {waited:?}"
+            );
         }
         other => panic!("expected WaitTimeout, got {other:?}"),
     }
@@ -100,9 +121,19 @@ pub(crate) async fn wait_timeout_is_typed<L: DistributedLock>(lock: &L, key: &st
 
 /// Multi-key acquire takes every key or none, and hands out a fencing token per key.
 pub(crate) async fn multi_key_all_or_nothing<L: DistributedLock>(lock: &L, prefix: &str) {
-    let (k1, k2, k3) = (format!("{prefix}:1"), format!("{prefix}:2"), format!("{prefix}:3"));
-    let middle = lock.acquire(&k2, options(0, 10_000)).await.expect("free key");
-    match lock.acquire_many(&[&k3, &k1, &k2], options(0, 10_000)).await {
+    let (k1, k2, k3) = (
+        format!("{prefix}:1"),
+        format!("{prefix}:2"),
+        format!("{prefix}:3"),
+    );
+    let middle = lock
+        .acquire(&k2, options(0, 10_000))
+        .await
+        .expect("free key");
+    match lock
+        .acquire_many(&[&k3, &k1, &k2], options(0, 10_000))
+        .await
+    {
         Err(Error::WaitTimeout { key, .. }) => assert_eq!(key, k2),
         other => panic!("expected WaitTimeout on {k2}, got {other:?}"),
     }
@@ -118,9 +149,16 @@ pub(crate) async fn multi_key_all_or_nothing<L: DistributedLock>(lock: &L, prefi
         .acquire_many(&[&k3, &k1, &k2, &k1], options(0, 10_000))
         .await
         .expect("all free");
-    assert_eq!(all.keys(), [k1.clone(), k2.clone(), k3.clone()], "sorted, deduplicated");
+    assert_eq!(
+        all.keys(),
+        [k1.clone(), k2.clone(), k3.clone()],
+        "sorted, deduplicated"
+    );
     for key in [&k1, &k2, &k3] {
-        assert!(all.fencing_token(key).is_some(), "no fencing token for {key}");
+        assert!(
+            all.fencing_token(key).is_some(),
+            "no fencing token for {key}"
+        );
     }
     assert!(all.fencing_token("not-held").is_none());
     all.release().await.expect("release");
@@ -128,17 +166,27 @@ pub(crate) async fn multi_key_all_or_nothing<L: DistributedLock>(lock: &L, prefi
 
 /// Fencing tokens grow per key across holders.
 pub(crate) async fn fencing_tokens_grow<L: DistributedLock>(lock: &L, key: &str) {
-    let first = lock.acquire(key, options(0, 10_000)).await.expect("free key");
+    let first = lock
+        .acquire(key, options(0, 10_000))
+        .await
+        .expect("free key");
     let first_token = first.fencing_token(key).expect("token");
     first.release().await.expect("release");
-    let second = lock.acquire(key, options(0, 10_000)).await.expect("free key");
+    let second = lock
+        .acquire(key, options(0, 10_000))
+        .await
+        .expect("free key");
     assert!(second.fencing_token(key).expect("token") > first_token);
     second.release().await.expect("release");
 }
 
 /// A holder paused past its lease writes with an old fencing token; the documented Postgres
 /// pattern refuses it after the newer holder wrote.
-pub(crate) async fn stale_fence_refused_by_postgres<L: DistributedLock>(lock: &L, pool: &sqlx::PgPool, key: &str) {
+pub(crate) async fn stale_fence_refused_by_postgres<L: DistributedLock>(
+    lock: &L,
+    pool: &sqlx::PgPool,
+    key: &str,
+) {
     sqlx::query(
         "CREATE TABLE product_stock (product_id BIGINT PRIMARY KEY, quantity INT NOT NULL, lock_fence BIGINT NOT NULL DEFAULT 0)",
     )
@@ -163,28 +211,45 @@ pub(crate) async fn stale_fence_refused_by_postgres<L: DistributedLock>(lock: &L
         .expect("free key");
     let paused_fence = paused.fencing_token(key).expect("token").as_i64();
     tokio::time::sleep(Duration::from_millis(400)).await; // the "GC pause"
-    let current = lock.acquire(key, options(5_000, 10_000)).await.expect("lease expired");
+    let current = lock
+        .acquire(key, options(5_000, 10_000))
+        .await
+        .expect("lease expired");
     let current_fence = current.fencing_token(key).expect("token").as_i64();
     assert!(current_fence > paused_fence);
-    assert_eq!(write(current_fence).await.expect("update").rows_affected(), 1);
-    assert_eq!(write(current_fence).await.expect("update").rows_affected(), 1, "same holder writes twice");
+    assert_eq!(
+        write(current_fence).await.expect("update").rows_affected(),
+        1
+    );
+    assert_eq!(
+        write(current_fence).await.expect("update").rows_affected(),
+        1,
+        "same holder writes twice"
+    );
     assert_eq!(
         write(paused_fence).await.expect("update").rows_affected(),
         0,
         "the stale holder's write went through"
     );
-    let quantity: i32 = sqlx::query_scalar("SELECT quantity FROM product_stock WHERE product_id = 1")
-        .fetch_one(pool)
-        .await
-        .expect("select");
+    let quantity: i32 =
+        sqlx::query_scalar("SELECT quantity FROM product_stock WHERE product_id = 1")
+            .fetch_one(pool)
+            .await
+            .expect("select");
     assert_eq!(quantity, 8);
     current.release().await.expect("release");
-    assert!(matches!(paused.release().await, Err(Error::LockLost { .. })));
+    assert!(matches!(
+        paused.release().await,
+        Err(Error::LockLost { .. })
+    ));
 }
 
 /// A holder that dies (its runtime, hence its watchdog, is gone; its guard never released)
 /// frees the key once the lease runs out.
-pub(crate) async fn dead_holder_freed_after_lease<L: DistributedLock + Clone + 'static>(lock: L, key: &str) {
+pub(crate) async fn dead_holder_freed_after_lease<L: DistributedLock + Clone + 'static>(
+    lock: L,
+    key: &str,
+) {
     let holder = lock.clone();
     let held_key = key.to_owned();
     std::thread::spawn(move || {
@@ -193,7 +258,10 @@ pub(crate) async fn dead_holder_freed_after_lease<L: DistributedLock + Clone + '
             .build()
             .expect("holder runtime");
         runtime.block_on(async {
-            let guard = holder.acquire(&held_key, options(0, 500)).await.expect("free key");
+            let guard = holder
+                .acquire(&held_key, options(0, 500))
+                .await
+                .expect("free key");
             std::mem::forget(guard);
         });
         // Dropping the runtime kills the watchdog, like a crashed process.
@@ -210,23 +278,37 @@ pub(crate) async fn dead_holder_freed_after_lease<L: DistributedLock + Clone + '
 
 /// A waiter is woken by the release itself: its only timers (lease, re-check) are far longer
 /// than the wait it gets to observe.
-pub(crate) async fn waiter_woken_by_release<L: DistributedLock + Clone + 'static>(lock: L, key: &str) {
-    let holder = lock.acquire(key, options(0, 60_000)).await.expect("free key");
+pub(crate) async fn waiter_woken_by_release<L: DistributedLock + Clone + 'static>(
+    lock: L,
+    key: &str,
+) {
+    let holder = lock
+        .acquire(key, options(0, 60_000))
+        .await
+        .expect("free key");
     let waiter_lock = lock.clone();
     let waiter_key = key.to_owned();
     let waiter = tokio::spawn(async move {
-        waiter_lock.acquire(&waiter_key, options(30_000, 60_000)).await
+        waiter_lock
+            .acquire(&waiter_key, options(30_000, 60_000))
+            .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     holder.release().await.expect("release");
-    let guard = within(10, waiter).await.expect("waiter task").expect("waiter acquires");
+    let guard = within(10, waiter)
+        .await
+        .expect("waiter task")
+        .expect("waiter acquires");
     guard.release().await.expect("release");
 }
 
 /// A guard dropped without `release` still frees the key (released in the background).
 pub(crate) async fn dropped_guard_releases<L: DistributedLock>(lock: &L, key: &str) {
     {
-        let _guard = lock.acquire(key, options(0, 60_000)).await.expect("free key");
+        let _guard = lock
+            .acquire(key, options(0, 60_000))
+            .await
+            .expect("free key");
     }
     let guard = within(10, lock.acquire(key, options(30_000, 60_000)))
         .await
@@ -255,8 +337,17 @@ pub(crate) async fn panic_releases<L: DistributedLock + Clone + 'static>(lock: L
 
 /// Bad requests are typed errors, not panics.
 pub(crate) async fn invalid_requests_rejected<L: DistributedLock>(lock: &L) {
-    assert!(matches!(lock.acquire_many(&[], options(0, 1_000)).await, Err(Error::Invalid { .. })));
-    assert!(matches!(lock.acquire("", options(0, 1_000)).await, Err(Error::Invalid { .. })));
+    assert!(matches!(
+        lock.acquire_many(&[], options(0, 1_000)).await,
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        lock.acquire("", options(0, 1_000)).await,
+        Err(Error::Invalid { .. })
+    ));
     let zero_lease = LockOptions::new(Duration::ZERO, Duration::ZERO);
-    assert!(matches!(lock.acquire("k", zero_lease).await, Err(Error::Invalid { .. })));
+    assert!(matches!(
+        lock.acquire("k", zero_lease).await,
+        Err(Error::Invalid { .. })
+    ));
 }

@@ -34,7 +34,10 @@ pub(crate) async fn plain_connection() -> redis::aio::MultiplexedConnection {
 
 /// Options with millisecond wait and lease.
 pub(crate) fn options(wait_ms: u64, lease_ms: u64) -> LockOptions {
-    LockOptions::new(Duration::from_millis(wait_ms), Duration::from_millis(lease_ms))
+    LockOptions::new(
+        Duration::from_millis(wait_ms),
+        Duration::from_millis(lease_ms),
+    )
 }
 
 /// Fails the test instead of hanging if `future` does not finish within `seconds`.
