@@ -36,7 +36,11 @@ struct PrintOrder;
 
 #[async_trait]
 impl EventHandler for PrintOrder {
-    async fn handle(&self, _conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        _conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         let order: OrderCreated = envelope.decode()?;
         println!(
             "consumed {} #{} for {}: {} cents",
@@ -59,20 +63,31 @@ async fn main() -> anyhow::Result<()> {
     let routes = TopicRoutes::new().route("order", &topic);
 
     let relay = Relay::builder(pool.clone(), &brokers).build()?.spawn();
-    let consumer = InboxConsumer::builder(pool.clone(), &brokers, format!("{topic}-printer"), "order-printer")
-        .topics([topic.as_str()])
-        .build(PrintOrder)?
-        .spawn();
+    let consumer = InboxConsumer::builder(
+        pool.clone(),
+        &brokers,
+        format!("{topic}-printer"),
+        "order-printer",
+    )
+    .topics([topic.as_str()])
+    .build(PrintOrder)?
+    .spawn();
 
     let order_id = format!("o-{}", uuid::Uuid::now_v7());
     // A rolled-back transaction: its event never exists.
     let mut tx = pool.begin().await?;
-    let dropped = OrderCreated { order_id: order_id.clone(), total_cents: -1 };
+    let dropped = OrderCreated {
+        order_id: order_id.clone(),
+        total_cents: -1,
+    };
     enqueue(&mut tx, &NewEvent::from_event(&routes, &dropped)?).await?;
     tx.rollback().await?;
     // A committed one: published within milliseconds of the commit.
     let mut tx = pool.begin().await?;
-    let created = OrderCreated { order_id, total_cents: 1999 };
+    let created = OrderCreated {
+        order_id,
+        total_cents: 1999,
+    };
     let id = enqueue(&mut tx, &NewEvent::from_event(&routes, &created)?).await?;
     tx.commit().await?;
     println!("committed event {id}");

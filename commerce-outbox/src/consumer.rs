@@ -225,7 +225,10 @@ impl<H: EventHandler> InboxConsumer<H> {
                 Err(error) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     failures = failures.saturating_add(1);
-                    let delay = self.settings.retry_backoff.delay_with_random_jitter(failures);
+                    let delay = self
+                        .settings
+                        .retry_backoff
+                        .delay_with_random_jitter(failures);
                     tracing::warn!(
                         consumer = %self.settings.consumer_name, event_id = %envelope.id,
                         event_type = %envelope.event_type, attempts = failures, %error, ?delay,

@@ -309,7 +309,9 @@ mod tests {
     #[test]
     fn empty_fields_are_rejected() {
         let event = NewEvent::new("t", "e", "a", "", json!({}));
-        assert!(matches!(event.validate(), Err(Error::InvalidEvent(m)) if m.contains("aggregate_id")));
+        assert!(
+            matches!(event.validate(), Err(Error::InvalidEvent(m)) if m.contains("aggregate_id"))
+        );
     }
 
     #[test]

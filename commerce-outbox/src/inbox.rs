@@ -19,7 +19,11 @@ use crate::event::EventId;
 ///
 /// # Errors
 /// [`crate::Error::Database`] when the insert fails.
-pub async fn record_once(conn: &mut PgConnection, consumer: &str, event_id: EventId) -> Result<bool> {
+pub async fn record_once(
+    conn: &mut PgConnection,
+    consumer: &str,
+    event_id: EventId,
+) -> Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO commerce_outbox.inbox (consumer, event_id) VALUES ($1, $2)
          ON CONFLICT (consumer, event_id) DO NOTHING",

@@ -85,7 +85,10 @@ impl RelayCounters {
     pub(crate) fn snapshot(&self, outbox: OutboxStats) -> RelayMetrics {
         let published_total = self.published.load(Ordering::Relaxed);
         let now = Instant::now();
-        let mut last = self.last_sample.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self
+            .last_sample
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let elapsed = now.duration_since(last.0).as_secs_f64();
         #[allow(clippy::cast_precision_loss)] // a rate; f64 is exact up to 2^53 events
         let published_per_sec = if elapsed > 0.0 {

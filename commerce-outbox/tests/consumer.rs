@@ -19,7 +19,11 @@ struct RecordEffect;
 
 #[async_trait]
 impl EventHandler for RecordEffect {
-    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
             .bind(envelope.id.0)
             .execute(conn)
@@ -47,7 +51,10 @@ async fn two_group_members_share_the_partitions_and_apply_each_event_once() {
             .spawn()
     };
     let (first, second) = (member(), member());
-    let relay = Relay::builder(db.pool().clone(), &brokers).build().unwrap().spawn();
+    let relay = Relay::builder(db.pool().clone(), &brokers)
+        .build()
+        .unwrap()
+        .spawn();
     for n in 0..EVENTS {
         commit_event(db.pool(), &topic, &format!("order-{n}"), n as i64).await;
     }
@@ -183,12 +190,20 @@ async fn a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compens
         routes: routes.clone(),
     });
     assert_eq!(saga.event_types(), vec!["order.placed"]);
-    let consumer = InboxConsumer::builder(db.pool().clone(), &brokers, unique_name("stock"), "stock-service")
-        .topics([topic.as_str()])
-        .build(saga)
+    let consumer = InboxConsumer::builder(
+        db.pool().clone(),
+        &brokers,
+        unique_name("stock"),
+        "stock-service",
+    )
+    .topics([topic.as_str()])
+    .build(saga)
+    .unwrap()
+    .spawn();
+    let relay = Relay::builder(db.pool().clone(), &brokers)
+        .build()
         .unwrap()
         .spawn();
-    let relay = Relay::builder(db.pool().clone(), &brokers).build().unwrap().spawn();
 
     for (order_id, quantity) in [("o-1", 3), ("o-2", 3)] {
         let mut tx = db.pool().begin().await.unwrap();
@@ -199,20 +214,32 @@ async fn a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compens
         };
         let event = NewEvent::from_event(&routes, &placed).unwrap();
         enqueue(&mut tx, &event).await.unwrap();
-        record_saga_step(&mut tx, "order-fulfilment", order_id, "place-order", SagaStatus::Started, Some(event.id), None)
-            .await
-            .unwrap();
+        record_saga_step(
+            &mut tx,
+            "order-fulfilment",
+            order_id,
+            "place-order",
+            SagaStatus::Started,
+            Some(event.id),
+            None,
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
     }
 
     let pool = db.pool().clone();
-    eventually(Duration::from_secs(45), "both sagas to take their step", || {
-        let pool = pool.clone();
-        async move {
-            saga_log(&pool, "o-1").await.unwrap().len() == 2
-                && saga_log(&pool, "o-2").await.unwrap().len() == 2
-        }
-    })
+    eventually(
+        Duration::from_secs(45),
+        "both sagas to take their step",
+        || {
+            let pool = pool.clone();
+            async move {
+                saga_log(&pool, "o-1").await.unwrap().len() == 2
+                    && saga_log(&pool, "o-2").await.unwrap().len() == 2
+            }
+        },
+    )
     .await;
     let statuses = |log: Vec<commerce_outbox::saga::SagaLogEntry>| {
         log.into_iter()
@@ -230,7 +257,11 @@ async fn a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compens
         statuses(saga_log(db.pool(), "o-2").await.unwrap()),
         vec![
             ("place-order".into(), "started".into(), None),
-            ("reserve-stock".into(), "compensated".into(), Some("out of stock".into()))
+            (
+                "reserve-stock".into(),
+                "compensated".into(),
+                Some("out of stock".into())
+            )
         ]
     );
     let available: i32 = sqlx::query_scalar("SELECT available FROM stock")
@@ -242,7 +273,11 @@ async fn a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compens
         .fetch_all(db.pool())
         .await
         .unwrap();
-    assert_eq!(reservations, vec!["o-1".to_owned()], "the failed step's writes rolled back");
+    assert_eq!(
+        reservations,
+        vec!["o-1".to_owned()],
+        "the failed step's writes rolled back"
+    );
     let emitted: Vec<(String, String)> = sqlx::query_as(
         "SELECT aggregate_id, event_type FROM commerce_outbox.event
          WHERE event_type <> 'order.placed' ORDER BY aggregate_id",

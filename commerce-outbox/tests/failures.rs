@@ -27,16 +27,22 @@ fn settings() -> TopicSettings {
 /// published before the outage with a reader that consumed them before the broker died.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_while_the_broker_is_down_arrive_once_it_is_back() {
+    common::init_logs();
     let db = TestDb::new(&[&MIGRATOR]).await;
     let mut broker = PrivateBroker::start().await;
     let brokers = broker.brokers();
     let topic = unique_name("outbox-outage");
-    ensure_topics(&brokers, &[&topic], settings()).await.unwrap();
+    ensure_topics(&brokers, &[&topic], settings())
+        .await
+        .unwrap();
 
     let relay = Relay::builder(db.pool().clone(), &brokers)
         .name("outage")
         .poll_interval(Duration::from_millis(200))
-        .broker_backoff(Backoff::new(Duration::from_millis(100), Duration::from_millis(800)))
+        .broker_backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_millis(800),
+        ))
         .producer_config("message.timeout.ms", "1500")
         .producer_config("reconnect.backoff.max.ms", "300")
         .build()
@@ -58,15 +64,25 @@ async fn events_written_while_the_broker_is_down_arrive_once_it_is_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pool = db.pool().clone();
-    eventually(Duration::from_secs(20), "the relay to notice the outage", || {
-        let relay = &relay;
-        async move { relay.metrics().await.unwrap().unavailable_total > 0 }
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the relay to notice the outage",
+        || {
+            let relay = &relay;
+            async move { relay.metrics().await.unwrap().unavailable_total > 0 }
+        },
+    )
     .await;
-    assert_eq!(outbox_stats(&pool).await.unwrap().pending, 30, "nothing is lost or skipped while down");
+    assert_eq!(
+        outbox_stats(&pool).await.unwrap().pending,
+        30,
+        "nothing is lost or skipped while down"
+    );
 
     broker.restart().await;
-    ensure_topics(&brokers, &[&topic], settings()).await.unwrap();
+    ensure_topics(&brokers, &[&topic], settings())
+        .await
+        .unwrap();
     let mut late = Reader::new(&brokers, &topic);
     late.read_ids(&during, Duration::from_secs(45)).await;
     let order = common::arrival_order(&late.received);
@@ -81,7 +97,10 @@ async fn events_written_while_the_broker_is_down_arrive_once_it_is_back() {
     })
     .await;
     let metrics = relay.metrics().await.unwrap();
-    assert_eq!(metrics.dead_lettered_total, 0, "an outage never dead-letters events");
+    assert_eq!(
+        metrics.dead_lettered_total, 0,
+        "an outage never dead-letters events"
+    );
     relay.shutdown().await.unwrap();
 }
 
@@ -90,7 +109,11 @@ struct RecordEffect;
 
 #[async_trait]
 impl EventHandler for RecordEffect {
-    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
             .bind(envelope.id.0)
             .execute(conn)
@@ -103,7 +126,8 @@ impl EventHandler for RecordEffect {
 /// marked: nothing is lost, the batch is published again, and the inbox applies each event
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_absorbs_the_duplicates() {
+async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_absorbs_the_duplicates(
+) {
     const EVENTS: usize = 20;
     let db = TestDb::new(&[&MIGRATOR]).await;
     let brokers = kafka_brokers();
@@ -119,8 +143,13 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
 
     // A gate: any UPDATE of the outbox (the relay's "mark published") waits until the test
     // releases an advisory lock, so the relay is caught exactly between publish and mark.
-    let mut gate = PgConnection::connect_with(&db.connect_options()).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(4242)").execute(&mut gate).await.unwrap();
+    let mut gate = PgConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut gate)
+        .await
+        .unwrap();
     sqlx::query(
         "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN PERFORM pg_advisory_lock_shared(4242); PERFORM pg_advisory_unlock_shared(4242); RETURN NULL; END $$",
@@ -144,11 +173,18 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
         .spawn();
     let mut reader = Reader::new(&brokers, &topic);
     reader.read_ids(&ids, Duration::from_secs(30)).await;
-    assert_eq!(outbox_stats(db.pool()).await.unwrap().pending, EVENTS as i64, "published but not marked");
+    assert_eq!(
+        outbox_stats(db.pool()).await.unwrap().pending,
+        EVENTS as i64,
+        "published but not marked"
+    );
     doomed.abort();
 
     // Release the gate: the killed relay's transaction rolls back; the rows are still pending.
-    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut gate).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut gate)
+        .await
+        .unwrap();
     sqlx::query("DROP TRIGGER gate ON commerce_outbox.event")
         .execute(&mut gate)
         .await
@@ -168,15 +204,20 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
     .await;
     reader.read_count(2 * EVENTS, Duration::from_secs(30)).await;
 
-    let consumer = InboxConsumer::builder(db.pool().clone(), &brokers, unique_name("group"), "effects")
-        .topics([topic.as_str()])
-        .build(RecordEffect)
-        .unwrap()
-        .spawn();
-    eventually(Duration::from_secs(45), "the consumer to see every delivery", || {
-        let stats = consumer.stats();
-        async move { stats.applied + stats.duplicates >= 2 * EVENTS as u64 }
-    })
+    let consumer =
+        InboxConsumer::builder(db.pool().clone(), &brokers, unique_name("group"), "effects")
+            .topics([topic.as_str()])
+            .build(RecordEffect)
+            .unwrap()
+            .spawn();
+    eventually(
+        Duration::from_secs(45),
+        "the consumer to see every delivery",
+        || {
+            let stats = consumer.stats();
+            async move { stats.applied + stats.duplicates >= 2 * EVENTS as u64 }
+        },
+    )
     .await;
     let stats = consumer.stats();
     assert_eq!(stats.applied, EVENTS as u64);
@@ -186,7 +227,11 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
             .fetch_one(db.pool())
             .await
             .unwrap();
-    assert_eq!((rows, distinct), (EVENTS as i64, EVENTS as i64), "each effect exactly once");
+    assert_eq!(
+        (rows, distinct),
+        (EVENTS as i64, EVENTS as i64),
+        "each effect exactly once"
+    );
     consumer.shutdown().await.unwrap();
     survivor.shutdown().await.unwrap();
 }

@@ -16,7 +16,10 @@ fn fast_relay(db: &TestDb, name: &str) -> commerce_outbox::RelayBuilder {
     Relay::builder(db.pool().clone(), kafka_brokers())
         .name(name)
         .poll_interval(Duration::from_millis(200))
-        .broker_backoff(Backoff::new(Duration::from_millis(50), Duration::from_millis(500)))
+        .broker_backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,12 +52,13 @@ async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit
     committed.push(sentinel);
 
     let mut reader = Reader::new(&brokers, &topic);
-    reader
-        .read_ids(&committed, Duration::from_secs(30))
-        .await;
+    reader.read_ids(&committed, Duration::from_secs(30)).await;
 
     let ids: Vec<_> = reader.received.iter().map(|m| m.envelope.id).collect();
-    assert!(!ids.contains(&rolled_back.id), "rolled-back event was published");
+    assert!(
+        !ids.contains(&rolled_back.id),
+        "rolled-back event was published"
+    );
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "an event was published twice");
     assert_eq!(ids.len(), committed.len());
@@ -63,7 +67,10 @@ async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit
     assert_eq!(order["agg-b"], (0..10).collect::<Vec<_>>());
     assert_eq!(order["agg-c"], (0..10).collect::<Vec<_>>());
     for message in &reader.received {
-        assert_eq!(message.key, message.envelope.aggregate_id, "key = aggregate id");
+        assert_eq!(
+            message.key, message.envelope.aggregate_id,
+            "key = aggregate id"
+        );
         assert_eq!(message.headers["event-id"], message.envelope.id.to_string());
     }
 
@@ -90,13 +97,23 @@ async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate() {
     let db = TestDb::with_pool_size(&[&MIGRATOR], 16).await;
     let brokers = kafka_brokers();
     let topic = new_topic(&brokers, "outbox-two-relays").await;
-    sqlx::query("CREATE TABLE business_state (aggregate text PRIMARY KEY, version bigint NOT NULL)")
-        .execute(db.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "CREATE TABLE business_state (aggregate text PRIMARY KEY, version bigint NOT NULL)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
 
-    let relay_a = fast_relay(&db, "relay-a").batch_size(200).build().unwrap().spawn();
-    let relay_b = fast_relay(&db, "relay-b").batch_size(200).build().unwrap().spawn();
+    let relay_a = fast_relay(&db, "relay-a")
+        .batch_size(200)
+        .build()
+        .unwrap()
+        .spawn();
+    let relay_b = fast_relay(&db, "relay-b")
+        .batch_size(200)
+        .build()
+        .unwrap()
+        .spawn();
 
     let next = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
@@ -121,8 +138,13 @@ async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate() {
                 .fetch_one(&mut *tx)
                 .await
                 .unwrap();
-                let event =
-                    NewEvent::new(&topic, "test.happened", "test", &aggregate, json!({"n": version}));
+                let event = NewEvent::new(
+                    &topic,
+                    "test.happened",
+                    "test",
+                    &aggregate,
+                    json!({"n": version}),
+                );
                 enqueue(&mut tx, &event).await.unwrap();
                 tx.commit().await.unwrap();
             }
@@ -165,7 +187,10 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
     let topic = new_topic(&brokers, "outbox-poison").await;
     let strict = fast_relay(&db, "strict")
         .max_attempts(3)
-        .retry_backoff(Backoff::new(Duration::from_millis(50), Duration::from_millis(200)))
+        .retry_backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        ))
         .producer_config("message.max.bytes", "100000")
         .build()
         .unwrap()
@@ -174,7 +199,13 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
     // 200 kB: over this producer's 100 kB limit, fine for the broker's default 1 MB.
     let big = "x".repeat(200_000);
     let mut tx = db.pool().begin().await.unwrap();
-    let poison = NewEvent::new(&topic, "test.happened", "test", "poisoned", json!({"n": 0, "blob": big}));
+    let poison = NewEvent::new(
+        &topic,
+        "test.happened",
+        "test",
+        "poisoned",
+        json!({"n": 0, "blob": big}),
+    );
     enqueue(&mut tx, &poison).await.unwrap();
     tx.commit().await.unwrap();
     let held = commit_event(db.pool(), &topic, "poisoned", 1).await;
@@ -188,18 +219,39 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
     reader.read_ids(&healthy, Duration::from_secs(30)).await;
 
     let pool = db.pool().clone();
-    eventually(Duration::from_secs(30), "the poison event to be dead", || {
-        let pool = pool.clone();
-        async move { inspect_event(&pool, poison.id).await.unwrap().status == "dead" }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the poison event to be dead",
+        || {
+            let pool = pool.clone();
+            async move { inspect_event(&pool, poison.id).await.unwrap().status == "dead" }
+        },
+    )
     .await;
     let dead = inspect_event(db.pool(), poison.id).await.unwrap();
     assert_eq!(dead.attempts, 3);
-    assert!(dead.last_error.as_deref().unwrap_or("").to_lowercase().contains("too large"), "{:?}", dead.last_error);
-    assert_eq!(dead.held_behind, 1, "the aggregate's next event waits behind it");
+    assert!(
+        dead.last_error
+            .as_deref()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("too large"),
+        "{:?}",
+        dead.last_error
+    );
+    assert_eq!(
+        dead.held_behind, 1,
+        "the aggregate's next event waits behind it"
+    );
     let listed = list_dead_letters(db.pool(), 10).await.unwrap();
-    assert_eq!(listed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![poison.id]);
-    assert_eq!(inspect_event(db.pool(), held).await.unwrap().status, "pending");
+    assert_eq!(
+        listed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![poison.id]
+    );
+    assert_eq!(
+        inspect_event(db.pool(), held).await.unwrap().status,
+        "pending"
+    );
     assert_eq!(strict.metrics().await.unwrap().dead_lettered_total, 1);
 
     let mut dlq = Reader::new(&brokers, &commerce_outbox::dlq_topic(&topic));
@@ -207,14 +259,26 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
     let letter = &dlq.received[0];
     assert_eq!(letter.headers["event-id"], poison.id.to_string());
     assert!(letter.headers["error"].to_lowercase().contains("too large"));
+    assert_eq!(letter.envelope.id, poison.id);
+    assert_eq!(letter.value["attempts"], 3);
+    assert_eq!(
+        letter.value["payload_omitted"], true,
+        "too large for the DLQ too"
+    );
 
     // Fix the cause (a producer that allows the size), then replay.
     strict.shutdown().await.unwrap();
     let relaxed = fast_relay(&db, "relaxed").build().unwrap().spawn();
     replay_dead_letter(db.pool(), poison.id).await.unwrap();
-    reader.read_ids(&[poison.id, held], Duration::from_secs(30)).await;
+    reader
+        .read_ids(&[poison.id, held], Duration::from_secs(30))
+        .await;
     let order = arrival_order(&reader.received);
-    assert_eq!(order["poisoned"], vec![0, 1], "replayed event first, then the held one");
+    assert_eq!(
+        order["poisoned"],
+        vec![0, 1],
+        "replayed event first, then the held one"
+    );
     assert_eq!(outbox_stats(db.pool()).await.unwrap().dead_letters, 0);
     relaxed.shutdown().await.unwrap();
 }
@@ -235,7 +299,9 @@ async fn retention_prunes_only_published_rows() {
     relay.shutdown().await.unwrap();
     let pending = commit_event(db.pool(), &topic, "late", 0).await;
 
-    let report = commerce_outbox::prune_settled(db.pool(), Duration::ZERO).await.unwrap();
+    let report = commerce_outbox::prune_settled(db.pool(), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(report.events, ids.len() as u64);
     let left: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM commerce_outbox.event")
         .fetch_all(db.pool())
@@ -250,7 +316,11 @@ async fn retention_prunes_only_published_rows() {
     .unwrap()
     .into_iter()
     .collect();
-    assert_eq!(counts.keys().collect::<Vec<_>>(), vec!["late"], "quiet aggregates' sequences pruned");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec!["late"],
+        "quiet aggregates' sequences pruned"
+    );
 }
 
 async fn futures_ids(db: &TestDb, topic: &str, n: i64) -> Vec<commerce_outbox::EventId> {

@@ -42,9 +42,10 @@ async fn main() -> anyhow::Result<()> {
             println!("pending:            {}", stats.pending);
             println!(
                 "oldest pending age: {}",
-                stats
-                    .oldest_pending_age
-                    .map_or_else(|| "-".to_owned(), |age| format!("{:.3} s", age.as_secs_f64()))
+                stats.oldest_pending_age.map_or_else(
+                    || "-".to_owned(),
+                    |age| format!("{:.3} s", age.as_secs_f64())
+                )
             );
             println!("dead letters:       {}", stats.dead_letters);
         }
@@ -85,9 +86,10 @@ fn print_list(events: &[OutboxEvent]) {
         println!(
             "{:<36}  {:<20}  {:<24}  {:>8}  {:>4}  {}",
             event.id,
-            event
-                .dead_at
-                .map_or_else(|| "-".to_owned(), |at| at.format("%Y-%m-%d %H:%M:%S").to_string()),
+            event.dead_at.map_or_else(
+                || "-".to_owned(),
+                |at| at.format("%Y-%m-%d %H:%M:%S").to_string()
+            ),
             event.topic,
             event.attempts,
             event.held_behind,
@@ -100,7 +102,10 @@ fn print_event(event: &OutboxEvent) {
     println!("id:             {}", event.id);
     println!("status:         {}", event.status);
     println!("topic:          {}", event.topic);
-    println!("event type:     {} (schema v{})", event.event_type, event.schema_version);
+    println!(
+        "event type:     {} (schema v{})",
+        event.event_type, event.schema_version
+    );
     println!(
         "aggregate:      {} {} (seq {})",
         event.aggregate_type, event.aggregate_id, event.aggregate_seq
@@ -114,13 +119,26 @@ fn print_event(event: &OutboxEvent) {
         println!("dead since:     {at}");
     }
     println!("attempts:       {}", event.attempts);
-    println!("last error:     {}", event.last_error.as_deref().unwrap_or("-"));
-    println!("held behind it: {} pending event(s) of the same aggregate", event.held_behind);
+    println!(
+        "last error:     {}",
+        event.last_error.as_deref().unwrap_or("-")
+    );
+    println!(
+        "held behind it: {} pending event(s) of the same aggregate",
+        event.held_behind
+    );
     let payload = event.payload.to_string();
     const SHOWN: usize = 2000;
     if payload.len() > SHOWN {
-        let cut = (0..=SHOWN).rev().find(|&i| payload.is_char_boundary(i)).unwrap_or(0);
-        println!("payload ({} bytes, first {cut}): {}", payload.len(), &payload[..cut]);
+        let cut = (0..=SHOWN)
+            .rev()
+            .find(|&i| payload.is_char_boundary(i))
+            .unwrap_or(0);
+        println!(
+            "payload ({} bytes, first {cut}): {}",
+            payload.len(),
+            &payload[..cut]
+        );
     } else {
         println!("payload:        {payload}");
     }

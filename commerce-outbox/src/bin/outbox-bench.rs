@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use commerce_outbox::{enqueue, ensure_topics, outbox_stats, NewEvent, Relay, TopicSettings, MIGRATOR};
+use commerce_outbox::{
+    enqueue, ensure_topics, outbox_stats, NewEvent, Relay, TopicSettings, MIGRATOR,
+};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -32,7 +34,12 @@ impl Args {
                 .strip_prefix("--")
                 .with_context(|| format!("unexpected argument {flag}"))?;
             let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            map.insert(name.to_owned(), value.parse().with_context(|| format!("{flag} takes a number"))?);
+            map.insert(
+                name.to_owned(),
+                value
+                    .parse()
+                    .with_context(|| format!("{flag} takes a number"))?,
+            );
         }
         Ok(Self(map))
     }
@@ -45,7 +52,9 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = raw.split_first() else {
@@ -54,8 +63,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse(rest)?;
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let scratch = ScratchDb::create().await?;
-    let topic = format!("outbox-bench-{}-{}", std::process::id(), Utc::now().timestamp());
-    ensure_topics(&brokers, &[&topic], TopicSettings { partitions: 8, replication_factor: 1 }).await?;
+    let topic = format!(
+        "outbox-bench-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp()
+    );
+    ensure_topics(
+        &brokers,
+        &[&topic],
+        TopicSettings {
+            partitions: 8,
+            replication_factor: 1,
+        },
+    )
+    .await?;
     let result = match mode.as_str() {
         "throughput" => throughput(&scratch.pool, &brokers, &topic, &args).await,
         "latency" => latency(&scratch.pool, &brokers, &topic, &args).await,
@@ -91,7 +112,10 @@ async fn throughput(pool: &PgPool, brokers: &str, topic: &str, args: &Args) -> a
             break;
         }
         if last_report.elapsed() > Duration::from_secs(2) {
-            println!("  ... {} published, {:.0}/s", metrics.published_total, metrics.published_per_sec);
+            println!(
+                "  ... {} published, {:.0}/s",
+                metrics.published_total, metrics.published_per_sec
+            );
             last_report = Instant::now();
         }
         if started.elapsed() > Duration::from_secs(600) {
@@ -135,7 +159,9 @@ async fn prefill(pool: &PgPool, topic: &str, events: u64, aggregates: u64) -> an
     )
     .execute(pool)
     .await?;
-    sqlx::query("VACUUM ANALYZE commerce_outbox.event").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE commerce_outbox.event")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -165,7 +191,8 @@ async fn latency(pool: &PgPool, brokers: &str, topic: &str, args: &Args) -> anyh
         tasks.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut commits: Vec<(Uuid, SystemTime, Instant)> = Vec::with_capacity(usize::try_from(total_per_writer).unwrap_or(0));
+            let mut commits: Vec<(Uuid, SystemTime, Instant)> =
+                Vec::with_capacity(usize::try_from(total_per_writer).unwrap_or(0));
             for n in 0..total_per_writer {
                 ticker.tick().await;
                 let mut tx = pool.begin().await?;
@@ -213,7 +240,11 @@ async fn latency(pool: &PgPool, brokers: &str, topic: &str, args: &Args) -> anyh
         .filter(|c| c.2 >= measured_from)
         .filter_map(|(id, committed, _)| {
             let published: SystemTime = (*published.get(id)?).into();
-            Some(published.duration_since(*committed).map_or(0.0, |d| d.as_secs_f64() * 1000.0))
+            Some(
+                published
+                    .duration_since(*committed)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            )
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
@@ -221,7 +252,11 @@ async fn latency(pool: &PgPool, brokers: &str, topic: &str, args: &Args) -> anyh
         bail!("no latency samples");
     }
     let pct = |p: f64| {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         latencies[index]
     };
@@ -253,8 +288,12 @@ impl ScratchDb {
         let admin: PgConnectOptions = url.parse::<PgConnectOptions>()?.disable_statement_logging();
         let name = format!("outbox_bench_{}", std::process::id());
         let mut conn = PgConnection::connect_with(&admin).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut conn).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
         conn.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -267,9 +306,12 @@ impl ScratchDb {
     async fn drop_db(self) {
         self.pool.close().await;
         if let Ok(mut conn) = PgConnection::connect_with(&self.admin).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }

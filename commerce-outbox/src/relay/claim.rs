@@ -17,35 +17,45 @@ use uuid::Uuid;
 
 use crate::error::Result;
 
-/// Oldest pending rows first; rows whose aggregate has an earlier dead row or an earlier row
-/// waiting out its retry backoff are not even candidates, so a blocked aggregate cannot fill
-/// the batch and starve the others.
+/// One statement: lock up to `$1` candidates, oldest first, then read (without locks, so
+/// rows locked by other relays count too) the oldest unsettled sequence number of each
+/// claimed aggregate. Rows whose aggregate has an earlier dead row or an earlier row waiting
+/// out its retry backoff are not even candidates, so a blocked aggregate cannot fill the
+/// batch and starve the others.
+///
+/// The heads are read with the statement's snapshot. That can only be conservative: an
+/// earlier event of the aggregate cannot be invisible while a later one is visible, because
+/// sequence numbers are handed out one committed transaction after another.
 const CLAIM_SQL: &str = "
-SELECT e.id, e.topic, e.event_type, e.aggregate_type, e.aggregate_id, e.aggregate_seq,
-       e.occurred_at, e.schema_version, e.payload, e.attempts
-FROM commerce_outbox.event e
-WHERE e.status = 'pending'
-  AND e.next_attempt_at <= now()
-  AND NOT EXISTS (
-      SELECT 1 FROM commerce_outbox.event b
-      WHERE b.aggregate_type = e.aggregate_type
-        AND b.aggregate_id = e.aggregate_id
-        AND b.aggregate_seq < e.aggregate_seq
-        AND b.status IN ('pending', 'dead')
-        AND (b.status = 'dead' OR b.next_attempt_at > now()))
-ORDER BY e.position
-LIMIT $1
-FOR UPDATE OF e SKIP LOCKED";
-
-/// Oldest unsettled sequence number of each claimed aggregate, read without locks, so rows
-/// locked by other relays count too.
-const HEADS_SQL: &str = "
-SELECT e.aggregate_type, e.aggregate_id, min(e.aggregate_seq)
-FROM commerce_outbox.event e
-JOIN unnest($1::text[], $2::text[]) AS k(aggregate_type, aggregate_id)
-  ON e.aggregate_type = k.aggregate_type AND e.aggregate_id = k.aggregate_id
-WHERE e.status IN ('pending', 'dead')
-GROUP BY e.aggregate_type, e.aggregate_id";
+WITH claimed AS (
+    SELECT e.id, e.topic, e.event_type, e.aggregate_type, e.aggregate_id, e.aggregate_seq,
+           e.occurred_at, e.schema_version, e.payload, e.attempts, e.position
+    FROM commerce_outbox.event e
+    WHERE e.status = 'pending'
+      AND e.next_attempt_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM commerce_outbox.event b
+          WHERE b.aggregate_type = e.aggregate_type
+            AND b.aggregate_id = e.aggregate_id
+            AND b.aggregate_seq < e.aggregate_seq
+            AND b.status IN ('pending', 'dead')
+            AND (b.status = 'dead' OR b.next_attempt_at > now()))
+    ORDER BY e.position
+    LIMIT $1
+    FOR UPDATE OF e SKIP LOCKED
+), heads AS (
+    SELECT u.aggregate_type, u.aggregate_id, min(u.aggregate_seq) AS aggregate_head
+    FROM commerce_outbox.event u
+    JOIN (SELECT DISTINCT aggregate_type, aggregate_id FROM claimed) k
+      ON u.aggregate_type = k.aggregate_type AND u.aggregate_id = k.aggregate_id
+    WHERE u.status IN ('pending', 'dead')
+    GROUP BY u.aggregate_type, u.aggregate_id
+)
+SELECT c.id, c.topic, c.event_type, c.aggregate_type, c.aggregate_id, c.aggregate_seq,
+       c.occurred_at, c.schema_version, c.payload, c.attempts, h.aggregate_head
+FROM claimed c
+JOIN heads h ON h.aggregate_type = c.aggregate_type AND h.aggregate_id = c.aggregate_id
+ORDER BY c.position";
 
 /// A locked outbox row the relay is about to publish.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -60,6 +70,8 @@ pub(crate) struct ClaimedRow {
     pub(crate) schema_version: i32,
     pub(crate) payload: serde_json::Value,
     pub(crate) attempts: i32,
+    /// The oldest unsettled sequence number of the row's aggregate when claimed.
+    pub(crate) aggregate_head: i64,
 }
 
 /// What a claim returned.
@@ -78,41 +90,15 @@ pub(crate) async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Claim> 
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?;
-    let locked = candidates.len();
-    if candidates.is_empty() {
-        return Ok(Claim {
-            locked,
-            rows: candidates,
-        });
-    }
-    let mut types = Vec::new();
-    let mut ids = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for row in &candidates {
-        if seen.insert((row.aggregate_type.as_str(), row.aggregate_id.as_str())) {
-            types.push(row.aggregate_type.clone());
-            ids.push(row.aggregate_id.clone());
-        }
-    }
-    let heads: Vec<(String, String, i64)> = sqlx::query_as(HEADS_SQL)
-        .bind(&types)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let heads: HashMap<(String, String), i64> =
-        heads.into_iter().map(|(t, i, s)| ((t, i), s)).collect();
     Ok(Claim {
-        locked,
-        rows: keep_publishable(candidates, &heads),
+        locked: candidates.len(),
+        rows: keep_publishable(candidates),
     })
 }
 
 /// Per aggregate, keeps the consecutive run of sequence numbers starting at the aggregate's
 /// oldest unsettled one; aggregates keep their first-seen order.
-pub(crate) fn keep_publishable(
-    candidates: Vec<ClaimedRow>,
-    heads: &HashMap<(String, String), i64>,
-) -> Vec<ClaimedRow> {
+pub(crate) fn keep_publishable(candidates: Vec<ClaimedRow>) -> Vec<ClaimedRow> {
     let mut order: Vec<(String, String)> = Vec::new();
     let mut groups: HashMap<(String, String), Vec<ClaimedRow>> = HashMap::new();
     for row in candidates {
@@ -130,10 +116,10 @@ pub(crate) fn keep_publishable(
         let Some(mut rows) = groups.remove(&key) else {
             continue;
         };
-        let Some(&head) = heads.get(&key) else {
+        rows.sort_by_key(|r| r.aggregate_seq);
+        let Some(head) = rows.first().map(|r| r.aggregate_head) else {
             continue;
         };
-        rows.sort_by_key(|r| r.aggregate_seq);
         for (expected, row) in (head..).zip(rows) {
             if row.aggregate_seq != expected {
                 break;
@@ -148,7 +134,7 @@ pub(crate) fn keep_publishable(
 mod tests {
     use super::*;
 
-    fn row(aggregate: &str, seq: i64) -> ClaimedRow {
+    fn row(aggregate: &str, seq: i64, head: i64) -> ClaimedRow {
         ClaimedRow {
             id: Uuid::now_v7(),
             topic: "t".into(),
@@ -160,14 +146,8 @@ mod tests {
             schema_version: 1,
             payload: serde_json::Value::Null,
             attempts: 0,
+            aggregate_head: head,
         }
-    }
-
-    fn heads(entries: &[(&str, i64)]) -> HashMap<(String, String), i64> {
-        entries
-            .iter()
-            .map(|(a, s)| (("order".to_owned(), (*a).to_owned()), *s))
-            .collect()
     }
 
     fn seqs(rows: &[ClaimedRow]) -> Vec<(String, i64)> {
@@ -178,10 +158,12 @@ mod tests {
 
     #[test]
     fn keeps_a_run_starting_at_the_head() {
-        let kept = keep_publishable(
-            vec![row("a", 3), row("a", 4), row("b", 1), row("a", 5)],
-            &heads(&[("a", 3), ("b", 1)]),
-        );
+        let kept = keep_publishable(vec![
+            row("a", 3, 3),
+            row("a", 4, 3),
+            row("b", 1, 1),
+            row("a", 5, 3),
+        ]);
         assert_eq!(
             seqs(&kept),
             vec![
@@ -196,23 +178,14 @@ mod tests {
     #[test]
     fn drops_an_aggregate_whose_head_is_held_elsewhere() {
         // Seq 2 is locked by another relay (not among our candidates): 3 and 4 must wait.
-        let kept = keep_publishable(
-            vec![row("a", 3), row("a", 4), row("b", 7)],
-            &heads(&[("a", 2), ("b", 7)]),
-        );
+        let kept = keep_publishable(vec![row("a", 3, 2), row("a", 4, 2), row("b", 7, 7)]);
         assert_eq!(seqs(&kept), vec![("b".into(), 7)]);
     }
 
     #[test]
     fn stops_at_a_gap_in_the_claimed_run() {
         // Seq 2 was skipped (locked by another relay that dropped it); 3 must not overtake it.
-        let kept = keep_publishable(vec![row("a", 1), row("a", 3)], &heads(&[("a", 1)]));
+        let kept = keep_publishable(vec![row("a", 1, 1), row("a", 3, 1)]);
         assert_eq!(seqs(&kept), vec![("a".into(), 1)]);
-    }
-
-    #[test]
-    fn drops_rows_without_a_known_head() {
-        let kept = keep_publishable(vec![row("a", 1)], &heads(&[]));
-        assert!(kept.is_empty());
     }
 }

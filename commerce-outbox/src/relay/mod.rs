@@ -29,7 +29,6 @@ use crate::retention::prune_settled;
 use publish::Publisher;
 use settle::{RetryPolicy, Settlement};
 
-
 /// Configures a [`Relay`]. Every knob has a default suited to a production service.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -328,6 +327,10 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
     *shutdown.borrow()
 }
 
+/// Consecutive broker failures after which the producer is replaced (see
+/// `Publisher::renew`).
+const RENEW_PRODUCER_AFTER: u32 = 3;
+
 /// Why a worker pauses after a batch.
 enum Next {
     /// A full batch or progress: look again at once.
@@ -355,10 +358,17 @@ async fn run_worker(
                 tracing::warn!(
                     relay = %config.name, worker, consecutive_failures = failures,
                     unsent = settlement.unavailable, published = settlement.published,
+                    error = settlement.unavailable_error.as_deref().unwrap_or("-"),
                     backoff_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "kafka unreachable: events stay pending; relay backing off"
                 );
                 let _ = locked;
+                if failures % RENEW_PRODUCER_AFTER == 0 {
+                    tracing::warn!(relay = %config.name, worker, consecutive_failures = failures, "recreating the kafka producer after repeated failures");
+                    if let Err(error) = shared.publisher.renew() {
+                        tracing::error!(relay = %config.name, %error, "cannot recreate the kafka producer");
+                    }
+                }
                 Next::Backoff(delay)
             }
             Ok((locked, settlement)) => {

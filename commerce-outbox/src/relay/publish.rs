@@ -125,6 +125,19 @@ impl Publisher {
         Ok(false)
     }
 
+    /// Replaces the producer with a fresh one (new connections, new idempotent producer id).
+    ///
+    /// Used after repeated broker failures: a producer can stay wedged after the broker came
+    /// back (e.g. a broker that lost its idempotence state keeps timing out its retries
+    /// without librdkafka declaring a fatal error). Any message of the old producer that
+    /// still gets through is a duplicate of a row that stays pending: at least once, in
+    /// order.
+    pub(crate) fn renew(&self) -> Result<()> {
+        let fresh = Arc::new(self.config.create()?);
+        *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
     /// Waits for messages still queued in the producer (used on shutdown).
     pub(crate) fn flush(&self, timeout: Duration) {
         if let Err(error) = self.producer().flush(timeout) {
@@ -135,7 +148,10 @@ impl Publisher {
 
 /// Produces `rows` (each aggregate's rows in sequence order) and waits for every
 /// acknowledgement. Returns one outcome per row, in the same order.
-pub(crate) async fn publish_batch(producer: &FutureProducer, rows: &[ClaimedRow]) -> Vec<RowOutcome> {
+pub(crate) async fn publish_batch(
+    producer: &FutureProducer,
+    rows: &[ClaimedRow],
+) -> Vec<RowOutcome> {
     let mut outcomes = vec![RowOutcome::Held; rows.len()];
     let mut halted: HashSet<(&str, &str)> = HashSet::new();
     let mut pending = Vec::with_capacity(rows.len());

@@ -38,12 +38,14 @@ pub(crate) struct RetryPolicy {
 }
 
 /// What a batch did, for metrics and the relay's backoff.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Settlement {
     pub(crate) published: u64,
     pub(crate) rejected: u64,
     pub(crate) dead_lettered: u64,
     pub(crate) unavailable: u64,
+    /// One of the broker errors behind `unavailable`, for the log line.
+    pub(crate) unavailable_error: Option<String>,
 }
 
 pub(crate) async fn settle(
@@ -105,6 +107,9 @@ pub(crate) async fn settle(
     }
     settlement.published = published.len() as u64;
     settlement.unavailable = unavailable.len() as u64;
+    if !unavailable.is_empty() {
+        settlement.unavailable_error = Some(unavailable_error);
+    }
     Ok(settlement)
 }
 

@@ -47,6 +47,8 @@ pub async fn commit_event(pool: &PgPool, topic: &str, aggregate: &str, n: i64) -
 #[derive(Debug, Clone)]
 pub struct Received {
     pub envelope: Envelope,
+    /// The whole message value (for `.dlq` messages, the wrapper).
+    pub value: serde_json::Value,
     pub key: String,
     pub partition: i32,
     pub offset: i64,
@@ -100,7 +102,13 @@ impl Reader {
                 continue;
             };
             let Ok(message) = message else { continue };
-            let envelope = decode_envelope(&message).expect("envelope");
+            // A `.dlq` message wraps the envelope: {"envelope": .., "error": .., ..}.
+            let value: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON value");
+            let envelope = match value.get("envelope") {
+                Some(inner) => serde_json::from_value(inner.clone()).expect("wrapped envelope"),
+                None => decode_envelope(&message).expect("envelope"),
+            };
             let mut headers = HashMap::new();
             if let Some(h) = message.headers() {
                 for header in h.iter() {
@@ -119,6 +127,7 @@ impl Reader {
                 partition: message.partition(),
                 offset: message.offset(),
                 envelope,
+                value,
                 headers,
             });
         }
@@ -132,7 +141,8 @@ impl Reader {
     /// Reads until every id in `ids` was seen.
     pub async fn read_ids(&mut self, ids: &[EventId], timeout: Duration) {
         self.read_until(timeout, |r| {
-            let seen: std::collections::HashSet<EventId> = r.iter().map(|m| m.envelope.id).collect();
+            let seen: std::collections::HashSet<EventId> =
+                r.iter().map(|m| m.envelope.id).collect();
             ids.iter().all(|id| seen.contains(id))
         })
         .await;
@@ -239,4 +249,15 @@ fn tansu_binary() -> String {
     } else {
         "tansu".to_owned()
     }
+}
+
+/// Shows the crate's log lines in a failing test's output (`RUST_LOG` overrides the level).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "commerce_outbox=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
