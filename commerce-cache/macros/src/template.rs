@@ -92,7 +92,7 @@ fn placeholder_expr(
             format!("`{{{placeholder}}}` is not an argument name or a field path like `q.user_id`"),
         )
     })?;
-    if !arguments.iter().any(|argument| *argument == root) {
+    if !arguments.contains(&root) {
         let known = if arguments.is_empty() {
             "it has none".to_owned()
         } else {

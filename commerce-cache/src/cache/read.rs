@@ -36,28 +36,30 @@ impl<V: CacheValue> Inner<V> {
         let mut fallback = None;
         if let Some(l1) = &self.l1 {
             if let Some(entry) = l1.get(key).await {
-                let freshness = entry.freshness();
-                if let Some(found) = S::from_cached(entry.value.clone()) {
-                    match freshness {
-                        Freshness::Fresh => {
+                // The hot path: moves the value out of moka's clone, no second clone.
+                match entry.freshness() {
+                    Freshness::Fresh => {
+                        if let Some(found) = S::from_cached(entry.value) {
                             bump(&self.counters.l1_hits);
                             return Ok(found);
                         }
-                        Freshness::RefreshClaimed => {
-                            bump(&self.counters.l1_hits);
-                            bump(&self.counters.refreshes);
-                            fallback = Some(Fallback {
-                                entry,
-                                refreshing: true,
-                            });
-                        }
-                        Freshness::Stale => {
-                            fallback = Some(Fallback {
-                                entry,
-                                refreshing: false,
-                            });
-                        }
                     }
+                    Freshness::RefreshClaimed if S::accepts(&entry.value) => {
+                        bump(&self.counters.l1_hits);
+                        bump(&self.counters.refreshes);
+                        fallback = Some(Fallback {
+                            entry,
+                            refreshing: true,
+                        });
+                    }
+                    Freshness::RefreshClaimed => entry.release_refresh(),
+                    Freshness::Stale if S::accepts(&entry.value) => {
+                        fallback = Some(Fallback {
+                            entry,
+                            refreshing: false,
+                        });
+                    }
+                    Freshness::Stale => {}
                 }
             }
         }

@@ -7,6 +7,8 @@ pub(crate) trait Shape<V>: Sized {
     fn cached(&self) -> Option<&V>;
     /// Turns a cached value back into this shape; `None` when this shape cannot hold it.
     fn from_cached(cached: Option<V>) -> Option<Self>;
+    /// Whether [`Shape::from_cached`] would accept `cached`.
+    fn accepts(cached: &Option<V>) -> bool;
 }
 
 /// Absence is a value.
@@ -23,6 +25,10 @@ impl<V> Shape<V> for Maybe<V> {
     fn from_cached(cached: Option<V>) -> Option<Self> {
         Some(Self(cached))
     }
+
+    fn accepts(_cached: &Option<V>) -> bool {
+        true
+    }
 }
 
 impl<V> Shape<V> for Always<V> {
@@ -32,5 +38,9 @@ impl<V> Shape<V> for Always<V> {
 
     fn from_cached(cached: Option<V>) -> Option<Self> {
         cached.map(Self)
+    }
+
+    fn accepts(cached: &Option<V>) -> bool {
+        cached.is_some()
     }
 }
