@@ -68,6 +68,8 @@ pub use order::{
     LineRequest, NewOrder, Order, OrderLimits, OrderLine, OrderStatus, OrderWriter, PlacedOrder,
     ReserveMode, ShortagePolicy, StatusChange, UnknownStatus, ValidatedOrder,
 };
+#[cfg(feature = "lock")]
+pub use strategy::DistributedLockStrategy;
 pub use strategy::{ConditionalUpdate, StockStrategy};
 
 /// The schema migrations of commerce-core (schema `commerce`).

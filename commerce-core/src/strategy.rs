@@ -4,12 +4,17 @@
 //! different approaches fit behind one trait:
 //! - [`ConditionalUpdate`] (this crate's default): one transaction per order, the database's
 //!   row lock taken by a conditional `UPDATE` is the only lock.
-//! - a distributed-lock strategy: take a lock per product (sorted, all or nothing) around the
+//! - [`DistributedLockStrategy`] (feature `lock`): take a lock per product (sorted, all or nothing) around the
 //!   transaction and read, check and write inside it ([`ReserveMode::ReadCheckWrite`]).
 //! - a batching strategy: queue the orders of a hot product and write many of them in one
 //!   transaction, answering each caller from the batch's outcome.
 
 use async_trait::async_trait;
+
+#[cfg(feature = "lock")]
+mod locked;
+#[cfg(feature = "lock")]
+pub use locked::DistributedLockStrategy;
 
 use crate::error::Result;
 use crate::order::{OrderWriter, PlacedOrder, ReserveMode, ValidatedOrder};
@@ -21,8 +26,8 @@ pub trait StockStrategy: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Places `order`, writing it with `writer`. Implementations must keep the guarantee of
-    /// [`OrderWriter::place`]: the stock, the order and its ledger rows commit together or
-    /// not at all.
+    /// [`OrderWriter::place`] (the stock, the order and its ledger rows commit together or
+    /// not at all) and should call [`OrderWriter::screen`] first.
     async fn place(&self, writer: &OrderWriter, order: &ValidatedOrder) -> Result<PlacedOrder>;
 }
 
@@ -41,6 +46,9 @@ impl StockStrategy for ConditionalUpdate {
     }
 
     async fn place(&self, writer: &OrderWriter, order: &ValidatedOrder) -> Result<PlacedOrder> {
+        if let Some(replayed) = writer.screen(order).await? {
+            return Ok(replayed);
+        }
         writer.place(order, ReserveMode::ConditionalUpdate).await
     }
 }

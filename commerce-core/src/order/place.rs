@@ -68,23 +68,48 @@ impl OrderWriter {
         &self.pool
     }
 
-    /// Places `order` in a transaction of its own, taking stock with `mode`.
+    /// The cheap checks to run before taking any lock or opening a transaction: returns the
+    /// first order when the request repeats an idempotency key, and turns a reject-policy
+    /// order away when an unlocked read already shows a short line.
+    ///
+    /// The read is only a shortcut that keeps most doomed orders of a sold-out product from
+    /// queueing for its row lock (what makes a sold-out flash sale cheap); the check that
+    /// counts is the one inside the transaction.
+    ///
+    /// # Errors
+    /// [`Error::InsufficientStock`], [`Error::ProductNotFound`], [`Error::DuplicateRequest`],
+    /// database errors.
+    pub async fn screen(&self, order: &ValidatedOrder) -> Result<Option<PlacedOrder>> {
+        if let Some(existing) = self.replay(order).await? {
+            return Ok(Some(existing));
+        }
+        self.check_stock(order).await?;
+        Ok(None)
+    }
+
+    /// The stock half of [`OrderWriter::screen`]: for a reject-policy order, one unlocked read
+    /// of its products' stock, failing on the first short line. Under a lock that serialises
+    /// every writer of these products the read is exact, so a lock-based strategy calls it
+    /// again once it holds the lock and spares doomed orders the transaction.
+    ///
+    /// # Errors
+    /// [`Error::InsufficientStock`], [`Error::ProductNotFound`], database errors.
+    pub async fn check_stock(&self, order: &ValidatedOrder) -> Result<()> {
+        if order.policy() == ShortagePolicy::Reject {
+            let products: Vec<ProductId> = order.products().collect();
+            let stock = read_stock(&self.pool, &products).await?;
+            short_line(order, &stock)?;
+        }
+        Ok(())
+    }
+
+    /// Places `order` in a transaction of its own, taking stock with `mode`. A racing request
+    /// with the same idempotency key that committed first is returned instead.
     ///
     /// # Errors
     /// [`Error::InsufficientStock`] (reject policy), [`Error::ProductNotFound`],
     /// [`Error::DuplicateRequest`], database and hook errors. On any error nothing is written.
     pub async fn place(&self, order: &ValidatedOrder, mode: ReserveMode) -> Result<PlacedOrder> {
-        if let Some(existing) = self.replay(order).await? {
-            return Ok(existing);
-        }
-        if order.policy() == ShortagePolicy::Reject {
-            // An unlocked read turns most doomed orders away before they open a transaction
-            // and queue for the row lock: what makes a sold-out flash sale cheap. It is only a
-            // shortcut; the check that counts is the one inside the transaction.
-            let products: Vec<ProductId> = order.products().collect();
-            let stock = read_stock(&self.pool, &products).await?;
-            short_line(order, &stock)?;
-        }
         let mut tx = self.pool.begin().await?;
         match self.write(&mut tx, order, mode).await {
             Ok(Ok(placed)) => {

@@ -1,7 +1,9 @@
 //! Shared set-up for commerce-core's integration tests (real Postgres, one database per test).
 #![allow(dead_code, unreachable_pub)]
 
-use commerce_core::{Commerce, NewProduct, ProductId, MIGRATOR};
+pub mod flash_sale;
+
+use commerce_core::{Commerce, NewProduct, ProductId, StockStrategy, MIGRATOR};
 use commerce_testkit::TestDb;
 
 /// A fresh database and a `Commerce` on it.
@@ -13,6 +15,18 @@ pub async fn setup() -> (TestDb, Commerce) {
 pub async fn setup_with_pool(connections: u32) -> (TestDb, Commerce) {
     let db = TestDb::with_pool_size(&[&MIGRATOR], connections).await;
     let commerce = Commerce::builder(db.pool().clone()).build();
+    (db, commerce)
+}
+
+/// A fresh database and a `Commerce` on it using `strategy`.
+pub async fn setup_with_strategy(
+    connections: u32,
+    strategy: impl StockStrategy,
+) -> (TestDb, Commerce) {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], connections).await;
+    let commerce = Commerce::builder(db.pool().clone())
+        .strategy(strategy)
+        .build();
     (db, commerce)
 }
 

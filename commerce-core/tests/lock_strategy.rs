@@ -1,0 +1,97 @@
+//! The distributed-lock strategy (the brief's Redisson design) under the brief's concurrency
+//! test, with the Redis lock and with the in-process lock.
+
+mod common;
+
+use std::time::Duration;
+
+use commerce_core::{DistributedLockStrategy, Error, NewOrder, ProductId};
+use commerce_lock::{DistributedLock, LocalLock, LockOptions, RedisLock};
+use common::{flash_sale, product, setup_with_strategy};
+
+/// 10,000 contenders queue on one key: the wait must outlast the whole queue.
+fn options() -> LockOptions {
+    LockOptions::new(Duration::from_secs(300), Duration::from_secs(10))
+}
+
+async fn redis_strategy() -> DistributedLockStrategy {
+    // 10,000 acquires in flight share one connection: give replies time to come back.
+    let lock = RedisLock::builder(commerce_testkit::redis_url())
+        .response_timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .expect("redis");
+    DistributedLockStrategy::new(lock)
+        .options(options())
+        .key_prefix(format!(
+            "{}:stock:",
+            commerce_testkit::unique_name("core-lock")
+        ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_lock_ten_thousand_attempts_on_one_product() {
+    let (_db, commerce) = setup_with_strategy(40, redis_strategy().await).await;
+    flash_sale::ten_thousand_attempts_on_one_product(&commerce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_lock_ten_thousand_multi_line_attempts() {
+    let (_db, commerce) = setup_with_strategy(40, redis_strategy().await).await;
+    flash_sale::ten_thousand_multi_line_attempts(&commerce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_lock_ten_thousand_attempts_on_one_product() {
+    let strategy = DistributedLockStrategy::new(LocalLock::new()).options(options());
+    let (_db, commerce) = setup_with_strategy(40, strategy).await;
+    flash_sale::ten_thousand_attempts_on_one_product(&commerce).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_lock_service_fails_the_order_and_writes_nothing() {
+    let builder = RedisLock::builder("redis://127.0.0.1:1")
+        .connect_timeout(Duration::from_millis(200))
+        .response_timeout(Duration::from_millis(200));
+    // Fail closed: either the client cannot even connect, or the order fails without writes.
+    let Ok(lock) = builder.connect().await else {
+        return;
+    };
+    let (_db, commerce) = setup_with_strategy(5, DistributedLockStrategy::new(lock)).await;
+    product(&commerce, 1, 5).await;
+    let err = commerce
+        .place_order(NewOrder::new("u").line(1, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Strategy(_)) && err.is_retryable(),
+        "{err:?}"
+    );
+    assert_eq!(commerce.stock(ProductId(1)).await.unwrap().available, 5);
+}
+
+#[tokio::test]
+async fn a_lock_held_elsewhere_times_out_as_a_typed_error_and_writes_nothing() {
+    let lock = LocalLock::new();
+    let strategy = DistributedLockStrategy::from_arc(std::sync::Arc::new(lock.clone())).options(
+        LockOptions::new(Duration::from_millis(100), Duration::from_secs(10)),
+    );
+    let (_db, commerce) = setup_with_strategy(5, strategy).await;
+    product(&commerce, 1, 5).await;
+    let held = lock
+        .acquire("stock:1", LockOptions::default())
+        .await
+        .unwrap();
+    let err = commerce
+        .place_order(NewOrder::new("u").line(1, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Strategy(_)), "{err:?}");
+    held.release().await.unwrap();
+    commerce
+        .place_order(NewOrder::new("u").line(1, 1))
+        .await
+        .unwrap();
+    assert_eq!(commerce.stock(ProductId(1)).await.unwrap().available, 4);
+    common::assert_consistent(&commerce).await;
+}
