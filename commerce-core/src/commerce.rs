@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use crate::error::Result;
 use crate::event::TransactionHook;
 use crate::ids::{OrderId, ProductId};
-use crate::inventory::{self, Backorder, LedgerPage, NewProduct, Receipt, StockLevel};
+use crate::inventory::{self, Backorder, LedgerPage, NewProduct, Product, Receipt, StockLevel};
 use crate::order::{
     self, NewOrder, Order, OrderLimits, OrderStatus, OrderWriter, PlacedOrder, StatusChange,
     ValidatedOrder,
@@ -124,6 +124,23 @@ impl Commerce {
     /// stock, [`crate::Error::InvalidInput`] for a blank name, database errors.
     pub async fn create_product(&self, product: NewProduct) -> Result<StockLevel> {
         inventory::create_product(&self.pool, &self.hooks, product).await
+    }
+
+    /// The product's catalogue facts, or `None` for an unknown id (so a cache can remember
+    /// "not found" too).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn product(&self, product: ProductId) -> Result<Option<Product>> {
+        inventory::find_product(&self.pool, product).await
+    }
+
+    /// Renames a product.
+    ///
+    /// # Errors
+    /// [`crate::Error::ProductNotFound`], [`crate::Error::InvalidInput`], database errors.
+    pub async fn rename_product(&self, product: ProductId, name: &str) -> Result<Product> {
+        inventory::rename_product(&self.pool, product, name).await
     }
 
     /// The product's stock now.

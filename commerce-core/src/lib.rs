@@ -61,8 +61,8 @@ pub use error::{Error, Result};
 pub use event::{CoreEvent, TransactionHook};
 pub use ids::{OrderId, ProductId};
 pub use inventory::{
-    Backorder, BackorderAllocation, LedgerKind, LedgerPage, NewProduct, Receipt, StockLedgerEntry,
-    StockLevel,
+    Backorder, BackorderAllocation, LedgerKind, LedgerPage, NewProduct, Product, Receipt,
+    StockLedgerEntry, StockLevel,
 };
 pub use order::{
     LineRequest, NewOrder, Order, OrderLimits, OrderLine, OrderStatus, OrderWriter, PlacedOrder,

@@ -153,8 +153,7 @@ async fn apply(commerce: &Commerce, model: &mut Model, op: &Op) {
             let mut sorted = lines.clone();
             sorted.sort_unstable();
             let short = sorted.iter().find(|(p, q)| model.available[p] < *q);
-            if *policy == ShortagePolicy::Reject && short.is_some() {
-                let (p, q) = short.unwrap();
+            if let (ShortagePolicy::Reject, Some((p, q))) = (policy, short) {
                 assert!(
                     matches!(result, Err(Error::InsufficientStock { product, requested, .. })
                         if product == ProductId(*p) && requested == *q),

@@ -13,7 +13,8 @@ pub(crate) use backorder::{allocate_backorders, list_backorders};
 pub(crate) use ledger::list_ledger;
 pub use ledger::{LedgerKind, LedgerPage, StockLedgerEntry};
 pub(crate) use stock::{
-    adjust_stock, create_product, lock_products, read_stock, receive_stock, store_stock,
+    adjust_stock, create_product, find_product, lock_products, read_stock, receive_stock,
+    rename_product, store_stock,
 };
 
 /// A product to create.
@@ -25,6 +26,17 @@ pub struct NewProduct {
     pub name: String,
     /// Units in stock at creation (recorded in the ledger as `inbound`).
     pub initial_stock: i64,
+}
+
+/// A product's catalogue facts (not its stock, which changes with every order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    /// Its id.
+    pub id: ProductId,
+    /// Its display name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
 }
 
 /// A product's stock at one moment.

@@ -8,7 +8,7 @@ use crate::ids::ProductId;
 use crate::order::check_quantity;
 use crate::tx::{Hooks, TxEffects};
 
-use super::{allocate_backorders, LedgerKind, NewProduct, Receipt, StockLevel};
+use super::{allocate_backorders, LedgerKind, NewProduct, Product, Receipt, StockLevel};
 
 /// Largest single receipt or adjustment; keeps `available` far from overflow.
 pub(crate) const MAX_MOVEMENT: i64 = 1_000_000_000;
@@ -35,12 +35,7 @@ pub(crate) async fn create_product(
     hooks: &Hooks,
     product: NewProduct,
 ) -> Result<StockLevel> {
-    if product.name.trim().is_empty() || product.name.len() > 500 {
-        return Err(Error::InvalidInput {
-            field: "name",
-            reason: "must be 1 to 500 bytes and not blank",
-        });
-    }
+    check_name(&product.name)?;
     if product.initial_stock != 0 {
         check_quantity(Some(product.id), product.initial_stock, MAX_MOVEMENT)?;
     }
@@ -83,6 +78,52 @@ pub(crate) async fn create_product(
         available: product.initial_stock,
         backordered: 0,
     })
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.len() > 500 {
+        return Err(Error::InvalidInput {
+            field: "name",
+            reason: "must be 1 to 500 bytes and not blank",
+        });
+    }
+    Ok(())
+}
+
+/// The product, or `None` when no product has this id.
+pub(crate) async fn find_product(pool: &PgPool, product: ProductId) -> Result<Option<Product>> {
+    let row: Option<(i64, String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT id, name, created_at FROM commerce.products WHERE id = $1")
+            .bind(product.0)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(id, name, created_at)| Product {
+        id: ProductId(id),
+        name,
+        created_at,
+    }))
+}
+
+pub(crate) async fn rename_product(
+    pool: &PgPool,
+    product: ProductId,
+    name: &str,
+) -> Result<Product> {
+    check_name(name)?;
+    let row: Option<(i64, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "UPDATE commerce.products SET name = $2, updated_at = now() WHERE id = $1 \
+         RETURNING id, name, created_at",
+    )
+    .bind(product.0)
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|(id, name, created_at)| Product {
+        id: ProductId(id),
+        name,
+        created_at,
+    })
+    .ok_or(Error::ProductNotFound { product })
 }
 
 pub(crate) async fn read_stock(pool: &PgPool, products: &[ProductId]) -> Result<Vec<StockLevel>> {

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p commerce-examples --bin stock-load -- --clients 32 --duration 10
+//! cargo run --release -p commerce-examples --bin stock-load -- --strategies conditional-update,redis-lock
 //! ```
 //!
 //! Scenarios (each on a freshly created database `commerce_load`):
@@ -17,9 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use commerce_core::{Commerce, Error, NewOrder, NewProduct, ProductId};
+use commerce_core::{Commerce, DistributedLockStrategy, Error, NewOrder, NewProduct, ProductId};
+use commerce_lock::{LocalLock, LockOptions, RedisLock};
 use hdrhistogram::Histogram;
 use rand::Rng;
+
+const STRATEGIES: &str = "conditional-update,redis-lock,local-lock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -31,8 +35,8 @@ enum Scenario {
 #[derive(Debug, Parser)]
 #[command(about = "Measures stock strategies under concurrent order load")]
 struct Args {
-    /// Strategies to compare, comma-separated: conditional-update.
-    #[arg(long, value_delimiter = ',', default_value = "conditional-update")]
+    /// Strategies to compare, comma-separated: conditional-update, redis-lock, local-lock.
+    #[arg(long, value_delimiter = ',', default_value = STRATEGIES)]
     strategies: Vec<String>,
     /// Scenarios to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "hot,spread,sellout")]
@@ -104,18 +108,35 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build(strategy: &str, pool: sqlx::PgPool) -> anyhow::Result<Commerce> {
+async fn build(strategy: &str, pool: sqlx::PgPool) -> anyhow::Result<Commerce> {
     let builder = Commerce::builder(pool);
+    // Every client may queue on one key for the whole run: the wait outlasts the run.
+    let options = LockOptions::new(Duration::from_secs(120), Duration::from_secs(10));
     Ok(match strategy {
         "conditional-update" => builder.strategy(commerce_core::ConditionalUpdate).build(),
-        other => bail!("unknown strategy {other:?} (known: conditional-update)"),
+        "redis-lock" => {
+            let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let lock = RedisLock::builder(url)
+                .namespace(format!("commerce-load-{}", std::process::id()))
+                .response_timeout(Duration::from_secs(30))
+                .connect()
+                .await
+                .context("connect to Redis (run scripts/services.sh up)")?;
+            builder
+                .strategy(DistributedLockStrategy::new(lock).options(options))
+                .build()
+        }
+        "local-lock" => builder
+            .strategy(DistributedLockStrategy::new(LocalLock::new()).options(options))
+            .build(),
+        other => bail!("unknown strategy {other:?} (known: {STRATEGIES})"),
     })
 }
 
 async fn run(args: &Args, strategy: &str, scenario: Scenario) -> anyhow::Result<Outcome> {
     let connections = u32::try_from(args.clients).context("--clients")?.max(2);
     let pool = commerce_examples::fresh_database("commerce_load", connections).await?;
-    let commerce = build(strategy, pool)?;
+    let commerce = build(strategy, pool).await?;
     let (products, stock) = match scenario {
         Scenario::Hot => (1, args.stock),
         Scenario::Spread => (args.products, args.stock),
@@ -139,7 +160,7 @@ async fn run(args: &Args, strategy: &str, scenario: Scenario) -> anyhow::Result<
             tokio::spawn(async move { client_loop(commerce, client, products, deadline).await })
         })
         .collect();
-    let mut latency = Histogram::<u64>::new(3)?;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let mut sold = vec![0_i64; usize::try_from(products)? + 1];
     let (mut ok, mut rejected, mut errors) = (0, 0, 0);
     for client in clients {
@@ -197,7 +218,7 @@ async fn client_loop(commerce: Commerce, client: usize, products: i64, deadline:
         ok: 0,
         rejected: 0,
         errors: 0,
-        latency: Histogram::new(3).expect("3 significant figures is a valid histogram"),
+        latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
         sold: vec![0; usize::try_from(products).unwrap_or(0) + 1],
     };
     let user = format!("load-client-{client}");
