@@ -34,14 +34,19 @@ CREATE TABLE commerce_outbox.event (
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     created_at      timestamptz NOT NULL DEFAULT now(),
     published_at    timestamptz,
-    dead_at         timestamptz,
-    CONSTRAINT event_aggregate_seq_key UNIQUE (aggregate_type, aggregate_id, aggregate_seq)
+    dead_at         timestamptz
+    -- No unique (aggregate, seq) constraint: the sequence row already guarantees it, and
+    -- every extra index is paid on each enqueue and each publish mark.
 );
 
 CREATE INDEX event_pending_idx ON commerce_outbox.event (position) WHERE status = 'pending';
 -- The relay's "is an earlier event of this aggregate still unsettled?" probe.
 CREATE INDEX event_unsettled_idx ON commerce_outbox.event (aggregate_type, aggregate_id, aggregate_seq)
     WHERE status IN ('pending', 'dead');
+-- The few rows that block their aggregate: dead letters and events waiting out a retry
+-- delay. Kept tiny so the claim's "is an earlier event blocking?" probe is cheap.
+CREATE INDEX event_blocking_idx ON commerce_outbox.event (aggregate_type, aggregate_id, aggregate_seq)
+    WHERE status = 'dead' OR (status = 'pending' AND attempts > 0);
 CREATE INDEX event_published_idx ON commerce_outbox.event (published_at) WHERE status = 'published';
 CREATE INDEX event_dead_idx ON commerce_outbox.event (dead_at) WHERE status = 'dead';
 

@@ -75,18 +75,20 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], settings: TopicSettin
     Ok(())
 }
 
-/// The relay's producer settings: idempotent, `acks=all`, a 1 ms linger so a lone event is
-/// not held back, and `overrides` applied last.
+/// The relay's producer settings: idempotent, `acks=all`, no linger (a batch's messages are
+/// all queued at once, so they are sent together anyway, and a lone event is not held
+/// back), and `overrides` applied last.
 pub(crate) fn producer_config(brokers: &str, overrides: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
         .set("batch.num.messages", "10000")
         .set("message.timeout.ms", "10000")
-        .set("socket.keepalive.enable", "true");
+        .set("socket.keepalive.enable", "true")
+        .set("socket.nagle.disable", "true");
     for (key, value) in overrides {
         config.set(key, value);
     }

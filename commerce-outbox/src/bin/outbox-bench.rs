@@ -80,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let result = match mode.as_str() {
         "throughput" => throughput(&scratch.pool, &brokers, &topic, &args).await,
         "latency" => latency(&scratch.pool, &brokers, &topic, &args).await,
+        "broker" => broker_latency(&brokers, &topic, &args).await,
         other => Err(anyhow::anyhow!("unknown mode {other}")),
     };
     scratch.drop_db().await;
@@ -220,7 +221,7 @@ async fn latency(pool: &PgPool, brokers: &str, topic: &str, args: &Args) -> anyh
         if Instant::now() > deadline {
             bail!("events still pending 60 s after the writers stopped");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let metrics = relay.metrics().await?;
     relay.shutdown().await?;
@@ -270,6 +271,65 @@ async fn latency(pool: &PgPool, brokers: &str, topic: &str, args: &Args) -> anyh
         pct(0.99),
         latencies[latencies.len() - 1],
         metrics.batches_total
+    );
+    Ok(())
+}
+
+/// The broker's own share: send-to-acknowledgement latency of single messages with the
+/// relay's producer settings (idempotent, acks=all), no database involved.
+async fn broker_latency(brokers: &str, topic: &str, args: &Args) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let rate = args.get("rate", 1000).max(1);
+    let seconds = args.get("seconds", 10);
+    let linger = args.get("linger", 1);
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger.to_string())
+        .create()?;
+    println!("broker: {rate} messages/s for {seconds} s (first second not counted), ~400 bytes, idempotent, acks=all, linger.ms={linger}");
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(PAD + 150));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pending = Vec::new();
+    for n in 0..rate * seconds {
+        ticker.tick().await;
+        let key = format!("agg-{}", n % 100);
+        let sent = Instant::now();
+        let delivery = producer
+            .send_result(FutureRecord::to(topic).key(&key).payload(&body))
+            .map_err(|(e, _)| e)?;
+        pending.push(tokio::spawn(async move {
+            let _ = delivery.await;
+            sent.elapsed().as_secs_f64() * 1000.0
+        }));
+    }
+    let mut latencies = Vec::with_capacity(pending.len());
+    for (n, task) in pending.into_iter().enumerate() {
+        let latency = task.await?;
+        // The first second is connection set-up and the idempotent producer's id request.
+        if n as u64 >= rate {
+            latencies.push(latency);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[index]
+    };
+    println!(
+        "RESULT broker: {} messages: send-to-ack p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        latencies[latencies.len() - 1]
     );
     Ok(())
 }
