@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
+# The main job runs scaled-out style: Redis for the product cache (unset REDIS_URL= for in-process).
+export REDIS_URL=${REDIS_URL-redis://127.0.0.1:6379}
 cargo run --release --locked -p reference-app -- "$@"

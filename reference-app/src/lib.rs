@@ -6,6 +6,8 @@
 //! cancellations, then an audit of stock against the ledger. The HTTP services (gateway,
 //! order, payment, store) and the saga over Kafka build on the same pieces.
 
+pub mod catalog;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +22,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 use tokio::sync::Barrier;
 
+use crate::catalog::Catalog;
+
 /// Settings, from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +36,9 @@ pub struct Config {
     pub customers: usize,
     /// `DEMO_SEED` (default 7): seed of the customers' random choices.
     pub seed: u64,
+    /// `REDIS_URL`: when set, the product cache's L2 and invalidations go through Redis
+    /// (several instances); unset, both stay in-process (one instance).
+    pub redis_url: Option<String>,
 }
 
 impl Config {
@@ -55,6 +62,9 @@ impl Config {
             max_connections: var("DB_MAX_CONNECTIONS", 20)?,
             customers: var("DEMO_CUSTOMERS", 500)?,
             seed: var("DEMO_SEED", 7)?,
+            redis_url: std::env::var("REDIS_URL")
+                .ok()
+                .filter(|url| !url.is_empty()),
         })
     }
 }
@@ -71,8 +81,16 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .max_connections(config.max_connections)
         .connect(&config.database_url)
         .await
-        .with_context(|| format!("connect to {} (run scripts/services.sh up)", config.database_url))?;
-    commerce_core::MIGRATOR.run(&pool).await.context("migrate commerce-core")?;
+        .with_context(|| {
+            format!(
+                "connect to {} (run scripts/services.sh up)",
+                config.database_url
+            )
+        })?;
+    commerce_core::MIGRATOR
+        .run(&pool)
+        .await
+        .context("migrate commerce-core")?;
     Ok(pool)
 }
 
@@ -93,7 +111,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let commerce = Commerce::builder(pool).build();
     for (id, name, stock) in CATALOGUE {
         match commerce
-            .create_product(NewProduct { id: ProductId(id), name: name.into(), initial_stock: stock })
+            .create_product(NewProduct {
+                id: ProductId(id),
+                name: name.into(),
+                initial_stock: stock,
+            })
             .await
         {
             Ok(_) | Err(Error::ProductAlreadyExists { .. }) => {}
@@ -101,7 +123,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let ids: Vec<ProductId> = CATALOGUE.iter().map(|(id, ..)| ProductId(*id)).collect();
-    print_stock("stock before the rush", &commerce, &ids).await?;
+    let redis = config
+        .redis_url
+        .as_deref()
+        .map(redis::Client::open)
+        .transpose()?;
+    let catalog = Catalog::new(commerce.clone(), redis, "reference-app").await?;
+    print_stock("stock before the rush", &catalog, &ids).await?;
 
     let started = Instant::now();
     let run_id = uuid_like(config.seed);
@@ -117,8 +145,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     for (id, ..) in CATALOGUE {
-        let receipt = commerce.receive_stock(ProductId(id), 30, Some("restock")).await?;
-        let promoted = receipt.allocations.iter().filter(|a| a.order_created).count();
+        let receipt = commerce
+            .receive_stock(ProductId(id), 30, Some("restock"))
+            .await?;
+        let promoted = receipt
+            .allocations
+            .iter()
+            .filter(|a| a.order_created)
+            .count();
         if !receipt.allocations.is_empty() {
             println!(
                 "restock of {id}: {} units to {} backorders, {promoted} orders now complete",
@@ -145,7 +179,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shipped += 1;
     }
     println!("fulfilment: {shipped} orders shipped, {cancelled} cancelled (stock returned)");
-    print_stock("stock after restock and fulfilment", &commerce, &ids).await?;
+    print_stock("stock after restock and fulfilment", &catalog, &ids).await?;
+    let metrics = catalog.metrics();
+    println!(
+        "product cache ({}): L1 hits {}, L2 hits {}, loads {}",
+        if config.redis_url.is_some() {
+            "moka + Redis"
+        } else {
+            "moka + in-process"
+        },
+        metrics.l1.hits,
+        metrics.l2.hits,
+        metrics.loads
+    );
+    catalog.shutdown().await;
 
     let audit = commerce.audit().await?;
     if !audit.is_consistent() {
@@ -195,7 +242,11 @@ async fn rush(commerce: &Commerce, config: &Config, run_id: &str) -> anyhow::Res
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             let first = commerce.place_order(order.clone()).await;
-            let again = if repeat { Some(commerce.place_order(order).await) } else { None };
+            let again = if repeat {
+                Some(commerce.place_order(order).await)
+            } else {
+                None
+            };
             (first, again)
         }));
     }
@@ -203,12 +254,10 @@ async fn rush(commerce: &Commerce, config: &Config, run_id: &str) -> anyhow::Res
     for task in tasks {
         let (first, again) = task.await?;
         match first {
-            Ok(placed) => {
-                match placed.order.status {
-                    OrderStatus::Backordered => rush.backordered.push(placed.order.id),
-                    _ => rush.created.push(placed.order.id),
-                }
-            }
+            Ok(placed) => match placed.order.status {
+                OrderStatus::Backordered => rush.backordered.push(placed.order.id),
+                _ => rush.created.push(placed.order.id),
+            },
             Err(Error::InsufficientStock { .. }) => rush.rejected += 1,
             Err(e) => return Err(e.into()),
         }
@@ -220,13 +269,13 @@ async fn rush(commerce: &Commerce, config: &Config, run_id: &str) -> anyhow::Res
     Ok(rush)
 }
 
-async fn print_stock(title: &str, commerce: &Commerce, ids: &[ProductId]) -> anyhow::Result<()> {
+async fn print_stock(title: &str, catalog: &Catalog, ids: &[ProductId]) -> anyhow::Result<()> {
     println!("{title}:");
-    for level in commerce.stock_of(ids).await? {
-        let name = CATALOGUE
-            .iter()
-            .find(|(id, ..)| *id == level.product.0)
-            .map_or("?", |(_, name, _)| name);
+    for level in catalog.commerce().stock_of(ids).await? {
+        let name = catalog
+            .product(level.product)
+            .await?
+            .map_or_else(|| "?".to_owned(), |p| p.name);
         println!(
             "  {:>5} {:<20} available {:>4}  backordered {:>4}",
             level.product, name, level.available, level.backordered

@@ -1,0 +1,80 @@
+//! Product reads through the two-level cache.
+//!
+//! Catalogue facts (name) are read far more often than they change, and the same on every
+//! instance: they go through [`TwoLevelCache`] (moka L1 per instance, Redis L2 shared when
+//! `REDIS_URL` is set). Stock is not cached: it changes with every order and must be exact.
+
+use std::time::Duration;
+
+use commerce_cache::{cache_evict, cached, CacheMetrics, TwoLevelCache};
+use commerce_core::{Commerce, Product, ProductId};
+
+/// The product catalogue, read through the cache, evicted on every write.
+#[derive(Clone)]
+pub struct Catalog {
+    commerce: Commerce,
+    products: TwoLevelCache<Product>,
+}
+
+impl Catalog {
+    /// A catalogue over `commerce`; `redis` shares L2 and invalidations between instances,
+    /// `None` keeps both in-process (one instance). `prefix` namespaces the keys.
+    ///
+    /// # Errors
+    /// When the cache cannot be built.
+    pub async fn new(
+        commerce: Commerce,
+        redis: Option<redis::Client>,
+        prefix: &str,
+    ) -> commerce_cache::Result<Self> {
+        let mut builder = TwoLevelCache::<Product>::builder("products")
+            .key_prefix(format!("{prefix}:cache:products:"))
+            .l1_capacity(100_000)
+            .l1_ttl(Duration::from_secs(60))
+            .l2_ttl(Duration::from_secs(600))
+            // Unknown ids are remembered briefly: a scan of made-up ids stays off the database.
+            .negative_ttl(Duration::from_secs(10));
+        if let Some(client) = redis {
+            builder = builder.redis(client);
+        }
+        Ok(Self {
+            commerce,
+            products: builder.build().await?,
+        })
+    }
+
+    /// The product, or `None` for an unknown id (cached too).
+    ///
+    /// # Errors
+    /// Database errors (never cached).
+    #[cached(cache = self.products, key = "product:{id}", ttl = "5m")]
+    pub async fn product(&self, id: ProductId) -> Result<Option<Product>, commerce_core::Error> {
+        self.commerce.product(id).await
+    }
+
+    /// Renames the product, then evicts it on every instance.
+    ///
+    /// # Errors
+    /// [`commerce_core::Error::ProductNotFound`], bad input, database errors.
+    #[cache_evict(cache = self.products, key = "product:{id}")]
+    pub async fn rename(&self, id: ProductId, name: &str) -> Result<Product, commerce_core::Error> {
+        self.commerce.rename_product(id, name).await
+    }
+
+    /// The inventory and orders behind the catalogue.
+    #[must_use]
+    pub fn commerce(&self) -> &Commerce {
+        &self.commerce
+    }
+
+    /// The cache's counters.
+    #[must_use]
+    pub fn metrics(&self) -> CacheMetrics {
+        self.products.metrics()
+    }
+
+    /// Stops the cache's background tasks.
+    pub async fn shutdown(&self) {
+        self.products.shutdown().await;
+    }
+}
