@@ -84,7 +84,27 @@ async fn main() -> anyhow::Result<()> {
         other => Err(anyhow::anyhow!("unknown mode {other}")),
     };
     scratch.drop_db().await;
+    delete_topic(&brokers, &topic).await;
     result
+}
+
+/// A memory-backed broker keeps every message: drop the run's topics when done.
+async fn delete_topic(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let Ok(admin) = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let dlq = commerce_outbox::dlq_topic(topic);
+    if let Err(error) = admin
+        .delete_topics(&[topic, &dlq], &AdminOptions::new())
+        .await
+    {
+        eprintln!("could not delete topic {topic}: {error}");
+    }
 }
 
 async fn throughput(pool: &PgPool, brokers: &str, topic: &str, args: &Args) -> anyhow::Result<()> {
