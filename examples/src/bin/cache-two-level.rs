@@ -1,7 +1,7 @@
 //! Two nodes of one product cache on the local Redis: read-through, a write on one node seen by
 //! the other, not-found caching, and the metrics.
 //!
-//! Run: `cargo run -p commerce-cache --example two_level` (needs Redis; `REDIS_URL` overrides
+//! Run: `cargo run -p commerce-examples --bin cache-two-level` (needs Redis; `REDIS_URL` overrides
 //! `redis://127.0.0.1:6379`).
 
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! Kafka-protocol broker (`KAFKA_BROKERS`, default 127.0.0.1:9092):
 //!
 //! ```text
-//! cargo run -p commerce-outbox --example outbox_basics
+//! cargo run -p commerce-examples --bin outbox-basics
 //! ```
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The lock in five steps: acquire two stock keys at once, read the fencing tokens, watch for
 //! a lost lease, release; then the same through `#[redis_lock]`.
 //!
-//! `cargo run -p commerce-lock --example lock_basics` (Redis at `REDIS_URL`, default
+//! `cargo run -p commerce-examples --bin lock-basics` (Redis at `REDIS_URL`, default
 //! `redis://127.0.0.1:6379`).
 
 use std::time::Duration;
