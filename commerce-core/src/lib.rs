@@ -37,6 +37,12 @@
 //! - With an idempotency key, repeats of a request (also racing ones) return the first order.
 //! - Events reach [`TransactionHook`]s inside the transaction: none for a rolled-back one.
 //!
+//! ## Features
+//! - `lock`: [`DistributedLockStrategy`](crate::StockStrategy), the stock strategy on
+//!   commerce-lock (Redis or in-process).
+//! - `outbox`: `OutboxHook`, which writes every event to the commerce-outbox table in the
+//!   same transaction.
+//!
 //! Tables live in the `commerce` schema; run [`MIGRATOR`] (it tolerates other crates'
 //! migrations in the same database).
 #![warn(missing_docs)]
@@ -48,6 +54,8 @@ mod event;
 mod ids;
 mod inventory;
 mod order;
+#[cfg(feature = "outbox")]
+mod outbox;
 mod strategy;
 mod tx;
 
@@ -68,6 +76,8 @@ pub use order::{
     LineRequest, NewOrder, Order, OrderLimits, OrderLine, OrderStatus, OrderWriter, PlacedOrder,
     ReserveMode, ShortagePolicy, StatusChange, UnknownStatus, ValidatedOrder,
 };
+#[cfg(feature = "outbox")]
+pub use outbox::{OutboxHook, CORE_EVENT_SCHEMA_VERSION};
 #[cfg(feature = "lock")]
 pub use strategy::DistributedLockStrategy;
 pub use strategy::{ConditionalUpdate, StockStrategy};

@@ -356,7 +356,10 @@ async fn hook_rows_commit_with_the_order_and_a_failing_hook_rolls_everything_bac
 async fn products_can_be_read_and_renamed() {
     let (_db, commerce) = setup().await;
     let p = product(&commerce, 5, 1).await;
-    assert_eq!(commerce.product(p).await.unwrap().unwrap().name, "product 5");
+    assert_eq!(
+        commerce.product(p).await.unwrap().unwrap().name,
+        "product 5"
+    );
     assert_eq!(commerce.product(ProductId(6)).await.unwrap(), None);
     let renamed = commerce.rename_product(p, "Teapot").await.unwrap();
     assert_eq!(renamed.name, "Teapot");
