@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
-cargo test --workspace --locked "$@"
+cargo test --workspace --all-features --locked "$@"
