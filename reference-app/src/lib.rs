@@ -7,9 +7,10 @@
 //! order, payment, store) and the saga over Kafka build on the same pieces.
 
 pub mod catalog;
+pub mod events;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use commerce_core::{
@@ -23,6 +24,7 @@ use sqlx::{PgPool, Postgres};
 use tokio::sync::Barrier;
 
 use crate::catalog::Catalog;
+use crate::events::EventPipeline;
 
 /// Settings, from the environment.
 #[derive(Debug, Clone)]
@@ -36,6 +38,9 @@ pub struct Config {
     pub customers: usize,
     /// `DEMO_SEED` (default 7): seed of the customers' random choices.
     pub seed: u64,
+    /// `KAFKA_BROKERS`: when set, commerce-core's events go through the outbox to Kafka and
+    /// an order consumer; unset, no events are written.
+    pub kafka_brokers: Option<String>,
     /// `REDIS_URL`: when set, the product cache's L2 and invalidations go through Redis
     /// (several instances); unset, both stay in-process (one instance).
     pub redis_url: Option<String>,
@@ -65,6 +70,9 @@ impl Config {
             redis_url: std::env::var("REDIS_URL")
                 .ok()
                 .filter(|url| !url.is_empty()),
+            kafka_brokers: std::env::var("KAFKA_BROKERS")
+                .ok()
+                .filter(|brokers| !brokers.is_empty()),
         })
     }
 }
@@ -108,7 +116,16 @@ const CATALOGUE: [(i64, &str, i64); 5] = [
 /// Database errors, or an inconsistent audit.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = connect(&config).await?;
-    let commerce = Commerce::builder(pool).build();
+    let since = chrono::Utc::now();
+    let mut builder = Commerce::builder(pool.clone());
+    let pipeline = match &config.kafka_brokers {
+        Some(brokers) => {
+            builder = builder.hook(events::outbox_hook());
+            Some(EventPipeline::start(pool, brokers, since).await?)
+        }
+        None => None,
+    };
+    let commerce = builder.build();
     for (id, name, stock) in CATALOGUE {
         match commerce
             .create_product(NewProduct {
@@ -193,6 +210,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.loads
     );
     catalog.shutdown().await;
+
+    if let Some(pipeline) = pipeline {
+        let (written, delivered) = pipeline.drain(Duration::from_secs(60)).await?;
+        println!(
+            "order events: {written} written to the outbox in their order transactions, {delivered} delivered through Kafka to the order consumer"
+        );
+        anyhow::ensure!(
+            written == delivered,
+            "{} order events did not arrive",
+            written - delivered
+        );
+    }
 
     let audit = commerce.audit().await?;
     if !audit.is_consistent() {
