@@ -148,9 +148,11 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let admin = self.options.clone();
         let name = std::mem::take(&mut self.name);
-        let pool = self.pool.clone();
-        // Drop runs inside the test's runtime, which cannot be blocked on; a thread with its
-        // own small runtime does the clean-up and is joined so the database is gone on return.
+        // Drop runs on the test's runtime, which cannot be blocked on, so a thread with its own
+        // small runtime does the clean-up and is joined: the database is gone on return. The
+        // pool is left alone: its connections belong to the test's runtime (blocked here, on
+        // a current-thread runtime nothing else would drive them), and `WITH (FORCE)` ends
+        // them on the server side anyway.
         let handle = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -159,12 +161,15 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
-                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                let drop_database = async {
+                    let mut conn = PgConnection::connect_with(&admin).await?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .execute(&mut conn)
-                        .await;
-                }
+                        .await?;
+                    conn.close().await
+                };
+                // A leftover is swept by a later run; a hung clean-up must not hang the test.
+                let _ = tokio::time::timeout(Duration::from_secs(30), drop_database).await;
             });
         });
         let _ = handle.join();
