@@ -16,25 +16,47 @@ async fn main() -> anyhow::Result<()> {
 
     let lamp = ProductId(1);
     commerce
-        .create_product(NewProduct { id: lamp, name: "Desk lamp".into(), initial_stock: 3 })
+        .create_product(NewProduct {
+            id: lamp,
+            name: "Desk lamp".into(),
+            initial_stock: 3,
+        })
         .await?;
     println!("stock: {:?}", commerce.stock(lamp).await?);
 
     let first = commerce
-        .place_order(NewOrder::new("alice").line(lamp, 2).idempotency_key("cart-1"))
+        .place_order(
+            NewOrder::new("alice")
+                .line(lamp, 2)
+                .idempotency_key("cart-1"),
+        )
         .await?;
     println!("alice's order {} is {}", first.order.id, first.order.status);
     let repeat = commerce
-        .place_order(NewOrder::new("alice").line(lamp, 2).idempotency_key("cart-1"))
+        .place_order(
+            NewOrder::new("alice")
+                .line(lamp, 2)
+                .idempotency_key("cart-1"),
+        )
         .await?;
-    println!("a repeat of the request returns the same order: {}", repeat.order.id == first.order.id);
+    println!(
+        "a repeat of the request returns the same order: {}",
+        repeat.order.id == first.order.id
+    );
 
-    match commerce.place_order(NewOrder::new("bob").line(lamp, 5)).await {
+    match commerce
+        .place_order(NewOrder::new("bob").line(lamp, 5))
+        .await
+    {
         Err(e) => println!("bob's order is rejected: {e}"),
         Ok(placed) => println!("unexpected: bob's order {} went through", placed.order.id),
     }
     let waiting = commerce
-        .place_order(NewOrder::new("bob").line(lamp, 5).policy(ShortagePolicy::Backorder))
+        .place_order(
+            NewOrder::new("bob")
+                .line(lamp, 5)
+                .policy(ShortagePolicy::Backorder),
+        )
         .await?;
     println!(
         "bob's backorder {} is {} with {} of 5 allocated",
@@ -43,12 +65,17 @@ async fn main() -> anyhow::Result<()> {
 
     let receipt = commerce.receive_stock(lamp, 10, Some("PO-2026-11")).await?;
     for a in &receipt.allocations {
-        println!("receipt allocated {} to order {} (created now: {})", a.quantity, a.order, a.order_created);
+        println!(
+            "receipt allocated {} to order {} (created now: {})",
+            a.quantity, a.order, a.order_created
+        );
     }
     commerce
         .transition_order(first.order.id, OrderStatus::Processing, "payment captured")
         .await?;
-    commerce.cancel_order(first.order.id, "customer changed their mind").await?;
+    commerce
+        .cancel_order(first.order.id, "customer changed their mind")
+        .await?;
 
     println!("ledger of the lamp, newest first:");
     for entry in commerce.ledger(lamp, None, 20).await?.entries {
@@ -63,6 +90,11 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("stock now: {:?}", commerce.stock(lamp).await?);
     let audit = commerce.audit().await?;
-    println!("audit: {} products, {} orders, consistent: {}", audit.products, audit.orders, audit.is_consistent());
+    println!(
+        "audit: {} products, {} orders, consistent: {}",
+        audit.products,
+        audit.orders,
+        audit.is_consistent()
+    );
     Ok(())
 }

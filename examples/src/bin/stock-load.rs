@@ -39,7 +39,12 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = STRATEGIES)]
     strategies: Vec<String>,
     /// Scenarios to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "hot,spread,sellout")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "hot,spread,sellout"
+    )]
     scenarios: Vec<Scenario>,
     /// Concurrent clients (also the connection pool size).
     #[arg(long, default_value_t = 32)]
@@ -74,7 +79,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!(
         "{:<20} {:<8} {:>7} {:>10} {:>11} {:>7} {:>8} {:>8} {:>8}  check",
-        "strategy", "scenario", "clients", "ok/s", "rejected/s", "errors", "p50 ms", "p99 ms", "max ms"
+        "strategy",
+        "scenario",
+        "clients",
+        "ok/s",
+        "rejected/s",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "max ms"
     );
     let mut failed = false;
     for strategy in &args.strategies {
@@ -115,7 +128,8 @@ async fn build(strategy: &str, pool: sqlx::PgPool) -> anyhow::Result<Commerce> {
     Ok(match strategy {
         "conditional-update" => builder.strategy(commerce_core::ConditionalUpdate).build(),
         "redis-lock" => {
-            let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
             let lock = RedisLock::builder(url)
                 .namespace(format!("commerce-load-{}", std::process::id()))
                 .response_timeout(Duration::from_secs(30))
@@ -213,7 +227,12 @@ struct ClientReport {
     sold: Vec<i64>,
 }
 
-async fn client_loop(commerce: Commerce, client: usize, products: i64, deadline: Instant) -> ClientReport {
+async fn client_loop(
+    commerce: Commerce,
+    client: usize,
+    products: i64,
+    deadline: Instant,
+) -> ClientReport {
     let mut report = ClientReport {
         ok: 0,
         rejected: 0,
@@ -237,7 +256,10 @@ async fn client_loop(commerce: Commerce, client: usize, products: i64, deadline:
         match outcome {
             Ok(_) => {
                 report.ok += 1;
-                if let Some(n) = usize::try_from(product).ok().and_then(|p| report.sold.get_mut(p)) {
+                if let Some(n) = usize::try_from(product)
+                    .ok()
+                    .and_then(|p| report.sold.get_mut(p))
+                {
                     *n += 1;
                 }
             }
