@@ -95,3 +95,36 @@ async fn a_lock_held_elsewhere_times_out_as_a_typed_error_and_writes_nothing() {
     assert_eq!(commerce.stock(ProductId(1)).await.unwrap().available, 4);
     common::assert_consistent(&commerce).await;
 }
+
+#[tokio::test]
+async fn a_fenced_write_from_an_older_lock_holder_is_refused() {
+    let strategy = DistributedLockStrategy::new(LocalLock::new()).fencing(true);
+    let (_db, commerce) = setup_with_strategy(5, strategy).await;
+    product(&commerce, 1, 5).await;
+    // The first fenced write records its token on the product row.
+    commerce
+        .place_order(NewOrder::new("u").line(1, 1))
+        .await
+        .unwrap();
+    let fence: i64 = sqlx::query_scalar("SELECT lock_fence FROM commerce.products WHERE id = 1")
+        .fetch_one(commerce.pool())
+        .await
+        .unwrap();
+    assert!(fence > 0, "the write recorded its fencing token");
+    // A newer holder (token far ahead) wrote meanwhile: this holder's token is now stale.
+    sqlx::query("UPDATE commerce.products SET lock_fence = 1000000 WHERE id = 1")
+        .execute(commerce.pool())
+        .await
+        .unwrap();
+    let err = commerce
+        .place_order(NewOrder::new("u").line(1, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Strategy(_)), "{err:?}");
+    assert_eq!(
+        commerce.stock(ProductId(1)).await.unwrap().available,
+        4,
+        "nothing written"
+    );
+    common::assert_consistent(&commerce).await;
+}

@@ -110,8 +110,34 @@ impl OrderWriter {
     /// [`Error::InsufficientStock`] (reject policy), [`Error::ProductNotFound`],
     /// [`Error::DuplicateRequest`], database and hook errors. On any error nothing is written.
     pub async fn place(&self, order: &ValidatedOrder, mode: ReserveMode) -> Result<PlacedOrder> {
+        self.place_with_fences(order, mode, &[]).await
+    }
+
+    /// [`OrderWriter::place`] with [`ReserveMode::ReadCheckWrite`] for a caller holding a
+    /// distributed lock per product: `fences` pairs each product with the lock's fencing token.
+    /// Each stock write records its token on the product row and is refused, with
+    /// [`Error::Strategy`] and nothing written, when a newer token already wrote it: a holder
+    /// whose lease expired during a pause cannot write after its successor.
+    ///
+    /// # Errors
+    /// As [`OrderWriter::place`].
+    pub async fn place_fenced(
+        &self,
+        order: &ValidatedOrder,
+        fences: &[(ProductId, i64)],
+    ) -> Result<PlacedOrder> {
+        self.place_with_fences(order, ReserveMode::ReadCheckWrite, fences)
+            .await
+    }
+
+    async fn place_with_fences(
+        &self,
+        order: &ValidatedOrder,
+        mode: ReserveMode,
+        fences: &[(ProductId, i64)],
+    ) -> Result<PlacedOrder> {
         let mut tx = self.pool.begin().await?;
-        match self.write(&mut tx, order, mode).await {
+        match self.write(&mut tx, order, mode, fences).await {
             Ok(Ok(placed)) => {
                 tx.commit().await?;
                 Ok(placed)
@@ -172,6 +198,7 @@ impl OrderWriter {
         conn: &mut PgConnection,
         order: &ValidatedOrder,
         mode: ReserveMode,
+        fences: &[(ProductId, i64)],
     ) -> Result<Result<PlacedOrder, KeyTaken>> {
         let id = OrderId::new();
         let mut effects = TxEffects::default();
@@ -184,11 +211,11 @@ impl OrderWriter {
             {
                 return Ok(Err(KeyTaken));
             }
-            let allocations = reserve(conn, order, mode).await?;
+            let allocations = reserve(conn, order, mode, fences).await?;
             insert_lines(conn, id, &allocations).await?;
             allocations
         } else {
-            let allocations = reserve(conn, order, mode).await?;
+            let allocations = reserve(conn, order, mode, fences).await?;
             let status = status_for(&allocations);
             if insert_order(conn, id, order, status).await?.is_err() {
                 return Ok(Err(KeyTaken));
@@ -275,6 +302,7 @@ async fn reserve(
     conn: &mut PgConnection,
     order: &ValidatedOrder,
     mode: ReserveMode,
+    fences: &[(ProductId, i64)],
 ) -> Result<Vec<Allocation>> {
     let products: Vec<ProductId> = order.products().collect();
     if mode == ReserveMode::ConditionalUpdate && order.policy() == ShortagePolicy::Reject {
@@ -319,24 +347,31 @@ async fn reserve(
     for (line, level) in order.lines().iter().zip(stock) {
         let allocated = line.quantity.min(level.available);
         let shortfall = line.quantity - allocated;
+        let fence = fences
+            .iter()
+            .find(|(product, _)| *product == line.product)
+            .map(|(_, token)| *token);
         let written = sqlx::query(
             "UPDATE commerce.products SET available = available - $2, \
-             backordered = backordered + $3, updated_at = now() \
-             WHERE id = $1 AND available = $4 AND backordered = $5",
+             backordered = backordered + $3, lock_fence = COALESCE($6, lock_fence), \
+             updated_at = now() \
+             WHERE id = $1 AND available = $4 AND backordered = $5 \
+             AND lock_fence <= COALESCE($6, lock_fence)",
         )
         .bind(line.product.0)
         .bind(allocated)
         .bind(shortfall)
         .bind(level.available)
         .bind(level.backordered)
+        .bind(fence)
         .execute(&mut *conn)
         .await?
         .rows_affected();
         if written != 1 {
             return Err(Error::Strategy(
                 format!(
-                    "stock of product {} changed between read and write: the caller's lock \
-                     does not serialise access to it",
+                    "stock write of product {} refused: the stock changed since it was read, \
+                     or a newer lock holder (fencing token) wrote it; the lock was lost",
                     line.product
                 )
                 .into(),

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use commerce_lock::{DistributedLock, LockGuard, LockOptions};
 
 use crate::error::{Error, Result};
-use crate::order::{OrderWriter, PlacedOrder, ReserveMode, ValidatedOrder};
+use crate::ids::ProductId;
+use crate::order::{OrderWriter, PlacedOrder, ValidatedOrder};
 
 use super::StockStrategy;
 
@@ -14,9 +15,11 @@ use super::StockStrategy;
 /// [`DistributedLock`] (Redis across instances, in-process for one), then reads, checks and
 /// writes the stock inside the order transaction, and releases after commit.
 ///
-/// The write is a compare-and-set on the figures read, so even a lock lost mid-transaction
-/// (lease expired during a long pause) cannot oversell: the order fails with
-/// [`Error::Strategy`] and nothing is written. Lock failures (wait timeout, Redis
+/// A lock lost mid-transaction (lease expired during a long pause) cannot oversell: the write
+/// is a compare-and-set on the figures read, and, with [`DistributedLockStrategy::fencing`],
+/// it also carries the lock's fencing token, recorded on the product row (`lock_fence`) and
+/// refused once a newer holder has written ([`OrderWriter::place_fenced`]). Either way the
+/// order fails with [`Error::Strategy`] and nothing is written. Lock failures (wait timeout, Redis
 /// unreachable) are [`Error::Strategy`] too: the order is not placed, and retrying is safe.
 ///
 /// ```no_run
@@ -36,6 +39,7 @@ pub struct DistributedLockStrategy {
     lock: Arc<dyn DistributedLock>,
     options: LockOptions,
     key_prefix: String,
+    fencing: bool,
 }
 
 impl std::fmt::Debug for DistributedLockStrategy {
@@ -43,6 +47,7 @@ impl std::fmt::Debug for DistributedLockStrategy {
         f.debug_struct("DistributedLockStrategy")
             .field("options", &self.options)
             .field("key_prefix", &self.key_prefix)
+            .field("fencing", &self.fencing)
             .finish_non_exhaustive()
     }
 }
@@ -61,6 +66,7 @@ impl DistributedLockStrategy {
             lock,
             options: LockOptions::default(),
             key_prefix: "stock:".to_owned(),
+            fencing: false,
         }
     }
 
@@ -68,6 +74,21 @@ impl DistributedLockStrategy {
     #[must_use]
     pub fn options(mut self, options: LockOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Records each stock write's fencing token on the product row and refuses writes with an
+    /// older token than the newest recorded (off by default).
+    ///
+    /// Only turn it on when the lock service's token counters are durable and shared by every
+    /// instance (Redis with persistence): tokens restart at 1 when the counters are lost (an
+    /// in-process lock on restart, Redis without persistence), and every fenced write would
+    /// then be refused until `commerce.products.lock_fence` is reset to 0. The compare-and-set
+    /// on the figures read protects the stock either way; fencing adds protection for a
+    /// holder that resumes after its successor has written.
+    #[must_use]
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.fencing = on;
         self
     }
 
@@ -130,7 +151,21 @@ impl StockStrategy for DistributedLockStrategy {
         // Orders turned away while the lock is held cost one read instead of a transaction:
         // under a flash sale nearly every holder is one of them.
         let placed = match writer.check_stock(order).await {
-            Ok(()) => writer.place(order, ReserveMode::ReadCheckWrite).await,
+            Ok(()) => {
+                let fences: Vec<(ProductId, i64)> = if self.fencing {
+                    order
+                        .products()
+                        .zip(&guards)
+                        .filter_map(|(product, guard)| {
+                            let key = format!("{}{product}", self.key_prefix);
+                            guard.fencing_token(&key).map(|t| (product, t.as_i64()))
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                writer.place_fenced(order, &fences).await
+            }
             Err(e) => Err(e),
         };
         release(guards).await;
