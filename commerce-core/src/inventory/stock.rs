@@ -126,13 +126,17 @@ pub(crate) async fn rename_product(
     .ok_or(Error::ProductNotFound { product })
 }
 
-pub(crate) async fn read_stock(pool: &PgPool, products: &[ProductId]) -> Result<Vec<StockLevel>> {
+/// The stock of `products` without locking, in ascending product id.
+pub(crate) async fn read_stock(
+    executor: impl sqlx::PgExecutor<'_>,
+    products: &[ProductId],
+) -> Result<Vec<StockLevel>> {
     let ids: Vec<i64> = products.iter().map(|p| p.0).collect();
     let rows: Vec<StockRow> = sqlx::query_as(
         "SELECT id, available, backordered FROM commerce.products WHERE id = ANY($1) ORDER BY id",
     )
     .bind(&ids)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     let found: Vec<StockLevel> = rows.into_iter().map(StockLevel::from).collect();
     if let Some(missing) = products

@@ -338,7 +338,7 @@ async fn reserve(
     let stock = if mode == ReserveMode::ConditionalUpdate {
         lock_products(conn, &products).await?
     } else {
-        read_unlocked(conn, &products).await?
+        read_stock(&mut *conn, &products).await?
     };
     if order.policy() == ShortagePolicy::Reject {
         short_line(order, &stock)?;
@@ -385,29 +385,6 @@ async fn reserve(
         });
     }
     Ok(allocations)
-}
-
-async fn read_unlocked(conn: &mut PgConnection, products: &[ProductId]) -> Result<Vec<StockLevel>> {
-    let ids: Vec<i64> = products.iter().map(|p| p.0).collect();
-    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT id, available, backordered FROM commerce.products WHERE id = ANY($1) ORDER BY id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    products
-        .iter()
-        .map(|p| {
-            rows.iter()
-                .find(|r| r.0 == p.0)
-                .map(|r| StockLevel {
-                    product: *p,
-                    available: r.1,
-                    backordered: r.2,
-                })
-                .ok_or(Error::ProductNotFound { product: *p })
-        })
-        .collect()
 }
 
 async fn insert_order(
