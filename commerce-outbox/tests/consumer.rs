@@ -7,30 +7,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use commerce_outbox::saga::{record_saga_step, saga_log, Saga, SagaStatus, SagaStep, StepError};
 use commerce_outbox::{
-    enqueue, DomainEvent, Envelope, EventHandler, HandlerError, InboxConsumer, NewEvent, Relay,
-    TopicRoutes, MIGRATOR,
+    enqueue, DomainEvent, Envelope, InboxConsumer, NewEvent, Relay, TopicRoutes, MIGRATOR,
 };
 use commerce_testkit::{kafka_brokers, unique_name, TestDb};
-use common::{commit_event, eventually, new_topic};
+use common::{commit_event, eventually, new_topic, RecordEffect};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
-
-struct RecordEffect;
-
-#[async_trait]
-impl EventHandler for RecordEffect {
-    async fn handle(
-        &self,
-        conn: &mut PgConnection,
-        envelope: &Envelope,
-    ) -> Result<(), HandlerError> {
-        sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
-            .bind(envelope.id.0)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_group_members_share_the_partitions_and_apply_each_event_once() {

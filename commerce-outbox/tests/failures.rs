@@ -4,13 +4,13 @@ mod common;
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use commerce_outbox::{
-    ensure_topics, outbox_stats, Backoff, Envelope, EventHandler, HandlerError, InboxConsumer,
-    Relay, TopicSettings, MIGRATOR,
+    ensure_topics, outbox_stats, Backoff, InboxConsumer, Relay, TopicSettings, MIGRATOR,
 };
 use commerce_testkit::{kafka_brokers, unique_name, TestDb};
-use common::{commit_event, eventually, new_topic, PrivateBroker, Reader, PARTITIONS};
+use common::{
+    commit_event, eventually, new_topic, PrivateBroker, Reader, RecordEffect, PARTITIONS,
+};
 use sqlx::{Connection, PgConnection};
 
 fn settings() -> TopicSettings {
@@ -102,24 +102,6 @@ async fn events_written_while_the_broker_is_down_arrive_once_it_is_back() {
         "an outage never dead-letters events"
     );
     relay.shutdown().await.unwrap();
-}
-
-/// Records each applied event; a duplicate application would show as a second row.
-struct RecordEffect;
-
-#[async_trait]
-impl EventHandler for RecordEffect {
-    async fn handle(
-        &self,
-        conn: &mut PgConnection,
-        envelope: &Envelope,
-    ) -> Result<(), HandlerError> {
-        sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
-            .bind(envelope.id.0)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
 }
 
 /// The relay is killed after the broker acknowledged a batch but before the rows were

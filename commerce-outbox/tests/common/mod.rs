@@ -261,3 +261,22 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// Records each applied event in the test's `effects` table; a duplicate application would
+/// show as a second row.
+pub struct RecordEffect;
+
+#[async_trait::async_trait]
+impl commerce_outbox::EventHandler for RecordEffect {
+    async fn handle(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), commerce_outbox::HandlerError> {
+        sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+            .bind(envelope.id.0)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
