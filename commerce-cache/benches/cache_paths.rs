@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use commerce_cache::{cached, TwoLevelCache};
-use criterion::{black_box, criterion_group, Criterion};
+use criterion::{black_box, Criterion};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,9 +176,9 @@ fn percentiles(fixture: &Fixture) {
     });
 }
 
-criterion_group!(benches, cache_paths);
-
+/// Runs the benchmarks, then prints criterion's summary.
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let mut criterion = Criterion::default().configure_from_args();
+    cache_paths(&mut criterion);
+    criterion.final_summary();
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use commerce_cache::TwoLevelCache;
 use commerce_testkit::unique_name;
-use common::{LoadFailed, Loads, PrivateRedis, Product};
+use commerce_testkit::PrivateRedis;
+use common::{LoadFailed, Loads, Product};
 
 /// Collects formatted log lines so the test can count warnings.
 #[derive(Clone, Default)]
@@ -67,7 +68,7 @@ async fn reads_survive_redis_going_down_and_l2_is_used_again_when_it_is_back() {
         .finish();
     let _log_guard = tracing::subscriber::set_default(subscriber);
 
-    let mut redis = PrivateRedis::start();
+    let mut redis = PrivateRedis::start().await;
     let cache = private_node(&redis.url()).await;
     let loads = Loads::default();
     read(&cache, "p:1", &loads).await.expect("read");
@@ -104,7 +105,7 @@ async fn reads_survive_redis_going_down_and_l2_is_used_again_when_it_is_back() {
         "one warning per outage"
     );
 
-    redis.restart();
+    redis.restart().await;
     let hits_before = cache.metrics().l2.hits;
     let mut back = false;
     for round in 0..200 {
@@ -129,7 +130,7 @@ async fn reads_survive_redis_going_down_and_l2_is_used_again_when_it_is_back() {
 
 #[tokio::test]
 async fn a_cache_built_while_redis_is_down_serves_from_the_loader() {
-    let mut redis = PrivateRedis::start();
+    let mut redis = PrivateRedis::start().await;
     redis.stop();
     let cache = private_node(&redis.url()).await;
     let loads = Loads::default();

@@ -56,6 +56,16 @@ pub struct CommerceBuilder {
     limits: OrderLimits,
 }
 
+impl std::fmt::Debug for CommerceBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommerceBuilder")
+            .field("strategy", &self.strategy.name())
+            .field("hooks", &self.hooks.len())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CommerceBuilder {
     /// Uses `strategy` to take stock when orders are placed.
     #[must_use]

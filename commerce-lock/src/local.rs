@@ -24,6 +24,12 @@ pub struct LocalLock {
     inner: Arc<LocalStore>,
 }
 
+impl std::fmt::Debug for LocalLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalLock").finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 struct LocalStore {
     slots: Mutex<HashMap<String, Slot>>,

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use commerce_lock::{DistributedLock, Error, LocalLock};
 use commerce_testkit::TestDb;
 
@@ -78,7 +80,7 @@ async fn shutdown_fires_lost_and_refuses_new_locks() {
         .acquire("k", options(0, 10_000))
         .await
         .expect("free key");
-    within(10, lock.shutdown()).await;
+    within(Duration::from_secs(10), lock.shutdown()).await;
     assert!(guard.is_lost());
     assert!(matches!(
         lock.acquire("k2", options(0, 1_000)).await,

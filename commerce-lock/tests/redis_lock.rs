@@ -8,7 +8,7 @@ use commerce_lock::{DistributedLock, Error, FencingToken, RedisLock};
 use commerce_testkit::{redis_url, TestDb};
 use redis::AsyncCommands;
 
-use common::servers::{free_port, PrivateRedis};
+use commerce_testkit::{free_port, PrivateRedis};
 use common::{behaviour, namespace, options, plain_connection, redis_lock, within};
 
 /// A client whose waiters never re-check on a timer within a test's lifetime: anything that
@@ -149,7 +149,7 @@ async fn waiter_is_woken_by_the_release_notice() {
         tokio::spawn(async move { waiter_lock.acquire("k2", options(30_000, 60_000)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     holder.release().await.expect("release");
-    within(10, waiter)
+    within(Duration::from_secs(10), waiter)
         .await
         .expect("task")
         .expect("woken")
@@ -184,14 +184,14 @@ async fn lost_key_fires_the_lost_signal() {
         .del(lock.redis_key("k"))
         .await
         .expect("DEL");
-    within(10, guard.lost()).await;
+    within(Duration::from_secs(10), guard.lost()).await;
     assert!(matches!(guard.release().await, Err(Error::LockLost { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_fails_fast_with_a_typed_error() {
     let closed = format!("redis://127.0.0.1:{}", free_port());
-    match within(10, RedisLock::connect(closed)).await {
+    match within(Duration::from_secs(10), RedisLock::connect(closed)).await {
         Err(Error::Unavailable { .. }) => {}
         other => panic!("expected Unavailable, got {other:?}"),
     }
@@ -211,14 +211,21 @@ async fn redis_going_down_fails_closed() {
         .await
         .expect("free key");
     server.stop();
-    match within(10, lock.acquire("other", options(1_000, 1_000))).await {
+    match within(
+        Duration::from_secs(10),
+        lock.acquire("other", options(1_000, 1_000)),
+    )
+    .await
+    {
         Err(Error::Unavailable { .. }) => {}
         other => panic!("expected Unavailable, got {other:?}"),
     }
     // The watchdog cannot renew: the holder is told before the lease could have run out.
-    within(10, held.lost()).await;
-    assert!(within(10, held.release()).await.is_err());
-    within(10, lock.shutdown()).await;
+    within(Duration::from_secs(10), held.lost()).await;
+    assert!(within(Duration::from_secs(10), held.release())
+        .await
+        .is_err());
+    within(Duration::from_secs(10), lock.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

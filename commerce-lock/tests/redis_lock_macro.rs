@@ -113,7 +113,11 @@ async fn released_after_an_error_and_after_a_panic() {
     let panicked = tokio::spawn(panic_inside(shared, 2)).await;
     assert!(panicked.is_err_and(|e| e.is_panic()));
     // The guard's drop releases in the background; the notice wakes this waiter.
-    let after_panic = within(10, lock.acquire("stock:2", options(30_000, 1_000))).await;
+    let after_panic = within(
+        Duration::from_secs(10),
+        lock.acquire("stock:2", options(30_000, 1_000)),
+    )
+    .await;
     after_panic
         .expect("panic path released")
         .release()
@@ -168,7 +172,12 @@ async fn lost_lock_cancels_the_body_by_default() {
     let lock = redis_lock(&namespace()).await;
     let reached_end = AtomicU64::new(0);
     delete_soon(&lock, "job:5").await;
-    match within(10, long_job_cancelled(&lock, 5, &reached_end)).await {
+    match within(
+        Duration::from_secs(10),
+        long_job_cancelled(&lock, 5, &reached_end),
+    )
+    .await
+    {
         Err(AppError::Lock(Error::LockLost { keys })) => assert_eq!(keys, vec!["job:5".to_owned()]),
         other => panic!("expected LockLost, got {other:?}"),
     }
@@ -183,7 +192,7 @@ async fn lost_lock_cancels_the_body_by_default() {
 async fn lost_lock_only_signals_when_asked() {
     let lock = redis_lock(&namespace()).await;
     delete_soon(&lock, "job:6").await;
-    let saw_loss = within(10, long_job_signalled(&lock, 6))
+    let saw_loss = within(Duration::from_secs(10), long_job_signalled(&lock, 6))
         .await
         .expect("body result returned");
     assert!(saw_loss);

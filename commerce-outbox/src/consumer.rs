@@ -138,6 +138,15 @@ pub struct InboxConsumer<H> {
     stats: Arc<Counters>,
 }
 
+impl<H> std::fmt::Debug for InboxConsumer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxConsumer")
+            .field("group_id", &self.settings.group_id)
+            .field("consumer_name", &self.settings.consumer_name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl InboxConsumer<()> {
     /// A builder: `consumer_name` keys the inbox (one per logical consumer; instances of it
     /// share it), `group_id` is the Kafka consumer group.

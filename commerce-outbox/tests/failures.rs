@@ -7,10 +7,8 @@ use std::time::Duration;
 use commerce_outbox::{
     ensure_topics, outbox_stats, Backoff, InboxConsumer, Relay, TopicSettings, MIGRATOR,
 };
-use commerce_testkit::{kafka_brokers, unique_name, TestDb};
-use common::{
-    commit_event, eventually, new_topic, PrivateBroker, Reader, RecordEffect, PARTITIONS,
-};
+use commerce_testkit::{kafka_brokers, unique_name, PrivateBroker, TestDb};
+use common::{commit_event, eventually, new_topic, Reader, RecordEffect, PARTITIONS};
 use sqlx::{Connection, PgConnection};
 
 fn settings() -> TopicSettings {

@@ -10,7 +10,7 @@ use commerce_cache::{cache_evict, cached, CacheMetrics, TwoLevelCache};
 use commerce_core::{Commerce, Product, ProductId};
 
 /// The product catalogue, read through the cache, evicted on every write.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Catalog {
     commerce: Commerce,
     products: TwoLevelCache<Product>,

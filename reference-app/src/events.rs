@@ -51,6 +51,7 @@ impl EventHandler for OrderTracking {
 }
 
 /// The running relay and consumer.
+#[derive(Debug)]
 pub struct EventPipeline {
     pool: PgPool,
     relay: RelayHandle,

@@ -26,7 +26,7 @@ impl Kind {
     }
 }
 
-pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn expand(kind: Kind, args: TokenStream, item: &TokenStream) -> TokenStream {
     match try_expand(kind, args, item.clone()) {
         Ok(tokens) => tokens,
         // Keep the function so the only errors shown are the macro's, not "cannot find fn".

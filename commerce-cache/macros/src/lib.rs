@@ -22,7 +22,7 @@ use crate::expand::Kind;
 /// are never cached.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Cached, args.into(), item.into()).into()
+    expand::expand(Kind::Cached, args.into(), &item.into()).into()
 }
 
 /// Write-through after a successful `async fn`: `Ok(value)` is put into the cache under
@@ -31,7 +31,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `#[cache_put(cache = EXPR, key = "product:{product.id}", ttl = "10m")]`.
 #[proc_macro_attribute]
 pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Put, args.into(), item.into()).into()
+    expand::expand(Kind::Put, args.into(), &item.into()).into()
 }
 
 /// Eviction after a successful `async fn`: on `Ok(_)` the key is removed from L2 and every
@@ -40,5 +40,5 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `#[cache_evict(cache = EXPR, key = "product:{id}")]`.
 #[proc_macro_attribute]
 pub fn cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Evict, args.into(), item.into()).into()
+    expand::expand(Kind::Evict, args.into(), &item.into()).into()
 }

@@ -134,14 +134,11 @@ impl<V: CacheValue> Inner<V> {
                 self.l2.delete(&full_key, self.config.version_retention),
             )
             .await;
-            let version = match deleted {
-                Ok(Ok(version)) => version,
-                _ => {
-                    // Still down: keep every remaining key for the next attempt.
-                    self.queue_repair(&key);
-                    pending.for_each(|key| self.queue_repair(&key));
-                    break;
-                }
+            let Ok(Ok(version)) = deleted else {
+                // Still down: keep every remaining key for the next attempt.
+                self.queue_repair(&key);
+                pending.for_each(|key| self.queue_repair(&key));
+                break;
             };
             if self.health.succeeded() {
                 tracing::info!(cache = %self.config.name, "cache L2 is back");

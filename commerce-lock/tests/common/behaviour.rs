@@ -44,7 +44,7 @@ pub(crate) async fn mutual_exclusion<L: DistributedLock + Clone + 'static>(
             guard.release().await.expect("still held at release");
         }));
     }
-    within(300, async {
+    within(Duration::from_secs(300), async {
         for task in tasks {
             task.await.expect("contender panicked");
         }
@@ -102,7 +102,12 @@ pub(crate) async fn wait_timeout_is_typed<L: DistributedLock>(lock: &L, key: &st
         .await
         .expect("free key");
     let started = Instant::now();
-    match within(10, lock.acquire(key, options(200, 10_000))).await {
+    match within(
+        Duration::from_secs(10),
+        lock.acquire(key, options(200, 10_000)),
+    )
+    .await
+    {
         Err(Error::WaitTimeout {
             key: blocked,
             waited,
@@ -270,9 +275,12 @@ pub(crate) async fn dead_holder_freed_after_lease<L: DistributedLock + Clone + '
     .expect("holder thread");
     let busy = lock.acquire(key, options(0, 10_000)).await;
     assert!(matches!(busy, Err(Error::WaitTimeout { .. })), "{busy:?}");
-    let guard = within(10, lock.acquire(key, options(5_000, 10_000)))
-        .await
-        .expect("freed after the dead holder's lease");
+    let guard = within(
+        Duration::from_secs(10),
+        lock.acquire(key, options(5_000, 10_000)),
+    )
+    .await
+    .expect("freed after the dead holder's lease");
     guard.release().await.expect("release");
 }
 
@@ -295,7 +303,7 @@ pub(crate) async fn waiter_woken_by_release<L: DistributedLock + Clone + 'static
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     holder.release().await.expect("release");
-    let guard = within(10, waiter)
+    let guard = within(Duration::from_secs(10), waiter)
         .await
         .expect("waiter task")
         .expect("waiter acquires");
@@ -310,9 +318,12 @@ pub(crate) async fn dropped_guard_releases<L: DistributedLock>(lock: &L, key: &s
             .await
             .expect("free key");
     }
-    let guard = within(10, lock.acquire(key, options(30_000, 60_000)))
-        .await
-        .expect("freed by the dropped guard");
+    let guard = within(
+        Duration::from_secs(10),
+        lock.acquire(key, options(30_000, 60_000)),
+    )
+    .await
+    .expect("freed by the dropped guard");
     guard.release().await.expect("release");
 }
 
@@ -329,9 +340,12 @@ pub(crate) async fn panic_releases<L: DistributedLock + Clone + 'static>(lock: L
     })
     .await;
     assert!(outcome.is_err_and(|e| e.is_panic()));
-    let guard = within(10, lock.acquire(key, options(30_000, 60_000)))
-        .await
-        .expect("freed after the panic");
+    let guard = within(
+        Duration::from_secs(10),
+        lock.acquire(key, options(30_000, 60_000)),
+    )
+    .await
+    .expect("freed after the panic");
     guard.release().await.expect("release");
 }
 

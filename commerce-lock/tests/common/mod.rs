@@ -2,11 +2,11 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 pub(crate) mod behaviour;
-pub(crate) mod servers;
 
 use std::time::Duration;
 
 use commerce_lock::{LockOptions, RedisLock};
+pub(crate) use commerce_testkit::within;
 use commerce_testkit::{redis_url, unique_name};
 
 /// A lock client on the shared Redis, isolated under a unique namespace.
@@ -38,11 +38,4 @@ pub(crate) fn options(wait_ms: u64, lease_ms: u64) -> LockOptions {
         Duration::from_millis(wait_ms),
         Duration::from_millis(lease_ms),
     )
-}
-
-/// Fails the test instead of hanging if `future` does not finish within `seconds`.
-pub(crate) async fn within<T>(seconds: u64, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(seconds), future)
-        .await
-        .expect("did not finish: hung")
 }

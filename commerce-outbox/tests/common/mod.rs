@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use commerce_outbox::{
@@ -162,93 +160,15 @@ pub fn arrival_order(received: &[Received]) -> HashMap<String, Vec<i64>> {
 }
 
 /// Polls `condition` until true or `timeout` (panics with `what`).
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A tansu broker of the test's own on a free port (memory storage), which the test may
-/// stop and start without touching the shared broker.
-pub struct PrivateBroker {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateBroker {
-    pub async fn start() -> Self {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("free port");
-            listener.local_addr().expect("addr").port()
-        };
-        let mut broker = Self { port, child: None };
-        broker.restart().await;
-        broker
-    }
-
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the broker process (again) on the same port and waits until it accepts.
-    pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu (set TANSU_BIN or install it: scripts/services.sh)");
-        self.child = Some(child);
-        let address = format!("127.0.0.1:{}", self.port);
-        eventually(Duration::from_secs(20), "private broker to listen", || {
-            let address = address.clone();
-            async move { tokio::net::TcpStream::connect(address).await.is_ok() }
-        })
-        .await;
-    }
-
-    /// Kills the broker process (as a crash would).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn tansu_binary() -> String {
-    if let Ok(path) = std::env::var("TANSU_BIN") {
-        return path;
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = format!("{home}/.cargo/bin/tansu");
-    if std::path::Path::new(&installed).exists() {
-        installed
-    } else {
-        "tansu".to_owned()
-    }
+    assert!(
+        commerce_testkit::eventually(timeout, condition).await,
+        "timed out waiting for {what}"
+    );
 }
 
 /// Shows the crate's log lines in a failing test's output (`RUST_LOG` overrides the level).

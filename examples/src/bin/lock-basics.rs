@@ -24,7 +24,7 @@ impl From<Error> for ReserveError {
 async fn reserve(lock: &RedisLock, product_id: u64, quantity: u32) -> Result<u64, ReserveError> {
     let fence = guard
         .fencing_token(&format!("stock:{product_id}"))
-        .map_or(0, |t| t.get());
+        .map_or(0, commerce_lock::FencingToken::get);
     println!("reserving {quantity} of product {product_id} under fencing token {fence}");
     Ok(fence)
 }

@@ -52,11 +52,9 @@ impl EventHandler for PrintOrder {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let database_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let pool = sqlx::PgPool::connect(&database_url).await?;
-    MIGRATOR.run(&pool).await?;
+    let brokers = commerce_testkit::kafka_brokers();
+    let pool =
+        commerce_testkit::scratch_database("commerce_example_outbox", &[&MIGRATOR], 5).await?;
 
     let topic = format!("example-orders-{}", std::process::id());
     ensure_topics(&brokers, &[&topic], TopicSettings::default()).await?;

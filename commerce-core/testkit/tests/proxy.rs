@@ -1,0 +1,68 @@
+//! The fault-injecting proxy does what the tests that use it rely on, against a real Redis.
+
+use std::time::Duration;
+
+use commerce_testkit::{PrivateRedis, TcpProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn ping(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.write_all(b"PING\r\n").await?;
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).await?;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+#[tokio::test]
+async fn forwards_black_holes_delays_and_cuts() {
+    let redis = PrivateRedis::start().await;
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", redis.port())).await;
+    let mut client = TcpStream::connect(proxy.address()).await.unwrap();
+    assert_eq!(ping(&mut client).await.unwrap(), "+PONG\r\n");
+
+    // Black hole: no reply, no error; the reply arrives once it is lifted.
+    proxy.black_hole();
+    let held = tokio::time::timeout(Duration::from_millis(300), ping(&mut client)).await;
+    assert!(held.is_err(), "a black-holed request got an answer");
+    proxy.forward();
+    let mut reply = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut reply))
+        .await
+        .expect("held reply after the black hole")
+        .unwrap();
+    assert_eq!(&reply, b"+PONG\r\n");
+
+    // Delay: the server acts at once, the client hears later.
+    proxy.delay_replies(Duration::from_millis(300));
+    let started = tokio::time::Instant::now();
+    assert_eq!(ping(&mut client).await.unwrap(), "+PONG\r\n");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    proxy.forward();
+
+    // Cut: the request reaches the server, the client gets no reply but a closed connection.
+    proxy.cut_after(b"INCR");
+    client.write_all(b"INCR cut-counter\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut rest))
+        .await
+        .expect("the cut connection closes");
+    assert!(
+        read.is_err() || rest.is_empty(),
+        "a reply got through: {rest:?}"
+    );
+    let mut direct = TcpStream::connect(("127.0.0.1", redis.port()))
+        .await
+        .unwrap();
+    direct.write_all(b"GET cut-counter\r\n").await.unwrap();
+    let mut value = [0u8; 7];
+    direct.read_exact(&mut value).await.unwrap();
+    assert_eq!(&value, b"$1\r\n1\r\n", "the cut request was executed once");
+
+    // A new connection works normally again.
+    let mut again = TcpStream::connect(proxy.address()).await.unwrap();
+    assert_eq!(ping(&mut again).await.unwrap(), "+PONG\r\n");
+    proxy.close_all();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), again.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "close_all left the connection open");
+}
