@@ -1,12 +1,13 @@
 //! The task that applies invalidations from other nodes to this node's L1.
 //!
-//! Owned by the cache: it holds only a weak reference, stops on the shutdown signal or when
-//! the last cache clone is dropped (which also aborts it).
+//! Owned by the cache's task tracker: it holds only a weak reference between events, and
+//! stops when the cache's shutdown token is cancelled (by `shutdown()`, or when the last
+//! cache clone is dropped) or the cache is gone.
 
 use std::sync::Weak;
 
-use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
 use super::{CacheValue, Inner};
 use crate::bus::{BusEvent, Subscription};
@@ -20,7 +21,7 @@ enum Woke {
 pub(super) async fn run<V: CacheValue>(
     inner: Weak<Inner<V>>,
     mut subscription: Box<dyn Subscription>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let Some(retry_after) = inner.upgrade().map(|inner| inner.config.l2_retry_after) else {
         return;
@@ -29,7 +30,7 @@ pub(super) async fn run<V: CacheValue>(
     repair_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let woke = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = shutdown.cancelled() => return,
             event = subscription.next() => Woke::Event(event),
             _ = repair_tick.tick() => Woke::RepairDue,
         };

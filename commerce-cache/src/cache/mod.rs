@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use moka::ops::compute::Op;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::shape::{Always, Maybe};
 use crate::backend::L2Backend;
@@ -78,21 +78,19 @@ pub(crate) struct Inner<V> {
     generation: AtomicU64,
     repairs: Mutex<HashSet<String>>,
     repairs_overflowed: AtomicBool,
-    shutdown: watch::Sender<bool>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    /// Cancelled on shutdown or when the last clone is dropped; every background task of the
+    /// cache (the invalidation listener) stops on it.
+    shutdown: CancellationToken,
+    /// Owns the background tasks, so `shutdown()` can wait for them to end.
+    tasks: TaskTracker,
 }
 
 impl<V> Drop for Inner<V> {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(listener) = self
-            .listener
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            listener.abort();
-        }
+        // The listener holds only a weak reference between events, so it sees the token at
+        // its next await and ends, dropping (and so closing) its subscription.
+        self.shutdown.cancel();
+        self.tasks.close();
     }
 }
 
@@ -129,7 +127,8 @@ impl<V: CacheValue> TwoLevelCache<V> {
             .build();
         let channel = config.channel();
         let subscription = bus.subscribe(&channel).await;
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let inner = Arc::new(Inner {
             health: L2Health::new(config.l2_retry_after),
             channel,
@@ -143,18 +142,14 @@ impl<V: CacheValue> TwoLevelCache<V> {
             generation: AtomicU64::new(0),
             repairs: Mutex::new(HashSet::new()),
             repairs_overflowed: AtomicBool::new(false),
-            shutdown,
-            listener: Mutex::new(None),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
         });
-        let task = tokio::spawn(listener::run(
+        tasks.spawn(listener::run(
             Arc::downgrade(&inner),
             subscription,
-            shutdown_rx,
+            shutdown,
         ));
-        *inner
-            .listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(task);
         Self { inner }
     }
 
@@ -290,20 +285,14 @@ impl<V: CacheValue> TwoLevelCache<V> {
         &self.inner.config.prefix
     }
 
-    /// Stops listening for invalidations and waits for the listener task to end. Reads and
-    /// writes keep working, but this node's L1 no longer hears about other nodes' writes;
-    /// call it when the node is going away. Dropping the last clone does the same.
+    /// Stops listening for invalidations and waits for the cache's background tasks to end.
+    /// Reads and writes keep working, but this node's L1 no longer hears about other nodes'
+    /// writes; call it when the node is going away. Dropping the last clone stops the tasks
+    /// too, without waiting. Calling it again (from any clone) returns at once.
     pub async fn shutdown(&self) {
-        let _ = self.inner.shutdown.send(true);
-        let task = self
-            .inner
-            .listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 }
 
