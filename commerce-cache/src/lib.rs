@@ -68,6 +68,7 @@ mod flight;
 mod health;
 mod l1;
 mod metrics;
+mod reconnect;
 
 #[doc(hidden)]
 pub mod __private;

@@ -7,6 +7,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
 use super::{FillOutcome, L2Backend, L2Entry, Stored};
+use crate::reconnect::on_live_connection;
 use crate::{Error, Result};
 
 /// Versions are `max(previous + 1, server time in microseconds)`: they keep growing after a key
@@ -66,7 +67,9 @@ return version
 /// An [`L2Backend`] on Redis, shared by every node pointing at the same server.
 ///
 /// Uses one multiplexed [`ConnectionManager`] that connects lazily and reconnects by itself, so
-/// a cache can be built while Redis is down. Clone it freely: clones share the connection.
+/// a cache can be built while Redis is down; a command that finds the connection dead (Redis
+/// restarted while it was idle) runs once more on the new one. Clone it freely: clones share
+/// the connection.
 #[derive(Clone)]
 pub struct RedisBackend {
     connection: ConnectionManager,
@@ -137,11 +140,10 @@ fn kind_and_payload(stored: &Stored) -> (&'static str, &[u8]) {
 #[async_trait]
 impl L2Backend for RedisBackend {
     async fn read(&self, key: &str) -> Result<L2Entry> {
-        let mut connection = self.connection.clone();
-        let (version, value, negative, pttl): (String, Option<Vec<u8>>, Option<String>, i64) = self
-            .read
-            .key(key)
-            .invoke_async(&mut connection)
+        let (version, value, negative, pttl): (String, Option<Vec<u8>>, Option<String>, i64) =
+            on_live_connection(&self.connection, |mut connection| async move {
+                self.read.key(key).invoke_async(&mut connection).await
+            })
             .await
             .map_err(|source| backend("read", source))?;
         let stored = match (value, negative) {
@@ -165,16 +167,18 @@ impl L2Backend for RedisBackend {
         stored: &Stored,
         ttl: Duration,
     ) -> Result<FillOutcome> {
-        let mut connection = self.connection.clone();
         let (kind, payload) = kind_and_payload(stored);
-        let (filled, version): (i64, String) = self
-            .fill
-            .key(key)
-            .arg(expected_version.to_string())
-            .arg(kind)
-            .arg(payload)
-            .arg(ttl_ms(ttl))
-            .invoke_async(&mut connection)
+        let (filled, version): (i64, String) =
+            on_live_connection(&self.connection, |mut connection| async move {
+                self.fill
+                    .key(key)
+                    .arg(expected_version.to_string())
+                    .arg(kind)
+                    .arg(payload)
+                    .arg(ttl_ms(ttl))
+                    .invoke_async(&mut connection)
+                    .await
+            })
             .await
             .map_err(|source| backend("fill", source))?;
         let version = parse_version(key, &version)?;
@@ -186,29 +190,31 @@ impl L2Backend for RedisBackend {
     }
 
     async fn write(&self, key: &str, stored: &Stored, ttl: Duration) -> Result<u64> {
-        let mut connection = self.connection.clone();
         let (kind, payload) = kind_and_payload(stored);
-        let version: String = self
-            .write
-            .key(key)
-            .arg(kind)
-            .arg(payload)
-            .arg(ttl_ms(ttl))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|source| backend("write", source))?;
+        let version: String = on_live_connection(&self.connection, |mut connection| async move {
+            self.write
+                .key(key)
+                .arg(kind)
+                .arg(payload)
+                .arg(ttl_ms(ttl))
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await
+        .map_err(|source| backend("write", source))?;
         parse_version(key, &version)
     }
 
     async fn delete(&self, key: &str, tombstone_ttl: Duration) -> Result<u64> {
-        let mut connection = self.connection.clone();
-        let version: String = self
-            .delete
-            .key(key)
-            .arg(ttl_ms(tombstone_ttl))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|source| backend("delete", source))?;
+        let version: String = on_live_connection(&self.connection, |mut connection| async move {
+            self.delete
+                .key(key)
+                .arg(ttl_ms(tombstone_ttl))
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await
+        .map_err(|source| backend("delete", source))?;
         parse_version(key, &version)
     }
 }

@@ -6,9 +6,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{AsyncCommands, Client};
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{BusEvent, Invalidation, InvalidationBus, Subscription};
+use crate::reconnect::on_live_connection;
 use crate::{Error, Result};
 
 /// First wait before re-subscribing after a loss; doubled up to [`MAX_BACKOFF`].
@@ -64,15 +65,16 @@ impl RedisBus {
 #[async_trait]
 impl InvalidationBus for RedisBus {
     async fn publish(&self, channel: &str, notice: &Invalidation) -> Result<()> {
-        let mut connection = self.publisher.clone();
-        let _receivers: i64 =
-            connection
-                .publish(channel, notice.encode())
-                .await
-                .map_err(|source| Error::Backend {
-                    operation: "publish",
-                    source,
-                })?;
+        let message = notice.encode();
+        let _receivers: i64 = on_live_connection(&self.publisher, |mut connection| {
+            let message = &message;
+            async move { connection.publish(channel, message).await }
+        })
+        .await
+        .map_err(|source| Error::Backend {
+            operation: "publish",
+            source,
+        })?;
         Ok(())
     }
 
@@ -86,6 +88,7 @@ impl InvalidationBus for RedisBus {
             connected: None,
             lost: false,
             backoff: Duration::ZERO,
+            retry_at: None,
             heartbeat,
         };
         if let Err(error) = subscription.connect().await {
@@ -113,6 +116,11 @@ struct RedisSubscription {
     /// Notices may have been missed since the last connection: report a resync on reconnect.
     lost: bool,
     backoff: Duration,
+    /// When the next reconnect attempt is due. A deadline rather than a sleep started in
+    /// `next()`, so a caller that drops `next()` and calls it again resumes the same wait
+    /// instead of starting it over (review C1: a 1 s tick cancelling a 2 s sleep meant no
+    /// reconnect ever).
+    retry_at: Option<Instant>,
     heartbeat: Interval,
 }
 
@@ -135,6 +143,7 @@ impl RedisSubscription {
             })?;
         self.connected = Some(connected);
         self.backoff = Duration::ZERO;
+        self.retry_at = None;
         self.heartbeat.reset();
         Ok(())
     }
@@ -151,6 +160,7 @@ impl RedisSubscription {
         }
         self.lost = true;
         self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + self.backoff);
     }
 
     async fn heartbeat_ok(&mut self) -> bool {
@@ -169,7 +179,9 @@ impl Subscription for RedisSubscription {
     async fn next(&mut self) -> Option<BusEvent> {
         loop {
             let Some(connected) = self.connected.as_mut() else {
-                tokio::time::sleep(self.backoff).await;
+                if let Some(at) = self.retry_at {
+                    tokio::time::sleep_until(at).await;
+                }
                 match self.connect().await {
                     Ok(()) if self.lost => {
                         self.lost = false;

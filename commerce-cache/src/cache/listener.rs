@@ -4,6 +4,8 @@
 //! stops when the cache's shutdown token is cancelled (by `shutdown()`, or when the last
 //! cache clone is dropped) or the cache is gone.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Weak;
 
 use tokio::time::MissedTickBehavior;
@@ -14,13 +16,24 @@ use crate::bus::{BusEvent, Subscription};
 use crate::metrics::bump;
 
 enum Woke {
-    Event(Option<BusEvent>),
+    Event(Option<BusEvent>, Box<dyn Subscription>),
     RepairDue,
+}
+
+type NextEvent = Pin<Box<dyn Future<Output = (Option<BusEvent>, Box<dyn Subscription>)> + Send>>;
+
+/// The subscription's next event, as a future that owns the subscription (and hands it
+/// back), so it can stay pending across loop turns.
+fn next_event(mut subscription: Box<dyn Subscription>) -> NextEvent {
+    Box::pin(async move {
+        let event = subscription.next().await;
+        (event, subscription)
+    })
 }
 
 pub(super) async fn run<V: CacheValue>(
     inner: Weak<Inner<V>>,
-    mut subscription: Box<dyn Subscription>,
+    subscription: Box<dyn Subscription>,
     shutdown: CancellationToken,
 ) {
     let Some(retry_after) = inner.upgrade().map(|inner| inner.config.l2_retry_after) else {
@@ -28,14 +41,21 @@ pub(super) async fn run<V: CacheValue>(
     };
     let mut repair_tick = tokio::time::interval(retry_after);
     repair_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The pending `next()` is kept while repairs run, never dropped and restarted: whatever it
+    // was waiting for (a reconnect backoff, a heartbeat reply) would start over each tick,
+    // and never finish if it takes longer than one (review C1).
+    let mut next = next_event(subscription);
     loop {
         let woke = tokio::select! {
             () = shutdown.cancelled() => return,
-            event = subscription.next() => Woke::Event(event),
+            (event, subscription) = &mut next => Woke::Event(event, subscription),
             _ = repair_tick.tick() => Woke::RepairDue,
         };
         let event = match woke {
-            Woke::Event(event) => event,
+            Woke::Event(event, subscription) => {
+                next = next_event(subscription);
+                event
+            }
             Woke::RepairDue => {
                 let Some(inner) = inner.upgrade() else { return };
                 inner.repair().await;
