@@ -157,9 +157,12 @@ impl<V: CacheValue> TwoLevelCache<V> {
     /// the loader is cached for the negative TTL; errors are returned and never cached.
     ///
     /// Concurrent misses of one key on this node run the loader once; the others wait for
-    /// its result. If that load fails, each waiter runs its own loader (errors are not shared,
-    /// so `E` need not be `Clone`). Cache trouble never fails the call: without L2 the loader
-    /// answers.
+    /// its result. If that load fails or its caller goes away, the caller that has waited
+    /// longest runs its own loader for the others, and so on: the source sees one load of the
+    /// key at a time from this node, and every loaded value is cached. Errors are not shared
+    /// (`E` need not be `Clone`): a caller that gets an error got it from its own loader, so
+    /// while loads keep failing callers take turns; give them a deadline. Cache trouble never
+    /// fails the call: without L2 the loader answers.
     ///
     /// # Errors
     /// Only the loader's.
