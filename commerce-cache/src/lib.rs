@@ -69,6 +69,7 @@ mod health;
 mod l1;
 mod metrics;
 mod reconnect;
+mod ttl;
 
 #[doc(hidden)]
 pub mod __private;

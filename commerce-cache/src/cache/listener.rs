@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Weak;
+use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,8 @@ pub(super) async fn run<V: CacheValue>(
     let Some(retry_after) = inner.upgrade().map(|inner| inner.config.l2_retry_after) else {
         return;
     };
-    let mut repair_tick = tokio::time::interval(retry_after);
+    // A zero period (probe L2 on every call) would make `interval` panic.
+    let mut repair_tick = tokio::time::interval(retry_after.max(Duration::from_millis(1)));
     repair_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The pending `next()` is kept while repairs run, never dropped and restarted: whatever it
     // was waiting for (a reconnect backoff, a heartbeat reply) would start over each tick,

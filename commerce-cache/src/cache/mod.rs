@@ -222,9 +222,10 @@ impl<V: CacheValue> TwoLevelCache<V> {
     /// drop their copy. Call it after the write to the source of truth has committed.
     ///
     /// # Errors
-    /// [`Error::Encode`] (nothing changed), or an L2/bus error: this node already serves
-    /// `value`, other nodes may serve the old one until their L1 TTL ends, and the key is
-    /// evicted in L2 as soon as L2 answers again.
+    /// [`Error::Encode`]: `value` cannot be serialized, so the key was evicted instead (as by
+    /// [`TwoLevelCache::evict`]) and the next read loads it. Or an L2/bus error: this node
+    /// already serves `value`, other nodes may serve the old one until their L1 TTL ends, and
+    /// the key is evicted in L2 as soon as L2 answers again.
     pub async fn put(&self, key: &str, value: V) -> Result<()> {
         self.inner.put(key, Some(value), None).await
     }
@@ -371,7 +372,8 @@ impl<V: CacheValue> Inner<V> {
         L1Entry {
             value,
             version,
-            lifetime: fresh + self.config.fail_safe.unwrap_or_default(),
+            // Both at most 100 years (clamped by the builder): no overflow.
+            lifetime: fresh.saturating_add(self.config.fail_safe.unwrap_or_default()),
             fresh_until,
             refresh,
         }

@@ -9,10 +9,10 @@ use rand::Rng;
 use super::shape::Shape;
 use super::{CacheValue, Inner};
 use crate::backend::{FillOutcome, L2Entry};
-use crate::codec;
 use crate::flight::{Leader, Turn};
 use crate::l1::{Freshness, L1Entry};
 use crate::metrics::bump;
+use crate::{codec, ttl};
 
 /// What L1 had for a key that is going to be loaded.
 struct Fallback<V> {
@@ -238,14 +238,16 @@ impl<V: CacheValue> Inner<V> {
             .await;
     }
 
+    /// A value's L2 TTL: `ttl` (clamped, see [`ttl::MAX_TTL`]) plus random jitter.
     pub(super) fn jittered(&self, ttl: Duration) -> Duration {
+        let ttl = ttl::clamp(ttl);
         let jitter = self.config.l2_ttl_jitter;
         if jitter.is_zero() {
             return ttl;
         }
         let extra =
             rand::thread_rng().gen_range(0..=u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX));
-        ttl + Duration::from_millis(extra)
+        ttl::clamp(ttl.saturating_add(Duration::from_millis(extra)))
     }
 
     /// After a failed load: the entry still fresh (refresh) or within the fail-safe window.
