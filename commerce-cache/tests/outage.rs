@@ -186,3 +186,20 @@ async fn a_read_that_failed_during_the_outage_does_not_make_the_next_one_fail() 
     assert_eq!(cache.metrics().l2_errors, errors);
     assert!(cache.metrics().l2_healthy);
 }
+
+// Moved from `resilience.rs`, whose log-capturing test must run alone in its binary.
+#[tokio::test]
+async fn a_cache_built_while_redis_is_down_serves_from_the_loader() {
+    let mut redis = PrivateRedis::start().await;
+    redis.stop();
+    let cache = default_node(&redis, &unique_name("cache-built-down")).await;
+    let loads = Loads::default();
+    for _ in 0..3 {
+        assert_eq!(
+            read(&cache, "p:1", Product::new(1, "p:1"), &loads).await,
+            Some(Product::new(1, "p:1"))
+        );
+    }
+    assert_eq!(loads.count(), 1, "L1 still caches");
+    cache.shutdown().await;
+}
