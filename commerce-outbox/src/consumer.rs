@@ -9,13 +9,15 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::event::Envelope;
 use crate::inbox::record_once;
+use crate::shutdown::sleep_or_shutdown;
 
 /// What a handler returns on failure: any error; the event is retried.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -172,32 +174,36 @@ impl<H: EventHandler> InboxConsumer<H> {
     /// Runs the consumer in a task owned by the returned handle.
     #[must_use]
     pub fn spawn(self) -> ConsumerHandle {
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let stats = Arc::clone(&self.stats);
+        let task = tasks.spawn(self.run(shutdown.clone()));
+        tasks.close();
         ConsumerHandle {
-            shutdown: shutdown_tx,
+            shutdown,
+            tasks,
             stats,
-            task: tokio::spawn(self.run(shutdown_rx)),
+            task,
         }
     }
 
-    async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    async fn run(self, shutdown: CancellationToken) -> Result<()> {
         loop {
             let message = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                () = shutdown.cancelled() => break,
                 received = self.consumer.recv() => received.map(|m| m.detach()),
             };
             let message = match message {
                 Ok(message) => message,
                 Err(error) => {
                     tracing::warn!(consumer = %self.settings.consumer_name, %error, "kafka receive failed; retrying");
-                    if sleep_or_shutdown(Duration::from_millis(200), &mut shutdown).await {
+                    if sleep_or_shutdown(Duration::from_millis(200), &shutdown).await {
                         break;
                     }
                     continue;
                 }
             };
-            if !self.apply_with_retry(&message, &mut shutdown).await {
+            if !self.apply_with_retry(&message, &shutdown).await {
                 break;
             }
             self.commit_offset(&message)?;
@@ -207,11 +213,7 @@ impl<H: EventHandler> InboxConsumer<H> {
     }
 
     /// Returns false when shutdown interrupted the retries (the offset is then not committed).
-    async fn apply_with_retry(
-        &self,
-        message: &OwnedMessage,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    async fn apply_with_retry(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> bool {
         let envelope = match decode_envelope(message) {
             Ok(envelope) => envelope,
             Err(error) => {
@@ -292,19 +294,13 @@ pub fn decode_envelope<M: Message>(message: &M) -> Result<Envelope> {
     serde_json::from_slice(body).map_err(|e| not_envelope(e.to_string()))
 }
 
-async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        _ = shutdown.wait_for(|stop| *stop) => return true,
-    }
-    *shutdown.borrow()
-}
-
 /// Owns a running [`InboxConsumer`].
 #[derive(Debug)]
 pub struct ConsumerHandle {
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
     stats: Arc<Counters>,
+    /// The consumer loop's own handle, for its result.
     task: JoinHandle<Result<()>>,
 }
 
@@ -326,7 +322,9 @@ impl ConsumerHandle {
     /// # Errors
     /// The loop's error (an offset commit librdkafka refused), or [`Error::Task`] on a panic.
     pub async fn shutdown(self) -> Result<()> {
-        let _ = self.shutdown.send(true);
-        self.task.await.map_err(|e| Error::Task(e.to_string()))?
+        self.shutdown.cancel();
+        let outcome = self.task.await.map_err(|e| Error::Task(e.to_string()));
+        self.tasks.wait().await;
+        outcome?
     }
 }

@@ -34,7 +34,6 @@
 //!   choreographed sagas on top, with a persisted saga log.
 //!
 //! See `docs/outbox.md` for the envelope, failure behaviour and benchmark figures.
-#![warn(missing_docs)]
 
 mod backoff;
 mod consumer;
@@ -49,6 +48,7 @@ mod migrate;
 mod relay;
 mod retention;
 pub mod saga;
+mod shutdown;
 
 pub use backoff::Backoff;
 pub use consumer::{

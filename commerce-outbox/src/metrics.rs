@@ -49,9 +49,10 @@ pub struct RelayMetrics {
     pub published_total: u64,
     /// Publish rate since the previous snapshot (or since the relay started).
     pub published_per_sec: f64,
-    /// Publish attempts the broker refused (each counts towards dead-lettering).
+    /// Failed publish attempts: refused by the broker, for a topic that does not exist, or
+    /// undelivered while the broker answered (each counts towards dead-lettering).
     pub refused_total: u64,
-    /// Rows that could not be sent because the broker was unreachable.
+    /// Rows that could not be sent because the broker was unreachable (no attempt counted).
     pub unavailable_total: u64,
     /// Events this relay dead-lettered.
     pub dead_lettered_total: u64,
@@ -90,7 +91,6 @@ impl RelayCounters {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let elapsed = now.duration_since(last.0).as_secs_f64();
-        #[allow(clippy::cast_precision_loss)] // a rate; f64 is exact up to 2^53 events
         let published_per_sec = if elapsed > 0.0 {
             published_total.saturating_sub(last.1) as f64 / elapsed
         } else {

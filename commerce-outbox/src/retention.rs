@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
+use crate::shutdown::sleep_or_shutdown;
 
 /// Rows deleted per statement, so pruning never holds long locks or builds a huge WAL burst.
 const CHUNK: i64 = 10_000;
@@ -72,4 +74,26 @@ pub async fn prune_settled(pool: &PgPool, older_than: Duration) -> Result<PruneR
         .await?
         .rows_affected();
     Ok(report)
+}
+
+/// The relay's pruning task: [`prune_settled`] every `interval` until shutdown. A failure
+/// is logged and retried at the next round (nothing is lost by pruning late).
+pub(crate) async fn prune_periodically(
+    pool: PgPool,
+    relay: String,
+    retention: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    while !sleep_or_shutdown(interval, &shutdown).await {
+        match prune_settled(&pool, retention).await {
+            Ok(report) if report.events > 0 || report.sequences > 0 => {
+                tracing::info!(%relay, events = report.events, sequences = report.sequences, "outbox retention pruned rows");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%relay, %error, "outbox retention pruning failed; will retry");
+            }
+        }
+    }
 }

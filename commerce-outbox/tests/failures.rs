@@ -1,14 +1,18 @@
-//! Failures: the broker going away, a relay dying between publish and mark.
+//! Failures: the broker going away, a relay dying between publish and mark, an event the
+//! broker can never take.
 
 mod common;
 
 use std::time::Duration;
 
+use commerce_outbox::dead_letter::inspect_event;
 use commerce_outbox::{
-    ensure_topics, outbox_stats, Backoff, InboxConsumer, Relay, TopicSettings, MIGRATOR,
+    enqueue, enqueue_all, ensure_topics, outbox_stats, Backoff, InboxConsumer, NewEvent, Relay,
+    TopicSettings, MIGRATOR,
 };
-use commerce_testkit::{kafka_brokers, unique_name, PrivateBroker, TestDb};
+use commerce_testkit::{kafka_brokers, unique_name, within, PrivateBroker, TestDb};
 use common::{commit_event, eventually, new_topic, Reader, RecordEffect, PARTITIONS};
+use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 fn settings() -> TopicSettings {
@@ -76,6 +80,15 @@ async fn events_written_while_the_broker_is_down_arrive_once_it_is_back() {
         30,
         "nothing is lost or skipped while down"
     );
+    // Let the relay go through a few more rounds of the outage (the broker backoff is at
+    // most 800 ms): none of them may count as an attempt of the events.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM commerce_outbox.event WHERE attempts > 0")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempted, 0, "an outage is not the events' fault");
 
     broker.restart().await;
     ensure_topics(&brokers, &[&topic], settings())
@@ -214,4 +227,105 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
     );
     consumer.shutdown().await.unwrap();
     survivor.shutdown().await.unwrap();
+}
+
+/// One event routed to a topic that does not exist (a forgotten `ensure_topics`, a wrong
+/// route) among 2,000 good ones over 200 aggregates: the good ones go out at full speed, and
+/// the bad one is an attempt each time, so it ends as a dead letter instead of making the
+/// whole relay wait out delivery timeouts and back off forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_full_speed() {
+    const AGGREGATES: usize = 200;
+    const PER_AGGREGATE: usize = 10;
+    common::init_logs();
+    let db = TestDb::new(&[&MIGRATOR]).await;
+    let brokers = kafka_brokers();
+    let good = new_topic(&brokers, "outbox-good").await;
+    let missing = unique_name("no-such-topic");
+
+    // The bad event is the oldest, so it is in the relay's first batch.
+    let mut tx = db.pool().begin().await.unwrap();
+    let bad = enqueue(
+        &mut tx,
+        &NewEvent::new(&missing, "test.happened", "test", "lost", json!({"n": 0})),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    for aggregate in 0..AGGREGATES {
+        let events: Vec<NewEvent> = (0..PER_AGGREGATE)
+            .map(|n| {
+                NewEvent::new(
+                    &good,
+                    "test.happened",
+                    "test",
+                    format!("order-{aggregate}"),
+                    json!({ "n": n }),
+                )
+            })
+            .collect();
+        let mut tx = db.pool().begin().await.unwrap();
+        enqueue_all(&mut tx, &events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    let relay = Relay::builder(db.pool().clone(), &brokers)
+        .name("missing-topic")
+        .poll_interval(Duration::from_millis(200))
+        .max_attempts(3)
+        .retry_backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        ))
+        .build()
+        .unwrap()
+        .spawn();
+    let started = std::time::Instant::now();
+    let pool = db.pool().clone();
+    let good_published = || {
+        let pool = pool.clone();
+        let good = good.clone();
+        async move {
+            let published: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM commerce_outbox.event WHERE topic = $1 AND status = 'published'",
+            )
+            .bind(&good)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            published == (AGGREGATES * PER_AGGREGATE) as i64
+        }
+    };
+    // 2,000 events take well under a second on an idle relay; a relay that waits for the
+    // bad event's delivery timeout (10 s by default) in every batch takes far longer.
+    eventually(
+        Duration::from_secs(10),
+        "the 2,000 good events to be published",
+        good_published,
+    )
+    .await;
+    println!("good events published after {:?}", started.elapsed());
+
+    eventually(
+        Duration::from_secs(30),
+        "the event for the missing topic to be dead",
+        || {
+            let pool = pool.clone();
+            async move { inspect_event(&pool, bad).await.unwrap().status == "dead" }
+        },
+    )
+    .await;
+    let dead = inspect_event(db.pool(), bad).await.unwrap();
+    assert_eq!(dead.attempts, 3, "dead after max_attempts");
+    let error = dead.last_error.unwrap_or_default();
+    assert!(
+        error.contains(&missing),
+        "the error names the topic: {error}"
+    );
+    let metrics = relay.metrics().await.unwrap();
+    assert_eq!(metrics.dead_lettered_total, 1);
+    assert_eq!(metrics.outbox.pending, 0);
+    within(Duration::from_secs(20), relay.shutdown())
+        .await
+        .unwrap();
 }

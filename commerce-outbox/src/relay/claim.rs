@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::error::Result;
 
-/// One statement: lock up to `$1` candidates, oldest first, then read (without locks, so
+/// One statement: lock up to `$1` candidates, oldest first, skipping the topics in `$2`
+/// (backing off because the broker did not answer for them), then read (without locks, so
 /// rows locked by other relays count too) the oldest unsettled sequence number of each
 /// claimed aggregate. Rows whose aggregate has an earlier dead row or an earlier row waiting
 /// out its retry backoff are not even candidates, so a blocked aggregate cannot fill the
@@ -37,6 +38,7 @@ WITH claimed AS (
     FROM commerce_outbox.event e
     WHERE e.status = 'pending'
       AND e.next_attempt_at <= now()
+      AND e.topic <> ALL($2)
       AND NOT EXISTS (
           SELECT 1 FROM commerce_outbox.event b
           WHERE b.aggregate_type = e.aggregate_type
@@ -89,11 +91,16 @@ pub(crate) struct Claim {
     pub(crate) rows: Vec<ClaimedRow>,
 }
 
-/// Locks up to `limit` candidates on `conn` (inside the batch's transaction) and returns
-/// the ones that may be published now.
-pub(crate) async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Claim> {
+/// Locks up to `limit` candidates on `conn` (inside the batch's transaction), none of a
+/// topic in `skip_topics`, and returns the ones that may be published now.
+pub(crate) async fn claim(
+    conn: &mut PgConnection,
+    limit: i64,
+    skip_topics: &[String],
+) -> Result<Claim> {
     let candidates: Vec<ClaimedRow> = sqlx::query_as(CLAIM_SQL)
         .bind(limit)
+        .bind(skip_topics)
         .fetch_all(&mut *conn)
         .await?;
     Ok(Claim {

@@ -1,6 +1,6 @@
 //! Publishing claimed rows with the idempotent producer, and classifying failures.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::claim::ClaimedRow;
+use super::fault::classify;
 use crate::error::Result;
 use crate::kafka::dlq_topic;
 
@@ -22,10 +23,15 @@ pub(crate) enum RowOutcome {
     /// The broker acknowledged it (`acks=all`).
     Published,
     /// The broker or producer refused this message itself (too large, invalid, unknown
-    /// topic...): counted as an attempt, dead-lettered after the configured number.
+    /// topic...), or the broker answers but not for it: counted as an attempt,
+    /// dead-lettered after the configured number.
     Rejected(String),
+    /// No answer about this message (delivery timed out, no partition leader): the broker
+    /// may be down, or only this message's topic or partition. `fault::attribute` turns it
+    /// into `Rejected` or `Unavailable` before the batch is settled.
+    Undelivered(String),
     /// The broker could not be reached; says nothing about the event, so no attempt is
-    /// counted and the relay backs off.
+    /// counted and the topic backs off.
     Unavailable(String),
     /// Not sent because an earlier row of the same aggregate failed in this batch.
     Held,
@@ -148,9 +154,14 @@ impl Publisher {
 
 /// Produces `rows` (each aggregate's rows in sequence order) and waits for every
 /// acknowledgement. Returns one outcome per row, in the same order.
+///
+/// Rows whose topic is in `refused` are not produced: they get that outcome (the topic
+/// does not exist, or the broker did not answer its lookup). Once a row of an aggregate is
+/// not produced, the aggregate's later rows are not either (`Held`).
 pub(crate) async fn publish_batch(
     producer: &FutureProducer,
     rows: &[ClaimedRow],
+    refused: &HashMap<String, RowOutcome>,
 ) -> Vec<RowOutcome> {
     let mut outcomes = vec![RowOutcome::Held; rows.len()];
     let mut halted: HashSet<(&str, &str)> = HashSet::new();
@@ -158,6 +169,11 @@ pub(crate) async fn publish_batch(
     for (index, row) in rows.iter().enumerate() {
         let aggregate = (row.aggregate_type.as_str(), row.aggregate_id.as_str());
         if halted.contains(&aggregate) {
+            continue;
+        }
+        if let Some(outcome) = refused.get(&row.topic) {
+            outcomes[index] = outcome.clone();
+            halted.insert(aggregate);
             continue;
         }
         let body = match serde_json::to_vec(&WireEnvelope::of(row, &row.payload)) {
@@ -242,80 +258,4 @@ fn is_too_large(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::MessageBatchTooLarge
         )
     )
-}
-
-/// Broker-side trouble (the event is not at fault) versus a refusal of this very message.
-pub(crate) fn classify(error: &KafkaError) -> RowOutcome {
-    use RDKafkaErrorCode as C;
-    let unavailable = matches!(
-        error.rdkafka_error_code(),
-        Some(
-            C::MessageTimedOut
-                | C::AllBrokersDown
-                | C::BrokerTransportFailure
-                | C::BrokerDestroy
-                | C::DestroyBroker
-                | C::Resolve
-                | C::QueueFull
-                | C::TimedOutQueue
-                | C::OperationTimedOut
-                | C::RequestTimedOut
-                | C::NetworkException
-                | C::LeaderNotAvailable
-                | C::NotLeaderForPartition
-                | C::BrokerNotAvailable
-                | C::ReplicaNotAvailable
-                | C::NotEnoughReplicas
-                | C::NotEnoughReplicasAfterAppend
-                | C::ISRInsufficient
-                | C::KafkaStorageError
-                | C::Fatal
-                | C::PurgeQueue
-                | C::PurgeInflight
-                | C::OutOfOrderSequenceNumber
-                | C::UnknownProducerId
-                | C::InvalidProducerEpoch
-                | C::ProducerFenced
-                | C::ThrottlingQuotaExceeded
-                | C::Retry
-        )
-    );
-    if unavailable {
-        RowOutcome::Unavailable(error.to_string())
-    } else {
-        RowOutcome::Rejected(error.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_outages_are_not_the_events_fault() {
-        for code in [
-            RDKafkaErrorCode::MessageTimedOut,
-            RDKafkaErrorCode::AllBrokersDown,
-            RDKafkaErrorCode::Fatal,
-        ] {
-            assert!(matches!(
-                classify(&KafkaError::MessageProduction(code)),
-                RowOutcome::Unavailable(_)
-            ));
-        }
-    }
-
-    #[test]
-    fn refusals_of_the_message_count_as_attempts() {
-        for code in [
-            RDKafkaErrorCode::MessageSizeTooLarge,
-            RDKafkaErrorCode::InvalidRecord,
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-        ] {
-            assert!(matches!(
-                classify(&KafkaError::MessageProduction(code)),
-                RowOutcome::Rejected(_)
-            ));
-        }
-    }
 }
