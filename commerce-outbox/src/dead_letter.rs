@@ -1,4 +1,4 @@
-//! Dead letters: list, inspect, replay, discard.
+//! Dead letters: list, inspect, replay (one, or every one of a topic), discard.
 //!
 //! An event the broker kept refusing becomes a dead letter after the relay's
 //! `max_attempts`. Later events of the same aggregate are held (not published) until the
@@ -97,6 +97,47 @@ pub async fn replay_dead_letter(pool: &PgPool, id: EventId) -> Result<()> {
          WHERE id = $1 AND status = 'dead'",
     )
     .await
+}
+
+/// Makes every dead letter of `topic` pending again, attempts reset, and returns their ids
+/// in sequence order (the order they were enqueued in, which is each aggregate's sequence
+/// order). The relay publishes each of them before the events held behind it.
+///
+/// This is the recovery after a cause that hit the whole topic (an ACL change, a missing
+/// topic, a size limit tightened): one call instead of one replay per aggregate. Fix the
+/// cause first, or the events simply die again after `max_attempts`.
+///
+/// # Errors
+/// [`Error::Database`] when the statement fails. A topic without dead letters is not an
+/// error: the list is empty.
+pub async fn replay_dead_letters(pool: &PgPool, topic: &str) -> Result<Vec<EventId>> {
+    let mut tx = pool.begin().await?;
+    // Locked oldest first, as the claim locks, so two replays of one topic at the same time
+    // wait for each other instead of deadlocking.
+    let replayed: Vec<Uuid> = sqlx::query_scalar(
+        "WITH dead AS (
+             SELECT id, position FROM commerce_outbox.event
+             WHERE topic = $1 AND status = 'dead'
+             ORDER BY position
+             FOR UPDATE
+         ), replayed AS (
+             UPDATE commerce_outbox.event e
+             SET status = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL
+             FROM dead WHERE e.id = dead.id
+             RETURNING e.id, dead.position
+         )
+         SELECT id FROM replayed ORDER BY position",
+    )
+    .bind(topic)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !replayed.is_empty() {
+        sqlx::query("SELECT pg_notify('commerce_outbox', '')")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(replayed.into_iter().map(EventId).collect())
 }
 
 /// Gives up on a dead letter: it is kept as `discarded` (pruned with published rows) and the

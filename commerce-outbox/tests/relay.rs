@@ -330,3 +330,111 @@ async fn futures_ids(db: &TestDb, topic: &str, n: i64) -> Vec<commerce_outbox::E
     }
     ids
 }
+
+/// A topic-wide refusal (here: a producer whose size limit is below every event's head)
+/// dead-letters the head of every aggregate and holds the rest. After the cause is fixed,
+/// one call replays all of the topic's dead letters: each aggregate's events then arrive in
+/// sequence order, and another topic's dead letter is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order() {
+    use commerce_outbox::dead_letter::{inspect_event, replay_dead_letters};
+    const AGGREGATES: usize = 5;
+
+    let db = TestDb::new(&[&MIGRATOR]).await;
+    let brokers = kafka_brokers();
+    let topic = new_topic(&brokers, "outbox-replay").await;
+    let other = new_topic(&brokers, "outbox-replay-other").await;
+    let strict = fast_relay(&db, "strict")
+        .max_attempts(2)
+        .retry_backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+        ))
+        .producer_config("message.max.bytes", "100000")
+        .build()
+        .unwrap()
+        .spawn();
+
+    // Each aggregate: a 200 kB head (over the strict producer's limit), then two small events.
+    let big = "x".repeat(200_000);
+    let mut heads = Vec::new();
+    let mut all = Vec::new();
+    for a in 0..AGGREGATES {
+        let aggregate = format!("agg-{a}");
+        let mut tx = db.pool().begin().await.unwrap();
+        let events = [
+            NewEvent::new(
+                &topic,
+                "test.happened",
+                "test",
+                &aggregate,
+                json!({"n": 0, "blob": big}),
+            ),
+            NewEvent::new(&topic, "test.happened", "test", &aggregate, json!({"n": 1})),
+            NewEvent::new(&topic, "test.happened", "test", &aggregate, json!({"n": 2})),
+        ];
+        let ids = commerce_outbox::enqueue_all(&mut tx, &events)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        heads.push(ids[0]);
+        all.extend(ids);
+    }
+    let mut tx = db.pool().begin().await.unwrap();
+    let other_dead = enqueue(
+        &mut tx,
+        &NewEvent::new(
+            &other,
+            "test.happened",
+            "test",
+            "agg-other",
+            json!({"n": 0, "blob": big}),
+        ),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let pool = db.pool().clone();
+    eventually(Duration::from_secs(30), "every head to be dead", || {
+        let pool = pool.clone();
+        async move { outbox_stats(&pool).await.unwrap().dead_letters == AGGREGATES as i64 + 1 }
+    })
+    .await;
+    assert_eq!(
+        outbox_stats(db.pool()).await.unwrap().pending,
+        2 * AGGREGATES as i64,
+        "the later events are held behind their dead heads"
+    );
+    strict.shutdown().await.unwrap();
+
+    // The cause is fixed (a producer that allows the size): one replay for the whole topic.
+    let relaxed = fast_relay(&db, "relaxed").build().unwrap().spawn();
+    let replayed = replay_dead_letters(db.pool(), &topic).await.unwrap();
+    assert_eq!(
+        replayed, heads,
+        "every dead letter of the topic, oldest first"
+    );
+
+    let mut reader = Reader::new(&brokers, &topic);
+    reader.read_ids(&all, Duration::from_secs(30)).await;
+    let order = arrival_order(&reader.received);
+    for a in 0..AGGREGATES {
+        assert_eq!(
+            order[&format!("agg-{a}")],
+            vec![0, 1, 2],
+            "agg-{a} in sequence order"
+        );
+    }
+    assert_eq!(
+        inspect_event(db.pool(), other_dead).await.unwrap().status,
+        "dead",
+        "another topic's dead letter is not replayed"
+    );
+    assert_eq!(
+        replay_dead_letters(db.pool(), &topic).await.unwrap(),
+        Vec::new(),
+        "nothing left to replay"
+    );
+    relaxed.shutdown().await.unwrap();
+}
