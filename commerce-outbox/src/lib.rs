@@ -28,8 +28,9 @@
 //!   `commerce_outbox` schema).
 //! - [`Relay`] publishes committed rows with an idempotent `acks=all` producer, several
 //!   relays side by side, per-aggregate order kept, broker outages waited out with backoff,
-//!   refused events dead-lettered to `<topic>.dlq` ([`dead_letter`] lists and replays them;
-//!   so does the `commerce-outbox` command-line tool).
+//!   refused events dead-lettered to `<topic>.dlq` ([`dead_letter`] lists and replays them,
+//!   one by one or a whole topic at once; so does the `commerce-outbox` command-line tool,
+//!   built with the `cli` feature).
 //! - [`InboxConsumer`] and [`inbox`] make consumers idempotent; [`saga`] builds
 //!   choreographed sagas on top, with a persisted saga log.
 //!

@@ -1,43 +1,92 @@
-//! `commerce-outbox`: inspect the outbox and handle dead letters from a shell.
+//! `commerce-outbox`: inspect the outbox and handle dead letters from a shell (built with the
+//! `cli` feature).
 //!
 //! ```text
 //! commerce-outbox stats
 //! commerce-outbox dlq list [--limit N]
 //! commerce-outbox dlq show EVENT_ID
 //! commerce-outbox dlq replay EVENT_ID
+//! commerce-outbox dlq replay --topic TOPIC
 //! commerce-outbox dlq discard EVENT_ID
 //! ```
-//! The database comes from `DATABASE_URL`.
+//! The database comes from `--database-url` or `DATABASE_URL`.
 
 use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
 use commerce_outbox::dead_letter::{
-    discard_dead_letter, inspect_event, list_dead_letters, replay_dead_letter, OutboxEvent,
+    discard_dead_letter, inspect_event, list_dead_letters, replay_dead_letter, replay_dead_letters,
+    OutboxEvent,
 };
 use commerce_outbox::{outbox_stats, EventId};
 use sqlx::PgPool;
 
-const USAGE: &str = "usage:
-  commerce-outbox stats
-  commerce-outbox dlq list [--limit N]
-  commerce-outbox dlq show EVENT_ID
-  commerce-outbox dlq replay EVENT_ID
-  commerce-outbox dlq discard EVENT_ID
-DATABASE_URL selects the database.";
+#[derive(Debug, Parser)]
+#[command(about = "Inspect the commerce-rs outbox and handle its dead letters")]
+struct Cli {
+    /// The database holding the `commerce_outbox` schema.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pending events, the oldest pending age, dead letters.
+    Stats,
+    /// Dead letters.
+    #[command(subcommand)]
+    Dlq(Dlq),
+}
+
+#[derive(Debug, Subcommand)]
+enum Dlq {
+    /// Dead letters, oldest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// One event, whatever its status, with its payload.
+    Show {
+        /// The event id (a UUID).
+        id: EventId,
+    },
+    /// Makes a dead letter pending again (attempts reset); the relay publishes it, then the
+    /// events held behind it. Fix the cause first.
+    Replay(ReplayTarget),
+    /// Gives up on a dead letter; the events held behind it are released.
+    Discard {
+        /// The event id (a UUID).
+        id: EventId,
+    },
+}
+
+/// One dead letter, or all of a topic's: exactly one of the two.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct ReplayTarget {
+    /// The event id (a UUID).
+    id: Option<EventId>,
+    /// Replays every dead letter of this topic instead, in sequence order.
+    #[arg(long)]
+    topic: Option<String>,
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    if matches!(args.first().copied(), None | Some("-h" | "--help" | "help")) {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
-    let pool = PgPool::connect(&url)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let pool = PgPool::connect(&cli.database_url)
         .await
-        .with_context(|| "cannot connect to DATABASE_URL")?;
-    match args.as_slice() {
-        ["stats"] => {
+        .context("cannot connect to the database (--database-url / DATABASE_URL)")?;
+    match cli.command {
+        Command::Stats => {
             let stats = outbox_stats(&pool).await?;
             println!("pending:            {}", stats.pending);
             println!(
@@ -49,28 +98,35 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("dead letters:       {}", stats.dead_letters);
         }
-        ["dlq", "list"] => print_list(&list_dead_letters(&pool, 100).await?),
-        ["dlq", "list", "--limit", limit] => {
-            let limit: i64 = limit.parse().context("--limit takes a number")?;
-            print_list(&list_dead_letters(&pool, limit).await?);
-        }
-        ["dlq", "show", id] => print_event(&inspect_event(&pool, parse_id(id)?).await?),
-        ["dlq", "replay", id] => {
-            replay_dead_letter(&pool, parse_id(id)?).await?;
+        Command::Dlq(Dlq::List { limit }) => print_list(&list_dead_letters(&pool, limit).await?),
+        Command::Dlq(Dlq::Show { id }) => print_event(&inspect_event(&pool, id).await?),
+        Command::Dlq(Dlq::Replay(ReplayTarget { id: Some(id), .. })) => {
+            replay_dead_letter(&pool, id).await?;
             println!("replayed {id}: pending again, the relay publishes it next");
         }
-        ["dlq", "discard", id] => {
-            discard_dead_letter(&pool, parse_id(id)?).await?;
+        Command::Dlq(Dlq::Replay(ReplayTarget {
+            id: None,
+            topic: None,
+        })) => bail!("give an event id or --topic TOPIC"),
+        Command::Dlq(Dlq::Replay(ReplayTarget {
+            id: None,
+            topic: Some(topic),
+        })) => {
+            let replayed = replay_dead_letters(&pool, &topic).await?;
+            println!(
+                "replayed {} dead letter(s) of topic {topic}: pending again, the relay publishes them next",
+                replayed.len()
+            );
+            for id in replayed {
+                println!("{id}");
+            }
+        }
+        Command::Dlq(Dlq::Discard { id }) => {
+            discard_dead_letter(&pool, id).await?;
             println!("discarded {id}: the events held behind it are released");
         }
-        _ => bail!("unknown command\n{USAGE}"),
     }
     Ok(())
-}
-
-fn parse_id(id: &str) -> anyhow::Result<EventId> {
-    id.parse()
-        .with_context(|| format!("{id:?} is not an event id (a UUID)"))
 }
 
 fn print_list(events: &[OutboxEvent]) {
@@ -99,6 +155,7 @@ fn print_list(events: &[OutboxEvent]) {
 }
 
 fn print_event(event: &OutboxEvent) {
+    const SHOWN: usize = 2000;
     println!("id:             {}", event.id);
     println!("status:         {}", event.status);
     println!("topic:          {}", event.topic);
@@ -128,7 +185,6 @@ fn print_event(event: &OutboxEvent) {
         event.held_behind
     );
     let payload = event.payload.to_string();
-    const SHOWN: usize = 2000;
     if payload.len() > SHOWN {
         let cut = (0..=SHOWN)
             .rev()
