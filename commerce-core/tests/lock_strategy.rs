@@ -1,4 +1,4 @@
-//! The distributed-lock strategy (the brief's Redisson design) under the brief's concurrency
+//! The distributed-lock strategy (the Redisson-style design) under the flash-sale concurrency
 //! test, with the Redis lock and with the in-process lock.
 
 mod common;
