@@ -112,7 +112,7 @@ async fn a_fenced_write_from_an_older_lock_holder_is_refused() {
         .unwrap();
     assert!(fence > 0, "the write recorded its fencing token");
     // A newer holder (token far ahead) wrote meanwhile: this holder's token is now stale.
-    sqlx::query("UPDATE commerce.products SET lock_fence = 1000000 WHERE id = 1")
+    sqlx::query("UPDATE commerce.products SET lock_fence = 9223372036854775807 WHERE id = 1")
         .execute(commerce.pool())
         .await
         .unwrap();

@@ -86,12 +86,12 @@ impl DistributedLockStrategy {
     /// Records each stock write's fencing token on the product row and refuses writes with an
     /// older token than the newest recorded (off by default).
     ///
-    /// Only turn it on when the lock service's token counters are durable and shared by every
-    /// instance (Redis with persistence): tokens restart at 1 when the counters are lost (an
-    /// in-process lock on restart, Redis without persistence), and every fenced write would
-    /// then be refused until `commerce.products.lock_fence` is reset to 0. The compare-and-set
-    /// on the figures read protects the stock either way; fencing adds protection for a
-    /// holder that resumes after its successor has written.
+    /// Tokens stay monotonic across a lost counter (commerce-lock derives them from the
+    /// server's clock as well), unless the clock goes back; keep the lock's Redis off an
+    /// `allkeys-*` eviction policy all the same, or tokens could be re-derived under load.
+    /// All instances must share one lock service. The conditional write protects the stock
+    /// either way; fencing adds protection for a holder that resumes after its successor has
+    /// written.
     #[must_use]
     pub fn fencing(mut self, on: bool) -> Self {
         self.fencing = on;
