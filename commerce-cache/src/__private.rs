@@ -1,9 +1,11 @@
 //! Support for the code the macros generate. Not a public API: names and signatures may
 //! change in any release.
 
+use std::fmt;
 use std::future::Future;
 
 pub use std::time::Duration;
+use tokio::task::JoinHandle;
 
 use crate::CacheValue;
 pub use crate::TwoLevelCache;
@@ -38,50 +40,128 @@ where
     cache.get_value_or_load(key, ttl, loader).await
 }
 
-/// `#[cache_put]` on `-> Result<T, E>`: puts `Ok` values.
-pub async fn put_value<V: CacheValue, E>(
+/// `#[cache_put]` on `-> Result<T, E>`: puts an `Ok` value.
+///
+/// Called the moment the body returned, it starts the cache work in a task of its own and
+/// returns a future that waits for it: a caller dropped from then on (a timeout, a client
+/// disconnect) no longer stops the work halfway, which would leave the value the committed
+/// write replaced in L2 and in every L1.
+pub fn put_value<V: CacheValue, E>(
     cache: &TwoLevelCache<V>,
-    key: &str,
+    key: String,
     ttl: Option<Duration>,
     result: &Result<V, E>,
-) {
-    if let Ok(value) = result {
-        let written = match ttl {
-            Some(ttl) => cache.put_with_ttl(key, value.clone(), ttl).await,
-            None => cache.put(key, value.clone()).await,
-        };
-        log_failure(cache, key, "put", written);
-    }
+) -> impl Future<Output = ()> {
+    let work = match result {
+        Ok(value) => Some(spawn(cache, key, Write::Put(value.clone(), ttl))),
+        Err(_) => None,
+    };
+    finish(work)
 }
 
-/// `#[cache_put]` on `-> Result<Option<T>, E>`: puts `Ok(Some)`, evicts on `Ok(None)`.
-pub async fn put_option<V: CacheValue, E>(
+/// `#[cache_put]` on `-> Result<Option<T>, E>`: puts `Ok(Some)`, evicts on `Ok(None)`; the
+/// work runs in its own task, as for [`put_value`].
+pub fn put_option<V: CacheValue, E>(
     cache: &TwoLevelCache<V>,
-    key: &str,
+    key: String,
     ttl: Option<Duration>,
     result: &Result<Option<V>, E>,
-) {
-    match result {
-        Ok(Some(value)) => {
-            let written = match ttl {
-                Some(ttl) => cache.put_with_ttl(key, value.clone(), ttl).await,
-                None => cache.put(key, value.clone()).await,
-            };
-            log_failure(cache, key, "put", written);
+) -> impl Future<Output = ()> {
+    let work = match result {
+        Ok(Some(value)) => Some(spawn(cache, key, Write::Put(value.clone(), ttl))),
+        Ok(None) => Some(spawn(cache, key, Write::Evict)),
+        Err(_) => None,
+    };
+    finish(work)
+}
+
+/// `#[cache_evict]`: evicts after `Ok`; the work runs in its own task, as for [`put_value`].
+pub fn evict<V: CacheValue, T, E>(
+    cache: &TwoLevelCache<V>,
+    key: String,
+    result: &Result<T, E>,
+) -> impl Future<Output = ()> {
+    let work = result.is_ok().then(|| spawn(cache, key, Write::Evict));
+    finish(work)
+}
+
+/// The cache work after a committed call.
+enum Write<V> {
+    Put(V, Option<Duration>),
+    Evict,
+}
+
+/// Runs `write` on a clone of `cache` (clones share everything) in a new task. The task owns
+/// all it needs, so it outlives the caller; each of its L2 and bus calls is bounded by the
+/// cache's `l2_timeout`, so it cannot linger.
+fn spawn<V: CacheValue>(cache: &TwoLevelCache<V>, key: String, write: Write<V>) -> JoinHandle<()> {
+    let cache = cache.clone();
+    tokio::spawn(async move {
+        match write {
+            Write::Put(value, ttl) => {
+                let written = match ttl {
+                    Some(ttl) => cache.put_with_ttl(&key, value, ttl).await,
+                    None => cache.put(&key, value).await,
+                };
+                log_failure(&cache, &key, "put", written);
+            }
+            Write::Evict => {
+                let evicted = cache.evict(&key).await;
+                log_failure(&cache, &key, "evict", evicted);
+            }
         }
-        Ok(None) => log_failure(cache, key, "evict", cache.evict(key).await),
-        Err(_) => {}
+    })
+}
+
+/// Waits for the cache work, so a caller that stays sees it done when the call returns
+/// (read-your-writes on this node). A panic in the work is the caller's, as it was before the
+/// work moved into a task.
+async fn finish(work: Option<JoinHandle<()>>) {
+    if let Some(work) = work {
+        if let Err(error) = work.await {
+            if error.is_panic() {
+                std::panic::resume_unwind(error.into_panic());
+            }
+        }
     }
 }
 
-/// `#[cache_evict]`: evicts after `Ok`.
-pub async fn evict<V: CacheValue, T, E>(
-    cache: &TwoLevelCache<V>,
-    key: &str,
-    result: &Result<T, E>,
-) {
-    if result.is_ok() {
-        log_failure(cache, key, "evict", cache.evict(key).await);
+/// One placeholder's value in a generated key: its `Display`, with `\` written as `\\` and
+/// `:` as `\:`. The macro grammar puts a `:` of the template's own text between any two
+/// placeholders, so with this escaping different argument tuples never share a key
+/// (`"{a}:{b}"` keeps ("x:y", "z") and ("x", "y:z") apart, which would otherwise serve one
+/// user's entry to another; see `docs/decisions/0007-one-macro-grammar.md`). commerce-lock's
+/// `__private` applies the same rule to lock keys.
+pub struct KeyPart<'a, T: ?Sized>(pub &'a T);
+
+impl<T: fmt::Display + ?Sized> fmt::Display for KeyPart<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Write::write_fmt(&mut Escaped(f), format_args!("{}", self.0))
+    }
+}
+
+impl<T: fmt::Display + ?Sized> fmt::Debug for KeyPart<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyPart")
+            .field(&format_args!("{self}"))
+            .finish()
+    }
+}
+
+/// Escapes what a value writes, piece by piece, without an intermediate `String`.
+struct Escaped<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for Escaped<'_, '_> {
+    fn write_str(&mut self, mut text: &str) -> fmt::Result {
+        while let Some(at) = text.find([':', '\\']) {
+            // Both are one byte long, so slicing after the first byte stays on a boundary.
+            let (plain, rest) = text.split_at(at);
+            self.0.write_str(plain)?;
+            self.0.write_str("\\")?;
+            self.0.write_str(&rest[..1])?;
+            text = &rest[1..];
+        }
+        self.0.write_str(text)
     }
 }
 

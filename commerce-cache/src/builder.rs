@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::backend::{L2Backend, MemoryBackend, RedisBackend};
 use crate::bus::{InvalidationBus, MemoryBus, RedisBus};
 use crate::cache::{CacheValue, TwoLevelCache};
-use crate::{Error, Result};
+use crate::{ttl, Error, Result};
 
 /// The settings a built cache runs with.
 #[derive(Debug, Clone)]
@@ -25,11 +25,29 @@ pub(crate) struct Config {
     pub(crate) l2_timeout: Duration,
     pub(crate) l2_retry_after: Duration,
     pub(crate) version_retention: Duration,
+    pub(crate) heartbeat_timeout: Duration,
 }
 
 impl Config {
     pub(crate) fn channel(&self) -> String {
         format!("{}__invalidations", self.prefix)
+    }
+
+    /// Every duration at most [`ttl::MAX_TTL`], so no later sum or timer can overflow.
+    fn clamped(self) -> Self {
+        Self {
+            l1_ttl: ttl::clamp(self.l1_ttl),
+            l2_ttl: ttl::clamp(self.l2_ttl),
+            l2_ttl_jitter: ttl::clamp(self.l2_ttl_jitter),
+            negative_ttl: ttl::clamp(self.negative_ttl),
+            fail_safe: self.fail_safe.map(ttl::clamp),
+            refresh_ahead: self.refresh_ahead.map(ttl::clamp),
+            l2_timeout: ttl::clamp(self.l2_timeout),
+            l2_retry_after: ttl::clamp(self.l2_retry_after),
+            version_retention: ttl::clamp(self.version_retention),
+            heartbeat_timeout: ttl::clamp(self.heartbeat_timeout),
+            ..self
+        }
     }
 }
 
@@ -37,9 +55,13 @@ impl Config {
 ///
 /// Defaults: L1 10,000 entries for 60 s; L2 10 min plus up to 30 s jitter; `None` cached 30 s;
 /// L2 operations time out after 200 ms and, after a failure, L2 is probed again every 1 s;
-/// versions (tombstones and seen invalidations) are kept 60 s; no fail-safe, no refresh-ahead;
-/// in-process L2 and bus (single node) unless [`CacheBuilder::redis`] or
+/// versions (tombstones and seen invalidations) are kept 60 s; the invalidation subscription
+/// is given up after two heartbeats in a row went unanswered for 2 s; no fail-safe, no
+/// refresh-ahead; in-process L2 and bus (single node) unless [`CacheBuilder::redis`] or
 /// [`CacheBuilder::backend`]/[`CacheBuilder::bus`] say otherwise.
+///
+/// Durations over 100 years (`Duration::MAX` included) count as 100 years, here and in the
+/// per-call TTLs: "never expires" for a cache, and nothing overflows.
 pub struct CacheBuilder<V> {
     config: Config,
     redis: Option<redis::Client>,
@@ -73,6 +95,7 @@ impl<V: CacheValue> CacheBuilder<V> {
                 l2_timeout: Duration::from_millis(200),
                 l2_retry_after: Duration::from_secs(1),
                 version_retention: Duration::from_secs(60),
+                heartbeat_timeout: Duration::from_secs(2),
             },
             redis: None,
             backend: None,
@@ -166,6 +189,20 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
+    /// How long the Redis invalidation subscription waits for the reply to one heartbeat
+    /// `PING` (sent every second). Two unanswered heartbeats in a row mean the connection is
+    /// lost: it is replaced and this node drops its whole L1, since notices may have been
+    /// missed. Kept well above [`CacheBuilder::l2_timeout`] so a Redis stall of a few hundred
+    /// ms (a large `DEL`, a fork for `BGSAVE`) does not flush every node's L1 at once; a
+    /// connection that went silent is still noticed within about `2 × (1 s + timeout)`.
+    /// Applies to the bus made by [`CacheBuilder::redis`], not to one given to
+    /// [`CacheBuilder::bus`].
+    #[must_use]
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.config.heartbeat_timeout = timeout;
+        self
+    }
+
     /// Uses Redis for L2 and for invalidations (the usual multi-node setup), unless
     /// [`CacheBuilder::backend`] or [`CacheBuilder::bus`] replace one of them.
     #[must_use]
@@ -197,13 +234,14 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// [`Error::Config`] for zero TTLs or timeouts, or an empty name or prefix;
     /// [`Error::Backend`] when the Redis client settings are unusable.
     pub async fn build(self) -> Result<TwoLevelCache<V>> {
-        let config = self.config;
+        let config = self.config.clamped();
         for (what, value) in [
             ("l1_ttl", config.l1_ttl),
             ("l2_ttl", config.l2_ttl),
             ("negative_ttl", config.negative_ttl),
             ("l2_timeout", config.l2_timeout),
             ("version_retention", config.version_retention),
+            ("heartbeat_timeout", config.heartbeat_timeout),
         ] {
             if value.is_zero() {
                 return Err(Error::Config(format!("{what} must be greater than zero")));
@@ -221,7 +259,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         };
         let bus: Arc<dyn InvalidationBus> = match (self.bus, self.redis) {
             (Some(bus), _) => bus,
-            (None, Some(client)) => Arc::new(RedisBus::new(client, config.l2_timeout)?),
+            (None, Some(client)) => Arc::new(
+                RedisBus::new(client, config.l2_timeout)?
+                    .heartbeat_timeout(config.heartbeat_timeout),
+            ),
             (None, None) => Arc::new(MemoryBus::new()),
         };
         Ok(TwoLevelCache::start(config, backend, bus).await)

@@ -7,7 +7,11 @@ use std::time::Duration;
 /// Read paths never return these: when L2 is unreachable or a stored value cannot be decoded,
 /// reads fall back to L1 and the loader. Write paths (`put`, `evict`) return them so the caller
 /// knows other nodes may keep the old value until its TTL runs out.
+///
+/// Non-exhaustive: new failure kinds may be added without a breaking release, so a `match`
+/// needs a catch-all arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The L2 backend (Redis) refused or failed the operation.
     #[error("cache backend {operation} failed: {source}")]

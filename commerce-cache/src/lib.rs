@@ -68,6 +68,8 @@ mod flight;
 mod health;
 mod l1;
 mod metrics;
+mod reconnect;
+mod ttl;
 
 #[doc(hidden)]
 pub mod __private;

@@ -17,8 +17,12 @@ struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
     fn count(&self, needle: &str) -> usize {
+        self.text().matches(needle).count()
+    }
+
+    fn text(&self) -> String {
         let bytes = self.0.lock().expect("logs").clone();
-        String::from_utf8_lossy(&bytes).matches(needle).count()
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
@@ -57,7 +61,10 @@ async fn read(
         .await
 }
 
-// Single-threaded runtime: the thread-local log subscriber sees the listener task too.
+// Single-threaded runtime: the thread-local log subscriber sees the listener task too. This
+// must stay the only test in this binary: tracing caches per call site whether anyone
+// listens, and a test on another thread hitting the same call sites while this one installs
+// its subscriber can leave them switched off (no warning captured at all).
 #[tokio::test]
 async fn reads_survive_redis_going_down_and_l2_is_used_again_when_it_is_back() {
     let logs = Logs::default();
@@ -102,7 +109,8 @@ async fn reads_survive_redis_going_down_and_l2_is_used_again_when_it_is_back() {
     assert_eq!(
         logs.count("cache L2 unavailable"),
         1,
-        "one warning per outage"
+        "one warning per outage; logged:\n{}",
+        logs.text()
     );
 
     redis.restart().await;
@@ -126,20 +134,4 @@ async fn reads_survive_redis_going_down_and_l2_is_used_again_when_it_is_back() {
     assert_eq!(logs.count("cache L2 is back"), 1);
     // The subscription reconnects too, and drops L1 since notices may have been missed.
     assert!(common::eventually(Duration::from_secs(5), || cache.metrics().resyncs >= 1).await);
-}
-
-#[tokio::test]
-async fn a_cache_built_while_redis_is_down_serves_from_the_loader() {
-    let mut redis = PrivateRedis::start().await;
-    redis.stop();
-    let cache = private_node(&redis.url()).await;
-    let loads = Loads::default();
-    for _ in 0..3 {
-        assert_eq!(
-            read(&cache, "p:1", &loads).await,
-            Ok(Some(Product::new(1, "p:1")))
-        );
-    }
-    assert_eq!(loads.count(), 1, "L1 still caches");
-    cache.shutdown().await;
 }

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::guard::LockGuard;
+use crate::deadline::after;
+use crate::guard::{release_in_background, BackgroundRelease, LockGuard};
 pub(crate) use crate::signal::ReleaseWatch;
 use crate::{Error, FencingToken, LockOptions, Result};
 
@@ -82,14 +83,28 @@ pub(crate) async fn acquire(
     }
     let token = Uuid::new_v4().simple().to_string();
     let started = Instant::now();
-    let deadline = started + options.wait;
+    let deadline = after(started, options.wait);
     let mut watch: Option<ReleaseWatch> = None;
     loop {
-        let (key, expires_in) = match backend.try_acquire(&keys, &token, options.lease).await? {
+        let sent = Instant::now();
+        let in_flight = InFlight {
+            backend: &backend,
+            keys: &keys,
+            token: &token,
+            settled: false,
+        };
+        let attempt = backend.try_acquire(&keys, &token, options.lease).await;
+        let (key, expires_in) = match attempt? {
             Attempt::Acquired(fences) => {
-                return Ok(LockGuard::start(backend, keys, fences, token, options));
+                in_flight.settle();
+                return Ok(LockGuard::start(
+                    backend, keys, fences, token, options, sent,
+                ));
             }
-            Attempt::Held { key, expires_in } => (key, expires_in),
+            Attempt::Held { key, expires_in } => {
+                in_flight.settle();
+                (key, expires_in)
+            }
         };
         let now = Instant::now();
         if now >= deadline {
@@ -113,6 +128,39 @@ pub(crate) async fn acquire(
             () = registered.notified() => {}
             () = tokio::time::sleep(nap) => {}
             () = backend.shutdown().cancelled() => return Err(Error::ShutDown),
+        }
+    }
+}
+
+/// One acquire attempt whose outcome is not known yet. Dropped unsettled (the caller's future
+/// was dropped while the script was in flight, or the attempt failed, e.g. its reply timed
+/// out), it releases whatever the attempt may have taken: otherwise a key taken for a token
+/// nobody holds would stay locked for the whole lease.
+struct InFlight<'a> {
+    backend: &'a Arc<dyn Backend>,
+    keys: &'a [String],
+    token: &'a str,
+    settled: bool,
+}
+
+impl InFlight<'_> {
+    /// The outcome is known: the keys were taken (a guard owns them now) or none were.
+    fn settle(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Queued on the client's connection behind the acquire, so it runs after the
+            // script did (if the connection was replaced meanwhile, the lease frees the key).
+            release_in_background(
+                Arc::clone(self.backend),
+                self.keys.to_vec(),
+                self.token.to_owned(),
+                BackgroundRelease::UncertainAcquire,
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::backend::Backend;
@@ -13,10 +14,10 @@ use crate::{watchdog, Error, FencingToken, LockOptions, Result};
 /// [`DistributedLock::acquire_many`](crate::DistributedLock::acquire_many).
 ///
 /// Release it with [`LockGuard::release`] to learn whether the lock was still held. If it is
-/// dropped instead (early return, `?`, panic, cancelled future), the release runs on a task
-/// spawned onto the current tokio runtime and owned by the lock client (its `shutdown` waits
-/// for it). Dropped outside any runtime, nothing can run: the watchdog stops and the lease
-/// expires on its own.
+/// dropped instead (early return, `?`, panic, cancelled future, including a cancelled
+/// `release()`), the release runs on a task spawned onto the current tokio runtime and owned
+/// by the lock client (its `shutdown` waits for it). Dropped outside any runtime, nothing can
+/// run: the watchdog stops and the lease expires on its own.
 pub struct LockGuard {
     backend: Arc<dyn Backend>,
     keys: Vec<String>,
@@ -24,16 +25,30 @@ pub struct LockGuard {
     token: String,
     lost: CancellationToken,
     stop_watchdog: CancellationToken,
-    released: bool,
+    state: State,
+}
+
+/// How far the release has come: decides what `Drop` still has to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Held,
+    /// `release()` started but has not finished: if its future is dropped, the release
+    /// script may never have been sent.
+    Releasing,
+    Released,
 }
 
 impl LockGuard {
+    /// Takes over keys just acquired and starts their lease keeper (renewals if
+    /// `options.watchdog`, and the lost signal at the lease's end in any case).
+    /// `acquire_sent` is when the acquire request that took them was sent.
     pub(crate) fn start(
         backend: Arc<dyn Backend>,
         keys: Vec<String>,
         fences: Vec<FencingToken>,
         token: String,
         options: LockOptions,
+        acquire_sent: Instant,
     ) -> Self {
         let guard = Self {
             backend,
@@ -42,18 +57,17 @@ impl LockGuard {
             token,
             lost: CancellationToken::new(),
             stop_watchdog: CancellationToken::new(),
-            released: false,
+            state: State::Held,
         };
-        if options.watchdog {
-            watchdog::spawn(watchdog::Watchdog {
-                backend: Arc::clone(&guard.backend),
-                keys: guard.keys.clone(),
-                token: guard.token.clone(),
-                options,
-                lost: guard.lost.clone(),
-                stop: guard.stop_watchdog.clone(),
-            });
-        }
+        watchdog::spawn(watchdog::Watchdog {
+            backend: Arc::clone(&guard.backend),
+            keys: guard.keys.clone(),
+            token: guard.token.clone(),
+            options,
+            acquire_sent,
+            lost: guard.lost.clone(),
+            stop: guard.stop_watchdog.clone(),
+        });
         guard
     }
 
@@ -87,9 +101,13 @@ impl LockGuard {
         &self.token
     }
 
-    /// Resolves once the lock is known to be lost: a renewal found a key gone or owned by
-    /// someone else, renewals kept failing until the lease could have run out, or the lock
-    /// client shut down. Never resolves while the lock is held.
+    /// Resolves once the lock must be considered lost: a renewal found a key gone or owned
+    /// by someone else, renewals kept failing (or hanging) until the lease could run out,
+    /// the lease is about to end without a watchdog, or the lock client shut down.
+    ///
+    /// It fires *before* the store can drop the key: the lease is counted from when the
+    /// acquire (or the last successful renewal) was sent, less a tenth for clock drift and
+    /// for the holder to stop. Never resolves while the lock is held.
     pub fn lost(&self) -> WaitForCancellationFuture<'_> {
         self.lost.cancelled()
     }
@@ -114,12 +132,14 @@ impl LockGuard {
     /// deleted: the work under the lock may have overlapped another holder);
     /// [`Error::Unavailable`] if Redis could not be reached (the lease then frees the keys).
     pub async fn release(mut self) -> Result<()> {
-        self.released = true;
         self.stop_watchdog.cancel();
+        // If this future is dropped before the script ran, `Drop` sends it again.
+        self.state = State::Releasing;
         // The watchdog renews only while the stored token is ours, so a renewal still in
         // flight can never bring a deleted key back.
-        let owned = self.backend.release(&self.keys, &self.token).await?;
-        if owned {
+        let owned = self.backend.release(&self.keys, &self.token).await;
+        self.state = State::Released;
+        if owned? {
             Ok(())
         } else {
             self.lost.cancel();
@@ -132,29 +152,72 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        self.stop_watchdog.cancel();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(keys = ?self.keys, "lock guard dropped outside a tokio runtime; the lease will free it");
-            return;
+        let why = match self.state {
+            State::Released => return,
+            State::Held => BackgroundRelease::DroppedGuard,
+            State::Releasing => BackgroundRelease::CancelledRelease,
         };
-        let backend = Arc::clone(&self.backend);
-        let keys = std::mem::take(&mut self.keys);
-        let token = std::mem::take(&mut self.token);
-        let tasks = backend.tasks().clone();
-        tasks.spawn_on(
-            async move {
-                match backend.release(&keys, &token).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(?keys, "dropped lock guard had already lost its lock"),
-                    Err(error) => tracing::warn!(?keys, %error, "release of a dropped lock guard failed; the lease will free it"),
-                }
-            },
-            &runtime,
+        self.stop_watchdog.cancel();
+        release_in_background(
+            Arc::clone(&self.backend),
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.token),
+            why,
         );
     }
+}
+
+/// Why a release runs on its own task: decides what its outcome means.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BackgroundRelease {
+    /// A guard dropped without `release()`: the keys should still be ours.
+    DroppedGuard,
+    /// A `release()` whose future was dropped: its own script may already have run.
+    CancelledRelease,
+    /// An acquire whose outcome is unknown (its future was dropped while the script was in
+    /// flight, or its reply never came): the keys may or may not have been taken.
+    UncertainAcquire,
+}
+
+/// Releases, on a task of the lock client's tracker, whatever `token` holds of `keys`. The
+/// release script is owner-checked, so this is safe whatever the keys' state. Outside a
+/// tokio runtime nothing can run, and the lease frees the keys.
+pub(crate) fn release_in_background(
+    backend: Arc<dyn Backend>,
+    keys: Vec<String>,
+    token: String,
+    why: BackgroundRelease,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            ?keys,
+            "lock released outside a tokio runtime; the lease will free it"
+        );
+        return;
+    };
+    let tasks = backend.tasks().clone();
+    tasks.spawn_on(
+        async move {
+            let outcome = backend.release(&keys, &token).await;
+            match (why, outcome) {
+                (_, Ok(true))
+                | (BackgroundRelease::CancelledRelease | BackgroundRelease::UncertainAcquire, Ok(false)) => {
+                    tracing::debug!(?keys, ?why, "background release done");
+                }
+                (BackgroundRelease::DroppedGuard, Ok(false)) => {
+                    tracing::warn!(?keys, "dropped lock guard had already lost its lock");
+                }
+                // Typical while the store is down: every failed acquire lands here.
+                (BackgroundRelease::UncertainAcquire, Err(error)) => {
+                    tracing::debug!(?keys, %error, "release after an uncertain acquire failed; the lease will free any key it took");
+                }
+                (_, Err(error)) => {
+                    tracing::warn!(?keys, ?why, %error, "background release failed; the lease will free the keys");
+                }
+            }
+        },
+        &runtime,
+    );
 }
 
 impl fmt::Debug for LockGuard {

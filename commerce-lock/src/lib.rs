@@ -21,11 +21,18 @@
 //! - **Ownership is a random token** stored in the key, never a thread or task id, so a guard
 //!   can move between tasks freely. Only the token's holder can renew or release.
 //! - **Leases** free the key if the holder dies; a **watchdog** renews them every
-//!   `lease / 3` while the guard lives, stops for good on release, and fires the guard's
-//!   [`LockGuard::lost`] signal when a renewal finds the lock gone or cannot reach Redis in
-//!   time.
-//! - **Fencing tokens** ([`FencingToken`], one per key and acquisition, strictly increasing)
-//!   let the protected store refuse a holder whose lease already expired; see [`fencing`].
+//!   `lease / 3` while the guard lives and stops for good on release. The guard's
+//!   [`LockGuard::lost`] signal fires when a renewal finds the lock gone, and *before* the
+//!   lease can run out on the server when renewals fail or hang (or, without a watchdog,
+//!   when the lease nears its end): the holder hears of the loss before a successor can
+//!   take the key.
+//! - **Cancellation** does not strand a key for its whole lease: an acquire whose future is
+//!   dropped (or whose reply times out) while its script may have run, and a cancelled
+//!   `release()`, are released in the background (owner-checked).
+//! - **Fencing tokens** ([`FencingToken`], one per key and acquisition, increasing, also
+//!   across a lost counter unless the clock goes back) let the protected store refuse a
+//!   holder whose lease already expired; see [`fencing`].
+//! - `Duration::MAX` as a wait or a lease means "forever", never a panic.
 //! - **Bounded waits** sleep on a pub/sub release notice (subscribed before the retry, so no
 //!   wake-up is lost), or until the blocking lease ends; out of time is
 //!   [`Error::WaitTimeout`]. An unreachable Redis is [`Error::Unavailable`] within the
@@ -39,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod deadline;
 mod error;
 pub mod fencing;
 mod guard;

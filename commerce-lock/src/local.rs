@@ -11,14 +11,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{self, Attempt, Backend, ReleaseWatch};
+use crate::deadline::{after, unix_micros};
 use crate::signal::ReleaseSignal;
 use crate::{DistributedLock, FencingToken, LockGuard, LockOptions, Result};
 
 /// An in-process [`DistributedLock`]: owner tokens, leases, watchdog, fencing tokens,
 /// multi-key all-or-nothing acquire and notice-driven waits, without a server.
 ///
-/// Cheap to clone; clones share the same locks. The fencing counter of every key ever
-/// locked is kept for the life of the value so tokens stay monotonic.
+/// Cheap to clone; clones share the same locks. Fencing tokens are
+/// `max(previous + 1, wall-clock µs)` per key: they grow within one table, and a new table
+/// (e.g. after a restart) starts above the old one's tokens unless the system clock went
+/// back. The counter of every key ever locked is kept for the life of the value.
 #[derive(Clone, Default)]
 pub struct LocalLock {
     inner: Arc<LocalStore>,
@@ -102,10 +105,12 @@ impl Backend for LocalStore {
             .iter()
             .map(|key| {
                 let slot = slots.entry(key.clone()).or_default();
-                slot.fence += 1;
+                // Starting from the wall clock, a new table (a restarted process) still hands
+                // out greater tokens than the old one did, unless the clock went back.
+                slot.fence = slot.fence.saturating_add(1).max(unix_micros());
                 slot.holder = Some(Holder {
                     token: token.to_owned(),
-                    expires_at: now + lease,
+                    expires_at: after(now, lease),
                 });
                 FencingToken::new(slot.fence)
             })
@@ -133,7 +138,7 @@ impl Backend for LocalStore {
         }
         for key in keys {
             if let Some(holder) = slots.get_mut(key).and_then(|s| s.holder.as_mut()) {
-                holder.expires_at = now + lease;
+                holder.expires_at = after(now, lease);
             }
         }
         Ok(true)

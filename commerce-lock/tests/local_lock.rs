@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use commerce_lock::{DistributedLock, Error, LocalLock};
+use commerce_lock::{DistributedLock, Error, LocalLock, LockOptions};
 use commerce_testkit::TestDb;
 
 use common::{behaviour, namespace, options, within};
@@ -39,7 +39,43 @@ async fn multi_key_acquire_is_all_or_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_grow_across_holders() {
-    behaviour::fencing_tokens_grow(&LocalLock::new(), "k").await;
+    let _ = behaviour::fencing_tokens_grow(&LocalLock::new(), "k").await;
+}
+
+/// Review L4 for the in-process lock: its counters die with the process, so a restarted
+/// process (here a second `LocalLock`) must still hand out greater tokens than the old one,
+/// or a fenced store would take its writes as stale until reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_grow_across_lock_instances() {
+    let last = behaviour::fencing_tokens_grow(&LocalLock::new(), "k").await;
+    let restarted = LocalLock::new();
+    let guard = restarted
+        .acquire("k", options(0, 10_000))
+        .await
+        .expect("free key");
+    let token = guard.fencing_token("k").expect("token");
+    assert!(
+        token > last,
+        "a new lock table handed out {token}, not above the old one's {last}"
+    );
+    guard.release().await.expect("release");
+}
+
+/// Review L5, in-process; see the Redis twin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duration_max_as_wait_or_lease_never_panics() {
+    let lock = LocalLock::new();
+    behaviour::extreme_durations(lock.clone(), "k").await;
+    let forever = LockOptions::new(Duration::MAX, Duration::MAX);
+    let guard = lock.acquire("held", forever).await.expect("free key");
+    let unwatched = lock
+        .acquire("held-too", forever.without_watchdog())
+        .await
+        .expect("free key");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    within(Duration::from_secs(10), lock.shutdown()).await;
+    assert!(guard.is_lost(), "the watchdog task died");
+    assert!(unwatched.is_lost(), "the lease timer task died");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use commerce_lock::{DistributedLock, Error, FencingToken, RedisLock};
+use commerce_lock::{DistributedLock, Error, LockOptions, RedisLock};
 use commerce_testkit::{redis_url, TestDb};
 use redis::AsyncCommands;
 
@@ -76,15 +76,77 @@ async fn multi_key_acquire_is_all_or_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_grow_across_holders_and_clients() {
     let ns = namespace();
-    behaviour::fencing_tokens_grow(&redis_lock(&ns).await, "k").await;
+    let last = behaviour::fencing_tokens_grow(&redis_lock(&ns).await, "k").await;
     // A second client continues the same sequence.
     let other = redis_lock(&ns).await;
     let guard = other
         .acquire("k", options(0, 10_000))
         .await
         .expect("free key");
-    assert_eq!(guard.fencing_token("k"), Some(FencingToken::new(3)));
+    assert!(guard.fencing_token("k").expect("token") > last);
     guard.release().await.expect("release");
+}
+
+/// Review L4: the fence counter comes back lower than the last token handed out (a restart
+/// without persistence, a failover to a replica that missed the last INCRs, an eviction).
+/// The next holder must still get a greater token, or two holders would carry the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_grow_after_the_counter_is_partly_or_wholly_lost() {
+    let ns = namespace();
+    let lock = redis_lock(&ns).await;
+    let mut redis = plain_connection().await;
+    let fence_key = format!("{ns}:fence:k");
+    let first = lock
+        .acquire("k", options(0, 10_000))
+        .await
+        .expect("free key");
+    let first_token = first.fencing_token("k").expect("token");
+    first.release().await.expect("release");
+
+    let () = redis
+        .set(&fence_key, first_token.get() - 1)
+        .await
+        .expect("SET the counter back");
+    let second = lock
+        .acquire("k", options(0, 10_000))
+        .await
+        .expect("free key");
+    let second_token = second.fencing_token("k").expect("token");
+    assert!(
+        second_token > first_token,
+        "token {second_token} re-issued after partial counter loss (first holder had {first_token})"
+    );
+    second.release().await.expect("release");
+
+    let () = redis.del(&fence_key).await.expect("DEL the counter");
+    let third = lock
+        .acquire("k", options(0, 10_000))
+        .await
+        .expect("free key");
+    let third_token = third.fencing_token("k").expect("token");
+    assert!(
+        third_token > second_token,
+        "token {third_token} after the counter was lost, below the earlier {second_token}"
+    );
+    third.release().await.expect("release");
+}
+
+/// Review L5, on Redis. The guard's watchdog must also survive a lease of `Duration::MAX`:
+/// if its task died, shutdown would not fire `lost()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duration_max_as_wait_or_lease_never_panics() {
+    let lock = redis_lock(&namespace()).await;
+    behaviour::extreme_durations(lock.clone(), "k").await;
+    let forever = LockOptions::new(Duration::MAX, Duration::MAX);
+    let guard = lock.acquire("held", forever).await.expect("free key");
+    let unwatched = lock
+        .acquire("held-too", forever.without_watchdog())
+        .await
+        .expect("free key");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    within(Duration::from_secs(10), lock.shutdown()).await;
+    assert!(guard.is_lost(), "the watchdog task died");
+    assert!(unwatched.is_lost(), "the lease timer task died");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,3 +228,60 @@ async fn methods_name_an_injected_client() {
         .expect("free");
     guard.release().await.expect("release");
 }
+
+#[redis_lock(key = "cart:{user}:{name}", guard = g)]
+async fn cart_key(lock: &LocalLock, user: &str, name: &str) -> Result<String, AppError> {
+    Ok(g.keys()[0].clone())
+}
+
+/// `"{user}:{name}"` must not give ("alice:x", "y") and ("alice", "x:y") one key: the values
+/// are escaped (`\` as `\\`, `:` as `\:`) so that every argument tuple has its own key.
+#[tokio::test]
+async fn composite_keys_escape_the_separator_in_values() {
+    let lock = LocalLock::new();
+    let first = cart_key(&lock, "alice:x", "y").await.expect("locked");
+    let second = cart_key(&lock, "alice", "x:y").await.expect("locked");
+    assert_ne!(first, second, "two argument pairs share one lock key");
+    assert_eq!(first, r"cart:alice\:x:y");
+    assert_eq!(second, r"cart:alice:x\:y");
+    assert_eq!(
+        cart_key(&lock, r"a\", "b").await.expect("locked"),
+        r"cart:a\\:b"
+    );
+}
+
+/// The lock client may be called `key`: the macro's own bindings must not shadow it.
+#[redis_lock(key = "k:{id}", guard = g)]
+async fn client_named_key(key: &LocalLock, id: u32) -> Result<String, AppError> {
+    Ok(g.keys()[0].clone())
+}
+
+#[tokio::test]
+async fn an_argument_named_key_is_not_shadowed() {
+    let lock = LocalLock::new();
+    assert_eq!(client_named_key(&lock, 7).await.expect("locked"), "k:7");
+}
+
+/// A constant key: a lock for a singleton job (a key need not have a placeholder).
+#[redis_lock(key = "nightly-report", wait = "0s", guard = g)]
+async fn nightly_report(lock: &LocalLock) -> Result<String, AppError> {
+    Ok(g.keys()[0].clone())
+}
+
+#[tokio::test]
+async fn a_constant_key_locks_a_singleton_job() {
+    let lock = LocalLock::new();
+    assert_eq!(
+        nightly_report(&lock).await.expect("locked"),
+        "nightly-report"
+    );
+    let holder = lock
+        .acquire("nightly-report", options(0, 10_000))
+        .await
+        .expect("released after the first run");
+    match nightly_report(&lock).await {
+        Err(AppError::Lock(Error::WaitTimeout { key, .. })) => assert_eq!(key, "nightly-report"),
+        other => panic!("a second run while one holds the job's lock: {other:?}"),
+    }
+    holder.release().await.expect("release");
+}

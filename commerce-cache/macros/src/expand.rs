@@ -1,13 +1,13 @@
 //! Code generation: the function keeps its signature; its body runs inside a call into
 //! `::commerce_cache::__private`.
 
-use proc_macro2::TokenStream;
+use commerce_macro_support::{argument_names, template};
+use proc_macro2::{Span, TokenStream};
 use quote::quote;
-use syn::{FnArg, ItemFn, Pat};
+use syn::{Ident, ItemFn};
 
 use crate::options::Options;
 use crate::signature::{self, OkShape};
-use crate::template;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -41,7 +41,7 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
     let function: ItemFn = syn::parse2(item)?;
     let options = Options::parse(kind, args)?;
     let (shape, output) = signature::check(kind, &function.sig)?;
-    let template = template::parse(&options.key, &argument_names(&function))?;
+    let template = template::parse(&options.key, &argument_names(&function.sig))?;
 
     let ItemFn {
         attrs,
@@ -49,15 +49,15 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
         sig,
         block,
     } = function;
+    let private = quote!(::commerce_cache::__private);
     let cache = &options.cache;
-    let format = &template.format;
-    let key_args = &template.args;
-    let key = quote! {
-        let __commerce_cache_key: ::std::string::String = ::std::format!(#format, #(#key_args),*);
-    };
+    // Mixed-site hygiene: neither the body nor the arguments can see or clash with these.
+    let key = Ident::new("__commerce_cache_key", Span::mixed_site());
+    let result = Ident::new("__commerce_cache_result", Span::mixed_site());
+    let key_expression = template.key_expression(&quote!(#private::KeyPart));
     let ttl = match options.ttl {
         Some(millis) => quote! {
-            ::core::option::Option::Some(::commerce_cache::__private::Duration::from_millis(#millis))
+            ::core::option::Option::Some(#private::Duration::from_millis(#millis))
         },
         None => quote! { ::core::option::Option::None },
     };
@@ -69,14 +69,14 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
                 OkShape::Plain => quote! { cached_value },
             };
             quote! {
-                #key
-                ::commerce_cache::__private::#read(
+                let #key: ::std::string::String = #key_expression;
+                #private::#read(
                     &(#cache),
-                    &__commerce_cache_key,
+                    &#key,
                     #ttl,
                     move || async move {
-                        let __commerce_cache_result: #output = #block;
-                        __commerce_cache_result
+                        let #result: #output = #block;
+                        #result
                     },
                 )
                 .await
@@ -85,19 +85,21 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
         Kind::Put | Kind::Evict => {
             let after = match (kind, shape) {
                 (Kind::Put, OkShape::Optional) => {
-                    quote! { put_option(&(#cache), &__commerce_cache_key, #ttl, &__commerce_cache_result) }
+                    quote! { put_option(&(#cache), #key, #ttl, &#result) }
                 }
                 (Kind::Put, OkShape::Plain) => {
-                    quote! { put_value(&(#cache), &__commerce_cache_key, #ttl, &__commerce_cache_result) }
+                    quote! { put_value(&(#cache), #key, #ttl, &#result) }
                 }
-                _ => quote! { evict(&(#cache), &__commerce_cache_key, &__commerce_cache_result) },
+                _ => quote! { evict(&(#cache), #key, &#result) },
             };
             // Not `async move`: the cache expression may borrow what the body borrows.
+            // `#after` starts the cache work in a task of its own as soon as the body returns
+            // (no await in between), so dropping this future afterwards cannot stop it.
             quote! {
-                #key
-                let __commerce_cache_result: #output = async #block.await;
-                ::commerce_cache::__private::#after.await;
-                __commerce_cache_result
+                let #key: ::std::string::String = #key_expression;
+                let #result: #output = async #block.await;
+                #private::#after.await;
+                #result
             }
         }
     };
@@ -107,20 +109,4 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
             #body
         }
     })
-}
-
-/// Names a key template may start with: `self` and every argument bound to a plain name.
-fn argument_names(function: &ItemFn) -> Vec<String> {
-    function
-        .sig
-        .inputs
-        .iter()
-        .filter_map(|input| match input {
-            FnArg::Receiver(_) => Some("self".to_owned()),
-            FnArg::Typed(typed) => match typed.pat.as_ref() {
-                Pat::Ident(ident) => Some(ident.ident.to_string()),
-                _ => None,
-            },
-        })
-        .collect()
 }

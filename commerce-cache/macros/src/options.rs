@@ -1,6 +1,8 @@
-//! The attribute's arguments: `cache = EXPR, key = "...", ttl = "..."`.
+//! The attribute's options: `cache = EXPR, key = "...", ttl = "..."`, each at most once.
 
-use proc_macro2::{Span, TokenStream};
+use commerce_macro_support::duration::parse_positive_millis;
+use commerce_macro_support::options::{missing, set_once, unknown};
+use proc_macro2::TokenStream;
 use syn::parse::Parser;
 use syn::{Expr, LitStr};
 
@@ -18,46 +20,29 @@ impl Options {
         let mut cache = None;
         let mut key = None;
         let mut ttl = None;
+        // An evict removes the key: a TTL would mean nothing there.
+        let known: &[&str] = if kind == Kind::Evict {
+            &["cache", "key"]
+        } else {
+            &["cache", "key", "ttl"]
+        };
         let parser = syn::meta::parser(|meta| {
             if meta.path.is_ident("cache") {
-                cache = Some(meta.value()?.parse::<Expr>()?);
+                set_once(&mut cache, meta.value()?.parse::<Expr>()?, &meta)
             } else if meta.path.is_ident("key") {
-                key = Some(meta.value()?.parse::<LitStr>()?);
+                set_once(&mut key, meta.value()?.parse::<LitStr>()?, &meta)
             } else if meta.path.is_ident("ttl") && kind != Kind::Evict {
-                let lit = meta.value()?.parse::<LitStr>()?;
-                ttl = Some(crate::duration::parse_millis(&lit)?);
+                let millis = parse_positive_millis(&meta.value()?.parse()?, "ttl")?;
+                set_once(&mut ttl, millis, &meta)
             } else {
-                let expected = if kind == Kind::Evict {
-                    "`cache` and `key`"
-                } else {
-                    "`cache`, `key` and `ttl`"
-                };
-                return Err(meta.error(format!(
-                    "unknown argument for `#[{}]`: expected {expected}",
-                    kind.name()
-                )));
+                Err(unknown(&meta, kind.name(), known))
             }
-            Ok(())
         });
         parser.parse2(args)?;
-        let cache = cache.ok_or_else(|| {
-            syn::Error::new(
-                Span::call_site(),
-                format!(
-                    "`#[{}]` needs `cache = <expression>`: the TwoLevelCache to use, e.g. `cache = self.products`",
-                    kind.name()
-                ),
-            )
-        })?;
-        let key = key.ok_or_else(|| {
-            syn::Error::new(
-                Span::call_site(),
-                format!(
-                    "`#[{}]` needs `key = \"...\"`: a template over the arguments, e.g. `key = \"product:{{id}}\"`",
-                    kind.name()
-                ),
-            )
-        })?;
+        let cache = cache
+            .ok_or_else(|| missing(kind.name(), "cache = <expression>", "cache = self.products"))?;
+        let key =
+            key.ok_or_else(|| missing(kind.name(), "key = \"...\"", "key = \"product:{id}\""))?;
         Ok(Self { cache, key, ttl })
     }
 }

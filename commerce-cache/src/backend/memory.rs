@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{FillOutcome, L2Backend, L2Entry, Stored};
-use crate::Result;
+use crate::{ttl, Result};
 
 /// Expired slots are swept once the map holds this many more than after the last sweep.
 const SWEEP_GROWTH: usize = 1024;
@@ -65,6 +65,12 @@ impl MemoryBackend {
     }
 }
 
+/// When an entry written at `now` for `ttl` expires; TTLs over 100 years count as 100 years
+/// instead of overflowing the clock.
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now + ttl::clamp(ttl)
+}
+
 impl Slots {
     fn live(&self, key: &str, now: Instant) -> Option<&Slot> {
         self.map.get(key).filter(|slot| slot.expires_at > now)
@@ -100,13 +106,14 @@ impl L2Backend for MemoryBackend {
             if current != expected_version {
                 return FillOutcome::Conflict { current };
             }
+            let expires_at = expiry(now, ttl);
             let version = if current == 0 { self.bump() } else { current };
             slots.map.insert(
                 key.to_owned(),
                 Slot {
                     version,
                     stored: Some(stored.clone()),
-                    expires_at: now + ttl,
+                    expires_at,
                 },
             );
             FillOutcome::Filled { version }
@@ -115,13 +122,14 @@ impl L2Backend for MemoryBackend {
 
     async fn write(&self, key: &str, stored: &Stored, ttl: Duration) -> Result<u64> {
         Ok(self.with_slots(|slots, now| {
+            let expires_at = expiry(now, ttl);
             let version = self.bump();
             slots.map.insert(
                 key.to_owned(),
                 Slot {
                     version,
                     stored: Some(stored.clone()),
-                    expires_at: now + ttl,
+                    expires_at,
                 },
             );
             version
@@ -130,13 +138,14 @@ impl L2Backend for MemoryBackend {
 
     async fn delete(&self, key: &str, tombstone_ttl: Duration) -> Result<u64> {
         Ok(self.with_slots(|slots, now| {
+            let expires_at = expiry(now, tombstone_ttl);
             let version = self.bump();
             slots.map.insert(
                 key.to_owned(),
                 Slot {
                     version,
                     stored: None,
-                    expires_at: now + tombstone_ttl,
+                    expires_at,
                 },
             );
             version

@@ -68,7 +68,9 @@ pub trait InvalidationBus: Send + Sync + 'static {
 pub trait Subscription: Send + 'static {
     /// The next event; `None` once the bus is gone for good.
     ///
-    /// Must be cancel-safe: the cache's listener selects on it together with its shutdown signal.
+    /// The cache's listener keeps one call pending while it does other work (repairs), so a
+    /// call may wait as long as it needs (a reconnect backoff); it is dropped only at
+    /// shutdown. A dropped call must not lose an event that was already received.
     async fn next(&mut self) -> Option<BusEvent>;
 }
 

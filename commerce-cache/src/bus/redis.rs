@@ -6,9 +6,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{AsyncCommands, Client};
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{BusEvent, Invalidation, InvalidationBus, Subscription};
+use crate::reconnect::on_live_connection;
 use crate::{Error, Result};
 
 /// First wait before re-subscribing after a loss; doubled up to [`MAX_BACKOFF`].
@@ -16,6 +17,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A subscriber pings this often so a half-open connection (no FIN ever arrives) is noticed.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Default wait for one heartbeat reply: well above a Redis stall of a few hundred ms.
+const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Heartbeats that must go unanswered in a row before the connection counts as lost. A
+/// single late reply is a slow server, not a lost connection: giving it up would make every
+/// node drop its L1 at the same moment (review C8).
+const HEARTBEAT_STRIKES: u32 = 2;
 
 /// An [`InvalidationBus`] on Redis pub/sub: one dedicated connection per subscription, and a
 /// shared lazily connecting connection for publishing.
@@ -24,18 +31,21 @@ pub struct RedisBus {
     client: Client,
     publisher: ConnectionManager,
     timeout: Duration,
+    heartbeat_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBus")
             .field("timeout", &self.timeout)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisBus {
-    /// A bus on `client`'s server; `timeout` bounds connecting, subscribing and heartbeats.
+    /// A bus on `client`'s server; `timeout` bounds connecting and subscribing. Heartbeats
+    /// have their own, longer timeout (2 s; see [`RedisBus::heartbeat_timeout`]).
     ///
     /// # Errors
     /// [`Error::Backend`] when the client's settings cannot make a connection manager.
@@ -57,22 +67,34 @@ impl RedisBus {
             client,
             publisher,
             timeout,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
         })
+    }
+
+    /// How long a subscription waits for one heartbeat reply (default 2 s). A subscription
+    /// counts as lost, and is replaced with a resync, after two heartbeats in a row went
+    /// unanswered this long, or at once when one fails outright. Values over 100 years count
+    /// as 100 years.
+    #[must_use]
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = crate::ttl::clamp(timeout);
+        self
     }
 }
 
 #[async_trait]
 impl InvalidationBus for RedisBus {
     async fn publish(&self, channel: &str, notice: &Invalidation) -> Result<()> {
-        let mut connection = self.publisher.clone();
-        let _receivers: i64 =
-            connection
-                .publish(channel, notice.encode())
-                .await
-                .map_err(|source| Error::Backend {
-                    operation: "publish",
-                    source,
-                })?;
+        let message = notice.encode();
+        let _receivers: i64 = on_live_connection(&self.publisher, |mut connection| {
+            let message = &message;
+            async move { connection.publish(channel, message).await }
+        })
+        .await
+        .map_err(|source| Error::Backend {
+            operation: "publish",
+            source,
+        })?;
         Ok(())
     }
 
@@ -83,9 +105,12 @@ impl InvalidationBus for RedisBus {
             client: self.client.clone(),
             channel: channel.to_owned(),
             timeout: self.timeout,
+            heartbeat_timeout: self.heartbeat_timeout,
+            missed_heartbeats: 0,
             connected: None,
             lost: false,
             backoff: Duration::ZERO,
+            retry_at: None,
             heartbeat,
         };
         if let Err(error) = subscription.connect().await {
@@ -100,6 +125,12 @@ enum Woke {
     Heartbeat,
 }
 
+enum Heartbeat {
+    Answered,
+    Late,
+    Failed(String),
+}
+
 struct Connected {
     sink: PubSubSink,
     stream: PubSubStream,
@@ -109,10 +140,18 @@ struct RedisSubscription {
     client: Client,
     channel: String,
     timeout: Duration,
+    heartbeat_timeout: Duration,
+    /// Heartbeats in a row that got no reply within `heartbeat_timeout`.
+    missed_heartbeats: u32,
     connected: Option<Connected>,
     /// Notices may have been missed since the last connection: report a resync on reconnect.
     lost: bool,
     backoff: Duration,
+    /// When the next reconnect attempt is due. A deadline rather than a sleep started in
+    /// `next()`, so a caller that drops `next()` and calls it again resumes the same wait
+    /// instead of starting it over (review C1: a 1 s tick cancelling a 2 s sleep meant no
+    /// reconnect ever).
+    retry_at: Option<Instant>,
     heartbeat: Interval,
 }
 
@@ -135,6 +174,8 @@ impl RedisSubscription {
             })?;
         self.connected = Some(connected);
         self.backoff = Duration::ZERO;
+        self.retry_at = None;
+        self.missed_heartbeats = 0;
         self.heartbeat.reset();
         Ok(())
     }
@@ -151,16 +192,23 @@ impl RedisSubscription {
         }
         self.lost = true;
         self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + self.backoff);
     }
 
-    async fn heartbeat_ok(&mut self) -> bool {
+    async fn heartbeat(&mut self) -> Heartbeat {
         let Some(connected) = self.connected.as_mut() else {
-            return false;
+            return Heartbeat::Failed("not connected".to_owned());
         };
-        matches!(
-            tokio::time::timeout(self.timeout, connected.sink.ping::<redis::Value>()).await,
-            Ok(Ok(_))
+        match tokio::time::timeout(
+            self.heartbeat_timeout,
+            connected.sink.ping::<redis::Value>(),
         )
+        .await
+        {
+            Ok(Ok(_)) => Heartbeat::Answered,
+            Ok(Err(error)) => Heartbeat::Failed(error.to_string()),
+            Err(_) => Heartbeat::Late,
+        }
     }
 }
 
@@ -169,7 +217,9 @@ impl Subscription for RedisSubscription {
     async fn next(&mut self) -> Option<BusEvent> {
         loop {
             let Some(connected) = self.connected.as_mut() else {
-                tokio::time::sleep(self.backoff).await;
+                if let Some(at) = self.retry_at {
+                    tokio::time::sleep_until(at).await;
+                }
                 match self.connect().await {
                     Ok(()) if self.lost => {
                         self.lost = false;
@@ -201,11 +251,18 @@ impl Subscription for RedisSubscription {
                     }
                 }
                 Woke::Message(None) => self.on_loss(&"connection closed"),
-                Woke::Heartbeat => {
-                    if !self.heartbeat_ok().await {
-                        self.on_loss(&"heartbeat failed");
+                Woke::Heartbeat => match self.heartbeat().await {
+                    Heartbeat::Answered => self.missed_heartbeats = 0,
+                    Heartbeat::Late => {
+                        self.missed_heartbeats += 1;
+                        if self.missed_heartbeats >= HEARTBEAT_STRIKES {
+                            self.on_loss(&"heartbeats unanswered");
+                        } else {
+                            tracing::debug!(channel = %self.channel, "cache invalidation heartbeat late");
+                        }
                     }
-                }
+                    Heartbeat::Failed(error) => self.on_loss(&format!("heartbeat failed: {error}")),
+                },
             }
         }
     }

@@ -1,40 +1,63 @@
 //! The task that applies invalidations from other nodes to this node's L1.
 //!
-//! Owned by the cache: it holds only a weak reference, stops on the shutdown signal or when
-//! the last cache clone is dropped (which also aborts it).
+//! Owned by the cache's task tracker: it holds only a weak reference between events, and
+//! stops when the cache's shutdown token is cancelled (by `shutdown()`, or when the last
+//! cache clone is dropped) or the cache is gone.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Weak;
+use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
 use super::{CacheValue, Inner};
 use crate::bus::{BusEvent, Subscription};
 use crate::metrics::bump;
 
 enum Woke {
-    Event(Option<BusEvent>),
+    Event(Option<BusEvent>, Box<dyn Subscription>),
     RepairDue,
+}
+
+type NextEvent = Pin<Box<dyn Future<Output = (Option<BusEvent>, Box<dyn Subscription>)> + Send>>;
+
+/// The subscription's next event, as a future that owns the subscription (and hands it
+/// back), so it can stay pending across loop turns.
+fn next_event(mut subscription: Box<dyn Subscription>) -> NextEvent {
+    Box::pin(async move {
+        let event = subscription.next().await;
+        (event, subscription)
+    })
 }
 
 pub(super) async fn run<V: CacheValue>(
     inner: Weak<Inner<V>>,
-    mut subscription: Box<dyn Subscription>,
-    mut shutdown: watch::Receiver<bool>,
+    subscription: Box<dyn Subscription>,
+    shutdown: CancellationToken,
 ) {
     let Some(retry_after) = inner.upgrade().map(|inner| inner.config.l2_retry_after) else {
         return;
     };
-    let mut repair_tick = tokio::time::interval(retry_after);
+    // A zero period (probe L2 on every call) would make `interval` panic.
+    let mut repair_tick = tokio::time::interval(retry_after.max(Duration::from_millis(1)));
     repair_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The pending `next()` is kept while repairs run, never dropped and restarted: whatever it
+    // was waiting for (a reconnect backoff, a heartbeat reply) would start over each tick,
+    // and never finish if it takes longer than one (review C1).
+    let mut next = next_event(subscription);
     loop {
         let woke = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            event = subscription.next() => Woke::Event(event),
+            () = shutdown.cancelled() => return,
+            (event, subscription) = &mut next => Woke::Event(event, subscription),
             _ = repair_tick.tick() => Woke::RepairDue,
         };
         let event = match woke {
-            Woke::Event(event) => event,
+            Woke::Event(event, subscription) => {
+                next = next_event(subscription);
+                event
+            }
             Woke::RepairDue => {
                 let Some(inner) = inner.upgrade() else { return };
                 inner.repair().await;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use moka::ops::compute::Op;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::shape::{Always, Maybe};
 use crate::backend::L2Backend;
@@ -78,21 +78,19 @@ pub(crate) struct Inner<V> {
     generation: AtomicU64,
     repairs: Mutex<HashSet<String>>,
     repairs_overflowed: AtomicBool,
-    shutdown: watch::Sender<bool>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    /// Cancelled on shutdown or when the last clone is dropped; every background task of the
+    /// cache (the invalidation listener) stops on it.
+    shutdown: CancellationToken,
+    /// Owns the background tasks, so `shutdown()` can wait for them to end.
+    tasks: TaskTracker,
 }
 
 impl<V> Drop for Inner<V> {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(listener) = self
-            .listener
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            listener.abort();
-        }
+        // The listener holds only a weak reference between events, so it sees the token at
+        // its next await and ends, dropping (and so closing) its subscription.
+        self.shutdown.cancel();
+        self.tasks.close();
     }
 }
 
@@ -129,7 +127,8 @@ impl<V: CacheValue> TwoLevelCache<V> {
             .build();
         let channel = config.channel();
         let subscription = bus.subscribe(&channel).await;
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let inner = Arc::new(Inner {
             health: L2Health::new(config.l2_retry_after),
             channel,
@@ -143,18 +142,14 @@ impl<V: CacheValue> TwoLevelCache<V> {
             generation: AtomicU64::new(0),
             repairs: Mutex::new(HashSet::new()),
             repairs_overflowed: AtomicBool::new(false),
-            shutdown,
-            listener: Mutex::new(None),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
         });
-        let task = tokio::spawn(listener::run(
+        tasks.spawn(listener::run(
             Arc::downgrade(&inner),
             subscription,
-            shutdown_rx,
+            shutdown,
         ));
-        *inner
-            .listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(task);
         Self { inner }
     }
 
@@ -162,9 +157,12 @@ impl<V: CacheValue> TwoLevelCache<V> {
     /// the loader is cached for the negative TTL; errors are returned and never cached.
     ///
     /// Concurrent misses of one key on this node run the loader once; the others wait for
-    /// its result. If that load fails, each waiter runs its own loader (errors are not shared,
-    /// so `E` need not be `Clone`). Cache trouble never fails the call: without L2 the loader
-    /// answers.
+    /// its result. If that load fails or its caller goes away, the caller that has waited
+    /// longest runs its own loader for the others, and so on: the source sees one load of the
+    /// key at a time from this node, and every loaded value is cached. Errors are not shared
+    /// (`E` need not be `Clone`): a caller that gets an error got it from its own loader, so
+    /// while loads keep failing callers take turns; give them a deadline. Cache trouble never
+    /// fails the call: without L2 the loader answers.
     ///
     /// # Errors
     /// Only the loader's.
@@ -224,9 +222,10 @@ impl<V: CacheValue> TwoLevelCache<V> {
     /// drop their copy. Call it after the write to the source of truth has committed.
     ///
     /// # Errors
-    /// [`Error::Encode`] (nothing changed), or an L2/bus error: this node already serves
-    /// `value`, other nodes may serve the old one until their L1 TTL ends, and the key is
-    /// evicted in L2 as soon as L2 answers again.
+    /// [`Error::Encode`]: `value` cannot be serialized, so the key was evicted instead (as by
+    /// [`TwoLevelCache::evict`]) and the next read loads it. Or an L2/bus error: this node
+    /// already serves `value`, other nodes may serve the old one until their L1 TTL ends, and
+    /// the key is evicted in L2 as soon as L2 answers again.
     pub async fn put(&self, key: &str, value: V) -> Result<()> {
         self.inner.put(key, Some(value), None).await
     }
@@ -290,20 +289,14 @@ impl<V: CacheValue> TwoLevelCache<V> {
         &self.inner.config.prefix
     }
 
-    /// Stops listening for invalidations and waits for the listener task to end. Reads and
-    /// writes keep working, but this node's L1 no longer hears about other nodes' writes;
-    /// call it when the node is going away. Dropping the last clone does the same.
+    /// Stops listening for invalidations and waits for the cache's background tasks to end.
+    /// Reads and writes keep working, but this node's L1 no longer hears about other nodes'
+    /// writes; call it when the node is going away. Dropping the last clone stops the tasks
+    /// too, without waiting. Calling it again (from any clone) returns at once.
     pub async fn shutdown(&self) {
-        let _ = self.inner.shutdown.send(true);
-        let task = self
-            .inner
-            .listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 }
 
@@ -379,7 +372,8 @@ impl<V: CacheValue> Inner<V> {
         L1Entry {
             value,
             version,
-            lifetime: fresh + self.config.fail_safe.unwrap_or_default(),
+            // Both at most 100 years (clamped by the builder): no overflow.
+            lifetime: fresh.saturating_add(self.config.fail_safe.unwrap_or_default()),
             fresh_until,
             refresh,
         }

@@ -9,10 +9,10 @@ use rand::Rng;
 use super::shape::Shape;
 use super::{CacheValue, Inner};
 use crate::backend::{FillOutcome, L2Entry};
-use crate::codec;
-use crate::flight::{self, Landing, Role};
+use crate::flight::{Leader, Turn};
 use crate::l1::{Freshness, L1Entry};
 use crate::metrics::bump;
+use crate::{codec, ttl};
 
 /// What L1 had for a key that is going to be loaded.
 struct Fallback<V> {
@@ -68,15 +68,15 @@ impl<V: CacheValue> Inner<V> {
             bump(&self.counters.l1_misses);
         }
 
-        let leader = match self.flights.join(key) {
-            Role::Leader(leader) => leader,
-            Role::Waiter(slot) => {
-                if let Landing::Loaded(value) = flight::wait(slot).await {
-                    if let Some(found) = S::from_cached(value) {
-                        return Ok(found);
-                    }
+        let leader = match self.flights.join(key).wait_turn().await {
+            Turn::Lead(leader) => leader,
+            Turn::Landed(value) => {
+                if let Some(found) = S::from_cached(value) {
+                    return Ok(found);
                 }
-                return self.load_alone(loader, fallback).await;
+                // A cached "not found" for a caller that needs a value: load it, outside the
+                // flight (which is over), the way a leader would.
+                return self.load(key, ttl, loader, fallback, None).await;
             }
         };
 
@@ -85,13 +85,36 @@ impl<V: CacheValue> Inner<V> {
             if let Some(entry) = l1.get(key).await {
                 if entry.freshness() == Freshness::Fresh {
                     if let Some(found) = S::from_cached(entry.value.clone()) {
-                        leader.land(Landing::Loaded(entry.value));
+                        leader.land(entry.value);
                         return Ok(found);
                     }
                 }
             }
         }
+        self.load(key, ttl, loader, fallback, Some(leader)).await
+    }
 
+    /// L2, then the loader; stores what the loader found. With `leader`, hands the result to
+    /// the callers queued on the key, or (on failure) the turn to the next one of them.
+    async fn load<S, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        loader: F,
+        fallback: Option<Fallback<V>>,
+        leader: Option<Leader<V>>,
+    ) -> Result<S, E>
+    where
+        S: Shape<V>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<S, E>>,
+    {
+        let land = |value: Option<V>| {
+            if let Some(leader) = leader {
+                leader.land(value);
+            }
+        };
+        let refreshing = fallback.as_ref().is_some_and(|f| f.refreshing);
         let generation = self.generation.load(Ordering::Acquire);
         let full_key = self.full_key(key);
         let snapshot = match self.l2_call("read", self.l2.read(&full_key)).await {
@@ -106,7 +129,7 @@ impl<V: CacheValue> Inner<V> {
                         generation,
                     )
                     .await;
-                    leader.land(Landing::Loaded(value));
+                    land(value);
                     return Ok(found);
                 }
                 None => {
@@ -123,20 +146,18 @@ impl<V: CacheValue> Inner<V> {
                 let value = found.cached().cloned();
                 self.store_loaded(key, value.clone(), snapshot, ttl, generation)
                     .await;
-                leader.land(Landing::Loaded(value));
+                land(value);
                 Ok(found)
             }
             Err(error) => {
                 bump(&self.counters.load_errors);
                 match fallback.and_then(|fallback| self.serve_fallback::<S>(fallback)) {
                     Some((value, found)) => {
-                        leader.land(Landing::Loaded(value));
+                        land(value);
                         Ok(found)
                     }
-                    None => {
-                        leader.land(Landing::Failed);
-                        Err(error)
-                    }
+                    // Dropping the leader hands the turn to the next caller in line.
+                    None => Err(error),
                 }
             }
         }
@@ -217,38 +238,16 @@ impl<V: CacheValue> Inner<V> {
             .await;
     }
 
+    /// A value's L2 TTL: `ttl` (clamped, see [`ttl::MAX_TTL`]) plus random jitter.
     pub(super) fn jittered(&self, ttl: Duration) -> Duration {
+        let ttl = ttl::clamp(ttl);
         let jitter = self.config.l2_ttl_jitter;
         if jitter.is_zero() {
             return ttl;
         }
         let extra =
             rand::thread_rng().gen_range(0..=u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX));
-        ttl + Duration::from_millis(extra)
-    }
-
-    /// A waiter whose leader failed: load without the cache (its error is its own).
-    async fn load_alone<S, E, F, Fut>(
-        &self,
-        loader: F,
-        fallback: Option<Fallback<V>>,
-    ) -> Result<S, E>
-    where
-        S: Shape<V>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<S, E>>,
-    {
-        bump(&self.counters.loads);
-        match loader().await {
-            Ok(found) => Ok(found),
-            Err(error) => {
-                bump(&self.counters.load_errors);
-                match fallback.and_then(|fallback| self.serve_fallback::<S>(fallback)) {
-                    Some((_, found)) => Ok(found),
-                    None => Err(error),
-                }
-            }
-        }
+        ttl::clamp(ttl.saturating_add(Duration::from_millis(extra)))
     }
 
     /// After a failed load: the entry still fresh (refresh) or within the fail-safe window.

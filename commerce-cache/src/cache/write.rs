@@ -18,7 +18,22 @@ impl<V: CacheValue> Inner<V> {
         value: Option<V>,
         ttl: Option<Duration>,
     ) -> Result<()> {
-        let stored = codec::encode(key, value.as_ref())?;
+        let stored = match codec::encode(key, value.as_ref()) {
+            Ok(stored) => stored,
+            Err(error) => {
+                // The source of truth already holds the new value: the old one must not stay
+                // in L2 or any L1. Evict it, so the next read loads the new value (review C5).
+                if let Err(evict_error) = self.evict(key).await {
+                    tracing::warn!(
+                        cache = %self.config.name,
+                        key,
+                        error = %evict_error,
+                        "unencodable value not cached and the old one not evicted yet; evicted when L2 answers"
+                    );
+                }
+                return Err(error);
+            }
+        };
         let l2_ttl = if value.is_some() {
             self.jittered(ttl.unwrap_or(self.config.l2_ttl))
         } else {

@@ -3,10 +3,12 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemFn, LitStr, Pat, ReturnType, Type, TypeParamBound};
+use syn::{FnArg, Ident, ItemFn, Pat, ReturnType, Type, TypeParamBound};
 
-use crate::options::{OnLost, Options};
-use crate::template;
+use commerce_macro_support::options::missing;
+use commerce_macro_support::{argument_names, template};
+
+use crate::options::{OnLost, Options, ATTRIBUTE};
 
 /// Type names that identify the lock client argument when `lock = ...` is not given.
 const LOCK_TYPES: [&str; 2] = ["RedisLock", "LocalLock"];
@@ -43,22 +45,6 @@ fn has_lock_bound<'a>(mut bounds: impl Iterator<Item = &'a TypeParamBound>) -> b
     })
 }
 
-/// Names of the function's arguments (including `self`) that a template may use.
-fn argument_names(function: &ItemFn) -> Vec<String> {
-    function
-        .sig
-        .inputs
-        .iter()
-        .filter_map(|arg| match arg {
-            FnArg::Receiver(_) => Some("self".to_owned()),
-            FnArg::Typed(typed) => match &*typed.pat {
-                Pat::Ident(ident) => Some(ident.ident.to_string()),
-                _ => None,
-            },
-        })
-        .collect()
-}
-
 /// The expression naming the lock client: the `lock` option or the one argument whose type
 /// is a lock.
 fn lock_client(function: &ItemFn, options: &Options) -> syn::Result<TokenStream> {
@@ -81,55 +67,13 @@ fn lock_client(function: &ItemFn, options: &Options) -> syn::Result<TokenStream>
         [one] => Ok(quote!(#one)),
         [] => Err(syn::Error::new_spanned(
             &function.sig,
-            "#[redis_lock] cannot find the lock client: add an argument of type `&RedisLock`, `&LocalLock`, `&impl DistributedLock` or `Arc<dyn DistributedLock>`, or name one with `lock = <expression>` (e.g. `lock = self.locks`)",
+            "`#[redis_lock]` cannot find the lock client: add an argument of type `&RedisLock`, `&LocalLock`, `&impl DistributedLock` or `Arc<dyn DistributedLock>`, or name one with `lock = <expression>` (e.g. `lock = self.locks`)",
         )),
         [_, second, ..] => Err(syn::Error::new_spanned(
             second,
-            "#[redis_lock] found several lock clients among the arguments; choose one with `lock = <argument>`",
+            "`#[redis_lock]` found several lock clients among the arguments; choose one with `lock = <argument>`",
         )),
     }
-}
-
-/// The expression building the key string from the template.
-fn key_expression(function: &ItemFn, key: &LitStr) -> syn::Result<TokenStream> {
-    let parsed = template::parse(&key.value()).map_err(|m| syn::Error::new_spanned(key, m))?;
-    let names = argument_names(function);
-    let mut arguments = Vec::new();
-    for placeholder in &parsed.placeholders {
-        if !names.contains(&placeholder.root) {
-            let known = if names.is_empty() {
-                "the function has no named arguments".to_owned()
-            } else {
-                format!("the arguments are: {}", names.join(", "))
-            };
-            return Err(syn::Error::new_spanned(
-                key,
-                format!(
-                    "unknown argument `{}` in the lock key template; {known}",
-                    placeholder.root
-                ),
-            ));
-        }
-        let span = key.span();
-        let root = if placeholder.root == "self" {
-            quote_spanned!(span=> self)
-        } else {
-            let ident = Ident::new(&placeholder.root, span);
-            quote!(#ident)
-        };
-        let fields = placeholder.fields.iter().map(|field| {
-            if let Ok(index) = field.parse::<u32>() {
-                let index = syn::Index { index, span };
-                quote!(.#index)
-            } else {
-                let ident = Ident::new(field, span);
-                quote!(.#ident)
-            }
-        });
-        arguments.push(quote!(#root #(#fields)*));
-    }
-    let format = LitStr::new(&parsed.format, key.span());
-    Ok(quote!(::std::format!(#format #(, #arguments)*)))
 }
 
 /// Expands the attribute on `function`.
@@ -137,25 +81,27 @@ pub(crate) fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenSt
     if function.sig.asyncness.is_none() {
         return Err(syn::Error::new_spanned(
             function.sig.fn_token,
-            "#[redis_lock] can only be used on an `async fn`: the lock is awaited",
+            "`#[redis_lock]` can only be used on an `async fn`: the lock is awaited",
         ));
     }
     let ReturnType::Type(_, return_type) = function.sig.output.clone() else {
         return Err(syn::Error::new_spanned(
             &function.sig,
-            "#[redis_lock] needs a function returning `Result<_, E>` with `E: From<commerce_lock::Error>`: lock failures are returned as errors",
+            "`#[redis_lock]` needs a function returning `Result<_, E>` with `E: From<commerce_lock::Error>`: lock failures are returned as errors",
         ));
     };
     let Some(key) = &options.key else {
-        return Err(syn::Error::new(
-            Span::call_site(),
-            "#[redis_lock] needs a key, e.g. #[redis_lock(key = \"stock:{product_id}\")]",
+        return Err(missing(
+            ATTRIBUTE,
+            "key = \"...\"",
+            "key = \"stock:{product_id}\"",
         ));
     };
-    let key_expr = key_expression(&function, key)?;
+    let private = quote!(::commerce_lock::__private);
+    let template = template::parse(key, &argument_names(&function.sig))?;
+    let key_expr = template.key_expression(&quote!(#private::KeyPart));
     let client = lock_client(&function, options)?;
 
-    let private = quote!(::commerce_lock::__private);
     let mut lock_options = quote!(<#private::LockOptions as ::core::default::Default>::default());
     if let Some(ms) = options.wait_ms {
         lock_options = quote!(#lock_options.with_wait(#private::Duration::from_millis(#ms)));
@@ -167,7 +113,9 @@ pub(crate) fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenSt
         lock_options = quote!(#lock_options.without_watchdog());
     }
 
-    // Mixed-site hygiene: the body cannot see or clash with these names.
+    // Mixed-site hygiene: neither the body nor the arguments can see or clash with these
+    // names (an argument called `key` stays the caller's).
+    let key = Ident::new("__commerce_lock_key", Span::mixed_site());
     let guard = Ident::new("__commerce_lock_guard", Span::mixed_site());
     let body = Ident::new("__commerce_lock_body", Span::mixed_site());
     let output = Ident::new("__commerce_lock_output", Span::mixed_site());
@@ -217,8 +165,8 @@ pub(crate) fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenSt
             let #guard = {
                 #[allow(unused_imports)]
                 use #private::DistributedLock as _;
-                let key: ::std::string::String = #key_expr;
-                match (#client).acquire(&key, #lock_options).await {
+                let #key: ::std::string::String = #key_expr;
+                match (#client).acquire(&#key, #lock_options).await {
                     ::core::result::Result::Ok(#guard) => #guard,
                     ::core::result::Result::Err(#error) => {
                         return ::core::result::Result::Err(::core::convert::From::from(#error));

@@ -1,13 +1,15 @@
 //! The `#[redis_lock]` attribute macro; use it through the `commerce-lock` crate, which
 //! re-exports it with its documentation.
-#![warn(missing_docs)]
+//!
+//! Its grammar (key templates, durations, option rules) is shared with the commerce-cache
+//! macros through `commerce-macro-support`.
 
-mod duration;
 mod expand;
 mod options;
-mod template;
 
 use proc_macro::TokenStream;
+use quote::quote;
+use syn::parse::Parser;
 use syn::ItemFn;
 
 /// Runs the body of an `async fn` while holding a lock whose key is built from the
@@ -20,9 +22,11 @@ use syn::ItemFn;
 /// }
 /// ```
 ///
-/// Options:
+/// Options (each at most once):
 /// - `key = "..."` (required): a template; `{arg}` and `{arg.field.0}` insert an argument's
-///   (or `self`'s) `Display`; `{{`/`}}` are literal braces.
+///   (or `self`'s) `Display`, escaped (`\` as `\\`, `:` as `\:`) so that different arguments
+///   never share a key; two placeholders need a `:` between them; `{{`/`}}` are literal
+///   braces. A template without placeholders is one constant key (a singleton job).
 /// - `wait = "2s"`, `lease = "10s"`: durations in `ms`, `s`, `m` or `h` (defaults: those of
 ///   `LockOptions::default()`).
 /// - `lock = <expr>`: the lock client (anything whose methods reach a `DistributedLock`, e.g.
@@ -38,16 +42,23 @@ use syn::ItemFn;
 /// failures (`WaitTimeout`, `Unavailable`) are returned through it.
 #[proc_macro_attribute]
 pub fn redis_lock(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let mut options = options::Options::default();
-    let parser = syn::meta::parser(|meta| options.parse_one(&meta));
-    if let Err(error) = syn::parse::Parser::parse(parser, attr) {
-        return error.to_compile_error().into();
+    let item = proc_macro2::TokenStream::from(item);
+    match try_expand(attr.into(), item.clone()) {
+        Ok(expanded) => expanded.into(),
+        // Keep the function, so the only error shown is the macro's, not "cannot find fn".
+        Err(error) => {
+            let error = error.to_compile_error();
+            quote!(#error #item).into()
+        }
     }
-    let function = match syn::parse::<ItemFn>(item) {
-        Ok(function) => function,
-        Err(error) => return error.to_compile_error().into(),
-    };
+}
+
+fn try_expand(
+    attr: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let mut options = options::Options::default();
+    syn::meta::parser(|meta| options.parse_one(&meta)).parse2(attr)?;
+    let function: ItemFn = syn::parse2(item)?;
     expand::expand(&options, function)
-        .unwrap_or_else(syn::Error::into_compile_error)
-        .into()
 }

@@ -1,9 +1,9 @@
 //! The `#[redis_lock(...)]` options, parsed into a typed struct.
 
+use commerce_macro_support::duration::{parse_millis, parse_positive_millis};
+use commerce_macro_support::options::{set_once, unknown};
 use syn::meta::ParseNestedMeta;
 use syn::{Expr, Ident, LitBool, LitStr};
-
-use crate::duration::parse_millis;
 
 /// What to do when the lock is lost while the body runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,50 +26,37 @@ pub(crate) struct Options {
     pub(crate) watchdog: Option<bool>,
 }
 
-const KNOWN: &str = "key, wait, lease, lock, guard, on_lost, watchdog";
-
-fn duration(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {
-    let text: LitStr = meta.value()?.parse()?;
-    parse_millis(&text.value()).map_err(|message| syn::Error::new_spanned(&text, message))
-}
-
-fn once<T>(slot: &mut Option<T>, value: T, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-    if slot.is_some() {
-        return Err(meta.error("this option is given twice"));
-    }
-    *slot = Some(value);
-    Ok(())
-}
+pub(crate) const ATTRIBUTE: &str = "redis_lock";
+const KNOWN: [&str; 7] = [
+    "key", "wait", "lease", "lock", "guard", "on_lost", "watchdog",
+];
 
 impl Options {
     /// Parses one `name = value` option.
     pub(crate) fn parse_one(&mut self, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
         let Some(name) = meta.path.get_ident().map(ToString::to_string) else {
-            return Err(meta.error(format!("unknown option; expected one of: {KNOWN}")));
+            return Err(unknown(meta, ATTRIBUTE, &KNOWN));
         };
         match name.as_str() {
             "key" => {
                 let key: LitStr = meta.value()?.parse()?;
-                once(&mut self.key, key, meta)
+                set_once(&mut self.key, key, meta)
             }
             "wait" => {
-                let wait = duration(meta)?;
-                once(&mut self.wait_ms, wait, meta)
+                let wait = parse_millis(&meta.value()?.parse()?, "wait")?;
+                set_once(&mut self.wait_ms, wait, meta)
             }
             "lease" => {
-                let lease = duration(meta)?;
-                if lease == 0 {
-                    return Err(meta.error("the lease must be longer than zero"));
-                }
-                once(&mut self.lease_ms, lease, meta)
+                let lease = parse_positive_millis(&meta.value()?.parse()?, "lease")?;
+                set_once(&mut self.lease_ms, lease, meta)
             }
             "lock" => {
                 let lock: Expr = meta.value()?.parse()?;
-                once(&mut self.lock, lock, meta)
+                set_once(&mut self.lock, lock, meta)
             }
             "guard" => {
                 let guard: Ident = meta.value()?.parse()?;
-                once(&mut self.guard, guard, meta)
+                set_once(&mut self.guard, guard, meta)
             }
             "on_lost" => {
                 let text: LitStr = meta.value()?.parse()?;
@@ -83,15 +70,13 @@ impl Options {
                         ))
                     }
                 };
-                once(&mut self.on_lost, on_lost, meta)
+                set_once(&mut self.on_lost, on_lost, meta)
             }
             "watchdog" => {
                 let on: LitBool = meta.value()?.parse()?;
-                once(&mut self.watchdog, on.value, meta)
+                set_once(&mut self.watchdog, on.value, meta)
             }
-            other => Err(meta.error(format!(
-                "unknown option `{other}`; expected one of: {KNOWN}"
-            ))),
+            _ => Err(unknown(meta, ATTRIBUTE, &KNOWN)),
         }
     }
 }

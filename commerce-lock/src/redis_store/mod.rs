@@ -29,8 +29,9 @@ pub(crate) struct Timeouts {
 /// A [`DistributedLock`] on one Redis server (or a primary).
 ///
 /// Keys live under a namespace: `<ns>:lock:<key>` holds the owner token with the lease as
-/// TTL, `<ns>:fence:<key>` the fencing counter (no TTL), and `<ns>:released:<key>` is the
-/// pub/sub channel on which releases are announced. Cheap to clone; clones share the
+/// TTL, `<ns>:fence:<key>` the newest fencing token handed out (no TTL; see
+/// [`fencing`](crate::fencing) for why it must not be evictable), and `<ns>:released:<key>`
+/// is the pub/sub channel on which releases are announced. Cheap to clone; clones share the
 /// connections and background tasks. Call [`RedisLock::shutdown`] for a clean stop.
 #[derive(Clone)]
 pub struct RedisLock {
@@ -107,7 +108,7 @@ impl RedisLockBuilder {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let connection = with_timeout(
-            timeouts.connect + timeouts.response,
+            timeouts.connect.saturating_add(timeouts.response),
             ConnectionManager::new_with_config(client.clone(), config),
         )
         .await
@@ -238,15 +239,22 @@ impl RedisStore {
     ) -> Result<T> {
         let mut connection = self.connection.clone();
         // The manager may first have to reconnect: allow one connect and one reply.
-        let limit = self.timeouts.connect + self.timeouts.response;
+        let limit = self.timeouts.connect.saturating_add(self.timeouts.response);
         with_timeout(limit, invocation.invoke_async(&mut connection))
             .await
             .map_err(|e| Error::from_redis(operation, e))
     }
 }
 
+/// The longest lease stored in Redis: 100 years. Redis refuses an expiry it cannot add to its
+/// clock (`Duration::MAX` would be "invalid expire time"), and a longer lease means nothing
+/// more than "until released".
+const MAX_LEASE_MILLIS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
+
 fn lease_millis(lease: Duration) -> u64 {
-    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(lease.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_LEASE_MILLIS)
 }
 
 #[async_trait]

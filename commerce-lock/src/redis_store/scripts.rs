@@ -4,7 +4,13 @@ use redis::Script;
 
 /// KEYS: n lock keys, then their n fence keys. ARGV: owner token, lease ms, n.
 /// Returns `{1, fence...}` when every key was free (all taken), else `{0, index, pttl}` for
-/// the first held key. The fence keys never expire, so tokens stay monotonic per key.
+/// the first held key.
+///
+/// Each fencing token is `max(previous token, server time in µs) + 1`: it grows per key, and
+/// keeps growing when the fence key is lost or comes back older (restart without persistence,
+/// failover to a lagging replica, eviction), unless the server clock also went back. The
+/// time is built as a decimal string (seconds and zero-padded µs) so Redis stores an exact
+/// integer; Lua compares it as a double, exact below 2^53 µs (year 2255).
 const ACQUIRE: &str = r"
 local n = tonumber(ARGV[3])
 for i = 1, n do
@@ -12,10 +18,16 @@ for i = 1, n do
     return {0, i, redis.call('PTTL', KEYS[i])}
   end
 end
+local time = redis.call('TIME')
+local micros = time[1] .. string.format('%06d', tonumber(time[2]))
 local out = {1}
 for i = 1, n do
   redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
-  out[#out + 1] = redis.call('INCR', KEYS[n + i])
+  local fence = KEYS[n + i]
+  if (tonumber(redis.call('GET', fence)) or 0) < tonumber(micros) then
+    redis.call('SET', fence, micros)
+  end
+  out[#out + 1] = redis.call('INCR', fence)
 end
 return out
 ";

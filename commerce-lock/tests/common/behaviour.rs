@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use commerce_lock::{DistributedLock, Error, LockOptions};
+use commerce_lock::{DistributedLock, Error, FencingToken, LockOptions};
 use redis::AsyncCommands;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
@@ -20,13 +20,16 @@ pub(crate) async fn mutual_exclusion<L: DistributedLock + Clone + 'static>(
     contenders: usize,
 ) {
     let barrier = Arc::new(Barrier::new(contenders));
+    // One multiplexed connection for all: a thousand simultaneous connects time out on a busy
+    // machine, and the GETs and SETs of different tasks still interleave on it.
+    let redis = plain_connection().await;
     let mut tasks = Vec::with_capacity(contenders);
     for i in 0..contenders {
         let lock = if i % 2 == 0 { a.clone() } else { b.clone() };
         let barrier = Arc::clone(&barrier);
         let (key, counter) = (key.to_owned(), counter.to_owned());
+        let mut redis = redis.clone();
         tasks.push(tokio::spawn(async move {
-            let mut redis = plain_connection().await;
             barrier.wait().await;
             let guard = lock
                 .acquire(
@@ -50,7 +53,7 @@ pub(crate) async fn mutual_exclusion<L: DistributedLock + Clone + 'static>(
         }
     })
     .await;
-    let mut redis = plain_connection().await;
+    let mut redis = redis;
     let total: u64 = redis.get(counter).await.expect("GET counter");
     assert_eq!(
         total, contenders as u64,
@@ -93,6 +96,25 @@ pub(crate) async fn watchdog_keeps_long_hold<L: DistributedLock>(lock: &L, key: 
         .await
         .expect("free after release");
     again.release().await.expect("release");
+}
+
+/// Without a watchdog nobody renews: the lease's end is the loss, and `lost()` fires for it
+/// (not before most of the lease has run).
+pub(crate) async fn lost_without_watchdog<L: DistributedLock>(lock: &L, key: &str) {
+    let started = Instant::now();
+    let guard = lock
+        .acquire(key, options(0, 300).without_watchdog())
+        .await
+        .expect("free key");
+    within(Duration::from_secs(10), guard.lost()).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "lost() fired long before the lease ended: {:?}",
+        started.elapsed()
+    );
+    // lost() fires a little before the store drops the key, so this release may still find
+    // it: either outcome is fine here.
+    let _ = guard.release().await;
 }
 
 /// A bounded wait ends in a typed error naming the key.
@@ -169,8 +191,8 @@ pub(crate) async fn multi_key_all_or_nothing<L: DistributedLock>(lock: &L, prefi
     all.release().await.expect("release");
 }
 
-/// Fencing tokens grow per key across holders.
-pub(crate) async fn fencing_tokens_grow<L: DistributedLock>(lock: &L, key: &str) {
+/// Fencing tokens grow per key across holders; returns the last one handed out.
+pub(crate) async fn fencing_tokens_grow<L: DistributedLock>(lock: &L, key: &str) -> FencingToken {
     let first = lock
         .acquire(key, options(0, 10_000))
         .await
@@ -181,8 +203,10 @@ pub(crate) async fn fencing_tokens_grow<L: DistributedLock>(lock: &L, key: &str)
         .acquire(key, options(0, 10_000))
         .await
         .expect("free key");
-    assert!(second.fencing_token(key).expect("token") > first_token);
+    let second_token = second.fencing_token(key).expect("token");
+    assert!(second_token > first_token);
     second.release().await.expect("release");
+    second_token
 }
 
 /// A holder paused past its lease writes with an old fencing token; the documented Postgres
@@ -364,4 +388,45 @@ pub(crate) async fn invalid_requests_rejected<L: DistributedLock>(lock: &L) {
         lock.acquire("k", zero_lease).await,
         Err(Error::Invalid { .. })
     ));
+}
+
+/// `Duration::MAX` ("forever") as wait or lease is accepted, never a panic: on a free key,
+/// on a contended key, with and without a watchdog.
+pub(crate) async fn extreme_durations<L: DistributedLock + Clone + 'static>(lock: L, key: &str) {
+    let forever = Duration::MAX;
+    for lease_options in [
+        LockOptions::new(forever, forever),
+        LockOptions::new(forever, forever).without_watchdog(),
+    ] {
+        let guard = within(Duration::from_secs(10), lock.acquire(key, lease_options))
+            .await
+            .expect("a free key is taken at once");
+        assert!(guard.fencing_token(key).is_some());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !guard.is_lost(),
+            "a lease of Duration::MAX was lost at once"
+        );
+        guard.release().await.expect("release");
+    }
+    let holder = lock
+        .acquire(key, options(0, 60_000))
+        .await
+        .expect("free key");
+    let waiter_lock = lock.clone();
+    let waiter_key = key.to_owned();
+    let waiter = tokio::spawn(async move {
+        waiter_lock
+            .acquire(&waiter_key, LockOptions::new(forever, forever))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    holder.release().await.expect("release");
+    within(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter did not panic")
+        .expect("the waiter takes the released key")
+        .release()
+        .await
+        .expect("release");
 }

@@ -1,3 +1,5 @@
+#![allow(unused_variables)]
+
 use commerce_lock::redis_lock;
 
 #[redis_lock(key = "stock:{product_id}")]

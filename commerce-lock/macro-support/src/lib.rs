@@ -1,0 +1,24 @@
+//! The grammar shared by `#[redis_lock]` (commerce-lock-macros) and `#[cached]`,
+//! `#[cache_put]`, `#[cache_evict]` (commerce-cache-macros): key templates, durations, the
+//! argument names a template may use, and the option-list rules.
+//!
+//! **Not a public API.** It exists so that the two macro crates cannot drift apart again
+//! (see `docs/decisions/0007-one-macro-grammar.md`); names and signatures may change in any
+//! release. Every check returns a [`syn::Error`] spanned at the offending literal or token.
+//!
+//! The grammar, in short:
+//! - a key template is a non-empty string; `{arg}`, `{arg.field}`, `{arg.0}` and `{self.field}`
+//!   insert a value with `Display`; `{{` and `}}` are literal braces; a template without a
+//!   placeholder is a constant key;
+//! - two placeholders must be separated by literal text containing `:`, and the generated code
+//!   escapes each value (`\` as `\\`, `:` as `\:`), so distinct values always give distinct
+//!   keys;
+//! - durations are a whole number followed by `ms`, `s`, `m` or `h`;
+//! - an option given twice, or one the attribute does not know, is an error.
+
+pub mod arguments;
+pub mod duration;
+pub mod options;
+pub mod template;
+
+pub use crate::arguments::argument_names;
