@@ -91,12 +91,14 @@ enum Write<V> {
     Evict,
 }
 
-/// Runs `write` on a clone of `cache` (clones share everything) in a new task. The task owns
-/// all it needs, so it outlives the caller; each of its L2 and bus calls is bounded by the
-/// cache's `l2_timeout`, so it cannot linger.
+/// Runs `write` on a clone of `cache` (clones share everything) as one of the cache's own
+/// tasks, which `shutdown()` waits for. The task owns all it needs, so it outlives the
+/// caller; each of its L2 and bus calls is bounded by the cache's `l2_timeout`, so it cannot
+/// linger.
 fn spawn<V: CacheValue>(cache: &TwoLevelCache<V>, key: String, write: Write<V>) -> JoinHandle<()> {
+    let owner = cache.clone();
     let cache = cache.clone();
-    tokio::spawn(async move {
+    owner.spawn_owned(async move {
         match write {
             Write::Put(value, ttl) => {
                 let written = match ttl {

@@ -80,3 +80,8 @@ pub use crate::builder::CacheBuilder;
 pub use crate::cache::{CacheValue, TwoLevelCache};
 pub use crate::error::{Error, Result};
 pub use crate::metrics::{CacheMetrics, LevelMetrics};
+
+/// The README's example, compiled as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -383,3 +383,18 @@ async fn put_finishes_after_the_caller_gives_up() {
         "the dropped put left the old value cached"
     );
 }
+
+/// The write-back of a dropped caller is one of the cache's own tasks: `shutdown()` waits
+/// for it, so a node going away still finishes the cache work of writes it committed.
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_a_dropped_callers_write_back() {
+    let shop = Shop::new().await;
+    shop.db().insert(3, "old".to_owned());
+    assert_eq!(shop.product(3).await, Ok(Some(Product::new(3, "old"))));
+
+    let gave_up = tokio::time::timeout(CALLER_PATIENCE, shop.save(Product::new(3, "new"))).await;
+    assert!(gave_up.is_err(), "the caller should give up mid-put");
+    shop.products.shutdown().await;
+    // No waiting after shutdown: the write-back is already done.
+    assert_eq!(shop.product(3).await, Ok(Some(Product::new(3, "new"))));
+}

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::effects::Hooks;
 use crate::error::Result;
 use crate::event::TransactionHook;
 use crate::ids::{OrderId, ProductId};
@@ -13,7 +14,6 @@ use crate::order::{
     ValidatedOrder,
 };
 use crate::strategy::{ConditionalUpdate, StockStrategy};
-use crate::tx::Hooks;
 
 /// Inventory and orders on one Postgres database. Cheap to clone; share one per process.
 ///
@@ -225,10 +225,24 @@ impl Commerce {
     /// Validation errors before anything is written; [`crate::Error::InsufficientStock`]
     /// under the reject policy; [`crate::Error::ProductNotFound`];
     /// [`crate::Error::DuplicateRequest`] when the idempotency key was used for another
-    /// request; database, hook and strategy errors. Nothing is written on any error.
+    /// request; database, hook and strategy errors: nothing is written on any of them.
+    /// [`crate::Error::CommitOutcomeUnknown`] when the connection broke during commit: the
+    /// order may exist, so retry only with the same idempotency key.
+    ///
+    /// With an idempotency key, a request that fails while a repeat of it placed the order
+    /// (racing repeats for the last units: one takes them, the other finds none) gets that
+    /// first order back, whatever the strategy.
     pub async fn place_order(&self, order: NewOrder) -> Result<PlacedOrder> {
         let order = ValidatedOrder::new(order, &self.limits)?;
-        self.strategy.place(&self.writer, &order).await
+        match self.strategy.place(&self.writer, &order).await {
+            Err(e) if order.idempotency_key().is_some() && may_hide_a_repeat(&e) => {
+                match self.writer.replay(&order).await {
+                    Ok(Some(first)) => Ok(first),
+                    _ => Err(e),
+                }
+            }
+            placed => placed,
+        }
     }
 
     /// The order with its lines.
@@ -277,4 +291,17 @@ impl Commerce {
     pub async fn cancel_order(&self, order: OrderId, reason: &str) -> Result<Order> {
         order::cancel_order(&self.pool, &self.hooks, order, reason).await
     }
+}
+
+/// Whether a keyed request that failed with `e` may have lost to a repeat of itself that
+/// placed the order (the stock or the lock went to the repeat), so the key is worth a look.
+fn may_hide_a_repeat(e: &crate::Error) -> bool {
+    use crate::Error;
+    matches!(
+        e,
+        Error::InsufficientStock { .. }
+            | Error::StockChanged { .. }
+            | Error::Strategy(_)
+            | Error::Conflict(_)
+    )
 }

@@ -94,33 +94,85 @@ pub enum Error {
         /// The order the key belongs to.
         existing: OrderId,
     },
-    /// The database cannot be reached (connection refused, pool timed out, closed pool).
-    /// Nothing was written; retrying later is safe.
+    /// The database cannot be reached (connection refused, pool timed out, closed pool, or
+    /// the connection broke before the transaction's commit was sent). Nothing was written;
+    /// retrying later is safe.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sqlx::Error),
-    /// Two transactions conflicted (deadlock or serialization failure); retrying is safe.
+    /// The connection broke while the transaction's `COMMIT` was in flight: the server may
+    /// have committed or not, and the reply was lost. Not retryable as such: a retry of an
+    /// order without an idempotency key could place it twice. Retry with the same
+    /// idempotency key (the first order comes back if it exists), or read to find out.
+    #[error("the database connection failed during commit: the outcome is unknown")]
+    CommitOutcomeUnknown(#[source] sqlx::Error),
+    /// Two transactions conflicted (deadlock or serialization failure, also inside a
+    /// transaction hook); nothing was written and retrying is safe.
     #[error("transaction conflict, retry")]
-    Conflict(#[source] sqlx::Error),
+    Conflict(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Any other database error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
     /// A transaction hook (e.g. the outbox) failed; the transaction was rolled back.
     #[error("transaction hook failed: {0}")]
     Hook(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The stock strategy could not run (e.g. its lock could not be taken); nothing was written.
+    /// The stock strategy could not run (e.g. its lock could not be taken in time, or the
+    /// lock service is unreachable); nothing was written and retrying is safe.
     #[error("stock strategy unavailable: {0}")]
     Strategy(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stock write that relies on the figures it read was refused because they changed
+    /// before the write (another writer, or a newer lock holder with a higher fencing
+    /// token, got there first); nothing was written and retrying is safe.
+    #[error("the stock of product {product} changed before it could be written")]
+    StockChanged {
+        /// The product whose stock changed.
+        product: ProductId,
+    },
 }
 
 impl Error {
     /// Whether the same call may succeed if simply retried (nothing was written).
+    ///
+    /// [`Error::CommitOutcomeUnknown`] is not: something may have been written.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::DatabaseUnavailable(_) | Self::Conflict(_) | Self::Strategy(_)
+            Self::DatabaseUnavailable(_)
+                | Self::Conflict(_)
+                | Self::Strategy(_)
+                | Self::StockChanged { .. }
         )
     }
+
+    /// Maps the error of a `COMMIT`: a broken connection leaves the outcome unknown, while a
+    /// refusal by the server (e.g. a deferred constraint) means nothing was committed.
+    pub(crate) fn from_commit(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(_) => Self::from(e),
+            lost => Self::CommitOutcomeUnknown(lost),
+        }
+    }
+
+    /// Maps a transaction hook's error: a deadlock or serialization failure anywhere in
+    /// its chain is a [`Error::Conflict`] (retryable), anything else a [`Error::Hook`].
+    pub(crate) fn from_hook(e: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(current) = cause {
+            if current
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(is_conflict)
+            {
+                return Self::Conflict(e);
+            }
+            cause = current.source();
+        }
+        Self::Hook(e)
+    }
+}
+
+/// Deadlock detected or serialization failure.
+fn is_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
 
 impl From<sqlx::Error> for Error {
@@ -131,11 +183,7 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => Self::DatabaseUnavailable(e),
-            sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("40001" | "40P01")) =>
-            {
-                Self::Conflict(e)
-            }
+            _ if is_conflict(&e) => Self::Conflict(Box::new(e)),
             sqlx::Error::Database(db)
                 if matches!(
                     db.code().as_deref(),

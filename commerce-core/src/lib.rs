@@ -34,12 +34,18 @@
 //! - `available` always equals the sum of the product's ledger deltas.
 //! - A multi-line order is all or nothing; rows are locked in ascending product id, so
 //!   concurrent multi-line orders cannot deadlock.
-//! - With an idempotency key, repeats of a request (also racing ones) return the first order.
+//! - With an idempotency key, repeats of a request (also racing ones, also when the first
+//!   took the last units) return the first order.
+//! - No deadlocks by construction, also with the outbox hook on: rows are locked products
+//!   first (ascending id), then orders (ascending id), then the outbox's sequence rows
+//!   (sorted); a conflict Postgres still reports is [`Error::Conflict`], retryable.
+//! - An error means nothing was written, except [`Error::CommitOutcomeUnknown`] (the
+//!   connection broke during commit): retry those only with an idempotency key.
 //! - Events reach [`TransactionHook`]s inside the transaction: none for a rolled-back one.
 //!
 //! ## Features
-//! - `lock`: [`DistributedLockStrategy`](crate::StockStrategy), the stock strategy on
-//!   commerce-lock (Redis or in-process).
+//! - `lock`: `DistributedLockStrategy`, the stock strategy on commerce-lock (Redis or
+//!   in-process).
 //! - `outbox`: `OutboxHook`, which writes every event to the commerce-outbox table in the
 //!   same transaction.
 //!
@@ -49,15 +55,15 @@
 
 mod audit;
 mod commerce;
+mod effects;
 mod error;
 mod event;
 mod ids;
 mod inventory;
 mod order;
 #[cfg(feature = "outbox")]
-mod outbox;
-mod strategy;
-mod tx;
+mod outbox_hook;
+pub mod strategy;
 
 use std::sync::LazyLock;
 
@@ -73,11 +79,11 @@ pub use inventory::{
     StockLedgerEntry, StockLevel,
 };
 pub use order::{
-    LineRequest, NewOrder, Order, OrderLimits, OrderLine, OrderStatus, OrderWriter, PlacedOrder,
-    ReserveMode, ShortagePolicy, StatusChange, UnknownStatus, ValidatedOrder,
+    LineRequest, NewOrder, Order, OrderLimits, OrderLine, OrderStatus, PlacedOrder, ShortagePolicy,
+    StatusChange, UnknownStatus,
 };
 #[cfg(feature = "outbox")]
-pub use outbox::{OutboxHook, CORE_EVENT_SCHEMA_VERSION};
+pub use outbox_hook::{OutboxHook, CORE_EVENT_SCHEMA_VERSION};
 #[cfg(feature = "lock")]
 pub use strategy::DistributedLockStrategy;
 pub use strategy::{ConditionalUpdate, StockStrategy};
@@ -91,3 +97,8 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
     migrator.set_ignore_missing(true);
     migrator
 });
+
+/// The README's example, compiled as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,4 +1,4 @@
-//! The brief's concurrency test against the default strategy (conditional update).
+//! The flash-sale concurrency test against the default strategy (conditional update).
 
 mod common;
 

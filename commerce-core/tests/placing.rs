@@ -373,3 +373,89 @@ async fn products_can_be_read_and_renamed() {
         Err(Error::ProductNotFound { .. })
     ));
 }
+
+/// A hook whose statement Postgres aborts as a deadlock victim.
+struct DeadlockVictim;
+
+#[async_trait::async_trait]
+impl TransactionHook for DeadlockVictim {
+    async fn before_commit(
+        &self,
+        conn: &mut PgConnection,
+        _events: &[commerce_core::CoreEvent],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        sqlx::query(
+            "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$",
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_deadlock_inside_a_hook_is_a_retryable_conflict() {
+    let (db, _) = setup().await;
+    let commerce = commerce_core::Commerce::builder(db.pool().clone())
+        .hook(DeadlockVictim)
+        .build();
+    let err = commerce
+        .create_product(commerce_core::NewProduct {
+            id: commerce_core::ProductId(1),
+            name: "p".into(),
+            initial_stock: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, commerce_core::Error::Conflict(_)) && err.is_retryable(),
+        "{err:?}"
+    );
+}
+
+/// Keeps every event it sees (the transactions it saw all committed in these tests).
+#[derive(Clone, Default)]
+struct EventLog(Arc<std::sync::Mutex<Vec<CoreEvent>>>);
+
+#[async_trait::async_trait]
+impl TransactionHook for EventLog {
+    async fn before_commit(
+        &self,
+        _conn: &mut PgConnection,
+        events: &[CoreEvent],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.0.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+}
+
+/// Review finding m6: the adjustment's event reports what is left after it served the
+/// queue, as a receipt's does.
+#[tokio::test]
+async fn a_positive_adjustment_reports_the_stock_left_after_serving_backorders() {
+    let (db, _) = setup().await;
+    let log = EventLog::default();
+    let commerce = commerce_core::Commerce::builder(db.pool().clone())
+        .hook(log.clone())
+        .build();
+    product(&commerce, 1, 0).await;
+    commerce
+        .place_order(
+            NewOrder::new("u")
+                .line(1, 3)
+                .policy(commerce_core::ShortagePolicy::Backorder),
+        )
+        .await
+        .unwrap();
+    let after = commerce
+        .adjust_stock(ProductId(1), 5, "count")
+        .await
+        .unwrap();
+    assert_eq!(after.available, 2);
+    let reported = log.0.lock().unwrap().iter().rev().find_map(|e| match e {
+        CoreEvent::StockAdjusted { available, .. } => Some(*available),
+        _ => None,
+    });
+    assert_eq!(reported, Some(2));
+    assert_consistent(&commerce).await;
+}

@@ -94,3 +94,8 @@ pub trait DistributedLock: Send + Sync {
         self.acquire_many(&[key], options).await
     }
 }
+
+/// The README's example, compiled as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -289,7 +289,18 @@ impl<V: CacheValue> TwoLevelCache<V> {
         &self.inner.config.prefix
     }
 
-    /// Stops listening for invalidations and waits for the cache's background tasks to end.
+    /// Runs `work` as one of the cache's own tasks, so [`TwoLevelCache::shutdown`] waits for it
+    /// (the macros' write-backs, which must finish once the caller's write committed).
+    pub(crate) fn spawn_owned<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.tasks.spawn(work)
+    }
+
+    /// Stops listening for invalidations and waits for the cache's background tasks to end
+    /// (write-backs of `#[cache_put]` / `#[cache_evict]` still running included).
     /// Reads and writes keep working, but this node's L1 no longer hears about other nodes'
     /// writes; call it when the node is going away. Dropping the last clone stops the tasks
     /// too, without waiting. Calling it again (from any clone) returns at once.

@@ -1,16 +1,18 @@
 //! The backorder queue: FIFO per product, served whenever stock comes in or back.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::effects::TxEffects;
 use crate::error::Result;
 use crate::event::CoreEvent;
 use crate::ids::{OrderId, ProductId};
-use crate::order::OrderStatus;
-use crate::tx::TxEffects;
+use crate::order;
 
-use super::{Backorder, BackorderAllocation, LedgerKind, StockLevel};
+use super::{Allocation, Backorder, BackorderAllocation, LedgerKind, StockLevel};
 
 /// Rows fetched per round while serving a long queue.
 const QUEUE_PAGE: i64 = 200;
@@ -25,7 +27,9 @@ struct QueueRow {
 /// Gives `stock.available` to the product's backorders, oldest first, until either runs out.
 ///
 /// The caller holds the product row lock, so no other transaction serves or joins this queue
-/// meanwhile. Order rows are locked after the product row, the crate's one lock order.
+/// meanwhile. An order whose line is fully served is noted in `effects`, which checks at
+/// the end of the transaction whether that completed the order (`order_created` of the
+/// returned allocations is set then).
 pub(crate) async fn allocate_backorders(
     conn: &mut PgConnection,
     stock: &mut StockLevel,
@@ -66,15 +70,7 @@ pub(crate) async fn allocate_backorders(
                     .execute(&mut *conn)
                     .await?;
             }
-            sqlx::query(
-                "UPDATE commerce.order_lines SET allocated = allocated + $3 \
-                 WHERE order_id = $1 AND product_id = $2",
-            )
-            .bind(order.0)
-            .bind(product.0)
-            .bind(take)
-            .execute(&mut *conn)
-            .await?;
+            order::allocate_line(conn, order, product, take).await?;
             effects.ledger(
                 product,
                 -take,
@@ -88,53 +84,60 @@ pub(crate) async fn allocate_backorders(
                 quantity: take,
                 outstanding,
             });
-            let order_created =
-                outstanding == 0 && promote_if_complete(conn, order, effects).await?;
+            if outstanding == 0 {
+                effects.line_completed(order);
+            }
             allocations.push(BackorderAllocation {
                 order,
                 quantity: take,
                 outstanding,
-                order_created,
+                order_created: false,
             });
         }
     }
     Ok(allocations)
 }
 
-/// Moves a BACKORDERED order with no outstanding lines left to CREATED.
-async fn promote_if_complete(
+/// Queues the short lines of a new order; runs while their product rows are locked, so
+/// queue ids follow commit order per product.
+pub(crate) async fn enqueue_backorders(
     conn: &mut PgConnection,
     order: OrderId,
-    effects: &mut TxEffects,
-) -> Result<bool> {
-    let promoted = sqlx::query(
-        "UPDATE commerce.orders SET status = 'CREATED', updated_at = now() \
-         WHERE id = $1 AND status = 'BACKORDERED' \
-         AND NOT EXISTS (SELECT 1 FROM commerce.backorders WHERE order_id = $1)",
+    allocations: &[Allocation],
+) -> Result<()> {
+    let short: Vec<&Allocation> = allocations.iter().filter(|a| a.shortfall() > 0).collect();
+    if short.is_empty() {
+        return Ok(());
+    }
+    let products: Vec<i64> = short.iter().map(|a| a.product.0).collect();
+    let outstanding: Vec<i64> = short.iter().map(|a| a.shortfall()).collect();
+    sqlx::query(
+        "INSERT INTO commerce.backorders (order_id, product_id, outstanding) \
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[])",
     )
     .bind(order.0)
+    .bind(&products)
+    .bind(&outstanding)
     .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if promoted {
-        let reason = "stock allocated";
-        sqlx::query(
-            "INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason) \
-             VALUES ($1, 'BACKORDERED', 'CREATED', $2)",
-        )
+    .await?;
+    Ok(())
+}
+
+/// Takes a cancelled order out of every queue it waits in; the caller holds the rows of
+/// all its products.
+pub(crate) async fn leave_queues(conn: &mut PgConnection, order: OrderId) -> Result<()> {
+    sqlx::query("DELETE FROM commerce.backorders WHERE order_id = $1")
         .bind(order.0)
-        .bind(reason)
-        .execute(&mut *conn)
+        .execute(conn)
         .await?;
-        effects.events.push(CoreEvent::OrderStatusChanged {
-            order,
-            from: OrderStatus::Backordered,
-            to: OrderStatus::Created,
-            reason: reason.to_owned(),
-        });
+    Ok(())
+}
+
+/// Marks the allocations whose order the transaction moved to CREATED.
+pub(crate) fn mark_created(allocations: &mut [BackorderAllocation], created: &BTreeSet<OrderId>) {
+    for allocation in allocations {
+        allocation.order_created = created.contains(&allocation.order);
     }
-    Ok(promoted)
 }
 
 #[derive(sqlx::FromRow)]

@@ -4,7 +4,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::error::Result;
 use crate::ids::ProductId;
@@ -35,12 +35,16 @@ impl LedgerKind {
         }
     }
 
-    fn from_db(s: &str) -> Self {
+    /// The stored kind; anything else is a corrupt row, not a default.
+    fn from_db(s: &str) -> Result<Self> {
         match s {
-            "inbound" => Self::Inbound,
-            "order" => Self::Order,
-            "cancel" => Self::Cancel,
-            _ => Self::Adjust,
+            "inbound" => Ok(Self::Inbound),
+            "order" => Ok(Self::Order),
+            "cancel" => Ok(Self::Cancel),
+            "adjust" => Ok(Self::Adjust),
+            other => Err(crate::Error::Database(sqlx::Error::Decode(
+                format!("unknown ledger kind {other:?}").into(),
+            ))),
         }
     }
 }
@@ -49,6 +53,52 @@ impl fmt::Display for LedgerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
     }
+}
+
+/// A movement to be appended to the ledger by [`append`].
+#[derive(Debug, Clone)]
+pub(crate) struct Movement {
+    pub(crate) product: ProductId,
+    pub(crate) delta: i64,
+    pub(crate) kind: LedgerKind,
+    pub(crate) reference: Option<String>,
+    pub(crate) available_after: i64,
+}
+
+/// Appends `movements` in one statement, in their order: the ledger ids follow the order
+/// of the movements (UNNEST keeps array order). The caller holds the products' row locks,
+/// so each product's ledger order is its commit order.
+pub(crate) async fn append(conn: &mut PgConnection, movements: Vec<Movement>) -> Result<()> {
+    if movements.is_empty() {
+        return Ok(());
+    }
+    let n = movements.len();
+    let (mut products, mut deltas, mut kinds, mut references, mut afters) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for movement in movements {
+        products.push(movement.product.0);
+        deltas.push(movement.delta);
+        kinds.push(movement.kind.as_str());
+        references.push(movement.reference);
+        afters.push(movement.available_after);
+    }
+    sqlx::query(
+        "INSERT INTO commerce.stock_ledger (product_id, delta, kind, reference, available_after) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])",
+    )
+    .bind(products)
+    .bind(deltas)
+    .bind(kinds)
+    .bind(references)
+    .bind(afters)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One movement of stock.
@@ -112,16 +162,18 @@ pub(crate) async fn list_ledger(
     let entries: Vec<StockLedgerEntry> = rows
         .into_iter()
         .take(limit as usize)
-        .map(|r| StockLedgerEntry {
-            id: r.id,
-            product: ProductId(r.product_id),
-            delta: r.delta,
-            kind: LedgerKind::from_db(&r.kind),
-            reference: r.reference,
-            available_after: r.available_after,
-            at: r.at,
+        .map(|r| {
+            Ok(StockLedgerEntry {
+                id: r.id,
+                product: ProductId(r.product_id),
+                delta: r.delta,
+                kind: LedgerKind::from_db(&r.kind)?,
+                reference: r.reference,
+                available_after: r.available_after,
+                at: r.at,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let next_before = if more {
         entries.last().map(|e| e.id)
     } else {

@@ -3,19 +3,23 @@
 mod backorder;
 mod ledger;
 mod stock;
+mod take;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{OrderId, ProductId};
 
-pub(crate) use backorder::{allocate_backorders, list_backorders};
-pub(crate) use ledger::list_ledger;
+pub(crate) use backorder::{
+    allocate_backorders, enqueue_backorders, leave_queues, list_backorders, mark_created,
+};
+pub(crate) use ledger::{append as append_ledger, list_ledger, Movement};
 pub use ledger::{LedgerKind, LedgerPage, StockLedgerEntry};
 pub(crate) use stock::{
     adjust_stock, create_product, find_product, lock_products, read_stock, receive_stock,
     rename_product, store_stock,
 };
+pub(crate) use take::{take_stock, Allocation};
 
 /// A product to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

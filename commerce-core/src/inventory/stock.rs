@@ -2,13 +2,15 @@
 
 use sqlx::{PgConnection, PgPool};
 
+use crate::effects::{commit, Hooks, TxEffects};
 use crate::error::{violated_constraint, Error, Result};
 use crate::event::CoreEvent;
 use crate::ids::ProductId;
-use crate::order::check_quantity;
-use crate::tx::{Hooks, TxEffects};
+use crate::order::{check_quantity, check_text, MAX_TEXT};
 
-use super::{allocate_backorders, LedgerKind, NewProduct, Product, Receipt, StockLevel};
+use super::{
+    allocate_backorders, mark_created, LedgerKind, NewProduct, Product, Receipt, StockLevel,
+};
 
 /// Largest single receipt or adjustment; keeps `available` far from overflow.
 pub(crate) const MAX_MOVEMENT: i64 = 1_000_000_000;
@@ -72,7 +74,7 @@ pub(crate) async fn create_product(
         });
     }
     effects.flush(&mut tx, hooks).await?;
-    tx.commit().await?;
+    commit(tx).await?;
     Ok(StockLevel {
         product: product.id,
         available: product.initial_stock,
@@ -81,13 +83,7 @@ pub(crate) async fn create_product(
 }
 
 fn check_name(name: &str) -> Result<()> {
-    if name.trim().is_empty() || name.len() > 500 {
-        return Err(Error::InvalidInput {
-            field: "name",
-            reason: "must be 1 to 500 bytes and not blank",
-        });
-    }
-    Ok(())
+    check_text("name", name, MAX_TEXT)
 }
 
 /// The product, or `None` when no product has this id.
@@ -198,6 +194,9 @@ pub(crate) async fn receive_stock(
     reference: Option<&str>,
 ) -> Result<Receipt> {
     check_quantity(Some(product), quantity, MAX_MOVEMENT)?;
+    if let Some(reference) = reference {
+        check_text("reference", reference, MAX_TEXT)?;
+    }
     let mut tx = pool.begin().await?;
     let mut stock = lock_products(&mut tx, &[product]).await?[0];
     let mut effects = TxEffects::default();
@@ -215,13 +214,14 @@ pub(crate) async fn receive_stock(
         available: stock.available,
     });
     // Arriving stock serves the oldest backorders first, in this same transaction.
-    let allocations = allocate_backorders(&mut tx, &mut stock, &mut effects).await?;
+    let mut allocations = allocate_backorders(&mut tx, &mut stock, &mut effects).await?;
     if let Some(CoreEvent::StockReceived { available, .. }) = effects.events.first_mut() {
         *available = stock.available;
     }
     store_stock(&mut tx, stock).await?;
-    effects.flush(&mut tx, hooks).await?;
-    tx.commit().await?;
+    let created = effects.flush(&mut tx, hooks).await?;
+    commit(tx).await?;
+    mark_created(&mut allocations, &created);
     Ok(Receipt {
         product,
         received: quantity,
@@ -238,12 +238,7 @@ pub(crate) async fn adjust_stock(
     reason: &str,
 ) -> Result<StockLevel> {
     check_quantity(Some(product), delta.saturating_abs(), MAX_MOVEMENT)?;
-    if reason.trim().is_empty() {
-        return Err(Error::InvalidInput {
-            field: "reason",
-            reason: "must not be empty",
-        });
-    }
+    check_text("reason", reason, MAX_TEXT)?;
     let mut tx = pool.begin().await?;
     let mut stock = lock_products(&mut tx, &[product]).await?[0];
     if stock.available + delta < 0 {
@@ -269,9 +264,13 @@ pub(crate) async fn adjust_stock(
     });
     if delta > 0 {
         allocate_backorders(&mut tx, &mut stock, &mut effects).await?;
+        // The event tells what is left after the backorders were served, as a receipt's does.
+        if let Some(CoreEvent::StockAdjusted { available, .. }) = effects.events.first_mut() {
+            *available = stock.available;
+        }
     }
     store_stock(&mut tx, stock).await?;
     effects.flush(&mut tx, hooks).await?;
-    tx.commit().await?;
+    commit(tx).await?;
     Ok(stock)
 }

@@ -1,6 +1,11 @@
 //! Orders: the request, its validation, the stored order and its state machine.
 
+mod completion;
+mod history;
+mod idempotency;
+mod lines;
 mod place;
+mod read;
 mod status;
 mod transition;
 mod validate;
@@ -10,10 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{OrderId, ProductId};
 
+pub(crate) use completion::promote_completed;
+pub(crate) use lines::allocate_line;
 pub use place::{OrderWriter, PlacedOrder, ReserveMode};
+pub(crate) use read::{load_order, status_history};
 pub use status::{OrderStatus, UnknownStatus};
-pub(crate) use transition::{cancel_order, load_order, status_history, transition_order};
-pub(crate) use validate::check_quantity;
+pub(crate) use transition::{cancel_order, transition_order};
+pub(crate) use validate::{check_quantity, check_text, MAX_TEXT};
 pub use validate::{OrderLimits, ValidatedOrder};
 
 /// What to do when a line asks for more than is in stock.
@@ -38,11 +46,14 @@ impl ShortagePolicy {
         }
     }
 
-    pub(crate) fn from_db(s: &str) -> Self {
-        if s == "backorder" {
-            Self::Backorder
-        } else {
-            Self::Reject
+    /// The stored policy; anything else is a corrupt row, not a default.
+    pub(crate) fn from_db(s: &str) -> crate::Result<Self> {
+        match s {
+            "reject" => Ok(Self::Reject),
+            "backorder" => Ok(Self::Backorder),
+            other => Err(crate::Error::Database(sqlx::Error::Decode(
+                format!("unknown shortage policy {other:?}").into(),
+            ))),
         }
     }
 }

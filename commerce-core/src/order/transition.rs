@@ -1,101 +1,19 @@
-//! Reading orders and moving them through the state machine.
+//! Moving orders through the state machine.
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::effects::{commit, Hooks, TxEffects};
 use crate::error::{Error, Result};
 use crate::event::CoreEvent;
 use crate::ids::{OrderId, ProductId};
-use crate::inventory::{allocate_backorders, lock_products, store_stock, LedgerKind};
-use crate::tx::{Hooks, TxEffects};
+use crate::inventory::{allocate_backorders, leave_queues, lock_products, store_stock, LedgerKind};
 
-use super::{Order, OrderLine, OrderStatus, ShortagePolicy, StatusChange};
-
-#[derive(sqlx::FromRow)]
-struct OrderRow {
-    id: Uuid,
-    user_id: String,
-    status: String,
-    shortage_policy: String,
-    idempotency_key: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-fn parse_status(s: &str) -> Result<OrderStatus> {
-    s.parse()
-        .map_err(|e: super::UnknownStatus| Error::Database(sqlx::Error::Decode(Box::new(e))))
-}
-
-/// Reads an order with its lines.
-pub(crate) async fn load_order(conn: &mut PgConnection, id: OrderId) -> Result<Order> {
-    let row: Option<OrderRow> = sqlx::query_as(
-        "SELECT id, user_id, status, shortage_policy, idempotency_key, created_at, updated_at \
-         FROM commerce.orders WHERE id = $1",
-    )
-    .bind(id.0)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let row = row.ok_or(Error::OrderNotFound { order: id })?;
-    let lines: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT product_id, quantity, allocated FROM commerce.order_lines \
-         WHERE order_id = $1 ORDER BY product_id",
-    )
-    .bind(id.0)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Order {
-        id: OrderId(row.id),
-        user_id: row.user_id,
-        status: parse_status(&row.status)?,
-        policy: ShortagePolicy::from_db(&row.shortage_policy),
-        idempotency_key: row.idempotency_key,
-        lines: lines
-            .into_iter()
-            .map(|(product, quantity, allocated)| OrderLine {
-                product: ProductId(product),
-                quantity,
-                allocated,
-            })
-            .collect(),
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    })
-}
-
-/// The order's status changes, oldest first.
-pub(crate) async fn status_history(pool: &PgPool, id: OrderId) -> Result<Vec<StatusChange>> {
-    let rows: Vec<(Option<String>, String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT from_status, to_status, reason, at FROM commerce.order_status_history \
-         WHERE order_id = $1 ORDER BY id",
-    )
-    .bind(id.0)
-    .fetch_all(pool)
-    .await?;
-    if rows.is_empty() {
-        return Err(Error::OrderNotFound { order: id });
-    }
-    rows.into_iter()
-        .map(|(from, to, reason, at)| {
-            Ok(StatusChange {
-                from: from.as_deref().map(parse_status).transpose()?,
-                to: parse_status(&to)?,
-                reason,
-                at,
-            })
-        })
-        .collect()
-}
+use super::read::{load_order, parse_status};
+use super::{check_text, history, Order, OrderStatus, MAX_TEXT};
 
 fn check_reason(reason: &str) -> Result<()> {
-    if reason.trim().is_empty() || reason.len() > 500 {
-        return Err(Error::InvalidInput {
-            field: "reason",
-            reason: "must be 1 to 500 bytes and not blank",
-        });
-    }
-    Ok(())
+    check_text("reason", reason, MAX_TEXT)
 }
 
 async fn record_change(
@@ -111,16 +29,7 @@ async fn record_change(
         .bind(to.as_str())
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
-        "INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason) \
-         VALUES ($1, $2, $3, $4)",
-    )
-    .bind(order.0)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(reason)
-    .execute(&mut *conn)
-    .await?;
+    history::record(conn, order, Some(from), to, reason).await?;
     effects.events.push(CoreEvent::OrderStatusChanged {
         order,
         from,
@@ -157,7 +66,7 @@ pub(crate) async fn transition_order(
     record_change(&mut tx, &mut effects, order, from, to, reason).await?;
     effects.flush(&mut tx, hooks).await?;
     let updated = load_order(&mut tx, order).await?;
-    tx.commit().await?;
+    commit(tx).await?;
     Ok(updated)
 }
 
@@ -217,10 +126,7 @@ pub(crate) async fn cancel_order(
             returned.push((line.product, line.allocated));
         }
     }
-    sqlx::query("DELETE FROM commerce.backorders WHERE order_id = $1")
-        .bind(order.0)
-        .execute(&mut *tx)
-        .await?;
+    leave_queues(&mut tx, order).await?;
     effects.events.push(CoreEvent::OrderCancelled {
         order,
         returned,
@@ -233,7 +139,7 @@ pub(crate) async fn cancel_order(
     }
     effects.flush(&mut tx, hooks).await?;
     let updated = load_order(&mut tx, order).await?;
-    tx.commit().await?;
+    commit(tx).await?;
     Ok(updated)
 }
 

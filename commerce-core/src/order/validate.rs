@@ -125,7 +125,12 @@ pub(crate) fn check_quantity(product: Option<ProductId>, quantity: i64, max: i64
     })
 }
 
-fn check_text(field: &'static str, value: &str, max_len: usize) -> Result<()> {
+/// Longest free text (a name, a reason, a reference) the crate stores.
+pub(crate) const MAX_TEXT: usize = 500;
+
+/// Rejects text that is blank, longer than `max_len` bytes or holds control characters
+/// (which Postgres would refuse, NUL, or which would garble logs).
+pub(crate) fn check_text(field: &'static str, value: &str, max_len: usize) -> Result<()> {
     let reason = if value.trim().is_empty() {
         "must not be empty"
     } else if value.len() > max_len {

@@ -1,4 +1,4 @@
-//! The brief's concurrency scenarios, shared by every stock strategy's tests: 10,000 order
+//! The flash-sale concurrency scenarios, shared by every stock strategy's tests: 10,000 order
 //! attempts released together behind one barrier.
 #![allow(dead_code, unreachable_pub)]
 

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod flash_sale;
+pub mod gate;
 
 use commerce_core::{Commerce, NewProduct, ProductId, StockStrategy, MIGRATOR};
 use commerce_testkit::TestDb;

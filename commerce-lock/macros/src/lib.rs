@@ -36,7 +36,9 @@ use syn::ItemFn;
 /// - `on_lost = "cancel"` (default): if the lock is lost mid-body, the body is dropped and
 ///   the function returns `Err(commerce_lock::Error::LockLost { .. }.into())`;
 ///   `on_lost = "signal"` lets the body run on and watch `guard.lost()` itself.
-/// - `watchdog = false`: no renewal; the lock expires after `lease`.
+/// - `watchdog = false`: no renewal; the lock expires after `lease`, and with the default
+///   `on_lost = "cancel"` the body is cancelled at about 90 % of the lease (before another
+///   holder can get the key).
 ///
 /// The function must return `Result<_, E>` with `E: From<commerce_lock::Error>`: acquire
 /// failures (`WaitTimeout`, `Unavailable`) are returned through it.

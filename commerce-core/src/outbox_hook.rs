@@ -15,7 +15,9 @@ pub const CORE_EVENT_SCHEMA_VERSION: i32 = 1;
 ///
 /// Each event becomes an outbox envelope with the event type (`order.placed`, ...), the
 /// aggregate (`order` / `product` and its id, the Kafka key), schema version
-/// [`CORE_EVENT_SCHEMA_VERSION`] and the [`CoreEvent`] as JSON payload.
+/// [`CORE_EVENT_SCHEMA_VERSION`] and the [`CoreEvent`] as JSON payload. Events are written
+/// grouped by aggregate in a fixed order (so concurrent transactions cannot deadlock on the
+/// outbox's per-aggregate sequence rows), each aggregate's events in the order they happened.
 ///
 /// ```no_run
 /// # fn demo(pool: sqlx::PgPool) {
@@ -75,10 +77,18 @@ impl TransactionHook for OutboxHook {
         conn: &mut PgConnection,
         events: &[CoreEvent],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let envelopes = events
+        let mut envelopes = events
             .iter()
             .map(|event| self.envelope(event))
             .collect::<commerce_outbox::Result<Vec<_>>>()?;
+        // Each enqueue locks its aggregate's sequence row until commit. Taken in event order,
+        // two transactions serving the same orders in different orders (a cancellation and a
+        // receipt) would lock them in opposite orders and deadlock; sorted, every transaction
+        // takes them in one order. The sort is stable, so one aggregate's events keep their
+        // order; the order across aggregates carries no meaning downstream.
+        envelopes.sort_by(|a, b| {
+            (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
+        });
         enqueue_all(conn, &envelopes).await?;
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! How stock is taken when orders are placed.
+//! How stock is taken when orders are placed, and the kit to write a strategy of your own
+//! ([`OrderWriter`], [`ReserveMode`], [`ValidatedOrder`]).
 //!
 //! A [`StockStrategy`] owns the transaction boundary of placing an order, so that very
 //! different approaches fit behind one trait:
@@ -12,12 +13,14 @@
 use async_trait::async_trait;
 
 #[cfg(feature = "lock")]
-mod locked;
+mod distributed_lock;
 #[cfg(feature = "lock")]
-pub use locked::DistributedLockStrategy;
+pub use distributed_lock::DistributedLockStrategy;
+
+pub use crate::order::{OrderWriter, ReserveMode, ValidatedOrder};
 
 use crate::error::Result;
-use crate::order::{OrderWriter, PlacedOrder, ReserveMode, ValidatedOrder};
+use crate::order::PlacedOrder;
 
 /// Decides how an order's stock is taken and in which transaction the order is written.
 #[async_trait]

@@ -1,4 +1,4 @@
-//! The brief's design: a distributed lock per product around read, check and write.
+//! The Redisson-style design: a distributed lock per product around read, check and write.
 
 use std::sync::Arc;
 
@@ -7,20 +7,26 @@ use commerce_lock::{DistributedLock, LockGuard, LockOptions};
 
 use crate::error::{Error, Result};
 use crate::ids::ProductId;
-use crate::order::{OrderWriter, PlacedOrder, ValidatedOrder};
+use crate::order::PlacedOrder;
 
-use super::StockStrategy;
+use super::{OrderWriter, StockStrategy, ValidatedOrder};
+
+/// Placements tried while holding the locks when the stock changed between read and write.
+const ATTEMPTS_PER_HOLD: usize = 3;
 
 /// Takes a lock on every product of the order (ascending id, all or none) with any
 /// [`DistributedLock`] (Redis across instances, in-process for one), then reads, checks and
 /// writes the stock inside the order transaction, and releases after commit.
 ///
-/// A lock lost mid-transaction (lease expired during a long pause) cannot oversell: the write
-/// is a compare-and-set on the figures read, and, with [`DistributedLockStrategy::fencing`],
-/// it also carries the lock's fencing token, recorded on the product row (`lock_fence`) and
-/// refused once a newer holder has written ([`OrderWriter::place_fenced`]). Either way the
-/// order fails with [`Error::Strategy`] and nothing is written. Lock failures (wait timeout, Redis
-/// unreachable) are [`Error::Strategy`] too: the order is not placed, and retrying is safe.
+/// A lock lost mid-transaction (lease expired during a long pause) cannot oversell: a
+/// reject-policy line is a conditional decrement, a backorder-policy line a compare-and-set
+/// on the figure read, and, with [`DistributedLockStrategy::fencing`], each write also
+/// carries the lock's fencing token, recorded on the product row (`lock_fence`) and refused
+/// once a newer holder has written ([`OrderWriter::place_fenced`]). A refused write is
+/// [`Error::StockChanged`] with nothing written; writers that do not take the lock
+/// (receipts, cancellations) can cause it too, so the strategy re-reads and tries again,
+/// still holding the lock, a few times before it gives up. Lock failures (wait timeout,
+/// Redis unreachable) are [`Error::Strategy`]: the order is not placed, and retrying is safe.
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
@@ -80,12 +86,12 @@ impl DistributedLockStrategy {
     /// Records each stock write's fencing token on the product row and refuses writes with an
     /// older token than the newest recorded (off by default).
     ///
-    /// Only turn it on when the lock service's token counters are durable and shared by every
-    /// instance (Redis with persistence): tokens restart at 1 when the counters are lost (an
-    /// in-process lock on restart, Redis without persistence), and every fenced write would
-    /// then be refused until `commerce.products.lock_fence` is reset to 0. The compare-and-set
-    /// on the figures read protects the stock either way; fencing adds protection for a
-    /// holder that resumes after its successor has written.
+    /// Tokens stay monotonic across a lost counter (commerce-lock derives them from the
+    /// server's clock as well), unless the clock goes back; keep the lock's Redis off an
+    /// `allkeys-*` eviction policy all the same, or tokens could be re-derived under load.
+    /// All instances must share one lock service. The conditional write protects the stock
+    /// either way; fencing adds protection for a holder that resumes after its successor has
+    /// written.
     #[must_use]
     pub fn fencing(mut self, on: bool) -> Self {
         self.fencing = on;
@@ -110,11 +116,14 @@ impl DistributedLockStrategy {
     /// after 300 s). Ascending order makes holding-while-waiting deadlock-free, and each
     /// single-key wait is woken by exactly one release notice.
     async fn lock_products(&self, order: &ValidatedOrder) -> Result<Vec<LockGuard>> {
-        let deadline = tokio::time::Instant::now() + self.options.wait;
+        // An unbounded wait (`Duration::MAX`) has no deadline rather than an overflow.
+        let deadline = tokio::time::Instant::now().checked_add(self.options.wait);
         let mut guards = Vec::with_capacity(order.lines().len());
         for product in order.products() {
             let key = format!("{}{product}", self.key_prefix);
-            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let wait = deadline.map_or(self.options.wait, |deadline| {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            });
             match self.lock.acquire(&key, self.options.with_wait(wait)).await {
                 Ok(guard) => guards.push(guard),
                 Err(e) => {
@@ -164,7 +173,15 @@ impl StockStrategy for DistributedLockStrategy {
                 } else {
                     Vec::new()
                 };
-                writer.place_fenced(order, &fences).await
+                let mut attempt = 1;
+                loop {
+                    match writer.place_fenced(order, &fences).await {
+                        Err(Error::StockChanged { .. }) if attempt < ATTEMPTS_PER_HOLD => {
+                            attempt += 1;
+                        }
+                        placed => break placed,
+                    }
+                }
             }
             Err(e) => Err(e),
         };
