@@ -64,3 +64,8 @@ pub use metrics::{outbox_stats, OutboxStats, RelayMetrics};
 pub use migrate::MIGRATOR;
 pub use relay::{Relay, RelayBuilder, RelayHandle};
 pub use retention::{prune_settled, PruneReport};
+
+/// The README's example, compiled as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
