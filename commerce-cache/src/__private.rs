@@ -1,7 +1,6 @@
 //! Support for the code the macros generate. Not a public API: names and signatures may
 //! change in any release.
 
-use std::fmt;
 use std::future::Future;
 
 pub use std::time::Duration;
@@ -9,6 +8,7 @@ use tokio::task::JoinHandle;
 
 use crate::CacheValue;
 pub use crate::TwoLevelCache;
+pub use commerce_macro_support::KeyPart;
 
 /// `#[cached]` on `-> Result<Option<T>, E>`.
 pub async fn cached_option<V, E, F, Fut>(
@@ -125,45 +125,6 @@ async fn finish(work: Option<JoinHandle<()>>) {
                 std::panic::resume_unwind(error.into_panic());
             }
         }
-    }
-}
-
-/// One placeholder's value in a generated key: its `Display`, with `\` written as `\\` and
-/// `:` as `\:`. The macro grammar puts a `:` of the template's own text between any two
-/// placeholders, so with this escaping different argument tuples never share a key
-/// (`"{a}:{b}"` keeps ("x:y", "z") and ("x", "y:z") apart, which would otherwise serve one
-/// user's entry to another; see `docs/decisions/0007-one-macro-grammar.md`). commerce-lock's
-/// `__private` applies the same rule to lock keys.
-pub struct KeyPart<'a, T: ?Sized>(pub &'a T);
-
-impl<T: fmt::Display + ?Sized> fmt::Display for KeyPart<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Write::write_fmt(&mut Escaped(f), format_args!("{}", self.0))
-    }
-}
-
-impl<T: fmt::Display + ?Sized> fmt::Debug for KeyPart<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("KeyPart")
-            .field(&format_args!("{self}"))
-            .finish()
-    }
-}
-
-/// Escapes what a value writes, piece by piece, without an intermediate `String`.
-struct Escaped<'a, 'b>(&'a mut fmt::Formatter<'b>);
-
-impl fmt::Write for Escaped<'_, '_> {
-    fn write_str(&mut self, mut text: &str) -> fmt::Result {
-        while let Some(at) = text.find([':', '\\']) {
-            // Both are one byte long, so slicing after the first byte stays on a boundary.
-            let (plain, rest) = text.split_at(at);
-            self.0.write_str(plain)?;
-            self.0.write_str("\\")?;
-            self.0.write_str(&rest[..1])?;
-            text = &rest[1..];
-        }
-        self.0.write_str(text)
     }
 }
 

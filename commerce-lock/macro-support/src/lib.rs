@@ -15,10 +15,22 @@
 //!   keys;
 //! - durations are a whole number followed by `ms`, `s`, `m` or `h`;
 //! - an option given twice, or one the attribute does not know, is an error.
+//!
+//! The escaping itself, [`KeyPart`], runs in the generated code: the runtime crates re-export
+//! it from their `__private` modules and depend on this crate without its `grammar` feature,
+//! so the rule exists once and they do not compile `syn`.
 
+#[cfg(feature = "grammar")]
 pub mod arguments;
+#[cfg(feature = "grammar")]
 pub mod duration;
+mod key_part;
+#[cfg(feature = "grammar")]
 pub mod options;
+#[cfg(feature = "grammar")]
 pub mod template;
 
+pub use crate::key_part::KeyPart;
+
+#[cfg(feature = "grammar")]
 pub use crate::arguments::argument_names;
