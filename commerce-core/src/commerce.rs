@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::effects::Hooks;
 use crate::error::Result;
@@ -10,8 +10,8 @@ use crate::event::TransactionHook;
 use crate::ids::{OrderId, ProductId};
 use crate::inventory::{self, Backorder, LedgerPage, NewProduct, Product, Receipt, StockLevel};
 use crate::order::{
-    self, NewOrder, Order, OrderLimits, OrderStatus, OrderWriter, PlacedOrder, StatusChange,
-    ValidatedOrder,
+    self, NewOrder, Order, OrderCursor, OrderLimits, OrderPage, OrderStatus, OrderWriter,
+    PlacedOrder, StatusChange, ValidatedOrder,
 };
 use crate::strategy::{ConditionalUpdate, StockStrategy};
 
@@ -22,7 +22,7 @@ use crate::strategy::{ConditionalUpdate, StockStrategy};
 /// use commerce_core::{Commerce, NewOrder, NewProduct, ProductId, ShortagePolicy};
 ///
 /// let commerce = Commerce::builder(pool).build();
-/// commerce.create_product(NewProduct { id: ProductId(1), name: "Mug".into(), initial_stock: 5 }).await?;
+/// commerce.create_product(NewProduct::new(ProductId(1), "Mug").stock(5)).await?;
 /// let placed = commerce
 ///     .place_order(NewOrder::new("user-1").line(1, 2).policy(ShortagePolicy::Backorder))
 ///     .await?;
@@ -290,6 +290,64 @@ impl Commerce {
     /// database errors.
     pub async fn cancel_order(&self, order: OrderId, reason: &str) -> Result<Order> {
         order::cancel_order(&self.pool, &self.hooks, order, reason).await
+    }
+
+    /// [`Commerce::transition_order`] inside the caller's transaction: `conn` is a connection
+    /// with a transaction open (`&mut *tx`), which the caller commits or rolls back.
+    ///
+    /// For a step that must commit together with writes of its own, e.g. a saga step run by
+    /// an idempotent consumer: the inbox record, the transition, its events (through the
+    /// hooks, on the same connection) and the step's outgoing events all commit at once, so a
+    /// redelivered event finds the step done. After an error the transaction must be rolled
+    /// back.
+    ///
+    /// # Errors
+    /// As [`Commerce::transition_order`].
+    pub async fn transition_order_in(
+        &self,
+        conn: &mut PgConnection,
+        order: OrderId,
+        to: OrderStatus,
+        reason: &str,
+    ) -> Result<Order> {
+        order::transition_order_in(conn, &self.hooks, order, to, reason).await
+    }
+
+    /// [`Commerce::cancel_order`] inside the caller's transaction; see
+    /// [`Commerce::transition_order_in`].
+    ///
+    /// # Errors
+    /// As [`Commerce::cancel_order`].
+    pub async fn cancel_order_in(
+        &self,
+        conn: &mut PgConnection,
+        order: OrderId,
+        reason: &str,
+    ) -> Result<Order> {
+        order::cancel_order_in(conn, &self.hooks, order, reason).await
+    }
+
+    /// The order with its lines, read on the caller's connection (e.g. inside its
+    /// transaction).
+    ///
+    /// # Errors
+    /// [`crate::Error::OrderNotFound`], database errors.
+    pub async fn order_in(&self, conn: &mut PgConnection, order: OrderId) -> Result<Order> {
+        order::load_order(conn, order).await
+    }
+
+    /// A page of `user`'s orders, newest first: pass the previous page's `next` as `after`
+    /// to go on. `limit` is clamped to 1..=100.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn orders_of_user(
+        &self,
+        user: &str,
+        limit: u32,
+        after: Option<&OrderCursor>,
+    ) -> Result<OrderPage> {
+        order::orders_of_user(&self.pool, user, limit, after).await
     }
 }
 

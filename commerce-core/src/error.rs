@@ -19,6 +19,12 @@ pub enum Error {
         /// The existing product.
         product: ProductId,
     },
+    /// Another product already has this stock-keeping unit.
+    #[error("a product with SKU {sku:?} already exists")]
+    SkuAlreadyExists {
+        /// The SKU in use.
+        sku: String,
+    },
     /// No order with this id exists.
     #[error("order {order} not found")]
     OrderNotFound {

@@ -13,7 +13,7 @@
 //! commerce_core::MIGRATOR.run(&pool).await?;
 //! let commerce = Commerce::builder(pool).build();
 //!
-//! commerce.create_product(NewProduct { id: ProductId(7), name: "Kettle".into(), initial_stock: 1 }).await?;
+//! commerce.create_product(NewProduct::new(ProductId(7), "Kettle").stock(1)).await?;
 //! let first = commerce.place_order(NewOrder::new("alice").line(7, 1)).await?;
 //! assert_eq!(first.order.status, OrderStatus::Created);
 //!
@@ -79,8 +79,8 @@ pub use inventory::{
     StockLedgerEntry, StockLevel,
 };
 pub use order::{
-    LineRequest, NewOrder, Order, OrderLimits, OrderLine, OrderStatus, PlacedOrder, ShortagePolicy,
-    StatusChange, UnknownStatus,
+    LineRequest, NewOrder, Order, OrderCursor, OrderLimits, OrderLine, OrderPage, OrderStatus,
+    PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus,
 };
 #[cfg(feature = "outbox")]
 pub use outbox_hook::{OutboxHook, CORE_EVENT_SCHEMA_VERSION};

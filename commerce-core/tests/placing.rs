@@ -159,21 +159,13 @@ async fn bad_input_is_rejected_before_anything_is_written() {
     ));
     assert!(matches!(
         commerce
-            .create_product(NewProduct {
-                id: ProductId(1),
-                name: "again".into(),
-                initial_stock: 0
-            })
+            .create_product(NewProduct::new(ProductId(1), "again").stock(0))
             .await,
         Err(Error::ProductAlreadyExists { .. })
     ));
     assert!(matches!(
         commerce
-            .create_product(NewProduct {
-                id: ProductId(2),
-                name: "neg".into(),
-                initial_stock: -1
-            })
+            .create_product(NewProduct::new(ProductId(2), "neg").stock(-1))
             .await,
         Err(Error::InvalidQuantity { .. })
     ));
@@ -400,11 +392,7 @@ async fn a_deadlock_inside_a_hook_is_a_retryable_conflict() {
         .hook(DeadlockVictim)
         .build();
     let err = commerce
-        .create_product(commerce_core::NewProduct {
-            id: commerce_core::ProductId(1),
-            name: "p".into(),
-            initial_stock: 1,
-        })
+        .create_product(commerce_core::NewProduct::new(commerce_core::ProductId(1), "p").stock(1))
         .await
         .unwrap_err();
     assert!(

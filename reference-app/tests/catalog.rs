@@ -18,11 +18,7 @@ async fn reads_are_cached_and_a_rename_on_one_instance_reaches_the_other() {
     let prefix = unique_name("catalog");
     let (a, b) = (instance(&db, &prefix).await, instance(&db, &prefix).await);
     a.commerce()
-        .create_product(NewProduct {
-            id: ProductId(1),
-            name: "Kettle".into(),
-            initial_stock: 1,
-        })
+        .create_product(NewProduct::new(ProductId(1), "Kettle").stock(1))
         .await
         .unwrap();
 

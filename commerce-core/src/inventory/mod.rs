@@ -22,6 +22,12 @@ pub(crate) use stock::{
 pub(crate) use take::{take_stock, Allocation};
 
 /// A product to create.
+///
+/// ```
+/// use commerce_core::{NewProduct, ProductId};
+/// let kettle = NewProduct::new(ProductId(7), "Kettle").sku("KET-7").price(3_999).stock(10);
+/// assert_eq!(kettle.initial_stock, 10);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewProduct {
     /// The application's id for it.
@@ -30,6 +36,47 @@ pub struct NewProduct {
     pub name: String,
     /// Units in stock at creation (recorded in the ledger as `inbound`).
     pub initial_stock: i64,
+    /// Stock-keeping unit, unique among products when given.
+    #[serde(default)]
+    pub sku: Option<String>,
+    /// Unit price in minor units (e.g. cents); order lines keep the price they were placed at.
+    #[serde(default)]
+    pub price: i64,
+}
+
+impl NewProduct {
+    /// A product without stock, SKU or price yet.
+    #[must_use]
+    pub fn new(id: ProductId, name: impl Into<String>) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            initial_stock: 0,
+            sku: None,
+            price: 0,
+        }
+    }
+
+    /// Sets the units in stock at creation.
+    #[must_use]
+    pub fn stock(mut self, units: i64) -> Self {
+        self.initial_stock = units;
+        self
+    }
+
+    /// Sets the stock-keeping unit.
+    #[must_use]
+    pub fn sku(mut self, sku: impl Into<String>) -> Self {
+        self.sku = Some(sku.into());
+        self
+    }
+
+    /// Sets the unit price in minor units.
+    #[must_use]
+    pub fn price(mut self, price: i64) -> Self {
+        self.price = price;
+        self
+    }
 }
 
 /// A product's catalogue facts (not its stock, which changes with every order).
@@ -39,6 +86,10 @@ pub struct Product {
     pub id: ProductId,
     /// Its display name.
     pub name: String,
+    /// Its stock-keeping unit, if it has one.
+    pub sku: Option<String>,
+    /// Its unit price in minor units.
+    pub price: i64,
     /// When it was created.
     pub created_at: DateTime<Utc>,
 }

@@ -41,21 +41,31 @@ pub(crate) async fn create_product(
     if product.initial_stock != 0 {
         check_quantity(Some(product.id), product.initial_stock, MAX_MOVEMENT)?;
     }
+    if let Some(sku) = &product.sku {
+        check_text("sku", sku, MAX_SKU)?;
+    }
+    check_price(product.price)?;
     let mut tx = pool.begin().await?;
-    let inserted =
-        sqlx::query("INSERT INTO commerce.products (id, name, available) VALUES ($1, $2, $3)")
-            .bind(product.id.0)
-            .bind(&product.name)
-            .bind(product.initial_stock)
-            .execute(&mut *tx)
-            .await;
+    let inserted = sqlx::query(
+        "INSERT INTO commerce.products (id, name, available, sku, price) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(product.id.0)
+    .bind(&product.name)
+    .bind(product.initial_stock)
+    .bind(&product.sku)
+    .bind(product.price)
+    .execute(&mut *tx)
+    .await;
     if let Err(e) = inserted {
-        return Err(if violated_constraint(&e) == Some("products_pkey") {
-            Error::ProductAlreadyExists {
+        return Err(match violated_constraint(&e) {
+            Some("products_pkey") => Error::ProductAlreadyExists {
                 product: product.id,
-            }
-        } else {
-            e.into()
+            },
+            Some("products_sku_key") => Error::SkuAlreadyExists {
+                sku: product.sku.unwrap_or_default(),
+            },
+            _ => e.into(),
         });
     }
     let mut effects = TxEffects::default();
@@ -86,18 +96,53 @@ fn check_name(name: &str) -> Result<()> {
     check_text("name", name, MAX_TEXT)
 }
 
+/// Longest stock-keeping unit.
+const MAX_SKU: usize = 100;
+/// Highest unit price: ten billion units of the currency in minor units, far from any
+/// overflow of `quantity × price` sums.
+pub(crate) const MAX_PRICE: i64 = 1_000_000_000_000;
+
+fn check_price(price: i64) -> Result<()> {
+    if (0..=MAX_PRICE).contains(&price) {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput {
+            field: "price",
+            reason: "must be between 0 and 1000000000000 minor units",
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ProductRow {
+    id: i64,
+    name: String,
+    sku: Option<String>,
+    price: i64,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<ProductRow> for Product {
+    fn from(r: ProductRow) -> Self {
+        Self {
+            id: ProductId(r.id),
+            name: r.name,
+            sku: r.sku,
+            price: r.price,
+            created_at: r.created_at,
+        }
+    }
+}
+
 /// The product, or `None` when no product has this id.
 pub(crate) async fn find_product(pool: &PgPool, product: ProductId) -> Result<Option<Product>> {
-    let row: Option<(i64, String, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT id, name, created_at FROM commerce.products WHERE id = $1")
-            .bind(product.0)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(id, name, created_at)| Product {
-        id: ProductId(id),
-        name,
-        created_at,
-    }))
+    let row: Option<ProductRow> = sqlx::query_as(
+        "SELECT id, name, sku, price, created_at FROM commerce.products WHERE id = $1",
+    )
+    .bind(product.0)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Product::from))
 }
 
 pub(crate) async fn rename_product(
@@ -106,20 +151,16 @@ pub(crate) async fn rename_product(
     name: &str,
 ) -> Result<Product> {
     check_name(name)?;
-    let row: Option<(i64, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+    let row: Option<ProductRow> = sqlx::query_as(
         "UPDATE commerce.products SET name = $2, updated_at = now() WHERE id = $1 \
-         RETURNING id, name, created_at",
+         RETURNING id, name, sku, price, created_at",
     )
     .bind(product.0)
     .bind(name)
     .fetch_optional(pool)
     .await?;
-    row.map(|(id, name, created_at)| Product {
-        id: ProductId(id),
-        name,
-        created_at,
-    })
-    .ok_or(Error::ProductNotFound { product })
+    row.map(Product::from)
+        .ok_or(Error::ProductNotFound { product })
 }
 
 /// The stock of `products` without locking, in ascending product id.

@@ -18,6 +18,8 @@ pub(crate) struct Allocation {
     pub(crate) allocated: i64,
     /// The product's `available` right after this line took its units.
     pub(crate) available_after: i64,
+    /// The product's unit price, read in the same statement that took the stock.
+    pub(crate) unit_price: i64,
 }
 
 impl Allocation {
@@ -71,18 +73,18 @@ async fn take_whole_lines(
     let mut allocations = Vec::with_capacity(order.lines().len());
     for line in order.lines() {
         let fence = fence_of(fences, line.product);
-        let after: Option<i64> = sqlx::query_scalar(
+        let after: Option<(i64, i64)> = sqlx::query_as(
             "UPDATE commerce.products SET available = available - $2, \
              lock_fence = COALESCE($3, lock_fence), updated_at = now() \
              WHERE id = $1 AND available >= $2 AND lock_fence <= COALESCE($3, lock_fence) \
-             RETURNING available",
+             RETURNING available, price",
         )
         .bind(line.product.0)
         .bind(line.quantity)
         .bind(fence)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(available_after) = after else {
+        let Some((available_after, unit_price)) = after else {
             return Err(refusal(conn, line.product, line.quantity, fence).await);
         };
         allocations.push(Allocation {
@@ -90,6 +92,7 @@ async fn take_whole_lines(
             quantity: line.quantity,
             allocated: line.quantity,
             available_after,
+            unit_price,
         });
     }
     Ok(allocations)
@@ -138,12 +141,12 @@ async fn take_what_is_there(
     for (line, level) in order.lines().iter().zip(stock) {
         let allocated = line.quantity.min(level.available);
         let fence = fence_of(fences, line.product);
-        let after: Option<i64> = sqlx::query_scalar(
+        let after: Option<(i64, i64)> = sqlx::query_as(
             "UPDATE commerce.products SET available = available - $2, \
              backordered = backordered + $3, lock_fence = COALESCE($5, lock_fence), \
              updated_at = now() \
              WHERE id = $1 AND available = $4 AND lock_fence <= COALESCE($5, lock_fence) \
-             RETURNING available",
+             RETURNING available, price",
         )
         .bind(line.product.0)
         .bind(allocated)
@@ -152,7 +155,7 @@ async fn take_what_is_there(
         .bind(fence)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(available_after) = after else {
+        let Some((available_after, unit_price)) = after else {
             return Err(Error::StockChanged {
                 product: line.product,
             });
@@ -162,6 +165,7 @@ async fn take_what_is_there(
             quantity: line.quantity,
             allocated,
             available_after,
+            unit_price,
         });
     }
     Ok(allocations)

@@ -15,14 +15,16 @@ pub(crate) async fn insert_lines(
     let products: Vec<i64> = allocations.iter().map(|a| a.product.0).collect();
     let quantities: Vec<i64> = allocations.iter().map(|a| a.quantity).collect();
     let allocated: Vec<i64> = allocations.iter().map(|a| a.allocated).collect();
+    let prices: Vec<i64> = allocations.iter().map(|a| a.unit_price).collect();
     sqlx::query(
-        "INSERT INTO commerce.order_lines (order_id, product_id, quantity, allocated) \
-         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[])",
+        "INSERT INTO commerce.order_lines (order_id, product_id, quantity, allocated, unit_price) \
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])",
     )
     .bind(order.0)
     .bind(&products)
     .bind(&quantities)
     .bind(&allocated)
+    .bind(&prices)
     .execute(&mut *conn)
     .await?;
     // An unknown product cannot get here: taking its stock already failed.

@@ -18,9 +18,10 @@ use crate::ids::{OrderId, ProductId};
 pub(crate) use completion::promote_completed;
 pub(crate) use lines::allocate_line;
 pub use place::{OrderWriter, PlacedOrder, ReserveMode};
-pub(crate) use read::{load_order, status_history};
+pub(crate) use read::{load_order, orders_of_user, status_history};
+pub use read::{OrderCursor, OrderPage};
 pub use status::{OrderStatus, UnknownStatus};
-pub(crate) use transition::{cancel_order, transition_order};
+pub(crate) use transition::{cancel_order, cancel_order_in, transition_order, transition_order_in};
 pub(crate) use validate::{check_quantity, check_text, MAX_TEXT};
 pub use validate::{OrderLimits, ValidatedOrder};
 
@@ -126,6 +127,16 @@ pub struct OrderLine {
     pub quantity: i64,
     /// Units taken from stock so far (equal to `quantity` unless the line is backordered).
     pub allocated: i64,
+    /// The product's unit price (minor units) when the order was placed.
+    pub unit_price: i64,
+}
+
+impl OrderLine {
+    /// `quantity × unit_price`, saturating (quantities and prices are bounded far below).
+    #[must_use]
+    pub fn amount(&self) -> i64 {
+        self.quantity.saturating_mul(self.unit_price)
+    }
 }
 
 /// A stored order.
@@ -147,6 +158,16 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
     /// When its status last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl Order {
+    /// What the order costs: the sum of its lines' amounts, in minor units.
+    #[must_use]
+    pub fn total(&self) -> i64 {
+        self.lines
+            .iter()
+            .fold(0_i64, |total, line| total.saturating_add(line.amount()))
+    }
 }
 
 /// One recorded status change of an order.

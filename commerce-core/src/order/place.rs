@@ -208,6 +208,7 @@ impl OrderWriter {
                 product: a.product,
                 quantity: a.quantity,
                 allocated: a.allocated,
+                unit_price: a.unit_price,
             })
             .collect();
         effects.events.push(CoreEvent::OrderPlaced {

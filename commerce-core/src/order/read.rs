@@ -35,27 +35,33 @@ pub(crate) async fn load_order(conn: &mut PgConnection, id: OrderId) -> Result<O
     .fetch_optional(&mut *conn)
     .await?;
     let row = row.ok_or(Error::OrderNotFound { order: id })?;
-    let lines: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT product_id, quantity, allocated FROM commerce.order_lines \
+    let lines: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT product_id, quantity, allocated, unit_price FROM commerce.order_lines \
          WHERE order_id = $1 ORDER BY product_id",
     )
     .bind(id.0)
     .fetch_all(&mut *conn)
     .await?;
+    let lines = lines
+        .into_iter()
+        .map(|(product, quantity, allocated, unit_price)| OrderLine {
+            product: ProductId(product),
+            quantity,
+            allocated,
+            unit_price,
+        })
+        .collect();
+    order_from(row, lines)
+}
+
+fn order_from(row: OrderRow, lines: Vec<OrderLine>) -> Result<Order> {
     Ok(Order {
         id: OrderId(row.id),
         user_id: row.user_id,
         status: parse_status(&row.status)?,
         policy: ShortagePolicy::from_db(&row.shortage_policy)?,
         idempotency_key: row.idempotency_key,
-        lines: lines
-            .into_iter()
-            .map(|(product, quantity, allocated)| OrderLine {
-                product: ProductId(product),
-                quantity,
-                allocated,
-            })
-            .collect(),
+        lines,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
@@ -83,4 +89,79 @@ pub(crate) async fn status_history(pool: &PgPool, id: OrderId) -> Result<Vec<Sta
             })
         })
         .collect()
+}
+
+/// Where a page of a user's orders ended: the last order's creation time and id (orders are
+/// listed newest first, ties broken by id).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OrderCursor {
+    /// The last listed order's creation time.
+    pub created_at: DateTime<Utc>,
+    /// The last listed order's id.
+    pub id: OrderId,
+}
+
+/// One page of a user's orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderPage {
+    /// The orders, newest first, with their lines.
+    pub orders: Vec<Order>,
+    /// Where the next page starts, when there may be one.
+    pub next: Option<OrderCursor>,
+}
+
+/// A user's orders, newest first, after `after` (keyset pagination on the
+/// `(user_id, created_at)` index: stable while new orders arrive).
+pub(crate) async fn orders_of_user(
+    pool: &PgPool,
+    user: &str,
+    limit: u32,
+    after: Option<&OrderCursor>,
+) -> Result<OrderPage> {
+    let limit = limit.clamp(1, 100);
+    let rows: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, user_id, status, shortage_policy, idempotency_key, created_at, updated_at \
+         FROM commerce.orders WHERE user_id = $1 \
+         AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+    )
+    .bind(user)
+    .bind(after.map(|c| c.created_at))
+    .bind(after.map(|c| c.id.0))
+    .bind(i64::from(limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = rows.len() > limit as usize;
+    let rows: Vec<OrderRow> = rows.into_iter().take(limit as usize).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let lines: Vec<(Uuid, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT order_id, product_id, quantity, allocated, unit_price FROM commerce.order_lines \
+         WHERE order_id = ANY($1) ORDER BY order_id, product_id",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let mut orders = Vec::with_capacity(rows.len());
+    for row in rows {
+        let lines = lines
+            .iter()
+            .filter(|l| l.0 == row.id)
+            .map(|&(_, product, quantity, allocated, unit_price)| OrderLine {
+                product: ProductId(product),
+                quantity,
+                allocated,
+                unit_price,
+            })
+            .collect();
+        orders.push(order_from(row, lines)?);
+    }
+    let next = if more {
+        orders.last().map(|o| OrderCursor {
+            created_at: o.created_at,
+            id: o.id,
+        })
+    } else {
+        None
+    };
+    Ok(OrderPage { orders, next })
 }

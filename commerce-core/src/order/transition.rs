@@ -39,8 +39,8 @@ async fn record_change(
     Ok(())
 }
 
-/// Moves an order forward (CREATED -> PROCESSING -> SHIPPED -> DELIVERED); cancellation goes
-/// through [`cancel_order`] because it returns stock.
+/// Moves an order forward (CREATED -> PROCESSING -> SHIPPED -> DELIVERED) in a transaction of
+/// its own; cancellation goes through [`cancel_order`] because it returns stock.
 pub(crate) async fn transition_order(
     pool: &PgPool,
     hooks: &Hooks,
@@ -49,25 +49,37 @@ pub(crate) async fn transition_order(
     reason: &str,
 ) -> Result<Order> {
     check_reason(reason)?;
-    if to == OrderStatus::Cancelled {
-        return cancel_order(pool, hooks, order, reason).await;
-    }
     let mut tx = pool.begin().await?;
+    let updated = transition_order_in(&mut tx, hooks, order, to, reason).await?;
+    commit(tx).await?;
+    Ok(updated)
+}
+
+/// [`transition_order`] inside the caller's transaction (which commits or rolls back).
+pub(crate) async fn transition_order_in(
+    conn: &mut PgConnection,
+    hooks: &Hooks,
+    order: OrderId,
+    to: OrderStatus,
+    reason: &str,
+) -> Result<Order> {
+    check_reason(reason)?;
+    if to == OrderStatus::Cancelled {
+        return cancel_order_in(conn, hooks, order, reason).await;
+    }
     let from: Option<String> =
         sqlx::query_scalar("SELECT status FROM commerce.orders WHERE id = $1 FOR UPDATE")
             .bind(order.0)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await?;
     let from = parse_status(&from.ok_or(Error::OrderNotFound { order })?)?;
     if !from.can_transition_to(to) {
         return Err(Error::IllegalTransition { order, from, to });
     }
     let mut effects = TxEffects::default();
-    record_change(&mut tx, &mut effects, order, from, to, reason).await?;
-    effects.flush(&mut tx, hooks).await?;
-    let updated = load_order(&mut tx, order).await?;
-    commit(tx).await?;
-    Ok(updated)
+    record_change(conn, &mut effects, order, from, to, reason).await?;
+    effects.flush(conn, hooks).await?;
+    load_order(conn, order).await
 }
 
 /// Cancels an order: returns its allocated stock (a `cancel` ledger row per product), leaves
@@ -80,17 +92,30 @@ pub(crate) async fn cancel_order(
 ) -> Result<Order> {
     check_reason(reason)?;
     let mut tx = pool.begin().await?;
+    let updated = cancel_order_in(&mut tx, hooks, order, reason).await?;
+    commit(tx).await?;
+    Ok(updated)
+}
+
+/// [`cancel_order`] inside the caller's transaction (which commits or rolls back).
+pub(crate) async fn cancel_order_in(
+    conn: &mut PgConnection,
+    hooks: &Hooks,
+    order: OrderId,
+    reason: &str,
+) -> Result<Order> {
+    check_reason(reason)?;
     // Product rows before the order row: the lock order receipts use too (product, then the
     // orders they serve), so a cancel and a receipt cannot deadlock.
     let products: Vec<i64> = sqlx::query_scalar(
         "SELECT product_id FROM commerce.order_lines WHERE order_id = $1 ORDER BY product_id",
     )
     .bind(order.0)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     let products: Vec<ProductId> = products.into_iter().map(ProductId).collect();
-    let mut stock = lock_products(&mut tx, &products).await?;
-    let current = load_order_for_update(&mut tx, order).await?;
+    let mut stock = lock_products(conn, &products).await?;
+    let current = load_order_for_update(conn, order).await?;
     if !current.status.can_transition_to(OrderStatus::Cancelled) {
         return Err(Error::IllegalTransition {
             order,
@@ -100,7 +125,7 @@ pub(crate) async fn cancel_order(
     }
     let mut effects = TxEffects::default();
     record_change(
-        &mut tx,
+        conn,
         &mut effects,
         order,
         current.status,
@@ -126,7 +151,7 @@ pub(crate) async fn cancel_order(
             returned.push((line.product, line.allocated));
         }
     }
-    leave_queues(&mut tx, order).await?;
+    leave_queues(conn, order).await?;
     effects.events.push(CoreEvent::OrderCancelled {
         order,
         returned,
@@ -134,13 +159,11 @@ pub(crate) async fn cancel_order(
     });
     // Returned stock is stock like any other: the oldest waiting orders get it first.
     for level in &mut stock {
-        allocate_backorders(&mut tx, level, &mut effects).await?;
-        store_stock(&mut tx, *level).await?;
+        allocate_backorders(conn, level, &mut effects).await?;
+        store_stock(conn, *level).await?;
     }
-    effects.flush(&mut tx, hooks).await?;
-    let updated = load_order(&mut tx, order).await?;
-    commit(tx).await?;
-    Ok(updated)
+    effects.flush(conn, hooks).await?;
+    load_order(conn, order).await
 }
 
 async fn load_order_for_update(conn: &mut PgConnection, order: OrderId) -> Result<Order> {

@@ -34,11 +34,7 @@ pub async fn setup_with_strategy(
 /// Creates product `id` with `stock` units.
 pub async fn product(commerce: &Commerce, id: i64, stock: i64) -> ProductId {
     commerce
-        .create_product(NewProduct {
-            id: ProductId(id),
-            name: format!("product {id}"),
-            initial_stock: stock,
-        })
+        .create_product(NewProduct::new(ProductId(id), format!("product {id}")).stock(stock))
         .await
         .expect("create product");
     ProductId(id)

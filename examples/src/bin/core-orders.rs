@@ -16,11 +16,7 @@ async fn main() -> anyhow::Result<()> {
 
     let lamp = ProductId(1);
     commerce
-        .create_product(NewProduct {
-            id: lamp,
-            name: "Desk lamp".into(),
-            initial_stock: 3,
-        })
+        .create_product(NewProduct::new(lamp, "Desk lamp").stock(3))
         .await?;
     println!("stock: {:?}", commerce.stock(lamp).await?);
 

@@ -158,11 +158,9 @@ async fn run(args: &Args, strategy: &str, scenario: Scenario) -> anyhow::Result<
     };
     for id in 1..=products {
         commerce
-            .create_product(NewProduct {
-                id: ProductId(id),
-                name: format!("load product {id}"),
-                initial_stock: stock,
-            })
+            .create_product(
+                NewProduct::new(ProductId(id), format!("load product {id}")).stock(stock),
+            )
             .await?;
     }
 
