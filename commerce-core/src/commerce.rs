@@ -336,6 +336,21 @@ impl Commerce {
         order::load_order(conn, order).await
     }
 
+    /// Orders that have been in `status` for longer than `older_than` since their last status
+    /// change, oldest first, at most `limit` (clamped to 1..=1000): e.g. CREATED orders whose
+    /// payment never answered, for a saga's timeout.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn orders_stuck_in(
+        &self,
+        status: OrderStatus,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<OrderId>> {
+        order::orders_stuck_in(&self.pool, status, older_than, limit).await
+    }
+
     /// A page of `user`'s orders, newest first: pass the previous page's `next` as `after`
     /// to go on. `limit` is clamped to 1..=100.
     ///

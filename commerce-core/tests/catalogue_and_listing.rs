@@ -169,3 +169,47 @@ async fn a_transition_inside_the_callers_transaction_commits_or_rolls_back_with_
     );
     assert_consistent(&commerce).await;
 }
+
+#[tokio::test]
+async fn orders_stuck_in_a_status_are_found_oldest_first() {
+    let (db, commerce) = setup().await;
+    common::product(&commerce, 1, 10).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            commerce
+                .place_order(NewOrder::new("u").line(1, 1))
+                .await
+                .unwrap()
+                .order
+                .id,
+        );
+    }
+    commerce
+        .transition_order(ids[2], OrderStatus::Processing, "paid")
+        .await
+        .unwrap();
+    // Age the first two: one a minute ago, one two minutes ago.
+    for (id, age) in [(ids[0], 60), (ids[1], 120)] {
+        sqlx::query("UPDATE commerce.orders SET updated_at = now() - make_interval(secs => $2) WHERE id = $1")
+            .bind(id.0)
+            .bind(f64::from(age))
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+    let stuck = commerce
+        .orders_stuck_in(OrderStatus::Created, std::time::Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(stuck, vec![ids[1], ids[0]]);
+    let none = commerce
+        .orders_stuck_in(
+            OrderStatus::Created,
+            std::time::Duration::from_secs(600),
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}

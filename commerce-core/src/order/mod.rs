@@ -18,7 +18,7 @@ use crate::ids::{OrderId, ProductId};
 pub(crate) use completion::promote_completed;
 pub(crate) use lines::allocate_line;
 pub use place::{OrderWriter, PlacedOrder, ReserveMode};
-pub(crate) use read::{load_order, orders_of_user, status_history};
+pub(crate) use read::{load_order, orders_of_user, orders_stuck_in, status_history};
 pub use read::{OrderCursor, OrderPage};
 pub use status::{OrderStatus, UnknownStatus};
 pub(crate) use transition::{cancel_order, cancel_order_in, transition_order, transition_order_in};

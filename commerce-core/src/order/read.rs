@@ -165,3 +165,25 @@ pub(crate) async fn orders_of_user(
     };
     Ok(OrderPage { orders, next })
 }
+
+/// Orders that have been in `status` for longer than `older_than` (since their last status
+/// change), oldest first, at most `limit`.
+pub(crate) async fn orders_stuck_in(
+    pool: &PgPool,
+    status: OrderStatus,
+    older_than: std::time::Duration,
+    limit: u32,
+) -> Result<Vec<OrderId>> {
+    let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM commerce.orders WHERE status = $1 \
+         AND updated_at < now() - make_interval(secs => $2::float8 / 1000000) \
+         ORDER BY updated_at LIMIT $3",
+    )
+    .bind(status.as_str())
+    .bind(micros)
+    .bind(i64::from(limit.clamp(1, 1000)))
+    .fetch_all(pool)
+    .await?;
+    Ok(ids.into_iter().map(OrderId).collect())
+}
