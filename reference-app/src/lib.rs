@@ -8,6 +8,8 @@
 
 pub mod catalog;
 pub mod events;
+pub mod fake_pg;
+pub mod payment;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
