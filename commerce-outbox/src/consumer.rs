@@ -1,13 +1,11 @@
-//! An idempotent Kafka consumer: inbox + handler in one transaction, offsets after commit.
+//! An idempotent consumer on any [`EventTransport`]: inbox + handler in one transaction, the
+//! delivery acknowledged only after that commit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::event::Envelope;
 use crate::inbox::record_once;
 use crate::shutdown::sleep_or_shutdown;
+use crate::transport::{kafka_subscribe, Delivery, DeliveryContent, EventTransport, Subscription};
 
 /// What a handler returns on failure: any error; the event is retried.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,9 +25,11 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// The runner has already recorded the event in the inbox on `conn`; the handler's writes
 /// (and any events it enqueues) commit together with that record. Returning an error rolls
-/// everything back and the same event is retried with backoff, blocking its partition so
-/// order holds: report business failures as data (e.g. emit a compensation event), not as
-/// errors.
+/// everything back and the same event is retried with backoff, holding the events behind it
+/// so order holds (on Kafka until it succeeds; in-process
+/// [`InboxConsumerBuilder::handler_attempts`] times, then it goes back to the relay as a
+/// failed attempt). Report business failures as data (e.g. emit a compensation event), not
+/// as errors.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     /// Handles `envelope` on `conn` (inside the transaction).
@@ -39,20 +40,43 @@ pub trait EventHandler: Send + Sync + 'static {
     ) -> std::result::Result<(), HandlerError>;
 }
 
+/// Where the consumer receives from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A Kafka consumer of its own, at these brokers.
+    Kafka(String),
+    /// A transport given by the caller.
+    Transport(Arc<dyn EventTransport>),
+}
+
 /// Configures an [`InboxConsumer`].
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct InboxConsumerBuilder {
     pool: PgPool,
-    brokers: String,
+    source: Source,
     group_id: String,
     consumer_name: String,
     topics: Vec<String>,
-    overrides: Vec<(String, String)>,
+    consumer_overrides: Vec<(String, String)>,
     retry_backoff: Backoff,
+    handler_attempts: u32,
 }
 
 impl InboxConsumerBuilder {
+    fn new(pool: PgPool, source: Source, group_id: String, consumer_name: String) -> Self {
+        Self {
+            pool,
+            source,
+            group_id,
+            consumer_name,
+            topics: Vec::new(),
+            consumer_overrides: Vec::new(),
+            retry_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            handler_attempts: 3,
+        }
+    }
+
     /// Topics to subscribe to.
     pub fn topics<I, S>(mut self, topics: I) -> Self
     where
@@ -64,9 +88,12 @@ impl InboxConsumerBuilder {
     }
 
     /// Overrides a librdkafka consumer setting (e.g. `auto.offset.reset`,
-    /// `session.timeout.ms`). Auto-commit stays off: the runner commits offsets itself.
+    /// `session.timeout.ms`) of the consumer [`InboxConsumer::builder`] creates. Auto-commit
+    /// stays off: the runner commits offsets itself. A consumer built
+    /// [`InboxConsumer::with_transport`] refuses it at [`InboxConsumerBuilder::build`]: set
+    /// it on the [`crate::KafkaTransport`] instead.
     pub fn consumer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.overrides.push((key.into(), value.into()));
+        self.consumer_overrides.push((key.into(), value.into()));
         self
     }
 
@@ -76,32 +103,45 @@ impl InboxConsumerBuilder {
         self
     }
 
-    /// Creates the Kafka consumer and subscribes.
+    /// Tries of a failing handler before its event goes back to the relay as a failed
+    /// attempt (default 3; at least 1), on transports that can take a delivery back
+    /// ([`Subscription::can_refuse`]: in-process). On Kafka a failing event is retried until
+    /// it succeeds.
+    pub fn handler_attempts(mut self, attempts: u32) -> Self {
+        self.handler_attempts = attempts.max(1);
+        self
+    }
+
+    /// Joins the consumer group (Kafka: creates the consumer and subscribes; in-process:
+    /// from now on the group gets every message published to the topics).
     ///
     /// # Errors
-    /// [`Error::Kafka`] when librdkafka rejects the configuration or the subscription.
+    /// [`Error::Kafka`] when librdkafka rejects the configuration or the subscription;
+    /// [`Error::InvalidSetting`] for librdkafka settings on a consumer with a given transport.
     pub fn build<H: EventHandler>(self, handler: H) -> Result<InboxConsumer<H>> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", &self.group_id)
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
-        for (key, value) in &self.overrides {
-            config.set(key, value);
-        }
-        // After the overrides: committing only after the database commit is the point.
-        config
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
-        let consumer: StreamConsumer = config.create()?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
+        let subscription: Box<dyn Subscription> = match &self.source {
+            Source::Kafka(brokers) => Box::new(kafka_subscribe(
+                brokers,
+                &self.consumer_overrides,
+                &self.group_id,
+                &topics,
+            )?),
+            Source::Transport(_) if !self.consumer_overrides.is_empty() => {
+                return Err(Error::InvalidSetting {
+                    setting: "consumer_config",
+                    reason: "the consumer was given its transport; set librdkafka settings on the KafkaTransport".into(),
+                });
+            }
+            Source::Transport(transport) => transport.subscribe(&self.group_id, &topics)?,
+        };
         Ok(InboxConsumer {
-            consumer,
-            handler,
-            settings: self,
-            stats: Arc::new(Counters::default()),
+            subscription,
+            applier: Applier {
+                handler,
+                settings: self,
+                stats: Arc::new(Counters::default()),
+            },
         })
     }
 }
@@ -111,6 +151,7 @@ struct Counters {
     applied: AtomicU64,
     duplicates: AtomicU64,
     failures: AtomicU64,
+    refused: AtomicU64,
     skipped: AtomicU64,
 }
 
@@ -123,18 +164,27 @@ pub struct ConsumerStats {
     pub duplicates: u64,
     /// Handler or database failures (each retried).
     pub failures: u64,
-    /// Messages that are not outbox envelopes (logged and skipped).
+    /// Events handed back to the relay after `handler_attempts` failures (in-process).
+    pub refused: u64,
+    /// Deliveries that are not outbox events (dead letters, foreign messages): logged and
+    /// skipped.
     pub skipped: u64,
 }
 
 /// A consumer-group member that applies each event exactly once through the inbox.
 ///
-/// Per message: begin, [`record_once`], the handler (only for a first delivery), commit,
-/// then commit the Kafka offset. A crash between the database commit and the offset
-/// commit redelivers the message, and the inbox skips it. Instances with the same group id
-/// share the partitions.
+/// Per delivery: begin, [`record_once`], the handler (only for a first delivery), commit,
+/// then acknowledge the delivery (Kafka: commit the offset). A crash between the database
+/// commit and the acknowledgement delivers the event again, and the inbox skips it.
+/// Instances with the same group id share the work.
 pub struct InboxConsumer<H> {
-    consumer: StreamConsumer,
+    subscription: Box<dyn Subscription>,
+    applier: Applier<H>,
+}
+
+/// Everything but the subscription: what handles one delivery (kept apart so handling
+/// borrows nothing that is not `Sync`).
+struct Applier<H> {
     handler: H,
     settings: InboxConsumerBuilder,
     stats: Arc<Counters>,
@@ -143,31 +193,58 @@ pub struct InboxConsumer<H> {
 impl<H> std::fmt::Debug for InboxConsumer<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboxConsumer")
-            .field("group_id", &self.settings.group_id)
-            .field("consumer_name", &self.settings.consumer_name)
+            .field("group_id", &self.applier.settings.group_id)
+            .field("consumer_name", &self.applier.settings.consumer_name)
             .finish_non_exhaustive()
     }
 }
 
 impl InboxConsumer<()> {
-    /// A builder: `consumer_name` keys the inbox (one per logical consumer; instances of it
-    /// share it), `group_id` is the Kafka consumer group.
+    /// A builder for a Kafka consumer at `brokers`: `consumer_name` keys the inbox (one per
+    /// logical consumer; instances of it share it), `group_id` is the Kafka consumer group.
+    /// The shorthand of [`InboxConsumer::with_transport`] with a Kafka consumer of its own.
     pub fn builder(
         pool: PgPool,
         brokers: impl Into<String>,
         group_id: impl Into<String>,
         consumer_name: impl Into<String>,
     ) -> InboxConsumerBuilder {
-        InboxConsumerBuilder {
+        InboxConsumerBuilder::new(
             pool,
-            brokers: brokers.into(),
-            group_id: group_id.into(),
-            consumer_name: consumer_name.into(),
-            topics: Vec::new(),
-            overrides: Vec::new(),
-            retry_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
-        }
+            Source::Kafka(brokers.into()),
+            group_id.into(),
+            consumer_name.into(),
+        )
     }
+
+    /// A builder for a consumer receiving through `transport`: `consumer_name` keys the
+    /// inbox, `group_id` is the consumer group.
+    ///
+    /// On the in-process transport, build (subscribe) the consumers before starting the
+    /// relay: a message reaches the groups subscribed when it is published.
+    pub fn with_transport(
+        pool: PgPool,
+        transport: Arc<dyn EventTransport>,
+        group_id: impl Into<String>,
+        consumer_name: impl Into<String>,
+    ) -> InboxConsumerBuilder {
+        InboxConsumerBuilder::new(
+            pool,
+            Source::Transport(transport),
+            group_id.into(),
+            consumer_name.into(),
+        )
+    }
+}
+
+/// What became of one event.
+enum Handled {
+    /// Applied, or absorbed as a duplicate: acknowledge it.
+    Done,
+    /// The handler kept failing: give it back (`can_refuse` subscriptions only).
+    GaveUp(String),
+    /// Shutdown came first: leave it unacknowledged (it is delivered again).
+    Interrupted,
 }
 
 impl<H: EventHandler> InboxConsumer<H> {
@@ -176,7 +253,7 @@ impl<H: EventHandler> InboxConsumer<H> {
     pub fn spawn(self) -> ConsumerHandle {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let stats = Arc::clone(&self.stats);
+        let stats = Arc::clone(&self.applier.stats);
         let task = tasks.spawn(self.run(shutdown.clone()));
         tasks.close();
         ConsumerHandle {
@@ -187,55 +264,99 @@ impl<H: EventHandler> InboxConsumer<H> {
         }
     }
 
-    async fn run(self, shutdown: CancellationToken) -> Result<()> {
+    async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let outcome = self.consume(&shutdown).await;
+        self.subscription.close().await;
+        outcome
+    }
+
+    async fn consume(&mut self, shutdown: &CancellationToken) -> Result<()> {
+        let applier = &self.applier;
+        let give_up_after = self
+            .subscription
+            .can_refuse()
+            .then_some(applier.settings.handler_attempts);
         loop {
-            let message = tokio::select! {
-                () = shutdown.cancelled() => break,
-                received = self.consumer.recv() => received.map(|m| m.detach()),
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                received = self.subscription.next() => received,
             };
-            let message = match message {
-                Ok(message) => message,
+            let delivery = match received {
+                Ok(delivery) => delivery,
+                Err(Error::SubscriptionClosed) => return Ok(()),
                 Err(error) => {
-                    tracing::warn!(consumer = %self.settings.consumer_name, %error, "kafka receive failed; retrying");
-                    if sleep_or_shutdown(Duration::from_millis(200), &shutdown).await {
-                        break;
+                    tracing::warn!(consumer = %applier.settings.consumer_name, %error, "receive failed; retrying");
+                    if sleep_or_shutdown(Duration::from_millis(200), shutdown).await {
+                        return Ok(());
                     }
                     continue;
                 }
             };
-            if !self.apply_with_retry(&message, &shutdown).await {
-                break;
+            match applier.handle(&delivery, give_up_after, shutdown).await {
+                Handled::Done => self.subscription.acknowledge(&delivery).await?,
+                Handled::GaveUp(error) => {
+                    applier.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    self.subscription.refuse(&delivery, &error).await?;
+                }
+                Handled::Interrupted => return Ok(()),
             }
-            self.commit_offset(&message)?;
         }
-        self.consumer.unsubscribe();
-        Ok(())
     }
+}
 
-    /// Returns false when shutdown interrupted the retries (the offset is then not committed).
-    async fn apply_with_retry(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> bool {
-        let envelope = match decode_envelope(message) {
-            Ok(envelope) => envelope,
-            Err(error) => {
+impl<H: EventHandler> Applier<H> {
+    /// Applies one delivery, retrying a failing handler; after `give_up_after` failures (a
+    /// subscription that can refuse) it gives up.
+    async fn handle(
+        &self,
+        delivery: &Delivery,
+        give_up_after: Option<u32>,
+        shutdown: &CancellationToken,
+    ) -> Handled {
+        let envelope = match &delivery.content {
+            DeliveryContent::Event(envelope) => envelope,
+            DeliveryContent::DeadLetter(letter) => {
+                tracing::warn!(
+                    consumer = %self.settings.consumer_name, topic = %delivery.topic,
+                    event_id = %letter.envelope.id, "skipping a dead letter: not an event to apply"
+                );
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                return Handled::Done;
+            }
+            DeliveryContent::Unreadable(reason) => {
+                let error = Error::NotAnEnvelope {
+                    topic: delivery.topic.clone(),
+                    partition: delivery.position.partition,
+                    offset: delivery.position.offset,
+                    reason: reason.clone(),
+                };
                 tracing::error!(consumer = %self.settings.consumer_name, %error, "skipping a message that is not an outbox envelope");
                 self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                return true;
+                return Handled::Done;
             }
         };
         let mut failures = 0_u32;
         loop {
-            match self.apply(&envelope).await {
+            match self.apply(envelope).await {
                 Ok(true) => {
                     self.stats.applied.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    return Handled::Done;
                 }
                 Ok(false) => {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    return Handled::Done;
                 }
                 Err(error) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     failures = failures.saturating_add(1);
+                    if give_up_after.is_some_and(|attempts| failures >= attempts) {
+                        tracing::warn!(
+                            consumer = %self.settings.consumer_name, event_id = %envelope.id,
+                            event_type = %envelope.event_type, attempts = failures, %error,
+                            "event handler keeps failing; handing the event back to the relay (a failed attempt)"
+                        );
+                        return Handled::GaveUp(error.to_string());
+                    }
                     let delay = self
                         .settings
                         .retry_backoff
@@ -243,10 +364,10 @@ impl<H: EventHandler> InboxConsumer<H> {
                     tracing::warn!(
                         consumer = %self.settings.consumer_name, event_id = %envelope.id,
                         event_type = %envelope.event_type, attempts = failures, %error, ?delay,
-                        "event handler failed; retrying (partition held to keep order)"
+                        "event handler failed; retrying (later events of this member wait, to keep order)"
                     );
                     if sleep_or_shutdown(delay, shutdown).await {
-                        return false;
+                        return Handled::Interrupted;
                     }
                 }
             }
@@ -263,35 +384,6 @@ impl<H: EventHandler> InboxConsumer<H> {
         tx.commit().await?;
         Ok(true)
     }
-
-    fn commit_offset(&self, message: &OwnedMessage) -> Result<()> {
-        let mut offsets = TopicPartitionList::new();
-        offsets.add_partition_offset(
-            message.topic(),
-            message.partition(),
-            Offset::Offset(message.offset() + 1),
-        )?;
-        // Async: a lost offset commit only means a redelivery, which the inbox absorbs.
-        self.consumer.commit(&offsets, CommitMode::Async)?;
-        Ok(())
-    }
-}
-
-/// Decodes an outbox message's value into its [`Envelope`].
-///
-/// # Errors
-/// [`Error::NotAnEnvelope`] when the message has no value or it is not an envelope.
-pub fn decode_envelope<M: Message>(message: &M) -> Result<Envelope> {
-    let not_envelope = |reason: String| Error::NotAnEnvelope {
-        topic: message.topic().to_owned(),
-        partition: message.partition(),
-        offset: message.offset(),
-        reason,
-    };
-    let body = message
-        .payload()
-        .ok_or_else(|| not_envelope("no value".into()))?;
-    serde_json::from_slice(body).map_err(|e| not_envelope(e.to_string()))
 }
 
 /// Owns a running [`InboxConsumer`].
@@ -312,15 +404,19 @@ impl ConsumerHandle {
             applied: self.stats.applied.load(Ordering::Relaxed),
             duplicates: self.stats.duplicates.load(Ordering::Relaxed),
             failures: self.stats.failures.load(Ordering::Relaxed),
+            refused: self.stats.refused.load(Ordering::Relaxed),
             skipped: self.stats.skipped.load(Ordering::Relaxed),
         }
     }
 
-    /// Stops after the message in hand (its transaction commits or rolls back first) and
-    /// leaves the consumer group.
+    /// Stops after the delivery in hand (its transaction commits or rolls back first) and
+    /// leaves the consumer group. Deliveries not acknowledged are delivered again (Kafka: to
+    /// the group's next member or after a restart; in-process: the relay publishes them
+    /// again).
     ///
     /// # Errors
-    /// The loop's error (an offset commit librdkafka refused), or [`Error::Task`] on a panic.
+    /// The loop's error (an acknowledgement the transport refused), or [`Error::Task`] on a
+    /// panic.
     pub async fn shutdown(self) -> Result<()> {
         self.shutdown.cancel();
         let outcome = self.task.await.map_err(|e| Error::Task(e.to_string()));

@@ -68,6 +68,43 @@ pub enum Error {
         status: String,
     },
 
+    /// A topic does not exist on the transport (create it with `ensure_topics`).
+    #[error("topic {topic} does not exist")]
+    UnknownTopic {
+        /// The missing topic.
+        topic: String,
+    },
+
+    /// A message (e.g. a dead letter) could not be delivered to its topic.
+    #[error("cannot publish to {topic}: {reason}")]
+    Publish {
+        /// The topic.
+        topic: String,
+        /// What the transport said.
+        reason: String,
+    },
+
+    /// A builder setting does not apply to the chosen transport (e.g. a librdkafka setting
+    /// on a relay built with a transport: set it on the `KafkaTransport` instead).
+    #[error("setting {setting} does not apply here: {reason}")]
+    InvalidSetting {
+        /// The setting.
+        setting: &'static str,
+        /// Why, and where it belongs.
+        reason: String,
+    },
+
+    /// The transport cannot do this (e.g. refusing a delivery on Kafka).
+    #[error("the transport does not support {operation}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+    },
+
+    /// The subscription was closed; it delivers nothing more.
+    #[error("the subscription is closed")]
+    SubscriptionClosed,
+
     /// A consumer's handler failed; the message is retried and its offset not committed.
     #[error("handler failed: {0}")]
     Handler(String),

@@ -26,11 +26,15 @@
 //! The pieces:
 //! - [`enqueue`] writes an [`NewEvent`] in the caller's transaction ([`MIGRATOR`] creates the
 //!   `commerce_outbox` schema).
-//! - [`Relay`] publishes committed rows with an idempotent `acks=all` producer, several
-//!   relays side by side, per-aggregate order kept, broker outages waited out with backoff,
-//!   refused events dead-lettered to `<topic>.dlq` ([`dead_letter`] lists and replays them,
-//!   one by one or a whole topic at once; so does the `commerce-outbox` command-line tool,
-//!   built with the `cli` feature).
+//! - [`Relay`] publishes committed rows through an [`EventTransport`], several relays side by
+//!   side, per-aggregate order kept, outages waited out with backoff, refused events
+//!   dead-lettered to `<topic>.dlq` ([`dead_letter`] lists and replays them, one by one or a
+//!   whole topic at once; so does the `commerce-outbox` command-line tool, built with the
+//!   `cli` feature).
+//! - [`EventTransport`] is the seam: [`KafkaTransport`] (an idempotent `acks=all` producer
+//!   and consumer groups) for services in several processes, [`InProcessTransport`] (bounded
+//!   queues; a row is marked published only once every subscribed group applied it) for one
+//!   process with Postgres alone. The relay, the consumer and the sagas are the same on both.
 //! - [`InboxConsumer`] and [`inbox`] make consumers idempotent; [`saga`] builds
 //!   choreographed sagas on top, with a persisted saga log.
 //!
@@ -43,27 +47,31 @@ mod enqueue;
 mod error;
 mod event;
 pub mod inbox;
-mod kafka;
 mod metrics;
 mod migrate;
 mod relay;
 mod retention;
 pub mod saga;
 mod shutdown;
+pub mod transport;
 
 pub use backoff::Backoff;
 pub use consumer::{
-    decode_envelope, ConsumerHandle, ConsumerStats, EventHandler, HandlerError, InboxConsumer,
-    InboxConsumerBuilder,
+    ConsumerHandle, ConsumerStats, EventHandler, HandlerError, InboxConsumer, InboxConsumerBuilder,
 };
 pub use enqueue::{enqueue, enqueue_all, NOTIFY_CHANNEL};
 pub use error::{Error, Result};
 pub use event::{DomainEvent, Envelope, EventId, NewEvent, TopicRoutes};
-pub use kafka::{dlq_topic, ensure_topics, TopicSettings};
 pub use metrics::{outbox_stats, OutboxStats, RelayMetrics};
 pub use migrate::MIGRATOR;
 pub use relay::{Relay, RelayBuilder, RelayHandle};
 pub use retention::{prune_settled, PruneReport};
+pub use transport::{
+    decode_envelope, dlq_topic, ensure_topics, DeadLetter, DeadLetterRecord, Delivery,
+    DeliveryContent, DeliveryPosition, EventTransport, InProcessTransport,
+    InProcessTransportBuilder, KafkaTransport, KafkaTransportBuilder, OutboundMessage,
+    PublishOutcome, Subscription, TopicSettings,
+};
 
 /// The README's example, compiled as a doctest so it stays true.
 #[cfg(doctest)]

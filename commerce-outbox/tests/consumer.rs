@@ -1,4 +1,5 @@
-//! The consumer side: inbox consumers in a group, and a choreographed saga step.
+//! The consumer side on both transports (each scenario runs as `<scenario>::kafka` and
+//! `<scenario>::in_process`): inbox consumers in a group, and a choreographed saga step.
 
 mod common;
 
@@ -9,31 +10,40 @@ use commerce_outbox::saga::{record_saga_step, saga_log, Saga, SagaStatus, SagaSt
 use commerce_outbox::{
     enqueue, DomainEvent, Envelope, InboxConsumer, NewEvent, Relay, TopicRoutes, MIGRATOR,
 };
-use commerce_testkit::{kafka_brokers, unique_name, TestDb};
-use common::{commit_event, eventually, new_topic, RecordEffect};
+use commerce_testkit::{unique_name, TestDb};
+use common::{commit_event, eventually, Kind, RecordEffect, Transports};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_group_members_share_the_partitions_and_apply_each_event_once() {
+on_both_transports!(
+    two_group_members_share_the_work_and_apply_each_event_once,
+    a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compensation,
+);
+
+async fn two_group_members_share_the_work_and_apply_each_event_once(kind: Kind) {
     const EVENTS: usize = 40;
     let db = TestDb::new(&[&MIGRATOR]).await;
-    let brokers = kafka_brokers();
-    let topic = new_topic(&brokers, "outbox-group").await;
+    let transports = Transports::new(kind);
+    let topic = transports.new_topic("outbox-group").await;
     sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL)")
         .execute(db.pool())
         .await
         .unwrap();
     let group = unique_name("group");
     let member = || {
-        InboxConsumer::builder(db.pool().clone(), &brokers, &group, "effects")
-            .topics([topic.as_str()])
-            .build(RecordEffect)
-            .unwrap()
-            .spawn()
+        InboxConsumer::with_transport(
+            db.pool().clone(),
+            transports.shared.clone(),
+            &group,
+            "effects",
+        )
+        .topics([topic.as_str()])
+        .build(RecordEffect)
+        .unwrap()
+        .spawn()
     };
     let (first, second) = (member(), member());
-    let relay = Relay::builder(db.pool().clone(), &brokers)
+    let relay = Relay::with_transport(db.pool().clone(), transports.for_relay())
         .build()
         .unwrap()
         .spawn();
@@ -155,11 +165,10 @@ impl SagaStep for ReserveStock {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compensation() {
+async fn a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compensation(kind: Kind) {
     let db = TestDb::new(&[&MIGRATOR]).await;
-    let brokers = kafka_brokers();
-    let topic = new_topic(&brokers, "outbox-saga").await;
+    let transports = Transports::new(kind);
+    let topic = transports.new_topic("outbox-saga").await;
     let routes = TopicRoutes::new().route("order", &topic);
     for sql in [
         "CREATE TABLE stock (product text PRIMARY KEY, available int NOT NULL)",
@@ -172,9 +181,9 @@ async fn a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compens
         routes: routes.clone(),
     });
     assert_eq!(saga.event_types(), vec!["order.placed"]);
-    let consumer = InboxConsumer::builder(
+    let consumer = InboxConsumer::with_transport(
         db.pool().clone(),
-        &brokers,
+        transports.shared.clone(),
         unique_name("stock"),
         "stock-service",
     )
@@ -182,15 +191,15 @@ async fn a_saga_step_commits_with_its_events_and_a_failed_step_emits_its_compens
     .build(saga)
     .unwrap()
     .spawn();
-    let relay = Relay::builder(db.pool().clone(), &brokers)
+    let relay = Relay::with_transport(db.pool().clone(), transports.for_relay())
         .build()
         .unwrap()
         .spawn();
 
     let pool = db.pool().clone();
-    // o-1 and o-2 are different aggregates, so they may land on different partitions, which
-    // a consumer reads in no particular order: o-2 is placed only once o-1 took its step, so
-    // that o-1 is the one that gets the stock.
+    // o-1 and o-2 are different aggregates, so they may land on different partitions (or
+    // members), which a consumer reads in no particular order: o-2 is placed only once o-1
+    // took its step, so that o-1 is the one that gets the stock.
     for (order_id, quantity) in [("o-1", 3), ("o-2", 3)] {
         let mut tx = db.pool().begin().await.unwrap();
         let placed = OrderPlaced {

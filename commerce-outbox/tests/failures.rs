@@ -1,5 +1,6 @@
-//! Failures: the broker going away, a relay dying between publish and mark, an event the
-//! broker can never take.
+//! Failures: the broker going away (Kafka), a relay dying between publish and mark, an event
+//! for a topic that does not exist (both transports: `<scenario>::kafka` and
+//! `<scenario>::in_process`).
 
 mod common;
 
@@ -10,10 +11,15 @@ use commerce_outbox::{
     enqueue, enqueue_all, ensure_topics, outbox_stats, Backoff, InboxConsumer, NewEvent, Relay,
     TopicSettings, MIGRATOR,
 };
-use commerce_testkit::{kafka_brokers, unique_name, within, PrivateBroker, TestDb};
-use common::{commit_event, eventually, new_topic, Reader, RecordEffect, PARTITIONS};
+use commerce_testkit::{unique_name, within, PrivateBroker, TestDb};
+use common::{commit_event, eventually, Kind, Probe, Reader, RecordEffect, Transports, PARTITIONS};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
+
+on_both_transports!(
+    a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_absorbs_the_duplicates,
+    an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_full_speed,
+);
 
 fn settings() -> TopicSettings {
     TopicSettings {
@@ -115,23 +121,22 @@ async fn events_written_while_the_broker_is_down_arrive_once_it_is_back() {
     relay.shutdown().await.unwrap();
 }
 
-/// The relay is killed after the broker acknowledged a batch but before the rows were
-/// marked: nothing is lost, the batch is published again, and the inbox applies each event
-/// once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The relay is killed after the transport delivered a batch (Kafka: the broker
+/// acknowledged it; in-process: the consumer applied it) but before the rows were marked:
+/// nothing is lost, the batch is published again, and the inbox applies each event once.
 async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_absorbs_the_duplicates(
+    kind: Kind,
 ) {
     const EVENTS: usize = 20;
     let db = TestDb::new(&[&MIGRATOR]).await;
-    let brokers = kafka_brokers();
-    let topic = new_topic(&brokers, "outbox-crash").await;
+    let transports = Transports::new(kind);
+    let topic = transports.new_topic("outbox-crash").await;
     sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL)")
         .execute(db.pool())
         .await
         .unwrap();
-    let mut ids = Vec::new();
     for n in 0..EVENTS {
-        ids.push(commit_event(db.pool(), &topic, &format!("order-{}", n % 4), n as i64).await);
+        commit_event(db.pool(), &topic, &format!("order-{}", n % 4), n as i64).await;
     }
 
     // A gate: any UPDATE of the outbox (the relay's "mark published") waits until the test
@@ -158,18 +163,32 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
     .await
     .unwrap();
 
-    let doomed = Relay::builder(db.pool().clone(), &brokers)
+    let consumer = InboxConsumer::with_transport(
+        db.pool().clone(),
+        transports.shared.clone(),
+        unique_name("group"),
+        "effects",
+    )
+    .topics([topic.as_str()])
+    .build(RecordEffect)
+    .unwrap()
+    .spawn();
+    let doomed = Relay::with_transport(db.pool().clone(), transports.for_relay())
         .name("doomed")
         .batch_size(100)
         .build()
         .unwrap()
         .spawn();
-    let mut reader = Reader::new(&brokers, &topic);
-    reader.read_ids(&ids, Duration::from_secs(30)).await;
+    eventually(
+        Duration::from_secs(45),
+        "the consumer to apply the batch",
+        || std::future::ready(consumer.stats().applied == EVENTS as u64),
+    )
+    .await;
     assert_eq!(
         outbox_stats(db.pool()).await.unwrap().pending,
         EVENTS as i64,
-        "published but not marked"
+        "applied but not marked"
     );
     doomed.abort();
 
@@ -183,7 +202,7 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
         .await
         .unwrap();
 
-    let survivor = Relay::builder(db.pool().clone(), &brokers)
+    let survivor = Relay::with_transport(db.pool().clone(), transports.for_relay())
         .name("survivor")
         .poll_interval(Duration::from_millis(200))
         .build()
@@ -195,20 +214,12 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
         async move { outbox_stats(&pool).await.unwrap().pending == 0 }
     })
     .await;
-    reader.read_count(2 * EVENTS, Duration::from_secs(30)).await;
-
-    let consumer =
-        InboxConsumer::builder(db.pool().clone(), &brokers, unique_name("group"), "effects")
-            .topics([topic.as_str()])
-            .build(RecordEffect)
-            .unwrap()
-            .spawn();
     eventually(
         Duration::from_secs(45),
         "the consumer to see every delivery",
         || {
             let stats = consumer.stats();
-            async move { stats.applied + stats.duplicates >= 2 * EVENTS as u64 }
+            std::future::ready(stats.applied + stats.duplicates >= 2 * EVENTS as u64)
         },
     )
     .await;
@@ -230,18 +241,20 @@ async fn a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_abs
 }
 
 /// One event routed to a topic that does not exist (a forgotten `ensure_topics`, a wrong
-/// route) among 2,000 good ones over 200 aggregates: the good ones go out at full speed, and
-/// the bad one is an attempt each time, so it ends as a dead letter instead of making the
-/// whole relay wait out delivery timeouts and back off forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_full_speed() {
+/// route) among 2,000 good ones over 200 aggregates: the good ones go out at full speed (and
+/// reach a consumer), and the bad one is an attempt each time, so it ends as a dead letter
+/// instead of making the whole relay wait out delivery timeouts and back off forever.
+async fn an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_full_speed(
+    kind: Kind,
+) {
     const AGGREGATES: usize = 200;
     const PER_AGGREGATE: usize = 10;
     common::init_logs();
     let db = TestDb::new(&[&MIGRATOR]).await;
-    let brokers = kafka_brokers();
-    let good = new_topic(&brokers, "outbox-good").await;
+    let transports = Transports::new(kind);
+    let good = transports.new_topic("outbox-good").await;
     let missing = unique_name("no-such-topic");
+    let probe = Probe::start(&transports.shared, &[&good]);
 
     // The bad event is the oldest, so it is in the relay's first batch.
     let mut tx = db.pool().begin().await.unwrap();
@@ -269,7 +282,7 @@ async fn an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_
         tx.commit().await.unwrap();
     }
 
-    let relay = Relay::builder(db.pool().clone(), &brokers)
+    let relay = Relay::with_transport(db.pool().clone(), transports.for_relay())
         .name("missing-topic")
         .poll_interval(Duration::from_millis(200))
         .max_attempts(3)
@@ -305,6 +318,9 @@ async fn an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_
     )
     .await;
     println!("good events published after {:?}", started.elapsed());
+    probe
+        .wait_count(AGGREGATES * PER_AGGREGATE, Duration::from_secs(45))
+        .await;
 
     eventually(
         Duration::from_secs(30),
@@ -328,4 +344,5 @@ async fn an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_
     within(Duration::from_secs(20), relay.shutdown())
         .await
         .unwrap();
+    probe.stop().await;
 }

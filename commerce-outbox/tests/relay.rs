@@ -1,19 +1,32 @@
-//! The relay against real Postgres and the real broker.
+//! The relay against real Postgres, on both transports (each scenario runs as
+//! `<scenario>::kafka` and `<scenario>::in_process`).
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use commerce_outbox::{enqueue, outbox_stats, Backoff, NewEvent, Relay, MIGRATOR};
-use commerce_testkit::{kafka_brokers, TestDb};
-use common::{arrival_order, commit_event, eventually, new_topic, Reader};
+use commerce_outbox::{enqueue, outbox_stats, Backoff, EventTransport, NewEvent, Relay, MIGRATOR};
+use commerce_testkit::TestDb;
+use common::{commit_event, dead_letters, eventually, order_of, Kind, Probe, Transports};
 use serde_json::json;
 
-fn fast_relay(db: &TestDb, name: &str) -> commerce_outbox::RelayBuilder {
-    Relay::builder(db.pool().clone(), kafka_brokers())
+on_both_transports!(
+    rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit_order,
+    two_relays_publish_each_event_once_in_commit_order_per_aggregate,
+    a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_it,
+    replaying_a_topic_releases_all_its_dead_letters_in_sequence_order,
+    retention_prunes_only_published_rows,
+);
+
+fn fast_relay(
+    db: &TestDb,
+    transport: Arc<dyn EventTransport>,
+    name: &str,
+) -> commerce_outbox::RelayBuilder {
+    Relay::with_transport(db.pool().clone(), transport)
         .name(name)
         .poll_interval(Duration::from_millis(200))
         .broker_backoff(Backoff::new(
@@ -22,12 +35,15 @@ fn fast_relay(db: &TestDb, name: &str) -> commerce_outbox::RelayBuilder {
         ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit_order() {
+async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit_order(kind: Kind) {
     let db = TestDb::new(&[&MIGRATOR]).await;
-    let brokers = kafka_brokers();
-    let topic = new_topic(&brokers, "outbox-commit").await;
-    let relay = fast_relay(&db, "commit-test").build().unwrap().spawn();
+    let transports = Transports::new(kind);
+    let topic = transports.new_topic("outbox-commit").await;
+    let probe = Probe::start(&transports.shared, &[&topic]);
+    let relay = fast_relay(&db, transports.for_relay(), "commit-test")
+        .build()
+        .unwrap()
+        .spawn();
 
     let mut tx = db.pool().begin().await.unwrap();
     let rolled_back = NewEvent::new(&topic, "test.happened", "test", "agg-a", json!({"n": -1}));
@@ -47,14 +63,13 @@ async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit
         }
     }
     // The same key as the rolled-back event: had it been published, it would come first
-    // in this partition, before this sentinel.
+    // for this aggregate, before this sentinel.
     let sentinel = commit_event(db.pool(), &topic, "agg-a", 10).await;
     committed.push(sentinel);
 
-    let mut reader = Reader::new(&brokers, &topic);
-    reader.read_ids(&committed, Duration::from_secs(30)).await;
-
-    let ids: Vec<_> = reader.received.iter().map(|m| m.envelope.id).collect();
+    probe.wait_ids(&committed, Duration::from_secs(45)).await;
+    let envelopes = probe.envelopes();
+    let ids: Vec<_> = envelopes.iter().map(|e| e.id).collect();
     assert!(
         !ids.contains(&rolled_back.id),
         "rolled-back event was published"
@@ -62,22 +77,29 @@ async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "an event was published twice");
     assert_eq!(ids.len(), committed.len());
-    let order = arrival_order(&reader.received);
+    let order = order_of(&envelopes);
     assert_eq!(order["agg-a"], (0..=10).collect::<Vec<_>>());
     assert_eq!(order["agg-b"], (0..10).collect::<Vec<_>>());
     assert_eq!(order["agg-c"], (0..10).collect::<Vec<_>>());
-    for message in &reader.received {
+    for delivery in probe.received() {
+        let envelope = delivery.envelope().unwrap();
         assert_eq!(
-            message.key, message.envelope.aggregate_id,
+            delivery.key.as_deref(),
+            Some(envelope.aggregate_id.as_str()),
             "key = aggregate id"
         );
-        assert_eq!(message.headers["event-id"], message.envelope.id.to_string());
+        assert_eq!(
+            delivery.header("event-id"),
+            Some(envelope.id.to_string().as_str())
+        );
+        assert_eq!(delivery.header("event-type"), Some("test.happened"));
     }
 
     let metrics = relay.metrics().await.unwrap();
     assert_eq!(metrics.published_total, committed.len() as u64);
     assert_eq!(metrics.outbox.pending, 0);
     relay.shutdown().await.unwrap();
+    probe.stop().await;
     let published: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM commerce_outbox.event WHERE status = 'published' AND published_at IS NOT NULL",
     )
@@ -89,14 +111,13 @@ async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit
 
 /// 1,000 aggregates x 20 events, written by concurrent transactions whose per-aggregate
 /// order is decided by a business row lock (as an order row would), relayed by two relays.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate() {
+async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate(kind: Kind) {
     const AGGREGATES: usize = 1_000;
     const PER_AGGREGATE: usize = 20;
     const WRITERS: usize = 8;
     let db = TestDb::with_pool_size(&[&MIGRATOR], 16).await;
-    let brokers = kafka_brokers();
-    let topic = new_topic(&brokers, "outbox-two-relays").await;
+    let transports = Transports::new(kind);
+    let topic = transports.new_topic("outbox-two-relays").await;
     sqlx::query(
         "CREATE TABLE business_state (aggregate text PRIMARY KEY, version bigint NOT NULL)",
     )
@@ -104,12 +125,13 @@ async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate() {
     .await
     .unwrap();
 
-    let relay_a = fast_relay(&db, "relay-a")
+    let probe = Probe::start(&transports.shared, &[&topic]);
+    let relay_a = fast_relay(&db, transports.for_relay(), "relay-a")
         .batch_size(200)
         .build()
         .unwrap()
         .spawn();
-    let relay_b = fast_relay(&db, "relay-b")
+    let relay_b = fast_relay(&db, transports.for_relay(), "relay-b")
         .batch_size(200)
         .build()
         .unwrap()
@@ -155,13 +177,12 @@ async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate() {
     }
 
     let total = AGGREGATES * PER_AGGREGATE;
-    let mut reader = Reader::new(&brokers, &topic);
-    reader.read_count(total, Duration::from_secs(60)).await;
-
-    let ids: HashSet<_> = reader.received.iter().map(|m| m.envelope.id).collect();
+    probe.wait_count(total, Duration::from_secs(90)).await;
+    let envelopes = probe.envelopes();
+    let ids: HashSet<_> = envelopes.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), total, "every event once");
-    assert_eq!(reader.received.len(), total, "no event twice");
-    let order = arrival_order(&reader.received);
+    assert_eq!(envelopes.len(), total, "no event twice");
+    let order = order_of(&envelopes);
     assert_eq!(order.len(), AGGREGATES);
     let expected: Vec<i64> = (1..=PER_AGGREGATE as i64).collect();
     for (aggregate, versions) in &order {
@@ -176,36 +197,84 @@ async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate() {
     );
     relay_a.shutdown().await.unwrap();
     relay_b.shutdown().await.unwrap();
+    probe.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_it() {
+/// How each transport is made to refuse an event, and undone: on Kafka a producer whose
+/// size limit (100 kB) is below the event's 200 kB (the broker takes 1 MB); in-process a
+/// consumer group (the probe) that refuses it.
+struct Poison {
+    transports: Transports,
+    refusing: Arc<AtomicBool>,
+}
+
+impl Poison {
+    fn new(kind: Kind) -> Self {
+        Self {
+            transports: Transports::new(kind),
+            refusing: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// The probe: refuses the big events while the cause is not fixed (in-process).
+    fn probe(&self, topics: &[&str]) -> Probe {
+        let refusing = Arc::clone(&self.refusing);
+        Probe::refusing(
+            &self.transports.shared,
+            topics,
+            Arc::new(move |envelope| {
+                refusing.load(Ordering::SeqCst) && envelope.payload.get("blob").is_some()
+            }),
+        )
+    }
+
+    fn strict_transport(&self) -> Arc<dyn EventTransport> {
+        self.transports
+            .for_relay_with(|kafka| kafka.producer_config("message.max.bytes", "100000"))
+    }
+
+    /// Fixes the cause; returns the transport of a relay that can publish the event now.
+    fn fix(&self) -> Arc<dyn EventTransport> {
+        self.refusing.store(false, Ordering::SeqCst);
+        self.transports.for_relay()
+    }
+
+    /// The error the refusal leaves in the row.
+    fn error(&self) -> &'static str {
+        match self.transports.kind {
+            Kind::Kafka => "too large",
+            Kind::InProcess => "the probe refuses it",
+        }
+    }
+}
+
+fn big_payload(n: i64) -> serde_json::Value {
+    json!({"n": n, "blob": "x".repeat(200_000)})
+}
+
+async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_it(kind: Kind) {
     use commerce_outbox::dead_letter::{inspect_event, list_dead_letters, replay_dead_letter};
 
     let db = TestDb::new(&[&MIGRATOR]).await;
-    let brokers = kafka_brokers();
-    let topic = new_topic(&brokers, "outbox-poison").await;
-    let strict = fast_relay(&db, "strict")
+    let poison_cause = Poison::new(kind);
+    let topic = poison_cause.transports.new_topic("outbox-poison").await;
+    let probe = poison_cause.probe(&[&topic]);
+    let dlq = Probe::start(
+        &poison_cause.transports.shared,
+        &[&commerce_outbox::dlq_topic(&topic)],
+    );
+    let strict = fast_relay(&db, poison_cause.strict_transport(), "strict")
         .max_attempts(3)
         .retry_backoff(Backoff::new(
             Duration::from_millis(50),
             Duration::from_millis(200),
         ))
-        .producer_config("message.max.bytes", "100000")
         .build()
         .unwrap()
         .spawn();
 
-    // 200 kB: over this producer's 100 kB limit, fine for the broker's default 1 MB.
-    let big = "x".repeat(200_000);
     let mut tx = db.pool().begin().await.unwrap();
-    let poison = NewEvent::new(
-        &topic,
-        "test.happened",
-        "test",
-        "poisoned",
-        json!({"n": 0, "blob": big}),
-    );
+    let poison = NewEvent::new(&topic, "test.happened", "test", "poisoned", big_payload(0));
     enqueue(&mut tx, &poison).await.unwrap();
     tx.commit().await.unwrap();
     let held = commit_event(db.pool(), &topic, "poisoned", 1).await;
@@ -214,9 +283,7 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
         healthy.push(commit_event(db.pool(), &topic, "healthy-1", n).await);
         healthy.push(commit_event(db.pool(), &topic, "healthy-2", n).await);
     }
-
-    let mut reader = Reader::new(&brokers, &topic);
-    reader.read_ids(&healthy, Duration::from_secs(30)).await;
+    probe.wait_ids(&healthy, Duration::from_secs(45)).await;
 
     let pool = db.pool().clone();
     eventually(
@@ -230,15 +297,8 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
     .await;
     let dead = inspect_event(db.pool(), poison.id).await.unwrap();
     assert_eq!(dead.attempts, 3);
-    assert!(
-        dead.last_error
-            .as_deref()
-            .unwrap_or("")
-            .to_lowercase()
-            .contains("too large"),
-        "{:?}",
-        dead.last_error
-    );
+    let error = dead.last_error.as_deref().unwrap_or("").to_lowercase();
+    assert!(error.contains(poison_cause.error()), "{error}");
     assert_eq!(
         dead.held_behind, 1,
         "the aggregate's next event waits behind it"
@@ -254,26 +314,37 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
     );
     assert_eq!(strict.metrics().await.unwrap().dead_lettered_total, 1);
 
-    let mut dlq = Reader::new(&brokers, &commerce_outbox::dlq_topic(&topic));
-    dlq.read_count(1, Duration::from_secs(30)).await;
-    let letter = &dlq.received[0];
-    assert_eq!(letter.headers["event-id"], poison.id.to_string());
-    assert!(letter.headers["error"].to_lowercase().contains("too large"));
-    assert_eq!(letter.envelope.id, poison.id);
-    assert_eq!(letter.value["attempts"], 3);
+    dlq.wait_count(1, Duration::from_secs(45)).await;
+    let delivery = &dlq.received()[0];
     assert_eq!(
-        letter.value["payload_omitted"], true,
-        "too large for the DLQ too"
+        delivery.header("event-id"),
+        Some(poison.id.to_string().as_str())
+    );
+    assert!(delivery
+        .header("error")
+        .unwrap_or("")
+        .to_lowercase()
+        .contains(poison_cause.error()));
+    let letter = &dead_letters(&dlq.received())[0];
+    assert_eq!(letter.envelope.id, poison.id);
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(
+        letter.payload_omitted,
+        kind == Kind::Kafka,
+        "too large for Kafka's DLQ too; in-process it fits"
     );
 
-    // Fix the cause (a producer that allows the size), then replay.
+    // Fix the cause, then replay.
     strict.shutdown().await.unwrap();
-    let relaxed = fast_relay(&db, "relaxed").build().unwrap().spawn();
+    let relaxed = fast_relay(&db, poison_cause.fix(), "relaxed")
+        .build()
+        .unwrap()
+        .spawn();
     replay_dead_letter(db.pool(), poison.id).await.unwrap();
-    reader
-        .read_ids(&[poison.id, held], Duration::from_secs(30))
+    probe
+        .wait_ids(&[poison.id, held], Duration::from_secs(30))
         .await;
-    let order = arrival_order(&reader.received);
+    let order = order_of(&probe.envelopes());
     assert_eq!(
         order["poisoned"],
         vec![0, 1],
@@ -281,15 +352,19 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
     );
     assert_eq!(outbox_stats(db.pool()).await.unwrap().dead_letters, 0);
     relaxed.shutdown().await.unwrap();
+    probe.stop().await;
+    dlq.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_prunes_only_published_rows() {
+async fn retention_prunes_only_published_rows(kind: Kind) {
     let db = TestDb::new(&[&MIGRATOR]).await;
-    let brokers = kafka_brokers();
-    let topic = new_topic(&brokers, "outbox-retention").await;
+    let transports = Transports::new(kind);
+    let topic = transports.new_topic("outbox-retention").await;
     let ids: Vec<_> = futures_ids(&db, &topic, 5).await;
-    let relay = fast_relay(&db, "retention").build().unwrap().spawn();
+    let relay = fast_relay(&db, transports.for_relay(), "retention")
+        .build()
+        .unwrap()
+        .spawn();
     let pool = db.pool().clone();
     eventually(Duration::from_secs(30), "all published", || {
         let pool = pool.clone();
@@ -331,45 +406,40 @@ async fn futures_ids(db: &TestDb, topic: &str, n: i64) -> Vec<commerce_outbox::E
     ids
 }
 
-/// A topic-wide refusal (here: a producer whose size limit is below every event's head)
-/// dead-letters the head of every aggregate and holds the rest. After the cause is fixed,
-/// one call replays all of the topic's dead letters: each aggregate's events then arrive in
-/// sequence order, and another topic's dead letter is left alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order() {
+/// A topic-wide refusal dead-letters the head of every aggregate and holds the rest. After
+/// the cause is fixed, one call replays all of the topic's dead letters: each aggregate's
+/// events then arrive in sequence order, and another topic's dead letter is left alone.
+async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order(kind: Kind) {
     use commerce_outbox::dead_letter::{inspect_event, replay_dead_letters};
     const AGGREGATES: usize = 5;
 
     let db = TestDb::new(&[&MIGRATOR]).await;
-    let brokers = kafka_brokers();
-    let topic = new_topic(&brokers, "outbox-replay").await;
-    let other = new_topic(&brokers, "outbox-replay-other").await;
-    let strict = fast_relay(&db, "strict")
+    let poison_cause = Poison::new(kind);
+    let topic = poison_cause.transports.new_topic("outbox-replay").await;
+    let other = poison_cause
+        .transports
+        .new_topic("outbox-replay-other")
+        .await;
+    let probe = poison_cause.probe(&[&topic, &other]);
+    let strict = fast_relay(&db, poison_cause.strict_transport(), "strict")
         .max_attempts(2)
         .retry_backoff(Backoff::new(
             Duration::from_millis(50),
             Duration::from_millis(100),
         ))
-        .producer_config("message.max.bytes", "100000")
         .build()
         .unwrap()
         .spawn();
 
-    // Each aggregate: a 200 kB head (over the strict producer's limit), then two small events.
-    let big = "x".repeat(200_000);
+    // Each aggregate: a 200 kB head (refused while the cause is not fixed), then two small
+    // events.
     let mut heads = Vec::new();
     let mut all = Vec::new();
     for a in 0..AGGREGATES {
         let aggregate = format!("agg-{a}");
         let mut tx = db.pool().begin().await.unwrap();
         let events = [
-            NewEvent::new(
-                &topic,
-                "test.happened",
-                "test",
-                &aggregate,
-                json!({"n": 0, "blob": big}),
-            ),
+            NewEvent::new(&topic, "test.happened", "test", &aggregate, big_payload(0)),
             NewEvent::new(&topic, "test.happened", "test", &aggregate, json!({"n": 1})),
             NewEvent::new(&topic, "test.happened", "test", &aggregate, json!({"n": 2})),
         ];
@@ -383,13 +453,7 @@ async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order() {
     let mut tx = db.pool().begin().await.unwrap();
     let other_dead = enqueue(
         &mut tx,
-        &NewEvent::new(
-            &other,
-            "test.happened",
-            "test",
-            "agg-other",
-            json!({"n": 0, "blob": big}),
-        ),
+        &NewEvent::new(&other, "test.happened", "test", "agg-other", big_payload(0)),
     )
     .await
     .unwrap();
@@ -408,17 +472,19 @@ async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order() {
     );
     strict.shutdown().await.unwrap();
 
-    // The cause is fixed (a producer that allows the size): one replay for the whole topic.
-    let relaxed = fast_relay(&db, "relaxed").build().unwrap().spawn();
+    // The cause is fixed: one replay for the whole topic.
+    let relaxed = fast_relay(&db, poison_cause.fix(), "relaxed")
+        .build()
+        .unwrap()
+        .spawn();
     let replayed = replay_dead_letters(db.pool(), &topic).await.unwrap();
     assert_eq!(
         replayed, heads,
         "every dead letter of the topic, oldest first"
     );
 
-    let mut reader = Reader::new(&brokers, &topic);
-    reader.read_ids(&all, Duration::from_secs(30)).await;
-    let order = arrival_order(&reader.received);
+    probe.wait_ids(&all, Duration::from_secs(45)).await;
+    let order = order_of(&probe.envelopes());
     for a in 0..AGGREGATES {
         assert_eq!(
             order[&format!("agg-{a}")],
@@ -437,4 +503,5 @@ async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order() {
         "nothing left to replay"
     );
     relaxed.shutdown().await.unwrap();
+    probe.stop().await;
 }

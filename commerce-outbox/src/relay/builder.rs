@@ -5,20 +5,28 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::publish::Publisher;
 use super::topics::Topics;
 use super::{Relay, Shared};
 use crate::backoff::Backoff;
-use crate::error::Result;
-use crate::kafka::producer_config;
+use crate::error::{Error, Result};
 use crate::metrics::RelayCounters;
+use crate::transport::{EventTransport, KafkaTransport};
+
+/// Where the relay publishes.
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    /// A Kafka transport of its own, created by `build` (with the producer overrides).
+    Kafka(String),
+    /// A transport given by the caller.
+    Transport(Arc<dyn EventTransport>),
+}
 
 /// Configures a [`Relay`]. Every knob has a default suited to a production service.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RelayBuilder {
     pub(super) pool: PgPool,
-    pub(super) brokers: String,
+    source: Source,
     pub(super) name: String,
     pub(super) batch_size: u32,
     pub(super) workers: usize,
@@ -34,10 +42,10 @@ pub struct RelayBuilder {
 
 impl RelayBuilder {
     /// The defaults: see each setter.
-    pub(super) fn new(pool: PgPool, brokers: String) -> Self {
+    pub(super) fn new(pool: PgPool, source: Source) -> Self {
         Self {
             pool,
-            brokers,
+            source,
             name: "outbox-relay".into(),
             batch_size: 500,
             workers: 1,
@@ -80,17 +88,19 @@ impl RelayBuilder {
 
     /// Failed publish attempts after which an event becomes a dead letter (default 10).
     ///
-    /// An attempt counts when the broker refused the message, when its topic does not
-    /// exist, or when it went undelivered while the broker was answering; not while the
-    /// broker is unreachable.
+    /// An attempt counts when the transport refused the message ([`crate::PublishOutcome::Refused`]:
+    /// on Kafka the broker refused it, its topic does not exist, or it went undelivered while
+    /// the broker was answering; in-process a consumer group's handler kept failing); not
+    /// while the transport is unavailable.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
     }
 
-    /// Per-topic backoff while the broker does not answer for a topic's messages (default
-    /// 100 ms up to 10 s): only that topic's events wait, other topics' keep flowing. Also
-    /// the wait after a failed database round and between LISTEN reconnections.
+    /// Per-topic backoff while the transport does not answer for a topic's messages
+    /// (default 100 ms up to 10 s): only that topic's events wait, other topics' keep
+    /// flowing. Also the wait after a failed database round and between LISTEN
+    /// reconnections.
     pub fn broker_backoff(mut self, backoff: Backoff) -> Self {
         self.broker_backoff = backoff;
         self
@@ -116,8 +126,11 @@ impl RelayBuilder {
     }
 
     /// Overrides a librdkafka producer setting (e.g. `message.timeout.ms`,
-    /// `message.max.bytes`, `linger.ms`). `enable.idempotence=true` and `acks=all` are the
-    /// defaults; overriding them gives up the ordering and durability this crate promises.
+    /// `message.max.bytes`, `linger.ms`) of the Kafka transport [`Relay::builder`] creates.
+    /// `enable.idempotence=true` and `acks=all` are the defaults; overriding them gives up
+    /// the ordering and durability this crate promises. A relay built
+    /// [`Relay::with_transport`] refuses it at [`RelayBuilder::build`]: set it on the
+    /// [`KafkaTransport`] instead.
     pub fn producer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.producer_overrides.push((key.into(), value.into()));
         self
@@ -130,15 +143,31 @@ impl RelayBuilder {
         self
     }
 
-    /// Creates the producer.
+    /// The relay (with [`Relay::builder`], its Kafka transport and producer).
     ///
     /// # Errors
-    /// [`crate::Error::Kafka`] when librdkafka rejects the configuration.
+    /// [`Error::Kafka`] when librdkafka rejects the producer configuration;
+    /// [`Error::InvalidSetting`] for producer settings on a relay with a given transport.
     pub fn build(self) -> Result<Relay> {
-        let publisher = Publisher::new(producer_config(&self.brokers, &self.producer_overrides))?;
+        let transport: Arc<dyn EventTransport> = match &self.source {
+            Source::Kafka(brokers) => {
+                let mut kafka = KafkaTransport::builder(brokers.as_str());
+                for (key, value) in &self.producer_overrides {
+                    kafka = kafka.producer_config(key.as_str(), value.as_str());
+                }
+                Arc::new(kafka.build()?)
+            }
+            Source::Transport(_) if !self.producer_overrides.is_empty() => {
+                return Err(Error::InvalidSetting {
+                    setting: "producer_config",
+                    reason: "the relay was given its transport; set librdkafka settings on the KafkaTransport".into(),
+                });
+            }
+            Source::Transport(transport) => Arc::clone(transport),
+        };
         Ok(Relay {
             shared: Arc::new(Shared {
-                publisher,
+                transport,
                 topics: Topics::default(),
                 counters: RelayCounters::new(),
                 config: self,

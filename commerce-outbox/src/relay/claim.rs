@@ -16,6 +16,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::event::{Envelope, EventId};
+use crate::transport::OutboundMessage;
 
 /// One statement: lock up to `$1` candidates, oldest first, skipping the topics in `$2`
 /// (backing off because the broker did not answer for them), then read (without locks, so
@@ -65,21 +67,65 @@ FROM claimed c
 JOIN heads h ON h.aggregate_type = c.aggregate_type AND h.aggregate_id = c.aggregate_id
 ORDER BY c.position";
 
+/// A claimed row as the claim statement returns it.
+#[derive(Debug, sqlx::FromRow)]
+struct ClaimRecord {
+    id: Uuid,
+    topic: String,
+    event_type: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    aggregate_seq: i64,
+    occurred_at: DateTime<Utc>,
+    schema_version: i32,
+    payload: serde_json::Value,
+    attempts: i32,
+    aggregate_head: i64,
+}
+
 /// A locked outbox row the relay is about to publish.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClaimedRow {
-    pub(crate) id: Uuid,
-    pub(crate) topic: String,
-    pub(crate) event_type: String,
-    pub(crate) aggregate_type: String,
-    pub(crate) aggregate_id: String,
-    pub(crate) aggregate_seq: i64,
-    pub(crate) occurred_at: DateTime<Utc>,
-    pub(crate) schema_version: i32,
-    pub(crate) payload: serde_json::Value,
+    /// The message to publish (the row's envelope, key and headers).
+    pub(crate) message: OutboundMessage,
+    /// Failed attempts so far.
     pub(crate) attempts: i32,
     /// The oldest unsettled sequence number of the row's aggregate when claimed.
     pub(crate) aggregate_head: i64,
+}
+
+impl From<ClaimRecord> for ClaimedRow {
+    fn from(record: ClaimRecord) -> Self {
+        let envelope = Envelope {
+            id: EventId(record.id),
+            event_type: record.event_type,
+            aggregate_type: record.aggregate_type,
+            aggregate_id: record.aggregate_id,
+            aggregate_seq: record.aggregate_seq,
+            occurred_at: record.occurred_at,
+            schema_version: record.schema_version,
+            payload: record.payload,
+        };
+        Self {
+            message: OutboundMessage::new(record.topic, envelope),
+            attempts: record.attempts,
+            aggregate_head: record.aggregate_head,
+        }
+    }
+}
+
+impl ClaimedRow {
+    fn aggregate(&self) -> (String, String) {
+        let envelope = &self.message.envelope;
+        (
+            envelope.aggregate_type.clone(),
+            envelope.aggregate_id.clone(),
+        )
+    }
+
+    fn seq(&self) -> i64 {
+        self.message.envelope.aggregate_seq
+    }
 }
 
 /// What a claim returned.
@@ -98,11 +144,14 @@ pub(crate) async fn claim(
     limit: i64,
     skip_topics: &[String],
 ) -> Result<Claim> {
-    let candidates: Vec<ClaimedRow> = sqlx::query_as(CLAIM_SQL)
+    let candidates: Vec<ClaimedRow> = sqlx::query_as::<_, ClaimRecord>(CLAIM_SQL)
         .bind(limit)
         .bind(skip_topics)
         .fetch_all(&mut *conn)
-        .await?;
+        .await?
+        .into_iter()
+        .map(ClaimedRow::from)
+        .collect();
     Ok(Claim {
         locked: candidates.len(),
         rows: keep_publishable(candidates),
@@ -115,7 +164,7 @@ pub(crate) fn keep_publishable(candidates: Vec<ClaimedRow>) -> Vec<ClaimedRow> {
     let mut order: Vec<(String, String)> = Vec::new();
     let mut groups: HashMap<(String, String), Vec<ClaimedRow>> = HashMap::new();
     for row in candidates {
-        let key = (row.aggregate_type.clone(), row.aggregate_id.clone());
+        let key = row.aggregate();
         groups
             .entry(key.clone())
             .or_insert_with(|| {
@@ -129,12 +178,12 @@ pub(crate) fn keep_publishable(candidates: Vec<ClaimedRow>) -> Vec<ClaimedRow> {
         let Some(mut rows) = groups.remove(&key) else {
             continue;
         };
-        rows.sort_by_key(|r| r.aggregate_seq);
+        rows.sort_by_key(ClaimedRow::seq);
         let Some(head) = rows.first().map(|r| r.aggregate_head) else {
             continue;
         };
         for (expected, row) in (head..).zip(rows) {
-            if row.aggregate_seq != expected {
+            if row.seq() != expected {
                 break;
             }
             out.push(row);
@@ -149,15 +198,7 @@ mod tests {
 
     fn row(aggregate: &str, seq: i64, head: i64) -> ClaimedRow {
         ClaimedRow {
-            id: Uuid::now_v7(),
-            topic: "t".into(),
-            event_type: "e".into(),
-            aggregate_type: "order".into(),
-            aggregate_id: aggregate.into(),
-            aggregate_seq: seq,
-            occurred_at: Utc::now(),
-            schema_version: 1,
-            payload: serde_json::Value::Null,
+            message: crate::transport::tests::message("t", aggregate, seq),
             attempts: 0,
             aggregate_head: head,
         }
@@ -165,7 +206,7 @@ mod tests {
 
     fn seqs(rows: &[ClaimedRow]) -> Vec<(String, i64)> {
         rows.iter()
-            .map(|r| (r.aggregate_id.clone(), r.aggregate_seq))
+            .map(|r| (r.message.key.clone(), r.seq()))
             .collect()
     }
 

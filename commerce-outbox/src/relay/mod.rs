@@ -1,21 +1,20 @@
-//! The relay: tokio tasks that publish committed outbox rows to Kafka.
+//! The relay: tokio tasks that publish committed outbox rows through an
+//! [`EventTransport`] (Kafka, or in-process).
 //!
 //! Several relays (processes, or workers of one relay) may run on one table. Each batch is
 //! one Postgres transaction: claim (`FOR UPDATE SKIP LOCKED`, see [`claim`]), publish and
-//! wait for every acknowledgement, mark published, commit. A relay that dies mid-batch
-//! releases its locks with its connection, so its rows are published again by whoever
-//! claims them next: delivery is at least once, and the [`crate::inbox`] absorbs the
-//! duplicates.
+//! wait for every outcome, mark published, commit. A relay that dies mid-batch releases its
+//! locks with its connection, so its rows are published again by whoever claims them next:
+//! delivery is at least once, and the [`crate::inbox`] absorbs the duplicates.
 //!
 //! The pieces: `builder` (settings), `worker` (the batch loop), `listen` (wake-ups on
-//! commit), `claim`, `publish`, `fault` (whether a failure counts as an attempt), `topics`
-//! (what the broker says about each topic, per-topic backoff) and `settle`.
+//! commit), `claim`, `topics` (per-topic backoff while the transport does not answer for a
+//! topic) and `settle`. Everything about a particular transport (Kafka's producer, topic
+//! lookups and fault classification) lives in [`crate::transport`].
 
 mod builder;
 mod claim;
-mod fault;
 mod listen;
-mod publish;
 mod settle;
 mod topics;
 mod worker;
@@ -36,12 +35,15 @@ pub use builder::RelayBuilder;
 use crate::error::{Error, Result};
 use crate::metrics::{outbox_stats, RelayCounters, RelayMetrics};
 use crate::retention::prune_periodically;
-use publish::Publisher;
+use crate::transport::EventTransport;
 use topics::Topics;
+
+/// How long a shutting-down relay waits for messages still buffered in its transport.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every task of one relay shares.
 struct Shared {
-    publisher: Publisher,
+    transport: Arc<dyn EventTransport>,
     topics: Topics,
     counters: RelayCounters,
     config: RelayBuilder,
@@ -61,10 +63,28 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// A builder for a relay reading `pool`'s outbox and publishing to `brokers`
-    /// (`host:port[,host:port]`).
+    /// A builder for a relay reading `pool`'s outbox and publishing to Kafka at `brokers`
+    /// (`host:port[,host:port]`): the shorthand of [`Relay::with_transport`] with a
+    /// [`crate::KafkaTransport`] of its own (librdkafka settings through
+    /// [`RelayBuilder::producer_config`]).
     pub fn builder(pool: PgPool, brokers: impl Into<String>) -> RelayBuilder {
-        RelayBuilder::new(pool, brokers.into())
+        RelayBuilder::new(pool, builder::Source::Kafka(brokers.into()))
+    }
+
+    /// A builder for a relay reading `pool`'s outbox and publishing through `transport`
+    /// (shared with other relays and the consumers if you like).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use commerce_outbox::{InProcessTransport, Relay};
+    ///
+    /// # async fn run(pool: sqlx::PgPool) -> commerce_outbox::Result<()> {
+    /// let events = Arc::new(InProcessTransport::new());
+    /// let relay = Relay::with_transport(pool, events).build()?.spawn();
+    /// # relay.shutdown().await }
+    /// ```
+    pub fn with_transport(pool: PgPool, transport: Arc<dyn EventTransport>) -> RelayBuilder {
+        RelayBuilder::new(pool, builder::Source::Transport(transport))
     }
 
     /// Starts the relay's tasks on the current tokio runtime; the handle owns them.
@@ -107,7 +127,11 @@ impl std::fmt::Debug for RelayHandle {
 
 impl RelayHandle {
     /// Lets in-flight batches finish (each is published and marked, or rolled back), stops
-    /// every task of the relay and flushes the producer.
+    /// every task of the relay and flushes the transport (Kafka: the producer's queue).
+    ///
+    /// An in-flight batch may wait for its transport's answer: on Kafka up to the delivery
+    /// timeout, in-process up to the ack timeout (stop the consumers first and it is
+    /// immediate: their queued messages come back unavailable).
     ///
     /// # Errors
     /// [`Error::Task`] when a relay task panicked.
@@ -118,7 +142,9 @@ impl RelayHandle {
             Err(error) => Err(Error::Task(error.to_string())),
         };
         self.tasks.wait().await;
-        self.shared.publisher.flush(Duration::from_secs(5));
+        if let Err(error) = self.shared.transport.flush(FLUSH_TIMEOUT).await {
+            tracing::warn!(relay = %self.shared.config.name, %error, "flushing the transport on shutdown failed");
+        }
         outcome
     }
 

@@ -3,15 +3,12 @@
 
 use std::collections::HashSet;
 
-use rdkafka::producer::FutureProducer;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::claim::ClaimedRow;
-use super::publish::{publish_dead_letter, RowOutcome};
 use crate::backoff::Backoff;
 use crate::error::Result;
-use crate::kafka::dlq_topic;
+use crate::transport::{DeadLetter, EventTransport, OutboundMessage, PublishOutcome};
 
 /// `clock_timestamp()`, not `now()`: the publish time is after the acknowledgement, not the
 /// batch transaction's start.
@@ -41,11 +38,11 @@ pub(crate) struct Settlement {
     pub(crate) rejected: u64,
     pub(crate) dead_lettered: u64,
     pub(crate) unavailable: u64,
-    /// One of the broker errors behind `unavailable`, for the log line.
+    /// One of the transport errors behind `unavailable`, for the log line.
     pub(crate) unavailable_error: Option<String>,
 }
 
-/// A failed attempt of one row: `row` indexes the batch's rows.
+/// A failed attempt of one row: `row` indexes the batch's messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Attempt {
     pub(crate) row: usize,
@@ -63,7 +60,7 @@ pub(crate) struct Plan {
     pub(crate) retries: Vec<Attempt>,
     /// Rows that become dead letters.
     pub(crate) dead: Vec<Attempt>,
-    /// Rows the broker was unreachable for: `last_error` only, no attempt.
+    /// Rows the transport was unavailable for: `last_error` only, no attempt.
     pub(crate) unavailable: Vec<Uuid>,
     pub(crate) unavailable_error: Option<String>,
     /// Rows acknowledged after an earlier row of their aggregate failed in the same batch:
@@ -71,46 +68,46 @@ pub(crate) struct Plan {
     pub(crate) held_after_failure: u64,
 }
 
-impl Plan {
-    /// The dead-letter topics this plan publishes to.
-    pub(crate) fn dead_letter_topics(&self, rows: &[ClaimedRow]) -> Vec<String> {
-        let topics: HashSet<String> = self
-            .dead
-            .iter()
-            .map(|attempt| dlq_topic(&rows[attempt.row].topic))
-            .collect();
-        topics.into_iter().collect()
-    }
-}
-
-/// Decides what each row's outcome means. `outcomes` must be settled (no `Undelivered`
-/// left: see `fault::attribute`); one still undelivered is treated as unavailable.
+/// Decides what each message's outcome means; `attempts[i]` is message i's failed attempts
+/// so far.
 ///
-/// Once a row of an aggregate did not go out, the aggregate's later rows of this batch are
-/// not marked published even when the broker acknowledged them (an asynchronous failure of
-/// seq N with N+1 acknowledged): they stay pending and are published again after N, so
-/// every consumer gets N+1 after N (and, once, possibly before it too). Marking N+1 would
-/// leave the last delivery out of order.
-pub(crate) fn plan(rows: &[ClaimedRow], outcomes: &[RowOutcome], max_attempts: u32) -> Plan {
+/// Once a message of an aggregate did not go out, the aggregate's later messages of this
+/// batch are not marked published even when the transport says they were (on Kafka, an
+/// asynchronous failure of seq N with N+1 acknowledged): they stay pending and are published
+/// again after N, so every consumer gets N+1 after N (and, once, possibly before it too).
+/// Marking N+1 would leave the last delivery out of order.
+pub(crate) fn plan(
+    messages: &[OutboundMessage],
+    attempts: &[i32],
+    outcomes: &[PublishOutcome],
+    max_attempts: u32,
+) -> Plan {
     let mut plan = Plan::default();
     let mut failed: HashSet<(&str, &str)> = HashSet::new();
-    for (index, (row, outcome)) in rows.iter().zip(outcomes).enumerate() {
-        let aggregate = (row.aggregate_type.as_str(), row.aggregate_id.as_str());
-        if *outcome != RowOutcome::Published {
+    for (index, ((message, outcome), attempts)) in
+        messages.iter().zip(outcomes).zip(attempts).enumerate()
+    {
+        let envelope = &message.envelope;
+        let id = envelope.id.0;
+        let aggregate = (
+            envelope.aggregate_type.as_str(),
+            envelope.aggregate_id.as_str(),
+        );
+        if *outcome != PublishOutcome::Published {
             failed.insert(aggregate);
         }
         match outcome {
-            RowOutcome::Published if failed.contains(&aggregate) => {
+            PublishOutcome::Published if failed.contains(&aggregate) => {
                 plan.held_after_failure += 1;
             }
-            RowOutcome::Published => plan.published.push(row.id),
-            RowOutcome::Held => {}
-            RowOutcome::Unavailable(error) | RowOutcome::Undelivered(error) => {
-                plan.unavailable.push(row.id);
+            PublishOutcome::Published => plan.published.push(id),
+            PublishOutcome::Held => {}
+            PublishOutcome::Unavailable(error) => {
+                plan.unavailable.push(id);
                 plan.unavailable_error = Some(error.clone());
             }
-            RowOutcome::Rejected(error) => {
-                let attempts = row.attempts.saturating_add(1);
+            PublishOutcome::Refused(error) => {
+                let attempts = attempts.saturating_add(1);
                 let attempt = Attempt {
                     row: index,
                     error: error.clone(),
@@ -127,15 +124,13 @@ pub(crate) fn plan(rows: &[ClaimedRow], outcomes: &[RowOutcome], max_attempts: u
     plan
 }
 
-/// Writes `plan` on `conn` (the batch's transaction) and publishes its dead letters, except
-/// to dead-letter topics in `missing_dead_letter_topics` (the row then records that).
+/// Writes `plan` on `conn` (the batch's transaction) and publishes its dead letters.
 pub(crate) async fn apply(
     conn: &mut PgConnection,
-    producer: &FutureProducer,
-    rows: &[ClaimedRow],
+    transport: &dyn EventTransport,
+    messages: &[OutboundMessage],
     plan: Plan,
     retry_backoff: Backoff,
-    missing_dead_letter_topics: &HashSet<String>,
 ) -> Result<Settlement> {
     for Attempt {
         row,
@@ -143,32 +138,22 @@ pub(crate) async fn apply(
         attempts,
     } in &plan.retries
     {
-        let row = &rows[*row];
+        let message = &messages[*row];
         let delay = retry_backoff.delay_with_random_jitter(u32::try_from(*attempts).unwrap_or(0));
         tracing::warn!(
-            event_id = %row.id, topic = %row.topic, attempts, %error,
+            event_id = %message.envelope.id, topic = %message.topic, attempts, %error,
             retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             "outbox event not published; will retry"
         );
         sqlx::query(MARK_RETRY_SQL)
-            .bind(row.id)
+            .bind(message.envelope.id.0)
             .bind(error)
             .bind(delay.as_secs_f64())
             .execute(&mut *conn)
             .await?;
     }
     for attempt in &plan.dead {
-        let row = &rows[attempt.row];
-        let dlq = dlq_topic(&row.topic);
-        let missing = missing_dead_letter_topics.contains(&dlq);
-        dead_letter(
-            conn,
-            producer,
-            row,
-            attempt,
-            missing.then_some(dlq.as_str()),
-        )
-        .await?;
+        dead_letter(conn, transport, &messages[attempt.row], attempt).await?;
     }
     if !plan.published.is_empty() {
         sqlx::query(MARK_PUBLISHED_SQL)
@@ -192,37 +177,40 @@ pub(crate) async fn apply(
     })
 }
 
-/// Marks the row dead and sends it to `<topic>.dlq`, unless that topic is known to be
-/// `missing` (sending would only wait out the delivery timeout).
+/// Marks the row dead and sends it to `<topic>.dlq`; a failure to send is recorded in the
+/// row (which is the dead letter's durable record either way).
 async fn dead_letter(
     conn: &mut PgConnection,
-    producer: &FutureProducer,
-    row: &ClaimedRow,
+    transport: &dyn EventTransport,
+    message: &OutboundMessage,
     attempt: &Attempt,
-    missing: Option<&str>,
 ) -> Result<()> {
     let error = attempt.error.as_str();
-    let sent = match missing {
-        Some(dlq) => Err(format!("topic {dlq} does not exist")),
-        None => publish_dead_letter(producer, row, error, attempt.attempts).await,
-    };
+    let sent = transport
+        .publish_dead_letter(DeadLetter {
+            message,
+            error,
+            attempts: attempt.attempts,
+        })
+        .await;
+    let envelope = &message.envelope;
     let recorded = match sent {
         Ok(()) => error.to_owned(),
         Err(dlq_error) => {
             tracing::error!(
-                event_id = %row.id, %dlq_error,
+                event_id = %envelope.id, %dlq_error,
                 "could not publish dead letter to the .dlq topic; the outbox row keeps it"
             );
             format!("{error}; dead-letter topic publish failed: {dlq_error}")
         }
     };
     tracing::error!(
-        event_id = %row.id, topic = %row.topic, aggregate_type = %row.aggregate_type,
-        aggregate_id = %row.aggregate_id, attempts = attempt.attempts, %error,
+        event_id = %envelope.id, topic = %message.topic, aggregate_type = %envelope.aggregate_type,
+        aggregate_id = %envelope.aggregate_id, attempts = attempt.attempts, %error,
         "outbox event dead-lettered; later events of its aggregate are held until it is replayed or discarded"
     );
     sqlx::query(MARK_DEAD_SQL)
-        .bind(row.id)
+        .bind(envelope.id.0)
         .bind(recorded)
         .execute(&mut *conn)
         .await?;
@@ -231,41 +219,33 @@ async fn dead_letter(
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-
     use super::*;
+    use crate::transport::tests::message;
 
-    fn row(aggregate: &str, seq: i64, attempts: i32) -> ClaimedRow {
-        ClaimedRow {
-            id: Uuid::now_v7(),
-            topic: "orders".into(),
-            event_type: "e".into(),
-            aggregate_type: "order".into(),
-            aggregate_id: aggregate.into(),
-            aggregate_seq: seq,
-            occurred_at: Utc::now(),
-            schema_version: 1,
-            payload: serde_json::Value::Null,
-            attempts,
-            aggregate_head: 1,
-        }
-    }
-
-    fn refused() -> RowOutcome {
-        RowOutcome::Rejected("Broker: Message size too large".into())
+    fn refused() -> PublishOutcome {
+        PublishOutcome::Refused("Broker: Message size too large".into())
     }
 
     #[test]
     fn a_later_event_acknowledged_after_its_predecessor_failed_is_not_marked_published() {
-        let rows = [row("a", 1, 0), row("a", 2, 0), row("b", 1, 0)];
+        let messages = [
+            message("orders", "a", 1),
+            message("orders", "a", 2),
+            message("orders", "b", 1),
+        ];
         let plan = plan(
-            &rows,
-            &[refused(), RowOutcome::Published, RowOutcome::Published],
+            &messages,
+            &[0, 0, 0],
+            &[
+                refused(),
+                PublishOutcome::Published,
+                PublishOutcome::Published,
+            ],
             10,
         );
         assert_eq!(
             plan.published,
-            vec![rows[2].id],
+            vec![messages[2].envelope.id.0],
             "seq 2 of a waits for seq 1; b is unaffected"
         );
         assert_eq!(plan.held_after_failure, 1);
@@ -275,28 +255,28 @@ mod tests {
 
     #[test]
     fn an_unavailable_predecessor_holds_its_successors_too() {
-        let rows = [row("a", 1, 0), row("a", 2, 0)];
+        let messages = [message("orders", "a", 1), message("orders", "a", 2)];
         let plan = plan(
-            &rows,
+            &messages,
+            &[0, 0],
             &[
-                RowOutcome::Unavailable("Local: Message timed out".into()),
-                RowOutcome::Published,
+                PublishOutcome::Unavailable("Local: Message timed out".into()),
+                PublishOutcome::Published,
             ],
             10,
         );
         assert!(plan.published.is_empty());
-        assert_eq!(plan.unavailable, vec![rows[0].id]);
+        assert_eq!(plan.unavailable, vec![messages[0].envelope.id.0]);
         assert!(plan.retries.is_empty(), "no attempt counted for an outage");
     }
 
     #[test]
     fn the_last_allowed_attempt_makes_a_dead_letter() {
-        let rows = [row("a", 1, 2), row("b", 1, 1)];
-        let plan = plan(&rows, &[refused(), refused()], 3);
+        let messages = [message("orders", "a", 1), message("orders", "b", 1)];
+        let plan = plan(&messages, &[2, 1], &[refused(), refused()], 3);
         assert_eq!(plan.dead.len(), 1);
         assert_eq!(plan.dead[0].row, 0);
         assert_eq!(plan.dead[0].attempts, 3);
         assert_eq!(plan.retries[0].attempts, 2);
-        assert_eq!(plan.dead_letter_topics(&rows), vec!["orders.dlq"]);
     }
 }

@@ -1,6 +1,5 @@
 //! The batch loop: claim, publish, settle, commit; then decide how long to pause.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,18 +8,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::claim::{self, ClaimedRow};
-use super::fault::{attribute, missing_topic};
-use super::publish::{self, RowOutcome};
+use super::claim;
 use super::settle::{self, Settlement};
-use super::topics::{look_up, TopicStatus};
 use super::Shared;
 use crate::error::Result;
 use crate::shutdown::sleep_or_shutdown;
-
-/// Consecutive batches in which the broker was unreachable and nothing was published,
-/// after which the producer is replaced (see `Publisher::renew`).
-const RENEW_PRODUCER_AFTER: u32 = 3;
+use crate::transport::OutboundMessage;
 
 /// The shortest pause when everything claimed waits behind rows other relays hold.
 const BLOCKED_PAUSE: Duration = Duration::from_millis(20);
@@ -49,7 +42,8 @@ pub(super) async fn run_worker(
     shutdown: CancellationToken,
 ) {
     let config = &shared.config;
-    // Consecutive batches without progress because of the broker, or failed on the database.
+    // Consecutive batches without progress because of the transport, or failed on the
+    // database.
     let mut failures = 0_u32;
     while !shutdown.is_cancelled() {
         wake.borrow_and_update();
@@ -60,20 +54,14 @@ pub(super) async fn run_worker(
                 if outage {
                     failures = failures.saturating_add(1);
                     tracing::warn!(
-                        relay = %config.name, worker, consecutive_failures = failures,
-                        unsent = settlement.unavailable,
+                        relay = %config.name, worker, transport = shared.transport.kind(),
+                        consecutive_failures = failures, unsent = settlement.unavailable,
                         error = settlement.unavailable_error.as_deref().unwrap_or("-"),
-                        "kafka unreachable: events stay pending; their topics back off"
+                        "transport unavailable: events stay pending; their topics back off"
                     );
-                    if failures % RENEW_PRODUCER_AFTER == 0 {
-                        tracing::warn!(relay = %config.name, worker, consecutive_failures = failures, "recreating the kafka producer after repeated failures");
-                        if let Err(error) = shared.publisher.renew() {
-                            tracing::error!(relay = %config.name, %error, "cannot recreate the kafka producer");
-                        }
-                    }
                 } else if settlement.published > 0 {
                     if failures > 0 {
-                        tracing::info!(relay = %config.name, worker, "kafka reachable again; relay resumed");
+                        tracing::info!(relay = %config.name, worker, transport = shared.transport.kind(), "transport available again; relay resumed");
                     }
                     failures = 0;
                 }
@@ -147,32 +135,23 @@ async fn run_batch(shared: &Shared) -> Result<Batch> {
             settlement: Settlement::default(),
         });
     }
-    let rows = &claimed.rows;
-    let producer = shared.publisher.producer();
-    let refused = refuse_unpublishable_topics(shared, rows).await;
-    let outcomes = publish::publish_batch(&producer, rows, &refused).await;
-    let outcomes = settle_undelivered(shared, rows, outcomes).await;
+    let locked = claimed.locked;
+    let (messages, attempts): (Vec<OutboundMessage>, Vec<i32>) = claimed
+        .rows
+        .into_iter()
+        .map(|row| (row.message, row.attempts))
+        .unzip();
+    let outcomes = shared.transport.publish(&messages).await;
     let published_at = started.elapsed();
     for (topic, delay) in
         shared
             .topics
-            .learn(rows, &outcomes, config.broker_backoff, Instant::now())
+            .learn(&messages, &outcomes, config.broker_backoff, Instant::now())
     {
         tracing::debug!(relay = %config.name, %topic, ?delay, "topic backs off");
     }
 
-    let plan = settle::plan(rows, &outcomes, config.max_attempts);
-    let dead_letter_topics = plan.dead_letter_topics(rows);
-    let dead_letter_topics_to_look_up = shared
-        .topics
-        .unknown(dead_letter_topics.iter().map(String::as_str));
-    let missing_dead_letter_topics: HashSet<String> =
-        look_up_and_remember(shared, dead_letter_topics_to_look_up)
-            .await
-            .into_iter()
-            .filter(|(_, status)| *status == TopicStatus::Missing)
-            .map(|(topic, _)| topic)
-            .collect();
+    let plan = settle::plan(&messages, &attempts, &outcomes, config.max_attempts);
     if plan.held_after_failure > 0 {
         tracing::warn!(
             relay = %config.name, rows = plan.held_after_failure,
@@ -181,16 +160,15 @@ async fn run_batch(shared: &Shared) -> Result<Batch> {
     }
     let settlement = settle::apply(
         &mut tx,
-        &producer,
-        rows,
+        shared.transport.as_ref(),
+        &messages,
         plan,
         config.retry_backoff,
-        &missing_dead_letter_topics,
     )
     .await?;
     tx.commit().await?;
     tracing::debug!(
-        relay = %config.name, locked = claimed.locked, rows = rows.len(),
+        relay = %config.name, locked, rows = messages.len(),
         claim_us = claimed_at.as_micros(), publish_us = (published_at - claimed_at).as_micros(),
         settle_us = (started.elapsed() - published_at).as_micros(),
         "outbox batch"
@@ -210,77 +188,5 @@ async fn run_batch(shared: &Shared) -> Result<Batch> {
     counters
         .unavailable
         .fetch_add(settlement.unavailable, Ordering::Relaxed);
-    if settlement.unavailable > 0 {
-        shared.publisher.recover_if_fatal()?;
-    }
-    Ok(Batch {
-        locked: claimed.locked,
-        settlement,
-    })
-}
-
-/// Looks up the topics of `rows` the relay has not seen on the broker yet. A topic that does
-/// not exist refuses its rows at once (an attempt each); a lookup the broker did not answer
-/// marks them unavailable without waiting for a delivery timeout.
-async fn refuse_unpublishable_topics(
-    shared: &Shared,
-    rows: &[ClaimedRow],
-) -> HashMap<String, RowOutcome> {
-    let unknown = shared.topics.unknown(rows.iter().map(|r| r.topic.as_str()));
-    look_up_and_remember(shared, unknown)
-        .await
-        .into_iter()
-        .filter_map(|(topic, status)| match status {
-            TopicStatus::Missing => {
-                let refusal = RowOutcome::Rejected(missing_topic(&topic));
-                Some((topic, refusal))
-            }
-            TopicStatus::Unreachable(error) => Some((
-                topic,
-                RowOutcome::Unavailable(format!(
-                    "broker did not answer a metadata request: {error}"
-                )),
-            )),
-            // A degraded topic may still take messages (e.g. one partition without leader).
-            TopicStatus::Ready | TopicStatus::Degraded(_) => None,
-        })
-        .collect()
-}
-
-/// Settles the rows the broker gave no answer about: their topics are looked up now, and
-/// `fault::attribute` decides whether each is an attempt or an outage.
-async fn settle_undelivered(
-    shared: &Shared,
-    rows: &[ClaimedRow],
-    outcomes: Vec<RowOutcome>,
-) -> Vec<RowOutcome> {
-    let undelivered: Vec<String> = {
-        let mut topics: Vec<String> = rows
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| matches!(outcome, RowOutcome::Undelivered(_)))
-            .map(|(row, _)| row.topic.clone())
-            .collect();
-        topics.sort_unstable();
-        topics.dedup();
-        topics
-    };
-    if undelivered.is_empty() {
-        return outcomes;
-    }
-    let statuses: HashMap<String, TopicStatus> = look_up_and_remember(shared, undelivered)
-        .await
-        .into_iter()
-        .collect();
-    attribute(rows, outcomes, &statuses)
-}
-
-/// Looks `topics` up and remembers what the broker said.
-async fn look_up_and_remember(shared: &Shared, topics: Vec<String>) -> Vec<(String, TopicStatus)> {
-    let statuses = look_up(shared.publisher.producer(), topics).await;
-    for (topic, status) in &statuses {
-        tracing::debug!(relay = %shared.config.name, %topic, ?status, "looked up topic");
-        shared.topics.looked_up(topic, status);
-    }
-    statuses
+    Ok(Batch { locked, settlement })
 }

@@ -1,20 +1,251 @@
-//! Shared test support: topics, writing events, reading them back, a private broker.
+//! Shared test support: the transports, topics, writing events, reading them back.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use commerce_outbox::{
-    decode_envelope, enqueue, ensure_topics, Envelope, EventId, NewEvent, TopicSettings,
+    decode_envelope, enqueue, ensure_topics, Delivery, DeliveryContent, Envelope, EventId,
+    EventTransport, InProcessTransport, KafkaTransport, KafkaTransportBuilder, NewEvent,
+    TopicSettings,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub const PARTITIONS: i32 = 4;
+
+/// Runs each scenario `async fn name(kind: Kind)` once per transport: `name::kafka` and
+/// `name::in_process` (filter with `kafka` or `in_process` to run one side).
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kafka() {
+                super::$scenario($crate::common::Kind::Kafka).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_process() {
+                super::$scenario($crate::common::Kind::InProcess).await;
+            }
+        }
+    )*};
+}
+
+/// Which transport a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `KafkaTransport` on the shared broker (`KAFKA_BROKERS`).
+    Kafka,
+    /// `InProcessTransport`.
+    InProcess,
+}
+
+/// The transports of one scenario: the one consumers and probes subscribe through, and a
+/// way to give each relay its own.
+#[derive(Debug, Clone)]
+pub struct Transports {
+    pub kind: Kind,
+    /// Consumers and probes subscribe here; in-process, relays publish here too.
+    pub shared: Arc<dyn EventTransport>,
+}
+
+impl Transports {
+    pub fn new(kind: Kind) -> Self {
+        let shared: Arc<dyn EventTransport> = match kind {
+            Kind::Kafka => Arc::new(kafka().build().expect("kafka transport")),
+            Kind::InProcess => Arc::new(InProcessTransport::new()),
+        };
+        Self { kind, shared }
+    }
+
+    /// An in-process scenario with its own transport settings.
+    pub fn in_process(transport: InProcessTransport) -> Self {
+        Self {
+            kind: Kind::InProcess,
+            shared: Arc::new(transport),
+        }
+    }
+
+    /// The transport of one more relay: on Kafka a producer of its own (as another process
+    /// would have), in-process the shared one (it is one process).
+    pub fn for_relay(&self) -> Arc<dyn EventTransport> {
+        self.for_relay_with(|kafka| kafka)
+    }
+
+    /// [`Transports::for_relay`] with Kafka settings (ignored in-process).
+    pub fn for_relay_with(
+        &self,
+        configure: impl FnOnce(KafkaTransportBuilder) -> KafkaTransportBuilder,
+    ) -> Arc<dyn EventTransport> {
+        match self.kind {
+            Kind::Kafka => Arc::new(configure(kafka()).build().expect("kafka transport")),
+            Kind::InProcess => Arc::clone(&self.shared),
+        }
+    }
+
+    /// A fresh topic (and its `.dlq`).
+    pub async fn new_topic(&self, prefix: &str) -> String {
+        let topic = commerce_testkit::unique_name(prefix);
+        self.shared
+            .ensure_topics(&[&topic])
+            .await
+            .expect("create topics");
+        topic
+    }
+}
+
+/// A Kafka transport builder on the shared broker, topics of [`PARTITIONS`].
+pub fn kafka() -> KafkaTransportBuilder {
+    KafkaTransport::builder(commerce_testkit::kafka_brokers()).topic_settings(TopicSettings {
+        partitions: PARTITIONS,
+        replication_factor: 1,
+    })
+}
+
+/// Whether a probe refuses a delivery it receives (where the transport lets it).
+pub type RefuseIf = Arc<dyn Fn(&Envelope) -> bool + Send + Sync>;
+
+/// A consumer group of its own on some topics, through the transport under test: records
+/// every delivery it acknowledges, in arrival order (duplicates included).
+pub struct Probe {
+    received: Arc<Mutex<Vec<Delivery>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Probe {
+    /// Subscribes now (build it before the relay: in-process, later subscribers miss what
+    /// was published before).
+    pub fn start(transport: &Arc<dyn EventTransport>, topics: &[&str]) -> Self {
+        Self::refusing(transport, topics, Arc::new(|_| false))
+    }
+
+    /// A probe that refuses the events `refuse_if` picks (in-process: they go back to the
+    /// relay as failed attempts; Kafka cannot refuse, so it takes them).
+    pub fn refusing(
+        transport: &Arc<dyn EventTransport>,
+        topics: &[&str],
+        refuse_if: RefuseIf,
+    ) -> Self {
+        let mut subscription = transport
+            .subscribe(&commerce_testkit::unique_name("probe"), topics)
+            .expect("subscribe");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let received = Arc::clone(&received);
+            let stop = stop.clone();
+            async move {
+                loop {
+                    let delivery = tokio::select! {
+                        () = stop.cancelled() => break,
+                        delivery = subscription.next() => delivery,
+                    };
+                    let Ok(delivery) = delivery else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let refuse = subscription.can_refuse()
+                        && delivery
+                            .envelope()
+                            .is_some_and(|envelope| refuse_if(envelope));
+                    if refuse {
+                        subscription
+                            .refuse(&delivery, "the probe refuses it")
+                            .await
+                            .expect("refuse");
+                    } else {
+                        subscription.acknowledge(&delivery).await.expect("ack");
+                        received
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(delivery);
+                    }
+                }
+                subscription.close().await;
+            }
+        });
+        Self {
+            received,
+            stop,
+            task,
+        }
+    }
+
+    /// What arrived so far.
+    pub fn received(&self) -> Vec<Delivery> {
+        self.received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The events that arrived so far.
+    pub fn envelopes(&self) -> Vec<Envelope> {
+        self.received()
+            .iter()
+            .filter_map(|d| d.envelope().cloned())
+            .collect()
+    }
+
+    /// Waits until every id in `ids` arrived; panics after `timeout`.
+    pub async fn wait_ids(&self, ids: &[EventId], timeout: Duration) {
+        eventually(timeout, &format!("{} events to arrive", ids.len()), || {
+            let seen: std::collections::HashSet<EventId> =
+                self.envelopes().iter().map(|e| e.id).collect();
+            std::future::ready(ids.iter().all(|id| seen.contains(id)))
+        })
+        .await;
+    }
+
+    /// Waits until `count` deliveries arrived; panics after `timeout`.
+    pub async fn wait_count(&self, count: usize, timeout: Duration) {
+        eventually(timeout, &format!("{count} deliveries"), || {
+            std::future::ready(self.received().len() >= count)
+        })
+        .await;
+    }
+
+    /// Leaves the group.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        commerce_testkit::within(Duration::from_secs(10), self.task)
+            .await
+            .expect("probe task");
+    }
+}
+
+/// The dead letters among `deliveries`.
+pub fn dead_letters(deliveries: &[Delivery]) -> Vec<commerce_outbox::DeadLetterRecord> {
+    deliveries
+        .iter()
+        .filter_map(|d| match &d.content {
+            DeliveryContent::DeadLetter(letter) => Some((**letter).clone()),
+            DeliveryContent::Event(_) | DeliveryContent::Unreadable(_) => None,
+        })
+        .collect()
+}
+
+/// The `n` payload values per aggregate of `envelopes`, in arrival order.
+pub fn order_of(envelopes: &[Envelope]) -> HashMap<String, Vec<i64>> {
+    let mut order: HashMap<String, Vec<i64>> = HashMap::new();
+    for envelope in envelopes {
+        order
+            .entry(envelope.aggregate_id.clone())
+            .or_default()
+            .push(envelope.payload["n"].as_i64().expect("n"));
+    }
+    order
+}
 
 /// A fresh topic (and its `.dlq`) on `brokers`.
 pub async fn new_topic(brokers: &str, prefix: &str) -> String {

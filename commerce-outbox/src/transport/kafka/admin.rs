@@ -1,4 +1,4 @@
-//! Kafka plumbing shared by the relay, the consumer runner and applications.
+//! Topic creation and the producer's settings.
 
 use std::time::Duration;
 
@@ -8,14 +8,9 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use crate::error::{Error, Result};
+use crate::transport::dlq_topic;
 
-/// The dead-letter topic of `topic`: `<topic>.dlq`.
-#[must_use]
-pub fn dlq_topic(topic: &str) -> String {
-    format!("{topic}.dlq")
-}
-
-/// Partitions and replication for [`ensure_topics`].
+/// Partitions and replication for [`ensure_topics`] and [`super::KafkaTransport`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicSettings {
     /// Partitions per topic; one aggregate always maps to one partition.
@@ -34,7 +29,8 @@ impl Default for TopicSettings {
     }
 }
 
-/// Creates each of `topics` and its `<topic>.dlq` companion unless they exist.
+/// Creates each of `topics` and its `<topic>.dlq` companion on `brokers` unless they exist
+/// (the Kafka shorthand of [`crate::EventTransport::ensure_topics`]).
 ///
 /// Brokers with topic auto-creation off (tansu, hardened Kafka) need this before the
 /// relay publishes; a topic that already exists is not an error.
@@ -75,10 +71,10 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], settings: TopicSettin
     Ok(())
 }
 
-/// The relay's producer settings: idempotent, `acks=all`, no linger (a batch's messages are
+/// The producer's settings: idempotent, `acks=all`, no linger (a batch's messages are
 /// all queued at once, so they are sent together anyway, and a lone event is not held
 /// back), and `overrides` applied last.
-pub(crate) fn producer_config(brokers: &str, overrides: &[(String, String)]) -> ClientConfig {
+pub(super) fn producer_config(brokers: &str, overrides: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use super::claim::ClaimedRow;
-use super::publish::RowOutcome;
+use super::producer::Sent;
 use super::topics::TopicStatus;
+use crate::transport::{OutboundMessage, PublishOutcome};
 
 /// The first verdict from librdkafka's error code alone.
-pub(crate) fn classify(error: &KafkaError) -> RowOutcome {
+pub(super) fn classify(error: &KafkaError) -> Sent {
     use RDKafkaErrorCode as C;
     match error.rdkafka_error_code() {
         // No answer about this message: the broker may be down, or only this message's
@@ -24,7 +24,7 @@ pub(crate) fn classify(error: &KafkaError) -> RowOutcome {
             | C::NotEnoughReplicas
             | C::NotEnoughReplicasAfterAppend
             | C::KafkaStorageError,
-        ) => RowOutcome::Undelivered(error.to_string()),
+        ) => Sent::Undelivered(error.to_string()),
         // The broker connection or this producer is in trouble: nothing to do with the event.
         Some(
             C::AllBrokersDown
@@ -47,19 +47,19 @@ pub(crate) fn classify(error: &KafkaError) -> RowOutcome {
             | C::ProducerFenced
             | C::ThrottlingQuotaExceeded
             | C::Retry,
-        ) => RowOutcome::Unavailable(error.to_string()),
+        ) => Sent::Settled(PublishOutcome::Unavailable(error.to_string())),
         // A refusal of this very message (too large, invalid, unknown topic, policy).
-        _ => RowOutcome::Rejected(error.to_string()),
+        _ => Sent::Settled(PublishOutcome::Refused(error.to_string())),
     }
 }
 
 /// The error recorded for a row whose topic the broker says does not exist.
-pub(crate) fn missing_topic(topic: &str) -> String {
+pub(super) fn missing_topic(topic: &str) -> String {
     format!("topic {topic} does not exist on the broker (create it, e.g. with ensure_topics)")
 }
 
-/// Settles every `Undelivered` outcome, given what the broker said about the rows' topics
-/// just after the failures (`statuses`).
+/// Settles every `Undelivered` verdict, given what the broker said about the messages'
+/// topics just after the failures (`statuses`).
 ///
 /// - The topic does not exist, or the broker reports an error for it: the broker answers
 ///   and this topic is the problem, so it is an attempt.
@@ -70,31 +70,33 @@ pub(crate) fn missing_topic(topic: &str) -> String {
 ///
 /// Without this, a message the broker never answers for would be retried forever, each
 /// time holding its batch for the delivery timeout, and never become a dead letter.
-pub(crate) fn attribute(
-    rows: &[ClaimedRow],
-    outcomes: Vec<RowOutcome>,
+pub(super) fn attribute(
+    messages: &[OutboundMessage],
+    verdicts: Vec<Sent>,
     statuses: &HashMap<String, TopicStatus>,
-) -> Vec<RowOutcome> {
-    let broker_acknowledged = outcomes.contains(&RowOutcome::Published);
-    rows.iter()
-        .zip(outcomes)
-        .map(|(row, outcome)| {
-            let RowOutcome::Undelivered(error) = outcome else {
-                return outcome;
+) -> Vec<PublishOutcome> {
+    let broker_acknowledged = verdicts.contains(&Sent::published());
+    messages
+        .iter()
+        .zip(verdicts)
+        .map(|(message, verdict)| {
+            let error = match verdict {
+                Sent::Settled(outcome) => return outcome,
+                Sent::Undelivered(error) => error,
             };
-            match statuses.get(&row.topic) {
+            let topic = &message.topic;
+            match statuses.get(topic) {
                 Some(TopicStatus::Missing) => {
-                    RowOutcome::Rejected(format!("{}; {error}", missing_topic(&row.topic)))
+                    PublishOutcome::Refused(format!("{}; {error}", missing_topic(topic)))
                 }
-                Some(TopicStatus::Degraded(reason)) => RowOutcome::Rejected(format!(
-                    "{error}; the broker reports for topic {}: {reason}",
-                    row.topic
+                Some(TopicStatus::Degraded(reason)) => PublishOutcome::Refused(format!(
+                    "{error}; the broker reports for topic {topic}: {reason}"
                 )),
-                Some(TopicStatus::Ready) if broker_acknowledged => RowOutcome::Rejected(format!(
-                    "{error}, while the broker acknowledged other messages"
-                )),
+                Some(TopicStatus::Ready) if broker_acknowledged => PublishOutcome::Refused(
+                    format!("{error}, while the broker acknowledged other messages"),
+                ),
                 Some(TopicStatus::Ready | TopicStatus::Unreachable(_)) | None => {
-                    RowOutcome::Unavailable(error)
+                    PublishOutcome::Unavailable(error)
                 }
             }
         })
@@ -103,29 +105,11 @@ pub(crate) fn attribute(
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use uuid::Uuid;
-
     use super::*;
+    use crate::transport::tests::message;
 
-    fn row(topic: &str) -> ClaimedRow {
-        ClaimedRow {
-            id: Uuid::now_v7(),
-            topic: topic.into(),
-            event_type: "e".into(),
-            aggregate_type: "order".into(),
-            aggregate_id: Uuid::now_v7().to_string(),
-            aggregate_seq: 1,
-            occurred_at: Utc::now(),
-            schema_version: 1,
-            payload: serde_json::Value::Null,
-            attempts: 0,
-            aggregate_head: 1,
-        }
-    }
-
-    fn timed_out() -> RowOutcome {
-        RowOutcome::Undelivered("Local: Message timed out".into())
+    fn timed_out() -> Sent {
+        Sent::Undelivered("Local: Message timed out".into())
     }
 
     fn statuses(of: &[(&str, TopicStatus)]) -> HashMap<String, TopicStatus> {
@@ -143,7 +127,7 @@ mod tests {
         ] {
             assert!(matches!(
                 classify(&KafkaError::MessageProduction(code)),
-                RowOutcome::Unavailable(_)
+                Sent::Settled(PublishOutcome::Unavailable(_))
             ));
         }
     }
@@ -157,7 +141,7 @@ mod tests {
         ] {
             assert!(matches!(
                 classify(&KafkaError::MessageProduction(code)),
-                RowOutcome::Rejected(_)
+                Sent::Settled(PublishOutcome::Refused(_))
             ));
         }
     }
@@ -168,19 +152,19 @@ mod tests {
             classify(&KafkaError::MessageProduction(
                 RDKafkaErrorCode::MessageTimedOut
             )),
-            RowOutcome::Undelivered(_)
+            Sent::Undelivered(_)
         ));
     }
 
     #[test]
     fn a_timeout_for_a_missing_topic_is_an_attempt_naming_the_topic() {
-        let rows = [row("gone")];
+        let messages = [message("gone", "o-1", 1)];
         let outcomes = attribute(
-            &rows,
+            &messages,
             vec![timed_out()],
             &statuses(&[("gone", TopicStatus::Missing)]),
         );
-        let [RowOutcome::Rejected(error)] = outcomes.as_slice() else {
+        let [PublishOutcome::Refused(error)] = outcomes.as_slice() else {
             panic!("{outcomes:?}");
         };
         assert!(error.contains("topic gone does not exist"), "{error}");
@@ -188,24 +172,24 @@ mod tests {
 
     #[test]
     fn a_timeout_while_the_broker_acknowledges_others_is_an_attempt() {
-        let rows = [row("t"), row("t")];
+        let messages = [message("t", "o-1", 1), message("t", "o-2", 1)];
         let outcomes = attribute(
-            &rows,
-            vec![timed_out(), RowOutcome::Published],
+            &messages,
+            vec![timed_out(), Sent::published()],
             &statuses(&[("t", TopicStatus::Ready)]),
         );
         assert!(
-            matches!(outcomes[0], RowOutcome::Rejected(_)),
+            matches!(outcomes[0], PublishOutcome::Refused(_)),
             "{outcomes:?}"
         );
-        assert_eq!(outcomes[1], RowOutcome::Published);
+        assert_eq!(outcomes[1], PublishOutcome::Published);
     }
 
     #[test]
     fn a_timeout_with_a_degraded_topic_is_an_attempt() {
-        let rows = [row("t")];
+        let messages = [message("t", "o-1", 1)];
         let outcomes = attribute(
-            &rows,
+            &messages,
             vec![timed_out()],
             &statuses(&[(
                 "t",
@@ -213,16 +197,20 @@ mod tests {
             )]),
         );
         assert!(
-            matches!(outcomes[0], RowOutcome::Rejected(_)),
+            matches!(outcomes[0], PublishOutcome::Refused(_)),
             "{outcomes:?}"
         );
     }
 
     #[test]
     fn timeouts_without_any_answer_are_an_outage() {
-        let rows = [row("a"), row("b"), row("c")];
+        let messages = [
+            message("a", "o-1", 1),
+            message("b", "o-2", 1),
+            message("c", "o-3", 1),
+        ];
         let outcomes = attribute(
-            &rows,
+            &messages,
             vec![timed_out(), timed_out(), timed_out()],
             &statuses(&[
                 ("a", TopicStatus::Unreachable("timed out".into())),
@@ -234,7 +222,7 @@ mod tests {
         assert!(
             outcomes
                 .iter()
-                .all(|o| matches!(o, RowOutcome::Unavailable(_))),
+                .all(|o| matches!(o, PublishOutcome::Unavailable(_))),
             "{outcomes:?}"
         );
     }

@@ -1,0 +1,546 @@
+//! What only the in-process transport does: hand a failing event back to the relay, hold an
+//! aggregate's later events behind it, wait for every consumer group, and shut down without
+//! losing anything. (The scenarios shared with Kafka run in `relay`, `consumer` and
+//! `failures` as `<scenario>::in_process`; the crash between apply and mark is
+//! `failures a_relay_killed_between_publish_and_mark…::in_process`.)
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use commerce_outbox::dead_letter::{inspect_event, replay_dead_letter};
+use commerce_outbox::{
+    enqueue_all, outbox_stats, Backoff, ConsumerHandle, Envelope, Error, EventHandler,
+    EventTransport, HandlerError, InProcessTransport, InboxConsumer, NewEvent, Relay, RelayBuilder,
+    MIGRATOR,
+};
+use commerce_testkit::{unique_name, within, TestDb};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+/// Whether the handler fails for an event.
+type FailIf = Arc<dyn Fn(&Envelope) -> bool + Send + Sync>;
+
+/// Records each applied event as (consumer, aggregate, n) in `applied`, in apply order;
+/// fails for the events `fail_if` picks.
+struct Recorder {
+    consumer: String,
+    fail_if: FailIf,
+    delay: Duration,
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.delay).await;
+        if (self.fail_if)(envelope) {
+            return Err(format!(
+                "cannot apply {} #{}",
+                envelope.aggregate_id, envelope.payload["n"]
+            )
+            .into());
+        }
+        sqlx::query(
+            "INSERT INTO applied (consumer, event_id, aggregate, n) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&self.consumer)
+        .bind(envelope.id.0)
+        .bind(&envelope.aggregate_id)
+        .bind(envelope.payload["n"].as_i64().unwrap_or(-1))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn database() -> TestDb {
+    let db = TestDb::new(&[&MIGRATOR]).await;
+    sqlx::query(
+        "CREATE TABLE applied (seq bigserial PRIMARY KEY, consumer text NOT NULL,
+         event_id uuid NOT NULL, aggregate text NOT NULL, n bigint NOT NULL)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    db
+}
+
+fn never() -> FailIf {
+    Arc::new(|_| false)
+}
+
+/// A consumer (inbox `name`) of `group` on `topic`, retrying a failing handler twice quickly
+/// before handing the event back.
+fn consumer(
+    db: &TestDb,
+    transport: &Arc<dyn EventTransport>,
+    group: &str,
+    name: &str,
+    topic: &str,
+    fail_if: FailIf,
+) -> ConsumerHandle {
+    consumer_with_delay(db, transport, group, name, topic, fail_if, Duration::ZERO)
+}
+
+fn consumer_with_delay(
+    db: &TestDb,
+    transport: &Arc<dyn EventTransport>,
+    group: &str,
+    name: &str,
+    topic: &str,
+    fail_if: FailIf,
+    delay: Duration,
+) -> ConsumerHandle {
+    InboxConsumer::with_transport(db.pool().clone(), Arc::clone(transport), group, name)
+        .topics([topic])
+        .handler_attempts(2)
+        .retry_backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        ))
+        .build(Recorder {
+            consumer: name.to_owned(),
+            fail_if,
+            delay,
+        })
+        .unwrap()
+        .spawn()
+}
+
+fn relay(db: &TestDb, transport: &Arc<dyn EventTransport>) -> RelayBuilder {
+    Relay::with_transport(db.pool().clone(), Arc::clone(transport))
+        .poll_interval(Duration::from_millis(100))
+        .broker_backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        ))
+        .retry_backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+        ))
+}
+
+/// Commits `per_aggregate` events `{n: 0..}` for each aggregate, one transaction per
+/// aggregate (so they reach the relay's claims together).
+async fn commit_all(pool: &PgPool, topic: &str, aggregates: &[String], per_aggregate: i64) {
+    for aggregate in aggregates {
+        let events: Vec<NewEvent> = (0..per_aggregate)
+            .map(|n| NewEvent::new(topic, "test.happened", "test", aggregate, json!({ "n": n })))
+            .collect();
+        let mut tx = pool.begin().await.unwrap();
+        enqueue_all(&mut tx, &events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+fn aggregates(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|a| format!("{prefix}-{a}")).collect()
+}
+
+/// What `consumer` applied: per aggregate, the `n`s in apply order.
+async fn applied_by(pool: &PgPool, consumer: &str) -> HashMap<String, Vec<i64>> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT aggregate, n FROM applied WHERE consumer = $1 ORDER BY seq")
+            .bind(consumer)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut order: HashMap<String, Vec<i64>> = HashMap::new();
+    for (aggregate, n) in rows {
+        order.entry(aggregate).or_default().push(n);
+    }
+    order
+}
+
+async fn applied_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM applied")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 10 ms until it holds; panics naming `what` after `timeout`.
+async fn until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let waited = tokio::time::timeout(timeout, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// An aggregate's first event fails in the handler (twice handed back to the relay, then it
+/// succeeds): its later events, published in the same batches, are held each time and
+/// applied only after it, in order; other aggregates are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_holds_its_aggregates_later_events_and_order_is_kept() {
+    let db = database().await;
+    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
+    let topic = unique_name("orders");
+    transport.ensure_topics(&[&topic]).await.unwrap();
+    // 2 handler tries per hand-back, so 4 failures = 2 failed relay attempts.
+    let failures_left = Arc::new(AtomicU32::new(4));
+    let fail_if: FailIf = {
+        let failures_left = Arc::clone(&failures_left);
+        Arc::new(move |envelope| {
+            envelope.aggregate_id == "agg-1"
+                && envelope.payload["n"] == 0
+                && failures_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+        })
+    };
+    let consumer = consumer(&db, &transport, "stock", "stock", &topic, fail_if);
+    let aggregates = aggregates("agg", 5);
+    commit_all(db.pool(), &topic, &aggregates, 5).await;
+    let relay = relay(&db, &transport)
+        .max_attempts(5)
+        .build()
+        .unwrap()
+        .spawn();
+
+    let pool = db.pool().clone();
+    until("every event applied", Duration::from_secs(30), async || {
+        applied_count(&pool).await == 25
+    })
+    .await;
+    let order = applied_by(db.pool(), "stock").await;
+    for aggregate in &aggregates {
+        assert_eq!(
+            order[aggregate],
+            vec![0, 1, 2, 3, 4],
+            "{aggregate} in order, once each"
+        );
+    }
+    assert_eq!(failures_left.load(Ordering::SeqCst), 0);
+    let stats = consumer.stats();
+    assert_eq!(stats.refused, 2, "handed back twice: {stats:?}");
+    assert_eq!(stats.applied, 25);
+    let head: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM commerce_outbox.event WHERE aggregate_id = 'agg-1' AND aggregate_seq = 1",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    let head = inspect_event(db.pool(), head.into()).await.unwrap();
+    assert_eq!(head.attempts, 2, "each hand-back is a failed attempt");
+    let metrics = relay.metrics().await.unwrap();
+    assert_eq!(metrics.refused_total, 2);
+    assert_eq!(metrics.dead_lettered_total, 0);
+    assert_eq!(metrics.outbox.pending, 0);
+    within(Duration::from_secs(10), consumer.shutdown())
+        .await
+        .unwrap();
+    within(Duration::from_secs(10), relay.shutdown())
+        .await
+        .unwrap();
+}
+
+/// Two consumer groups on one topic each apply every event; the two members of one group
+/// share the aggregates; each group sees each aggregate in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_group_gets_every_event_and_members_of_a_group_share_them() {
+    let db = database().await;
+    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
+    let topic = unique_name("orders");
+    transport.ensure_topics(&[&topic]).await.unwrap();
+    let billing_1 = consumer(&db, &transport, "billing", "billing", &topic, never());
+    let billing_2 = consumer(&db, &transport, "billing", "billing", &topic, never());
+    let shipping = consumer(&db, &transport, "shipping", "shipping", &topic, never());
+    let aggregates = aggregates("order", 20);
+    commit_all(db.pool(), &topic, &aggregates, 5).await;
+    let relay = relay(&db, &transport).build().unwrap().spawn();
+
+    let pool = db.pool().clone();
+    until(
+        "both groups to apply everything",
+        Duration::from_secs(30),
+        async || applied_count(&pool).await == 200,
+    )
+    .await;
+    for group in ["billing", "shipping"] {
+        let order = applied_by(db.pool(), group).await;
+        assert_eq!(order.len(), 20, "{group} saw every aggregate");
+        for (aggregate, ns) in &order {
+            assert_eq!(
+                ns,
+                &vec![0, 1, 2, 3, 4],
+                "{group}: {aggregate} in order, once each"
+            );
+        }
+    }
+    let (one, two) = (billing_1.stats(), billing_2.stats());
+    assert_eq!(one.applied + two.applied, 100);
+    assert!(
+        one.applied > 0 && two.applied > 0,
+        "both members work: {one:?} {two:?}"
+    );
+    assert_eq!(shipping.stats().applied, 100);
+    for handle in [billing_1, billing_2, shipping] {
+        within(Duration::from_secs(10), handle.shutdown())
+            .await
+            .unwrap();
+    }
+    within(Duration::from_secs(10), relay.shutdown())
+        .await
+        .unwrap();
+}
+
+/// A handler that keeps failing for one aggregate: the event is handed back each time, dead
+/// after `max_attempts` (listed with the events held behind it), while every other event is
+/// applied; once the handler is fixed, a replay applies it and then the held ones, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_is_dead_lettered_while_the_others_flow_and_a_replay_applies_it() {
+    let db = database().await;
+    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
+    let topic = unique_name("orders");
+    transport.ensure_topics(&[&topic]).await.unwrap();
+    let broken = Arc::new(AtomicBool::new(true));
+    let fail_if: FailIf = {
+        let broken = Arc::clone(&broken);
+        Arc::new(move |envelope| broken.load(Ordering::SeqCst) && envelope.aggregate_id == "lost")
+    };
+    let group = unique_name("stock");
+    let consumer = consumer(&db, &transport, &group, "stock", &topic, fail_if);
+    commit_all(db.pool(), &topic, &["lost".to_owned()], 3).await;
+    commit_all(db.pool(), &topic, &aggregates("good", 50), 4).await;
+    let relay = relay(&db, &transport)
+        .max_attempts(3)
+        .build()
+        .unwrap()
+        .spawn();
+
+    let pool = db.pool().clone();
+    until(
+        "the good events applied",
+        Duration::from_secs(30),
+        async || applied_count(&pool).await == 200,
+    )
+    .await;
+    until(
+        "the failing event to be dead",
+        Duration::from_secs(30),
+        async || outbox_stats(&pool).await.unwrap().dead_letters == 1,
+    )
+    .await;
+    let dead = &commerce_outbox::dead_letter::list_dead_letters(db.pool(), 10)
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (dead.aggregate_id.as_str(), dead.aggregate_seq),
+        ("lost", 1)
+    );
+    assert_eq!(dead.attempts, 3);
+    assert_eq!(dead.held_behind, 2, "the aggregate's later events wait");
+    let error = dead.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains(&format!("consumer group {group}"))
+            && error.contains("cannot apply lost #0"),
+        "{error}"
+    );
+    assert_eq!(consumer.stats().refused, 3);
+    assert!(!applied_by(db.pool(), "stock").await.contains_key("lost"));
+
+    broken.store(false, Ordering::SeqCst);
+    replay_dead_letter(db.pool(), dead.id).await.unwrap();
+    until(
+        "the replayed aggregate applied",
+        Duration::from_secs(30),
+        async || applied_count(&pool).await == 203,
+    )
+    .await;
+    assert_eq!(applied_by(db.pool(), "stock").await["lost"], vec![0, 1, 2]);
+    assert_eq!(outbox_stats(db.pool()).await.unwrap().pending, 0);
+    within(Duration::from_secs(10), consumer.shutdown())
+        .await
+        .unwrap();
+    within(Duration::from_secs(10), relay.shutdown())
+        .await
+        .unwrap();
+}
+
+/// A group whose member never reads (a subscription nobody drives): its events are applied
+/// by the other group but not marked published (no attempt counted: the transport is
+/// unavailable for them); the relay still shuts down within the ack timeout; once that
+/// member is gone, a new relay publishes them, and the inbox absorbs the repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_never_answers_costs_no_attempt_and_everything_shuts_down_in_time() {
+    let db = database().await;
+    let in_process = Arc::new(
+        InProcessTransport::builder()
+            .ack_timeout(Duration::from_secs(1))
+            .build(),
+    );
+    let transport: Arc<dyn EventTransport> = in_process.clone();
+    let topic = unique_name("orders");
+    transport.ensure_topics(&[&topic]).await.unwrap();
+    let sleeper = transport.subscribe("sleeper", &[&topic]).unwrap();
+    let effects = consumer(&db, &transport, "effects", "effects", &topic, never());
+    commit_all(db.pool(), &topic, &aggregates("order", 5), 2).await;
+    let first = relay(&db, &transport).build().unwrap().spawn();
+
+    let pool = db.pool().clone();
+    until(
+        "the relay to see the sleeper time out",
+        Duration::from_secs(30),
+        async || first.metrics().await.unwrap().unavailable_total > 0,
+    )
+    .await;
+    assert_eq!(
+        effects.stats().applied,
+        10,
+        "the awake group applied everything"
+    );
+    let stats = outbox_stats(db.pool()).await.unwrap();
+    assert_eq!(
+        stats.pending, 10,
+        "not published until every group applied them"
+    );
+    let attempted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM commerce_outbox.event WHERE attempts > 0")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        attempted, 0,
+        "an unanswering group is not the events' fault"
+    );
+    within(Duration::from_secs(5), first.shutdown())
+        .await
+        .unwrap();
+
+    drop(sleeper);
+    assert_eq!(
+        in_process.subscribers(&topic),
+        vec![("effects".to_owned(), 1)]
+    );
+    let second = relay(&db, &transport).build().unwrap().spawn();
+    until(
+        "the rows to be published",
+        Duration::from_secs(30),
+        async || outbox_stats(&pool).await.unwrap().pending == 0,
+    )
+    .await;
+    let stats = effects.stats();
+    assert_eq!((stats.applied, stats.duplicates), (10, 10), "{stats:?}");
+    assert_eq!(applied_count(db.pool()).await, 10, "each effect once");
+    within(Duration::from_secs(5), effects.shutdown())
+        .await
+        .unwrap();
+    assert!(in_process.subscribers(&topic).is_empty());
+    within(Duration::from_secs(5), second.shutdown())
+        .await
+        .unwrap();
+}
+
+/// A consumer stopped while the relay waits for it: its queued events come back at once as
+/// unavailable (the relay does not wait out the 60 s ack timeout), the relay shuts down at
+/// once, and a restarted consumer and relay apply every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stopped_mid_batch_hands_its_events_back_and_a_restart_applies_each_once() {
+    let db = database().await;
+    let transport: Arc<dyn EventTransport> = Arc::new(
+        InProcessTransport::builder()
+            .ack_timeout(Duration::from_secs(60))
+            .build(),
+    );
+    let topic = unique_name("orders");
+    transport.ensure_topics(&[&topic]).await.unwrap();
+    let slow = consumer_with_delay(
+        &db,
+        &transport,
+        "effects",
+        "effects",
+        &topic,
+        never(),
+        Duration::from_millis(100),
+    );
+    commit_all(db.pool(), &topic, &aggregates("order", 4), 5).await;
+    let first = relay(&db, &transport).build().unwrap().spawn();
+    let pool = db.pool().clone();
+    until(
+        "a few events applied",
+        Duration::from_secs(30),
+        async || applied_count(&pool).await >= 3,
+    )
+    .await;
+    within(Duration::from_secs(5), slow.shutdown())
+        .await
+        .unwrap();
+    until(
+        "the relay to get the events back",
+        Duration::from_secs(5),
+        async || first.metrics().await.unwrap().unavailable_total > 0,
+    )
+    .await;
+    within(Duration::from_secs(5), first.shutdown())
+        .await
+        .unwrap();
+    let applied_before = applied_count(db.pool()).await;
+    assert!(applied_before < 20, "stopped mid-batch: {applied_before}");
+
+    let restarted = consumer(&db, &transport, "effects", "effects", &topic, never());
+    let second = relay(&db, &transport).build().unwrap().spawn();
+    until("every event applied", Duration::from_secs(30), async || {
+        outbox_stats(&pool).await.unwrap().pending == 0
+    })
+    .await;
+    let order = applied_by(db.pool(), "effects").await;
+    assert_eq!(order.len(), 4);
+    for (aggregate, ns) in &order {
+        assert_eq!(ns, &vec![0, 1, 2, 3, 4], "{aggregate} in order, once each");
+    }
+    within(Duration::from_secs(5), restarted.shutdown())
+        .await
+        .unwrap();
+    within(Duration::from_secs(5), second.shutdown())
+        .await
+        .unwrap();
+}
+
+/// librdkafka settings belong on the `KafkaTransport`: a relay or consumer given its
+/// transport refuses them instead of ignoring them.
+#[tokio::test]
+async fn kafka_settings_on_a_given_transport_are_refused() {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy(&commerce_testkit::database_url())
+        .unwrap();
+    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
+    let relay = Relay::with_transport(pool.clone(), Arc::clone(&transport))
+        .producer_config("linger.ms", "5")
+        .build();
+    assert!(matches!(
+        relay,
+        Err(Error::InvalidSetting {
+            setting: "producer_config",
+            ..
+        })
+    ));
+    let consumer = InboxConsumer::with_transport(pool, transport, "g", "c")
+        .topics(["t"])
+        .consumer_config("session.timeout.ms", "6000")
+        .build(Recorder {
+            consumer: "c".into(),
+            fail_if: never(),
+            delay: Duration::ZERO,
+        });
+    assert!(matches!(
+        consumer,
+        Err(Error::InvalidSetting {
+            setting: "consumer_config",
+            ..
+        })
+    ));
+}
