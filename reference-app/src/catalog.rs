@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use commerce_cache::{cache_evict, cached, CacheMetrics, TwoLevelCache};
-use commerce_core::{Commerce, Product, ProductId};
+use commerce_core::{Commerce, NewProduct, Product, ProductId, StockLevel};
 
 /// The product catalogue, read through the cache, evicted on every write.
 #[derive(Debug, Clone)]
@@ -50,6 +50,26 @@ impl Catalog {
     #[cached(cache = self.products, key = "product:{id}", ttl = "5m")]
     pub async fn product(&self, id: ProductId) -> Result<Option<Product>, commerce_core::Error> {
         self.commerce.product(id).await
+    }
+
+    /// Creates the product, then evicts its id on every instance (a lookup of the id before
+    /// it existed may have cached "not found").
+    ///
+    /// # Errors
+    /// [`commerce_core::Error::ProductAlreadyExists`], `SkuAlreadyExists`, bad input, database
+    /// errors.
+    pub async fn create(&self, product: NewProduct) -> Result<StockLevel, commerce_core::Error> {
+        self.create_and_evict(product.id, product).await
+    }
+
+    #[cache_evict(cache = self.products, key = "product:{id}")]
+    async fn create_and_evict(
+        &self,
+        id: ProductId,
+        product: NewProduct,
+    ) -> Result<StockLevel, commerce_core::Error> {
+        debug_assert_eq!(id, product.id);
+        self.commerce.create_product(product).await
     }
 
     /// Renames the product, then evicts it on every instance.

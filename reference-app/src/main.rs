@@ -1,13 +1,89 @@
-//! Runs the reference order system against the configured servers (see the README).
+//! `reference-app`: serves the order system (default), prints a token, or drives the demo
+//! scenario against a running system. See the README.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reference_app::auth::{Auth, Role};
+use reference_app::config::Secret;
+use reference_app::{Application, Config};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "The commerce-rs reference order system")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the order system until Ctrl-C (the default; configured by the environment).
+    Serve,
+    /// Print a bearer token signed with COMMERCE_JWT_SECRET.
+    Token {
+        /// The user id.
+        #[arg(long)]
+        sub: String,
+        /// `customer` or `admin`.
+        #[arg(long, value_enum, default_value = "customer")]
+        role: Role,
+        /// Hours until it expires.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+    /// Drive the end-to-end scenario through the HTTP API of a running system.
+    Demo {
+        /// The system's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Customers ordering at the same instant.
+        #[arg(long, default_value_t = 200)]
+        customers: usize,
+        /// Seed of the customers' choices.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+fn secret() -> anyhow::Result<Secret> {
+    let secret = std::env::var("COMMERCE_JWT_SECRET").context(
+        "COMMERCE_JWT_SECRET is not set (the key the running system checks tokens with)",
+    )?;
+    Ok(Secret::new(secret))
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .init();
-    let config = reference_app::Config::from_env()?;
-    reference_app::run(config).await
+    reference_app::telemetry::init_logs();
+    match Cli::parse().command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = Config::from_env()?;
+            let app = Application::build(config).await?;
+            println!("serving on {}", app.base_url());
+            app.run_until_stopped().await
+        }
+        Command::Token { sub, role, hours } => {
+            let token = Auth::new(&secret()?)?.issue(
+                &sub,
+                role,
+                Duration::from_secs(hours.saturating_mul(3600)),
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Demo {
+            url,
+            customers,
+            seed,
+        } => {
+            reference_app::demo::run(reference_app::demo::DemoSettings {
+                url,
+                secret: secret()?,
+                customers: customers.max(1),
+                seed,
+            })
+            .await
+        }
+    }
 }

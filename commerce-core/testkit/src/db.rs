@@ -101,6 +101,13 @@ impl TestDb {
         &self.name
     }
 
+    /// A URL of this database (`DATABASE_URL` with the database name replaced), for code
+    /// under test that connects by URL.
+    #[must_use]
+    pub fn url(&self) -> String {
+        database_url_for(&database_url(), &self.name)
+    }
+
     /// Connect options for this database (for a second, independently sized pool).
     #[must_use]
     pub fn connect_options(&self) -> PgConnectOptions {
@@ -203,6 +210,25 @@ pub async fn scratch_database(
     Ok(pool)
 }
 
+/// `url` with its database (the path) replaced by `name`, query kept.
+fn database_url_for(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    // The path starts at the first `/` after the `scheme://authority` part.
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
 fn drop_database_sql(name: &str) -> String {
     format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))
 }
@@ -210,4 +236,22 @@ fn drop_database_sql(name: &str) -> String {
 /// `name` as a quoted SQL identifier (names found on the server are not trusted).
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url_for;
+
+    #[test]
+    fn the_database_name_is_replaced() {
+        assert_eq!(
+            database_url_for("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            database_url_for("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(database_url_for("postgres://h", "x"), "postgres://h/x");
+    }
 }

@@ -1,0 +1,456 @@
+//! Assembling the services into one running system (the all-in-one mode).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use commerce_core::{Commerce, OutboxHook};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::fake_pg::{self, FakePgConfig, FakePgControl};
+use crate::http::{self, Limits};
+use crate::services::contracts::Topics;
+use crate::services::ops::{OpsState, ReadinessCheck};
+use crate::services::order::saga::{spawn_timeout_sweep, PaymentAnswers, SagaStart};
+use crate::services::order::watch::NotifyStatusChanges;
+use crate::services::order::{Currency, OrderState, StatusFeed};
+use crate::services::payment::{self, OrderEvents, PaymentWorker, WorkerSettings};
+use crate::services::store::StoreState;
+use crate::services::{admin, ops, order, store};
+
+/// The system, built and bound, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    parts: Parts,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("address", &self.listener.local_addr().ok())
+            .field("transport", &self.parts.bus.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What runs besides the HTTP server, and how to stop it.
+struct Parts {
+    pool: PgPool,
+    background: PgPool,
+    commerce: Commerce,
+    catalog: Catalog,
+    bus: EventBus,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    grace: Duration,
+    fake_pg: Option<(String, FakePgControl)>,
+}
+
+impl Application {
+    /// Connects to (creating if needed) and migrates the database, starts the event
+    /// transport, the consumers, the relay, the payment worker, the saga timeout sweep and
+    /// (without `PAYMENT_GATEWAY_URL`) the stand-in payment gateway, and binds the port.
+    ///
+    /// # Errors
+    /// When a server cannot be reached, a migration fails or the port cannot be bound.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Metrics recorded from now on reach /metrics.
+        crate::telemetry::prometheus();
+        let pool = connect(&config).await?;
+        // Background work (relay, consumers, payment worker) has a pool of its own: a surge of
+        // requests cannot starve the saga, nor the saga the requests.
+        let background = PgPoolOptions::new()
+            .max_connections(config.background_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&config.database_url)
+            .await
+            .context("background pool")?;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let topics = Topics::new(&config.event_prefix);
+        let mut bus = EventBus::new(background.clone(), config.kafka_brokers.as_deref(), &topics)
+            .await
+            .context("event transport")?;
+        let commerce = Commerce::builder(pool.clone())
+            .hook(OutboxHook::with_topics(&topics.orders, &topics.stock))
+            .hook(SagaStart::new(
+                config.currency.clone(),
+                topics.orders.clone(),
+            ))
+            .hook(NotifyStatusChanges)
+            .build();
+        let redis = config
+            .redis_url
+            .as_deref()
+            .map(redis::Client::open)
+            .transpose()
+            .context("REDIS_URL")?;
+        let catalog = Catalog::new(commerce.clone(), redis.clone(), "reference-app")
+            .await
+            .context("product cache")?;
+        let auth = Auth::new(&config.jwt_secret).context("COMMERCE_JWT_SECRET")?;
+
+        // The payment service: the gateway client, its worker and its consumer.
+        let (gateway_url, fake_pg) = match &config.payment_gateway_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let (url, control) =
+                    start_fake_pg(config.fake_pg_port, shutdown.clone(), &tasks).await?;
+                (url.clone(), Some((url, control)))
+            }
+        };
+        let gateway = payment::http_gateway(&gateway_url).context("payment gateway client")?;
+        let worker = PaymentWorker::new(
+            background.clone(),
+            topics.payments.clone(),
+            gateway,
+            WorkerSettings::default(),
+            Arc::new(Notify::new()),
+        );
+        bus.consume(
+            &topics.group("payment-service"),
+            &[&topics.orders],
+            OrderEvents::new(worker.wake()),
+        )?;
+        // The order service's side of the saga.
+        bus.consume(
+            &topics.group("order-service"),
+            &[&topics.payments],
+            PaymentAnswers::new(commerce.clone()),
+        )?;
+        // Consumers first: in-process, a message reaches the groups subscribed when it is
+        // published.
+        bus.start_relay()?;
+        worker.clone().spawn(shutdown.clone(), &tasks);
+        spawn_timeout_sweep(
+            commerce.clone(),
+            config.saga_timeout,
+            shutdown.clone(),
+            &tasks,
+        );
+        let feed = StatusFeed::new();
+        feed.listen(background.clone(), shutdown.clone(), &tasks);
+
+        let mut checks = vec![ReadinessCheck::postgres(pool.clone())];
+        if let Some(client) = redis {
+            checks.push(ReadinessCheck::redis(client));
+        }
+        checks.extend(bus.readiness());
+        let router = Router::new()
+            .merge(store::router(StoreState {
+                commerce: commerce.clone(),
+                catalog: catalog.clone(),
+                auth: auth.clone(),
+                pool: pool.clone(),
+            }))
+            .merge(order::router(OrderState {
+                commerce: commerce.clone(),
+                auth: auth.clone(),
+                feed,
+                shutdown: shutdown.clone(),
+                currency: Currency(config.currency.clone()),
+            }))
+            .merge(admin::router(admin::AdminState {
+                pool: pool.clone(),
+                commerce: commerce.clone(),
+                auth,
+            }))
+            .merge(ops::router(OpsState {
+                pool: pool.clone(),
+                catalog: catalog.clone(),
+                payments: Some(worker),
+                checks,
+            }))
+            .merge(crate::openapi::router());
+        let router = http::layered(
+            router,
+            Limits {
+                request_timeout: config.request_timeout,
+                body_limit: config.body_limit,
+                max_in_flight: config.max_in_flight,
+            },
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind {}", config.listen))?;
+        tracing::info!(
+            address = %listener.local_addr()?,
+            transport = bus.kind(),
+            cache = if config.redis_url.is_some() { "redis" } else { "in-process" },
+            payment_gateway = %gateway_url,
+            "commerce-rs reference app ready"
+        );
+        Ok(Self {
+            listener,
+            router,
+            parts: Parts {
+                pool,
+                background,
+                commerce,
+                catalog,
+                bus,
+                shutdown,
+                tasks,
+                grace: config.shutdown_grace,
+                fake_pg,
+            },
+        })
+    }
+
+    /// The bound port.
+    ///
+    /// # Panics
+    /// Never in practice: a bound listener has an address.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .expect("a bound listener has an address")
+    }
+
+    /// `http://127.0.0.1:<port>` (or the bound address).
+    ///
+    /// # Panics
+    /// Never in practice: a bound listener has an address.
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        let address = self
+            .listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        format!("http://{address}")
+    }
+
+    /// `"kafka"` or `"in-process"`.
+    #[must_use]
+    pub fn transport(&self) -> &'static str {
+        self.parts.bus.kind()
+    }
+
+    /// The orders and stock behind the services (for tests and the audit).
+    #[must_use]
+    pub fn commerce(&self) -> &Commerce {
+        &self.parts.commerce
+    }
+
+    /// The embedded stand-in payment gateway's address and control, when it runs.
+    #[must_use]
+    pub fn fake_pg(&self) -> Option<&(String, FakePgControl)> {
+        self.parts.fake_pg.as_ref()
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully: in-flight requests
+    /// finish, event streams end, consumers stop after their current event, the relay and
+    /// the payment worker after their current round.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run(shutdown_signal()).await
+    }
+
+    /// Serves in a task of its own until [`RunningApp::stop`] (for tests and embedding).
+    #[must_use]
+    pub fn spawn(self) -> RunningApp {
+        let base_url = self.base_url();
+        let stop = CancellationToken::new();
+        let fake_pg = self.parts.fake_pg.clone();
+        let commerce = self.parts.commerce.clone();
+        let signal = stop.clone();
+        let task = tokio::spawn(self.run(async move { signal.cancelled().await }));
+        RunningApp {
+            base_url,
+            stop,
+            task,
+            fake_pg,
+            commerce,
+        }
+    }
+
+    async fn run(
+        self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            parts,
+        } = self;
+        let shutdown = parts.shutdown.clone();
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                signal.await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                // Event streams end now; otherwise they would hold the shutdown open.
+                shutdown.cancel();
+            })
+            .await;
+        parts.shutdown.cancel();
+        let Parts {
+            pool,
+            background,
+            catalog,
+            bus,
+            tasks,
+            grace,
+            ..
+        } = parts;
+        let stopped = async {
+            bus.shutdown().await;
+            tasks.close();
+            tasks.wait().await;
+            catalog.shutdown().await;
+        };
+        if tokio::time::timeout(grace, stopped).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "background work did not stop within the grace period"
+            );
+        }
+        background.close().await;
+        pool.close().await;
+        tracing::info!("stopped");
+        served.context("HTTP server")
+    }
+}
+
+/// A system serving in the background.
+#[derive(Debug)]
+pub struct RunningApp {
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    fake_pg: Option<(String, FakePgControl)>,
+    commerce: Commerce,
+}
+
+impl RunningApp {
+    /// The embedded stand-in payment gateway's control, when it runs.
+    #[must_use]
+    pub fn fake_pg(&self) -> Option<&FakePgControl> {
+        self.fake_pg.as_ref().map(|(_, control)| control)
+    }
+
+    /// The orders and stock behind the services.
+    #[must_use]
+    pub fn commerce(&self) -> &Commerce {
+        &self.commerce
+    }
+
+    /// Shuts down gracefully and waits for it.
+    ///
+    /// # Errors
+    /// When the server failed, or its task panicked.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.context("app task")?
+    }
+}
+
+/// Connects to (creating if needed) and migrates the database: commerce-core, commerce-outbox,
+/// then the app's own schemas.
+///
+/// # Errors
+/// When the server cannot be reached or a migration fails.
+pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    let hint = || format!("{} (run scripts/services.sh up)", config.database_url);
+    if !Postgres::database_exists(&config.database_url)
+        .await
+        .with_context(hint)?
+    {
+        // Two instances starting together may both try; the loser finds it created.
+        if let Err(error) = Postgres::create_database(&config.database_url).await {
+            if !Postgres::database_exists(&config.database_url).await? {
+                return Err(error).with_context(hint);
+            }
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        // A request waits for a connection as long as it may take in all (the HTTP layer's
+        // timeout drops it then), but start-up gets a few seconds whatever that limit is.
+        .acquire_timeout(config.request_timeout.max(Duration::from_secs(5)))
+        .connect(&config.database_url)
+        .await
+        .with_context(hint)?;
+    commerce_core::MIGRATOR
+        .run(&pool)
+        .await
+        .context("migrate commerce-core")?;
+    commerce_outbox::MIGRATOR
+        .run(&pool)
+        .await
+        .context("migrate commerce-outbox")?;
+    crate::MIGRATOR
+        .run(&pool)
+        .await
+        .context("migrate reference-app")?;
+    Ok(pool)
+}
+
+/// Starts the stand-in payment gateway on `127.0.0.1:port` (0: a free port) until `shutdown`.
+async fn start_fake_pg(
+    port: u16,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<(String, FakePgControl)> {
+    let config = FakePgConfig::from_env().context("FAKE_PG_* settings")?;
+    let (router, control) = fake_pg::router(&config);
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("bind the stand-in payment gateway on port {port}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "stand-in payment gateway stopped");
+        }
+    });
+    Ok((url, control))
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,339 @@
+//! The one error type of the HTTP API and the one place that turns the crates' typed errors
+//! into it. Every error response has the body
+//! `{"error": {"code": "snake_case", "message": "...", "details": {...}}}`; 5xx bodies stay
+//! generic while the cause goes to the log with the request id.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Value,
+    /// Logged, never sent: what went wrong inside.
+    cause: Option<String>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// What went wrong, for machines (`code`) and people (`message`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    /// Stable, machine-readable, snake_case (see docs/api-errors.md).
+    pub code: String,
+    /// A sentence for people.
+    pub message: String,
+    /// Facts a client can act on (e.g. the product and units short); `{}` when none.
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`, no details.
+    #[must_use]
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: json!({}),
+            cause: None,
+        }
+    }
+
+    /// Adds details for the client.
+    #[must_use]
+    pub fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// Adds the internal cause, for the log only.
+    #[must_use]
+    pub fn cause(mut self, cause: impl std::fmt::Display) -> Self {
+        self.cause = Some(cause.to_string());
+        self
+    }
+
+    /// The status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// 400 `bad_request`.
+    #[must_use]
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    #[must_use]
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`.
+    #[must_use]
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 with a specific code.
+    #[must_use]
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 422 `validation_failed`.
+    #[must_use]
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            message,
+        )
+    }
+
+    /// 500 `internal`: the body says nothing more; `cause` goes to the log.
+    #[must_use]
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on our side; the request id identifies it in the logs",
+        )
+        .cause(cause)
+    }
+
+    /// 503 `unavailable`: a dependency is down; retry later.
+    #[must_use]
+    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "a service this request needs is unavailable; retry later",
+        )
+        .cause(cause)
+    }
+
+    /// 503 `timeout`: the request took longer than the configured limit.
+    #[must_use]
+    pub fn timeout() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; it may still complete, retry with the same idempotency key",
+        )
+    }
+
+    /// 404 `route_not_found` for a path no route matches.
+    #[must_use]
+    pub fn route_not_found(path: &str) -> Self {
+        Self::not_found("route_not_found", format!("no route for {path}"))
+    }
+
+    /// 405 `method_not_allowed`.
+    #[must_use]
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )
+    }
+
+    /// 429 `too_many_requests`: the server is at its limit of requests in flight.
+    #[must_use]
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many requests in flight; retry shortly",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, cause = ?self.cause, "request failed");
+        } else if let Some(cause) = &self.cause {
+            tracing::debug!(code = self.code, %cause, "request refused");
+        }
+        crate::telemetry::count_error(self.code);
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code.to_owned(),
+                message: self.message,
+                details: self.details,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<commerce_core::Error> for ApiError {
+    fn from(e: commerce_core::Error) -> Self {
+        use commerce_core::Error as E;
+        let message = e.to_string();
+        match e {
+            E::ProductNotFound { product } => Self::not_found("product_not_found", message)
+                .details(json!({ "product_id": product.0 })),
+            E::OrderNotFound { order } => {
+                Self::not_found("order_not_found", message).details(json!({ "order_id": order.0 }))
+            }
+            E::ProductAlreadyExists { product } => {
+                Self::new(StatusCode::CONFLICT, "product_exists", message)
+                    .details(json!({ "product_id": product.0 }))
+            }
+            E::SkuAlreadyExists { sku } => {
+                Self::new(StatusCode::CONFLICT, "sku_taken", message).details(json!({ "sku": sku }))
+            }
+            E::InsufficientStock {
+                product,
+                requested,
+                available,
+            } => Self::new(StatusCode::CONFLICT, "insufficient_stock", message).details(json!({
+                "product_id": product.0,
+                "requested": requested,
+                "available": available,
+            })),
+            E::IllegalTransition { order, from, to } => {
+                Self::new(StatusCode::CONFLICT, "illegal_transition", message).details(json!({
+                    "order_id": order.0,
+                    "from": from.as_str(),
+                    "to": to.as_str(),
+                }))
+            }
+            E::DuplicateRequest { key, existing, .. } => {
+                Self::new(StatusCode::CONFLICT, "idempotency_key_reused", message)
+                    .details(json!({ "idempotency_key": key, "order_id": existing.0 }))
+            }
+            E::InvalidQuantity {
+                product, quantity, ..
+            } => Self::validation(message)
+                .details(json!({ "product_id": product.map(|p| p.0), "quantity": quantity })),
+            E::EmptyOrder => Self::validation(message),
+            E::TooManyLines { lines, max } => {
+                Self::validation(message).details(json!({ "lines": lines, "max": max }))
+            }
+            E::DuplicateLine { product } => {
+                Self::validation(message).details(json!({ "product_id": product.0 }))
+            }
+            E::InvalidInput { field, .. } => {
+                Self::validation(message).details(json!({ "field": field }))
+            }
+            E::Conflict(_) | E::StockChanged { .. } | E::Strategy(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "conflict_retry",
+                "the request met a concurrent change and wrote nothing; retry it",
+            )
+            .cause(e_chain(&e)),
+            E::CommitOutcomeUnknown(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                "the database connection broke while committing: the change may or may not \
+                 exist; retry with the same idempotency key, or read it back",
+            )
+            .cause(e_chain(&e)),
+            E::DatabaseUnavailable(_) => Self::unavailable(e_chain(&e)),
+            _ => Self::internal(e_chain(&e)),
+        }
+    }
+}
+
+/// The error and its sources on one line, for the log.
+fn e_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let detail = rejection.body_text();
+        match rejection {
+            JsonRejection::JsonDataError(_) => {
+                Self::validation("the JSON has the wrong shape or types for this request")
+                    .details(json!({ "reason": detail }))
+            }
+            JsonRejection::JsonSyntaxError(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the body is not valid JSON",
+            )
+            .details(json!({ "reason": detail })),
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(ref bytes)
+                if bytes.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the server accepts",
+                )
+            }
+            _ => Self::bad_request("the request body could not be read").cause(detail),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "a path parameter is not valid (ids are integers for products, UUIDs for orders)",
+        )
+        .details(json!({ "reason": rejection.body_text() }))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "a query parameter is not valid",
+        )
+        .details(json!({ "reason": rejection.body_text() }))
+    }
+}
+
+/// The result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,111 @@
+//! What every route shares: the error type, the extractors, and the layers around the whole
+//! router (request ids, logging, metrics, timeouts, load shedding, body limits, panics, and
+//! JSON bodies for unknown routes and wrong methods).
+
+mod error;
+pub mod extract;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, ApiResult, ErrorBody, ErrorObject};
+
+/// The request id header: set when the client sends none, echoed on every response, and
+/// carried by every log line of the request.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Limits of the HTTP layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request taking longer gets 503 `timeout` (streams: until their headers are sent).
+    pub request_timeout: Duration,
+    /// Larger bodies get 413.
+    pub body_limit: usize,
+    /// Requests in flight beyond this get 429 at once instead of queueing.
+    pub max_in_flight: usize,
+}
+
+/// Wraps `router` in the shared layers and JSON fallbacks.
+pub fn layered(router: Router, limits: Limits) -> Router {
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    let timeout = limits.request_timeout;
+    router
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(move |request, next| {
+            within_timeout(timeout, request, next)
+        }))
+        .layer(middleware::from_fn(crate::telemetry::track_requests))
+        .layer(middleware::from_fn_with_state(in_flight, shed_load))
+        .layer(DefaultBodyLimit::max(limits.body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                        let id = request
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!(
+                            "request",
+                            id = %id,
+                            method = %request.method(),
+                            uri = %request.uri().path(),
+                        )
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(panic_response)),
+        )
+}
+
+async fn route_not_found(uri: Uri) -> ApiError {
+    ApiError::route_not_found(uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+async fn within_timeout(timeout: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout().into_response(),
+    }
+}
+
+/// Sheds load: with every permit taken, answer 429 at once rather than queue without bound.
+async fn shed_load(
+    State(in_flight): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match in_flight.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::overloaded().into_response(),
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // the signature tower-http's CatchPanic calls
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    ApiError::internal(format!("handler panicked: {what}")).into_response()
+}

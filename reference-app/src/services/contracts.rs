@@ -1,0 +1,99 @@
+//! What the services say to each other: topics, event types and payloads. The services talk
+//! only through these events (and HTTP), never by calling each other's functions, so each
+//! can run in a process of its own.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The topics the services talk on, under one prefix (`EVENT_PREFIX`, default `commerce`), so
+/// several systems (or tests) can share a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// `<prefix>.orders`: commerce-core's order events (`order.placed`,
+    /// `order.status_changed`, `order.cancelled`, ...) and the saga's `order.created`; keyed
+    /// by order id.
+    pub orders: String,
+    /// `<prefix>.stock`: commerce-core's stock events, keyed by product id.
+    pub stock: String,
+    /// `<prefix>.payments`: the payment service's answers, keyed by order id.
+    pub payments: String,
+    /// The prefix, also of the consumer groups (`<prefix>.order-service`, ...).
+    pub prefix: String,
+}
+
+impl Topics {
+    /// The topics under `prefix`.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            orders: format!("{prefix}.orders"),
+            stock: format!("{prefix}.stock"),
+            payments: format!("{prefix}.payments"),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Every topic.
+    #[must_use]
+    pub fn all(&self) -> [&str; 3] {
+        [&self.orders, &self.stock, &self.payments]
+    }
+
+    /// The consumer group (and inbox name) of `service`.
+    #[must_use]
+    pub fn group(&self, service: &str) -> String {
+        format!("{}.{service}", self.prefix)
+    }
+}
+
+/// The saga's name in the saga log.
+pub const SAGA: &str = "order-payment";
+
+/// The saga starts: an order is CREATED (placed with all its stock, or its last backordered
+/// line served) and must be paid. Written by the order service in the transaction that made
+/// the order CREATED.
+pub const ORDER_CREATED: &str = "order.created";
+/// commerce-core's event when an order is cancelled (by its owner, an admin, a failed
+/// payment or the saga's timeout).
+pub const ORDER_CANCELLED: &str = "order.cancelled";
+/// The charge was approved: the order may be processed.
+pub const PAYMENT_APPROVED: &str = "payment.approved";
+/// The charge failed for good (declined, or refused by the gateway): the order is cancelled.
+pub const PAYMENT_FAILED: &str = "payment.failed";
+/// A charge taken for an order that was cancelled meanwhile has been refunded.
+pub const PAYMENT_REFUNDED: &str = "payment.refunded";
+
+/// Payload of [`ORDER_CREATED`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    /// The order.
+    pub order_id: Uuid,
+    /// Who pays.
+    pub user_id: String,
+    /// What to charge, in minor units.
+    pub amount: i64,
+    /// The currency of `amount`.
+    pub currency: String,
+}
+
+/// Payload of [`PAYMENT_APPROVED`], [`PAYMENT_FAILED`] and [`PAYMENT_REFUNDED`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentOutcome {
+    /// The order.
+    pub order_id: Uuid,
+    /// The amount, in minor units.
+    pub amount: i64,
+    /// The gateway's charge id, when a charge was taken.
+    pub charge_id: Option<String>,
+    /// Why it failed (for [`PAYMENT_FAILED`]).
+    pub reason: Option<String>,
+}
+
+/// The part of commerce-core's `order.cancelled` payload the payment service reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderCancelled {
+    /// The order.
+    pub order: Uuid,
+    /// Why.
+    pub reason: String,
+}

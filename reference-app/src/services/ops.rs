@@ -1,0 +1,199 @@
+//! Liveness, readiness and metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::catalog::Catalog;
+use crate::http::extract::Json;
+use crate::services::payment::PaymentWorker;
+
+/// A probe's answer: `Err(reason)` when the dependency is down.
+type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A dependency `/ready` checks: its name and a probe.
+#[derive(Clone)]
+pub struct ReadinessCheck {
+    name: &'static str,
+    probe: Arc<dyn Fn() -> Probe + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadinessCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadinessCheck")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ReadinessCheck {
+    /// A check called `name` running `probe`.
+    pub fn new<F, Fut>(name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            name,
+            probe: Arc::new(move || Box::pin(probe())),
+        }
+    }
+
+    /// Postgres answers a query.
+    #[must_use]
+    pub fn postgres(pool: PgPool) -> Self {
+        Self::new("postgres", move || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+
+    /// Redis answers `PING`.
+    #[must_use]
+    pub fn redis(client: redis::Client) -> Self {
+        Self::new("redis", move || {
+            let client = client.clone();
+            async move {
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+}
+
+/// What the ops routes need.
+#[derive(Debug, Clone)]
+pub struct OpsState {
+    /// The database (outbox lag).
+    pub pool: PgPool,
+    /// The product cache (hit rates).
+    pub catalog: Catalog,
+    /// The payment worker (its gateway breaker), when this process runs the payment service.
+    pub payments: Option<PaymentWorker>,
+    /// What `/ready` checks.
+    pub checks: Vec<ReadinessCheck>,
+}
+
+/// The ops routes (no token needed).
+pub fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// `/health` and `/ready` bodies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+    /// Per dependency (for `/ready`): `ok` or why not.
+    pub checks: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        checks: std::collections::BTreeMap::new(),
+    })
+}
+
+/// Readiness: Postgres, and Redis and the broker when configured, answer (503 otherwise).
+#[utoipa::path(get, path = "/ready", tag = "ops", responses(
+    (status = 200, body = Health),
+    (status = 503, description = "a dependency is down", body = Health),
+))]
+pub async fn ready(State(state): State<OpsState>) -> (StatusCode, Json<Health>) {
+    let mut checks = std::collections::BTreeMap::new();
+    let mut all_ok = true;
+    for check in &state.checks {
+        let outcome = tokio::time::timeout(Duration::from_secs(2), (check.probe)())
+            .await
+            .unwrap_or_else(|_| Err("no answer within 2 s".into()));
+        all_ok &= outcome.is_ok();
+        checks.insert(check.name, outcome.err().unwrap_or_else(|| "ok".into()));
+    }
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Health {
+        status: if all_ok { "ok" } else { "unavailable" },
+        checks,
+    };
+    (status, Json(body))
+}
+
+/// Prometheus text: request latency by route, orders by outcome, saga outcomes, errors by
+/// code, outbox lag, the payment breaker, cache hit rates.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    match commerce_outbox::outbox_stats(&state.pool).await {
+        Ok(stats) => {
+            metrics::gauge!("outbox_pending_events").set(stats.pending as f64);
+            metrics::gauge!("outbox_dead_letters").set(stats.dead_letters as f64);
+            metrics::gauge!("outbox_oldest_pending_seconds").set(
+                stats
+                    .oldest_pending_age
+                    .map_or(0.0, |age| age.as_secs_f64()),
+            );
+        }
+        Err(error) => tracing::warn!(%error, "outbox stats for /metrics failed"),
+    }
+    if let Some(payments) = &state.payments {
+        for candidate in ["closed", "open", "half_open"] {
+            let on = if payments.breaker_state() == candidate {
+                1.0
+            } else {
+                0.0
+            };
+            metrics::gauge!("payment_breaker_state", "state" => candidate).set(on);
+        }
+    }
+    let cache = state.catalog.metrics();
+    for (level, counters) in [("l1", cache.l1), ("l2", cache.l2)] {
+        let reads = counters.hits + counters.misses;
+        let rate = if reads == 0 {
+            0.0
+        } else {
+            counters.hits as f64 / reads as f64
+        };
+        metrics::gauge!("cache_hit_ratio", "cache" => cache.name.clone(), "level" => level)
+            .set(rate);
+        metrics::gauge!("cache_hits", "cache" => cache.name.clone(), "level" => level)
+            .set(counters.hits as f64);
+        metrics::gauge!("cache_misses", "cache" => cache.name.clone(), "level" => level)
+            .set(counters.misses as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::prometheus().render(),
+    )
+}
