@@ -273,6 +273,29 @@ impl PaymentWorker {
                 )
                 .await?;
             }
+            Err(failure) if cancel_requested => {
+                // The order was cancelled while we called (the saga timeout): nothing was
+                // taken that we know of, so void rather than park; parking would charge a
+                // cancelled order once the gateway is back.
+                sqlx::query(
+                    "UPDATE payment.payments SET status = 'voided', last_error = $2, \
+                     updated_at = now() WHERE order_id = $1",
+                )
+                .bind(payment.order_id)
+                .bind(failure.to_string())
+                .execute(&mut *tx)
+                .await?;
+                record_saga_step(
+                    &mut tx,
+                    SAGA,
+                    &saga_id,
+                    "charge_voided",
+                    SagaStatus::Compensated,
+                    None,
+                    Some(&format!("{failure}; the order was cancelled meanwhile")),
+                )
+                .await?;
+            }
             Err(failure) => {
                 // Parked: tried again later; the order side's saga timeout bounds the wait.
                 let wait = self.backoff(payment.attempts);
