@@ -1,11 +1,63 @@
 #!/usr/bin/env bash
-# The main job: makes the servers ready, then runs the reference app end to end against them.
-# Extra arguments go to the reference app.
+# The main job: builds and serves the commerce-rs order system in the foreground until Ctrl-C.
+#
+#   scripts/run.sh                     on Postgres alone: events in-process, cache in-process
+#   scripts/run.sh --with-redis-kafka  the same with Redis (cache) and the Kafka broker (events);
+#                                      installs and starts the broker first if needed
+#
+# Listens on 127.0.0.1:${PORT:-8080}; the database (DATABASE_URL, default
+# postgres://postgres@127.0.0.1:5432/commerce) is created and migrated at start-up. Prints the
+# URL, the API docs page and a customer and an admin token to try it with. Every setting is an
+# environment variable (README, docs/reference-app.md); REDIS_URL / KAFKA_BROKERS set by hand
+# switch those on too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/services.sh up
-# The main job runs scaled-out style: Redis for the product cache (unset REDIS_URL= for in-process).
-export REDIS_URL=${REDIS_URL-redis://127.0.0.1:6379}
-# ...and Kafka for the order events (set KAFKA_BROKERS= to run without events).
-export KAFKA_BROKERS=${KAFKA_BROKERS-127.0.0.1:9092}
-cargo run --release --locked -p reference-app -- "$@"
+
+with_redis_kafka=false
+for arg in "$@"; do
+    case "$arg" in
+        --with-redis-kafka) with_redis_kafka=true ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "unknown argument $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+if $with_redis_kafka; then
+    export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+    export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
+    scripts/services.sh up postgres redis kafka
+else
+    # The embedded default needs Postgres only: it does not wait for the broker's install.
+    services=(postgres)
+    [ -n "${REDIS_URL:-}" ] && services+=(redis)
+    [ -n "${KAFKA_BROKERS:-}" ] && services+=(kafka)
+    scripts/services.sh up "${services[@]}"
+fi
+
+export PORT=${PORT:-8080}
+# A secret of this checkout's own, kept between runs so tokens printed earlier stay valid.
+secret_hint='COMMERCE_JWT_SECRET=<yours>'
+if [ -z "${COMMERCE_JWT_SECRET:-}" ]; then
+    mkdir -p .services
+    [ -s .services/jwt-secret ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.services/jwt-secret
+    COMMERCE_JWT_SECRET=$(cat .services/jwt-secret)
+    secret_hint='COMMERCE_JWT_SECRET=$(cat .services/jwt-secret)'
+fi
+export COMMERCE_JWT_SECRET
+
+cargo build --release --locked -p reference-app --bins
+app=target/release/reference-app
+base="http://${BIND:-127.0.0.1}:$PORT"
+cat <<INFO
+
+  commerce-rs order system on $base
+  API docs:        $base/docs   (OpenAPI: $base/api-docs/openapi.json)
+  events:          ${KAFKA_BROKERS:+Kafka at $KAFKA_BROKERS}${KAFKA_BROKERS:-in-process (Postgres alone)}
+  product cache:   ${REDIS_URL:+Redis at $REDIS_URL}${REDIS_URL:-in-process}
+  customer token:  $("$app" token --sub alice --role customer)
+  admin token:     $("$app" token --sub admin --role admin)
+  try:             curl -H "Authorization: Bearer <admin token>" $base/api/v1/admin/audit
+  demo:            $secret_hint $app demo --url $base
+
+INFO
+exec "$app" serve

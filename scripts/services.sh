@@ -4,6 +4,8 @@
 #   scripts/services.sh up      check Postgres and Redis (start them if installed here but
 #                               stopped), install the Kafka-protocol broker tansu if missing,
 #                               start it in the background and wait until it answers
+#   scripts/services.sh up postgres [redis] [kafka]
+#                               the same for the named servers only
 #   scripts/services.sh status  one line per service
 #   scripts/services.sh down    stop the broker this script started (Postgres and Redis belong
 #                               to the machine and are left alone)
@@ -143,13 +145,21 @@ down() {
 
 case "${1:-up}" in
     up)
+        shift || true
+        wanted=("$@")
+        [ ${#wanted[@]} -eq 0 ] && wanted=(postgres redis kafka)
         rc=0
-        postgres_up || rc=1
-        redis_up || rc=1
-        kafka_up || rc=1
+        for service in "${wanted[@]}"; do
+            case "$service" in
+                postgres) postgres_up || rc=1 ;;
+                redis) redis_up || rc=1 ;;
+                kafka) kafka_up || rc=1 ;;
+                *) echo "unknown service $service (postgres, redis, kafka)" >&2; rc=2 ;;
+            esac
+        done
         exit $rc
         ;;
     status) status ;;
     down) down ;;
-    *) echo "usage: $0 up|status|down" >&2; exit 2 ;;
+    *) echo "usage: $0 up [postgres] [redis] [kafka] | status | down" >&2; exit 2 ;;
 esac

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use commerce_core::{Commerce, OutboxHook};
+use commerce_core::{Commerce, DistributedLockStrategy, OutboxHook};
+use commerce_lock::{LocalLock, RedisLock};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
@@ -17,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, StockStrategyKind};
 use crate::events::EventBus;
 use crate::fake_pg::{self, FakePgConfig, FakePgControl};
 use crate::http::{self, Limits};
@@ -85,7 +86,20 @@ impl Application {
         let mut bus = EventBus::new(background.clone(), config.kafka_brokers.as_deref(), &topics)
             .await
             .context("event transport")?;
-        let commerce = Commerce::builder(pool.clone())
+        let mut commerce = Commerce::builder(pool.clone());
+        if config.stock_strategy == StockStrategyKind::Lock {
+            // The lock falls back to its in-process backend without Redis, like the cache.
+            let strategy = match &config.redis_url {
+                Some(url) => DistributedLockStrategy::new(
+                    RedisLock::connect(url.clone())
+                        .await
+                        .context("REDIS_URL (lock)")?,
+                ),
+                None => DistributedLockStrategy::new(LocalLock::new()),
+            };
+            commerce = commerce.strategy(strategy);
+        }
+        let commerce = commerce
             .hook(OutboxHook::with_topics(&topics.orders, &topics.stock))
             .hook(SagaStart::new(
                 config.currency.clone(),
@@ -190,6 +204,7 @@ impl Application {
         tracing::info!(
             address = %listener.local_addr()?,
             transport = bus.kind(),
+            strategy = commerce.strategy_name(),
             cache = if config.redis_url.is_some() { "redis" } else { "in-process" },
             payment_gateway = %gateway_url,
             "commerce-rs reference app ready"

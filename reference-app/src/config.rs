@@ -28,6 +28,16 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// How orders take stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockStrategyKind {
+    /// One transaction per order, the row lock of a conditional `UPDATE` (the default).
+    ConditionalUpdate,
+    /// A distributed lock per product around the transaction: Redis when `REDIS_URL` is set,
+    /// in-process otherwise.
+    Lock,
+}
+
 /// Everything the system is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -71,6 +81,8 @@ pub struct Config {
     pub event_prefix: String,
     /// `MAX_IN_FLIGHT` (default 10000): requests in flight beyond this get 429 at once.
     pub max_in_flight: usize,
+    /// `STOCK_STRATEGY` (`conditional-update`, the default, or `lock`).
+    pub stock_strategy: StockStrategyKind,
 }
 
 /// A setting that does not parse.
@@ -165,6 +177,17 @@ impl Config {
             max_in_flight: usize::try_from(number("MAX_IN_FLIGHT", 10_000)?)
                 .unwrap_or(10_000)
                 .max(1),
+            stock_strategy: match get("STOCK_STRATEGY").as_deref() {
+                None | Some("conditional-update") => StockStrategyKind::ConditionalUpdate,
+                Some("lock") => StockStrategyKind::Lock,
+                Some(other) => {
+                    return Err(ConfigError {
+                        name: "STOCK_STRATEGY",
+                        value: other.to_owned(),
+                        reason: "must be `conditional-update` or `lock`".into(),
+                    })
+                }
+            },
         })
     }
 
@@ -190,6 +213,7 @@ impl Config {
             currency: "EUR".into(),
             event_prefix: "commerce".into(),
             max_in_flight: 10_000,
+            stock_strategy: StockStrategyKind::ConditionalUpdate,
         }
     }
 }
