@@ -86,7 +86,7 @@ impl Hooks {
         Self(Arc::new(hooks))
     }
 
-    async fn run(&self, conn: &mut PgConnection, events: &[CoreEvent]) -> Result<()> {
+    pub(crate) async fn run(&self, conn: &mut PgConnection, events: &[CoreEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }

@@ -87,6 +87,9 @@ impl Application {
             .await
             .context("event transport")?;
         let mut commerce = Commerce::builder(pool.clone());
+        if config.stock_strategy == StockStrategyKind::Batching {
+            commerce = commerce.strategy(commerce_core::strategy::Batching::new());
+        }
         if config.stock_strategy == StockStrategyKind::Lock {
             // The lock falls back to its in-process backend without Redis, like the cache.
             let strategy = match &config.redis_url {

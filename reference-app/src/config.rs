@@ -36,6 +36,9 @@ pub enum StockStrategyKind {
     /// A distributed lock per product around the transaction: Redis when `REDIS_URL` is set,
     /// in-process otherwise.
     Lock,
+    /// Group commit per product (commerce-core's `Batching`): concurrent single-line orders
+    /// of one product share a transaction; the flash-sale setting.
+    Batching,
 }
 
 /// Everything the system is configured with.
@@ -180,11 +183,12 @@ impl Config {
             stock_strategy: match get("STOCK_STRATEGY").as_deref() {
                 None | Some("conditional-update") => StockStrategyKind::ConditionalUpdate,
                 Some("lock") => StockStrategyKind::Lock,
+                Some("batching") => StockStrategyKind::Batching,
                 Some(other) => {
                     return Err(ConfigError {
                         name: "STOCK_STRATEGY",
                         value: other.to_owned(),
-                        reason: "must be `conditional-update` or `lock`".into(),
+                        reason: "must be `conditional-update`, `lock` or `batching`".into(),
                     })
                 }
             },

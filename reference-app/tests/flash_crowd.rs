@@ -40,6 +40,18 @@ fn patient(config: &mut reference_app::Config) {
     config.request_timeout = Duration::from_secs(240);
 }
 
+/// The full crowd under the batching strategy (group commit per product).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batching_strategy_sells_exactly_the_stock_too() {
+    let app = TestApp::start_with(Transport::InProcess, |config| {
+        patient(config);
+        config.stock_strategy = reference_app::config::StockStrategyKind::Batching;
+    })
+    .await;
+    crowd(&app, CUSTOMERS, STOCK).await;
+    app.stop().await;
+}
+
 /// `customers` order one unit each at the same instant; exactly `stock` get one.
 async fn crowd(app: &TestApp, customers: usize, stock: i64) {
     let product = app.product("FLASH-1", 1_000, stock).await;

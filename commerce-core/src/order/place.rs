@@ -56,6 +56,12 @@ impl OrderWriter {
         Self { pool, hooks }
     }
 
+    /// The transaction hooks every order write runs before commit.
+    #[cfg(feature = "batching")]
+    pub(crate) fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
     /// The pool the orders are written to.
     #[must_use]
     pub fn pool(&self) -> &PgPool {

@@ -7,15 +7,20 @@
 //!   row lock taken by a conditional `UPDATE` is the only lock.
 //! - [`DistributedLockStrategy`] (feature `lock`): take a lock per product (sorted, all or nothing) around the
 //!   transaction and read, check and write inside it ([`ReserveMode::ReadCheckWrite`]).
-//! - a batching strategy: queue the orders of a hot product and write many of them in one
-//!   transaction, answering each caller from the batch's outcome.
+//! - [`Batching`] (feature `batching`): group commit per product: the concurrent orders of a
+//!   busy product are written in one transaction, one stock update for the batch.
 
 use async_trait::async_trait;
 
+#[cfg(feature = "batching")]
+mod batching;
 #[cfg(feature = "lock")]
 mod distributed_lock;
 #[cfg(feature = "lock")]
 pub use distributed_lock::DistributedLockStrategy;
+
+#[cfg(feature = "batching")]
+pub use batching::{BatchSettings, Batching};
 
 pub use crate::order::{OrderWriter, ReserveMode, ValidatedOrder};
 

@@ -1,0 +1,280 @@
+//! The batching strategy: group commit per product.
+//!
+//! Every design that commits one order per hand-off of a hot product's row lock is capped
+//! below the rate at which the database can pass that lock around (the bare one-row
+//! `UPDATE` ceiling). [`Batching`] passes it by writing many orders of one product in one
+//! transaction: one stock update for the whole batch, every order, line, history, ledger and
+//! outbox row inserted in bulk, then one commit, after which each caller gets its own result.
+//!
+//! **When batching kicks in.** There is no timer. Each product has at most one batch in
+//! flight; requests that arrive while it is being written wait and go together in the next
+//! one (up to [`BatchSettings::max_batch`]). A product that is not busy therefore pays no
+//! window at all: its order is written at once, as a batch of one. Under a surge the batches
+//! grow by themselves to what arrives during one commit.
+//!
+//! **What goes in a batch.** Orders of a single line. Orders of several lines are placed one
+//! per transaction, as [`crate::ConditionalUpdate`] does (the batch transaction locks only its
+//! one product row, so the two kinds never wait on each other in a cycle).
+//!
+//! **Sold-out fast path.** Once a batch has seen a product with no stock left, reject-policy
+//! orders for it are turned away in memory, without a database round trip, until Postgres
+//! announces that its stock went up again (a trigger on `commerce.products` notifies channel
+//! `commerce_stock` on every increase, from any instance). The fast path is only used while
+//! the listener is connected; see [`watch`](self) for the exact rule.
+
+mod watch;
+mod write;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::ids::ProductId;
+use crate::order::{OrderWriter, PlacedOrder, ReserveMode, ShortagePolicy, ValidatedOrder};
+
+use super::StockStrategy;
+use watch::StockWatch;
+use write::{run_batch, Figures};
+
+/// How [`Batching`] forms its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// The most orders written in one transaction (default 500).
+    pub max_batch: usize,
+    /// Attempts of a batch that conflicted (another writer changed the product between the
+    /// batch's read and its write, a deadlock, a repeated idempotency key) before its callers
+    /// get the error (default 8).
+    pub max_attempts: u32,
+    /// Whether to turn reject-policy orders for a product seen sold out away in memory
+    /// (default `true`).
+    pub sold_out_fast_path: bool,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 500,
+            max_attempts: 8,
+            sold_out_fast_path: true,
+        }
+    }
+}
+
+/// Group commit per product: concurrent single-line orders of one product are written in one
+/// transaction. See the [module documentation](self).
+///
+/// Needs a Tokio runtime (it spawns one writer task per busy product, and the stock listener).
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> commerce_core::Result<()> {
+/// use commerce_core::strategy::Batching;
+/// use commerce_core::{Commerce, NewOrder};
+///
+/// let commerce = Commerce::builder(pool).strategy(Batching::new()).build();
+/// let placed = commerce.place_order(NewOrder::new("alice").line(1, 1)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Batching {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: BatchSettings,
+    products: Mutex<HashMap<ProductId, ProductQueue>>,
+    watch: OnceLock<StockWatch>,
+}
+
+/// One product's waiting orders and what the last batch learned about it.
+#[derive(Default)]
+struct ProductQueue {
+    pending: VecDeque<Request>,
+    /// A writer task is working this queue.
+    writing: bool,
+    /// The product's row as the last batch committed or read it.
+    known: Option<Figures>,
+}
+
+/// A caller waiting for its order.
+struct Request {
+    order: ValidatedOrder,
+    reply: oneshot::Sender<Result<PlacedOrder>>,
+}
+
+impl std::fmt::Debug for Batching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batching")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batching {
+    /// Batching with [`BatchSettings::default`].
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_settings(BatchSettings::default())
+    }
+
+    /// Batching with `settings` (a `max_batch` of 0 counts as 1).
+    #[must_use]
+    pub fn with_settings(settings: BatchSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings: BatchSettings {
+                    max_batch: settings.max_batch.max(1),
+                    max_attempts: settings.max_attempts.max(1),
+                    ..settings
+                },
+                products: Mutex::new(HashMap::new()),
+                watch: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The settings in use.
+    #[must_use]
+    pub fn settings(&self) -> BatchSettings {
+        self.inner.settings
+    }
+
+    fn watch(&self, writer: &OrderWriter) -> Option<&StockWatch> {
+        if !self.inner.settings.sold_out_fast_path {
+            return None;
+        }
+        Some(
+            self.inner
+                .watch
+                .get_or_init(|| StockWatch::start(writer.pool().clone())),
+        )
+    }
+
+    /// Queues `order` for its product's next batch; starts the product's writer if idle.
+    fn enqueue(
+        &self,
+        writer: &OrderWriter,
+        product: ProductId,
+        order: &ValidatedOrder,
+    ) -> oneshot::Receiver<Result<PlacedOrder>> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut products = lock(&self.inner.products);
+            let queue = products.entry(product).or_default();
+            queue.pending.push_back(Request {
+                order: order.clone(),
+                reply,
+            });
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start {
+            let (inner, writer) = (Arc::clone(&self.inner), writer.clone());
+            tokio::spawn(async move { write_queue(inner, writer, product).await });
+        }
+        answer
+    }
+}
+
+#[async_trait]
+impl StockStrategy for Batching {
+    fn name(&self) -> &'static str {
+        "batching"
+    }
+
+    async fn place(&self, writer: &OrderWriter, order: &ValidatedOrder) -> Result<PlacedOrder> {
+        let watch = self.watch(writer);
+        if let Some(replayed) = writer.replay(order).await? {
+            return Ok(replayed);
+        }
+        if order.policy() == ShortagePolicy::Reject {
+            if let Some(watch) = watch {
+                let products = lock(&self.inner.products);
+                for line in order.lines() {
+                    let known = products.get(&line.product).and_then(|q| q.known);
+                    if known.is_some_and(|f| watch.still_sold_out(line.product, f)) {
+                        return Err(Error::InsufficientStock {
+                            product: line.product,
+                            requested: line.quantity,
+                            available: 0,
+                        });
+                    }
+                }
+            }
+        }
+        let [line] = order.lines() else {
+            writer.check_stock(order).await?;
+            return writer.place(order, ReserveMode::ConditionalUpdate).await;
+        };
+        self.enqueue(writer, line.product, order)
+            .await
+            .unwrap_or_else(|_| Err(Error::Strategy("the batch writer stopped".into())))
+    }
+}
+
+/// The writer task of one product: writes batches while orders wait, then stops.
+async fn write_queue(inner: Arc<Inner>, writer: OrderWriter, product: ProductId) {
+    // If a batch panics, the guard fails the waiting callers and frees the queue, so the
+    // next order starts a new writer instead of waiting forever.
+    let guard = WriterGuard {
+        inner: &inner,
+        product,
+    };
+    loop {
+        let (batch, known) = {
+            let mut products = lock(&inner.products);
+            let Some(queue) = products.get_mut(&product) else {
+                return;
+            };
+            // Callers that gave up before their batch started are not written.
+            queue.pending.retain(|r| !r.reply.is_closed());
+            if queue.pending.is_empty() {
+                queue.writing = false;
+                std::mem::forget(guard);
+                return;
+            }
+            let n = queue.pending.len().min(inner.settings.max_batch);
+            (queue.pending.drain(..n).collect::<Vec<_>>(), queue.known)
+        };
+        let watch = inner.watch.get();
+        let known = run_batch(&writer, product, batch, known, &inner.settings, watch).await;
+        if let Some(queue) = lock(&inner.products).get_mut(&product) {
+            queue.known = known;
+        }
+    }
+}
+
+struct WriterGuard<'a> {
+    inner: &'a Inner,
+    product: ProductId,
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        let mut products = lock(&self.inner.products);
+        if let Some(queue) = products.get_mut(&self.product) {
+            queue.writing = false;
+            queue.known = None;
+            for request in queue.pending.drain(..) {
+                let _ = request.reply.send(Err(Error::Strategy(
+                    "the batch writer of this product failed".into(),
+                )));
+            }
+        }
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning: the state is a queue and a cached figure, both valid
+/// after any panic (a writer's guard resets them).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,345 @@
+//! The batching strategy against the real database: the flash-sale suites every strategy
+//! passes, plus what is particular to batching (orders really share transactions, several
+//! instances on one product, idempotency inside and across batches, backorders, the outbox,
+//! the sold-out fast path and stock coming back on another instance).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use commerce_core::strategy::{BatchSettings, Batching};
+use commerce_core::{
+    Commerce, Error, NewOrder, OrderStatus, OutboxHook, ProductId, ShortagePolicy, MIGRATOR,
+};
+use commerce_testkit::{eventually, within, TestDb};
+use common::{assert_consistent, flash_sale, product, setup_with_strategy};
+use tokio::sync::Barrier;
+
+fn on(db: &TestDb) -> Commerce {
+    Commerce::builder(db.pool().clone())
+        .strategy(Batching::new())
+        .build()
+}
+
+/// `customers` concurrent one-unit orders (started together); returns (placed, turned away).
+async fn crowd(commerce: &Commerce, product: ProductId, customers: usize) -> (usize, usize) {
+    let start = Arc::new(Barrier::new(customers));
+    let tasks: Vec<_> = (0..customers)
+        .map(|n| {
+            let (commerce, start) = (commerce.clone(), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                commerce
+                    .place_order(NewOrder::new(format!("c-{n}")).line(product, 1))
+                    .await
+            })
+        })
+        .collect();
+    let (mut placed, mut turned_away) = (0, 0);
+    for task in tasks {
+        match within(Duration::from_secs(120), task).await.unwrap() {
+            Ok(_) => placed += 1,
+            Err(Error::InsufficientStock { .. }) => turned_away += 1,
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    (placed, turned_away)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_attempts_on_one_product() {
+    let (_db, commerce) = setup_with_strategy(20, Batching::new()).await;
+    flash_sale::ten_thousand_attempts_on_one_product(&commerce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_multi_line_attempts() {
+    let (_db, commerce) = setup_with_strategy(20, Batching::new()).await;
+    flash_sale::ten_thousand_multi_line_attempts(&commerce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_shares_transactions_and_gets_exactly_the_stock() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
+    let commerce = on(&db);
+    let hot = product(&commerce, 1, 500).await;
+    let (placed, turned_away) = crowd(&commerce, hot, 2_000).await;
+    assert_eq!((placed, turned_away), (500, 1_500));
+    assert_eq!(commerce.stock_of(&[hot]).await.unwrap()[0].available, 0);
+    assert_consistent(&commerce).await;
+    // Orders written in one transaction share its start time: far fewer than 500 of them.
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT created_at) FROM commerce.orders")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert!(
+        transactions < 250,
+        "{transactions} transactions for 500 orders"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_on_one_product_never_oversell() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 12).await;
+    let instances: Vec<Commerce> = (0..3).map(|_| on(&db)).collect();
+    let hot = product(&instances[0], 1, 700).await;
+    let start = Arc::new(Barrier::new(3));
+    let runs: Vec<_> = instances
+        .iter()
+        .map(|commerce| {
+            let (commerce, start) = (commerce.clone(), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                crowd(&commerce, hot, 600).await
+            })
+        })
+        .collect();
+    let mut placed = 0;
+    for run in runs {
+        placed += run.await.unwrap().0;
+    }
+    assert_eq!(placed, 700);
+    assert_eq!(instances[0].stock_of(&[hot]).await.unwrap()[0].available, 0);
+    assert_consistent(&instances[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_key_gets_the_first_order_inside_and_across_batches() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
+    let commerce = on(&db);
+    let hot = product(&commerce, 1, 5).await;
+    let start = Arc::new(Barrier::new(30));
+    let tasks: Vec<_> = (0..30)
+        .map(|n| {
+            let (commerce, start) = (commerce.clone(), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                // Ten users each send their request three times at once.
+                commerce
+                    .place_order(
+                        NewOrder::new(format!("u-{}", n % 10))
+                            .line(hot, 1)
+                            .idempotency_key("checkout-1"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    let (mut first, mut replayed, mut turned_away) = (0, 0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(placed) => {
+                ids.insert(placed.order.id);
+                if placed.replayed {
+                    replayed += 1;
+                } else {
+                    first += 1;
+                }
+            }
+            Err(Error::InsufficientStock { .. }) => turned_away += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    // Five users got the five units (three answers each, one of them the first);
+    // the other five users were turned away three times.
+    assert_eq!((ids.len(), first, replayed, turned_away), (5, 5, 10, 15));
+    // Across batches: a later repeat is a replay, a different request with the key an error.
+    let user = commerce
+        .order(*ids.iter().next().unwrap())
+        .await
+        .unwrap()
+        .user_id;
+    let again = commerce
+        .place_order(
+            NewOrder::new(user.as_str())
+                .line(hot, 1)
+                .idempotency_key("checkout-1"),
+        )
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    let other = commerce
+        .place_order(
+            NewOrder::new(user.as_str())
+                .line(hot, 2)
+                .idempotency_key("checkout-1"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(other, Error::DuplicateRequest { .. }), "{other:?}");
+    assert_consistent(&commerce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backorders_in_a_batch_queue_in_arrival_order_and_are_served_by_a_receipt() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
+    let commerce = on(&db);
+    let hot = product(&commerce, 1, 50).await;
+    let tasks: Vec<_> = (0..100)
+        .map(|n| {
+            let commerce = commerce.clone();
+            tokio::spawn(async move {
+                commerce
+                    .place_order(
+                        NewOrder::new(format!("b-{n}"))
+                            .line(hot, 3)
+                            .policy(ShortagePolicy::Backorder),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut backordered = 0;
+    for task in tasks {
+        if task.await.unwrap().order.status == OrderStatus::Backordered {
+            backordered += 1;
+        }
+    }
+    assert!(backordered >= 83, "{backordered} backordered");
+    let level = commerce.stock_of(&[hot]).await.unwrap()[0];
+    assert_eq!((level.available, level.backordered), (0, 250));
+    assert_consistent(&commerce).await;
+    commerce.receive_stock(hot, 250, None).await.unwrap();
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM commerce.orders WHERE status <> 'CREATED'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(waiting, 0);
+    assert_consistent(&commerce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_placed_order_has_its_event_in_the_outbox() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR, &commerce_outbox::MIGRATOR], 10).await;
+    let commerce = Commerce::builder(db.pool().clone())
+        .strategy(Batching::new())
+        .hook(OutboxHook::with_topics("orders", "products"))
+        .build();
+    let hot = product(&commerce, 1, 300).await;
+    let (placed, _) = crowd(&commerce, hot, 1_000).await;
+    assert_eq!(placed, 300);
+    let (events, aggregates, first): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT aggregate_id), count(*) FILTER (WHERE aggregate_seq = 1) \
+         FROM commerce_outbox.event WHERE event_type = 'order.placed'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!((events, aggregates, first), (300, 300, 300));
+    assert_consistent(&commerce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_and_multi_line_orders_receipts_and_cancels_mix_without_deadlock() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
+    let commerce = on(&db);
+    for id in 1..=3 {
+        product(&commerce, id, 200).await;
+    }
+    let tasks: Vec<_> = (0..600)
+        .map(|n: i64| {
+            let commerce = commerce.clone();
+            tokio::spawn(async move {
+                let user = format!("m-{n}");
+                let order = match n % 4 {
+                    0 => NewOrder::new(user).line(1, 1).line(3, 1),
+                    1 => NewOrder::new(user).line(3, 2).line(2, 1).line(1, 1),
+                    2 => NewOrder::new(user)
+                        .line(n % 3 + 1, 2)
+                        .policy(ShortagePolicy::Backorder),
+                    _ => NewOrder::new(user).line(2, 1),
+                };
+                let placed = commerce.place_order(order).await;
+                match placed {
+                    Ok(placed) if n % 5 == 0 => {
+                        commerce
+                            .cancel_order(placed.order.id, "changed mind")
+                            .await
+                            .unwrap();
+                    }
+                    Ok(_) | Err(Error::InsufficientStock { .. }) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+                if n % 50 == 0 {
+                    commerce
+                        .receive_stock(ProductId(n % 3 + 1), 20, None)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        within(Duration::from_secs(120), task).await.unwrap();
+    }
+    assert_consistent(&commerce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sold_out_product_is_turned_away_without_the_database_until_stock_comes_back() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 3).await;
+    let commerce = on(&db);
+    let hot = product(&commerce, 1, 3).await;
+    assert_eq!(crowd(&commerce, hot, 10).await, (3, 7));
+    // The stock listener starts with the first order: wait until a rejection needs no
+    // connection at all (every connection of the pool held meanwhile).
+    let fast = eventually(Duration::from_secs(10), || async {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(db.pool().acquire().await.unwrap());
+        }
+        let answer = tokio::time::timeout(
+            Duration::from_millis(200),
+            commerce.place_order(NewOrder::new("late").line(hot, 1)),
+        )
+        .await;
+        matches!(
+            answer,
+            Ok(Err(Error::InsufficientStock { available: 0, .. }))
+        )
+    })
+    .await;
+    assert!(fast, "a sold-out product still needed the database");
+    // Another instance (its own pool) receives stock: this one sells it.
+    let other = sqlx::PgPool::connect_with(db.connect_options())
+        .await
+        .unwrap();
+    Commerce::builder(other)
+        .build()
+        .receive_stock(hot, 2, Some("restock"))
+        .await
+        .unwrap();
+    let mut sold = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sold < 2 && tokio::time::Instant::now() < deadline {
+        if commerce
+            .place_order(NewOrder::new(format!("after-{sold}")).line(hot, 1))
+            .await
+            .is_ok()
+        {
+            sold += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(sold, 2, "the restocked units were not sold");
+    assert_consistent(&commerce).await;
+}
+
+#[tokio::test]
+async fn settings_are_clamped_and_reported() {
+    let strategy = Batching::with_settings(BatchSettings {
+        max_batch: 0,
+        max_attempts: 0,
+        sold_out_fast_path: false,
+    });
+    let settings = strategy.settings();
+    assert_eq!((settings.max_batch, settings.max_attempts), (1, 1));
+    assert_eq!(commerce_core::StockStrategy::name(&strategy), "batching");
+}
