@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use commerce_core::{Commerce, NewProduct, ProductId};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
 
 pub use plot::write_svg;
 pub use report::{header, line, write_json, Report, Row};
@@ -28,6 +30,10 @@ use report::Measured;
 
 /// Pool size when `--connections` is not given: one per client, at most this many.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+
+/// How long a request may queue for a connection. With thousands of clients on a few
+/// connections the queue is part of the latency being measured, not a failure.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A shape of load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -225,13 +231,33 @@ impl Settings {
     }
 }
 
+/// A pool of `connections` to database `name` for the clients: a long acquire timeout, and
+/// no warning per slow acquire or statement (thousands a second when clients outnumber
+/// connections, which is the point, and writing them would load the machine measured).
+async fn load_pool(name: &str, connections: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = commerce_testkit::database_url()
+        .parse()
+        .context("DATABASE_URL")?;
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .acquire_slow_threshold(Duration::MAX)
+        .connect_with(options.database(name).disable_statement_logging())
+        .await
+        .with_context(|| format!("connect to database {name}"))
+}
+
 /// Runs `plan` against `strategy` on a freshly created database and checks the result.
 ///
 /// # Errors
 /// Database or Redis unreachable, an unknown strategy, a client task that panicked.
 pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Result<Row> {
     let connections = settings.connections_for(plan)?;
-    let pool = crate::fresh_database(&settings.database, connections).await?;
+    crate::fresh_database(&settings.database, 1)
+        .await?
+        .close()
+        .await;
+    let pool = load_pool(&settings.database, connections).await?;
     let target = build(strategy, pool.clone()).await?;
     let setup = Commerce::builder(pool.clone()).build();
     for id in 1..=plan.products {
