@@ -34,8 +34,8 @@ use commerce_examples::load::{self, Mode, Scenario, Settings, STRATEGIES};
 #[derive(Debug, Parser)]
 #[command(about = "Measures stock strategies under concurrent order load")]
 struct Args {
-    /// Strategies to compare, comma-separated (default: all of conditional-update,
-    /// redis-lock, local-lock, bare-update).
+    /// Strategies to compare, comma-separated, e.g. conditional-update,bare-update
+    /// (default: every known strategy, the bare-update ceiling included).
     #[arg(long, value_delimiter = ',')]
     strategies: Vec<String>,
     /// Scenarios to run, comma-separated.
