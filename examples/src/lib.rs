@@ -1,5 +1,7 @@
 //! Shared helpers for the example programs and the load harnesses.
 
+pub mod load;
+
 use sqlx::PgPool;
 
 /// A database of the example's own, `name`, on the `DATABASE_URL` server (the machine's local

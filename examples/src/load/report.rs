@@ -1,0 +1,199 @@
+//! One row per (strategy, scenario): computed from a run, printed, written as JSON.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::check::Verdict;
+use super::drive::Totals;
+use super::{Mode, Plan};
+
+/// What one (strategy, scenario) run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Strategy name (`bare-update` for the ceiling).
+    pub strategy: String,
+    /// Scenario name (`hot`, `spread`, `sellout`, `flash-<stock>`).
+    pub scenario: String,
+    /// `closed` or `open@<rate>`.
+    pub mode: String,
+    /// Concurrent clients (closed loop) or the cap on outstanding requests (open loop).
+    pub clients: usize,
+    /// Database pool size.
+    pub connections: u32,
+    /// Seconds from the start until the last request was answered.
+    pub elapsed_s: f64,
+    /// Requests that took a unit.
+    pub ok: u64,
+    /// Requests turned away for lack of stock.
+    pub rejected: u64,
+    /// Failed requests plus shed arrivals.
+    pub errors: u64,
+    /// Open-loop arrivals dropped at the cap (included in `errors`).
+    pub shed: u64,
+    /// Successful requests per second; for `flash`, while stock remained (up to the last
+    /// success when it sold out).
+    pub ok_per_s: f64,
+    /// Rejections per second; for `flash`, after the sell-out instant only.
+    pub rejected_per_s: f64,
+    /// When every product sold out: seconds from the start to the last success.
+    pub sold_out_after_s: Option<f64>,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 95th percentile latency, ms.
+    pub p95_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Highest latency, ms.
+    pub max_ms: f64,
+    /// Whether every consistency check passed.
+    pub check_ok: bool,
+    /// `ok: ...`, or `FAILED: ` and the problems found.
+    pub check: String,
+}
+
+/// All rows of a run, as written by [`write_json`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// One per (strategy, scenario), in run order.
+    pub rows: Vec<Row>,
+}
+
+fn per_second(n: u64, window: Duration) -> f64 {
+    if window.is_zero() {
+        0.0
+    } else {
+        n as f64 / window.as_secs_f64()
+    }
+}
+
+/// What a run measured and found, before it is turned into a [`Row`].
+#[derive(Debug)]
+pub(crate) struct Measured {
+    /// From the start until the last request was answered.
+    pub(crate) elapsed: Duration,
+    pub(crate) totals: Totals,
+    pub(crate) verdict: Verdict,
+    /// Whether the target wrote orders (the check line says which checks ran).
+    pub(crate) writes_orders: bool,
+}
+
+impl Row {
+    pub(crate) fn new(
+        strategy: &str,
+        plan: &Plan,
+        mode: Mode,
+        connections: u32,
+        measured: Measured,
+    ) -> Self {
+        let Measured {
+            elapsed,
+            totals,
+            verdict,
+            writes_orders,
+        } = measured;
+        let sold_out_at = verdict.sold_out.then(|| totals.last_ok.unwrap_or_default());
+        let (ok_per_s, rejected_per_s) = match sold_out_at {
+            Some(at) if plan.flash => (
+                per_second(totals.ok, at),
+                per_second(totals.rejections_from(at), elapsed.saturating_sub(at)),
+            ),
+            _ => (
+                per_second(totals.ok, elapsed),
+                per_second(totals.rejected, elapsed),
+            ),
+        };
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let check_ok = verdict.problems.is_empty();
+        let check = if !check_ok {
+            format!("FAILED: {}", verdict.problems.join("; "))
+        } else if writes_orders {
+            "ok: not oversold, ledger consistent".to_owned()
+        } else {
+            "ok: not oversold (available = start - ok)".to_owned()
+        };
+        Self {
+            strategy: strategy.to_owned(),
+            scenario: plan.name.clone(),
+            mode: mode.to_string(),
+            clients: plan.clients,
+            connections,
+            elapsed_s: elapsed.as_secs_f64(),
+            ok: totals.ok,
+            rejected: totals.rejected,
+            errors: totals.errors,
+            shed: totals.shed,
+            ok_per_s,
+            rejected_per_s,
+            sold_out_after_s: sold_out_at.map(|at| at.as_secs_f64()),
+            p50_ms: ms(totals.latency.value_at_quantile(0.5)),
+            p95_ms: ms(totals.latency.value_at_quantile(0.95)),
+            p99_ms: ms(totals.latency.value_at_quantile(0.99)),
+            max_ms: ms(totals.latency.max()),
+            check_ok,
+            check,
+        }
+    }
+}
+
+/// The table's header line.
+#[must_use]
+pub fn header() -> String {
+    format!(
+        "{:<20} {:<15} {:<10} {:>7} {:>5} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}  check",
+        "strategy",
+        "scenario",
+        "mode",
+        "clients",
+        "conns",
+        "ok/s",
+        "rejected/s",
+        "errors",
+        "shed",
+        "sold out",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms"
+    )
+}
+
+/// `row` as a line of the table.
+#[must_use]
+pub fn line(row: &Row) -> String {
+    let sold_out = row
+        .sold_out_after_s
+        .map_or_else(|| "-".to_owned(), |s| format!("{s:.2}s"));
+    format!(
+        "{:<20} {:<15} {:<10} {:>7} {:>5} {:>10.1} {:>11.1} {:>7} {:>7} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}  {}",
+        row.strategy,
+        row.scenario,
+        row.mode,
+        row.clients,
+        row.connections,
+        row.ok_per_s,
+        row.rejected_per_s,
+        row.errors,
+        row.shed,
+        sold_out,
+        row.p50_ms,
+        row.p95_ms,
+        row.p99_ms,
+        row.max_ms,
+        row.check
+    )
+}
+
+/// Writes `rows` to `path` as a pretty-printed [`Report`].
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    let report = Report {
+        rows: rows.to_vec(),
+    };
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))
+}

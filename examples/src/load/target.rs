@@ -1,0 +1,124 @@
+//! The systems put under load, by name: commerce-core with a stock strategy, or the bare
+//! conditional `UPDATE` every strategy is measured against.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use commerce_core::{Commerce, DistributedLockStrategy, Error, NewOrder};
+use commerce_lock::{LocalLock, LockOptions, RedisLock};
+use sqlx::PgPool;
+
+/// The ceiling: the bare conditional `UPDATE` of the product row, one autocommit statement,
+/// no order rows, no ledger.
+pub const BARE_UPDATE: &str = "bare-update";
+
+/// Every strategy [`build`] knows, in the order a run takes them when none are named.
+pub const STRATEGIES: &[&str] = &[
+    "conditional-update",
+    "redis-lock",
+    "local-lock",
+    // "batching",
+    BARE_UPDATE,
+];
+
+/// The statement of [`BARE_UPDATE`].
+const BARE_UPDATE_SQL: &str =
+    "UPDATE commerce.products SET available = available - 1 WHERE id = $1 AND available >= 1";
+
+/// What the clients of one run send their requests to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Orders placed through commerce-core with a stock strategy.
+    Orders(Commerce),
+    /// The bare conditional `UPDATE` on the pool.
+    BareUpdate(PgPool),
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// One unit taken (an order placed, or one row updated).
+    Ok,
+    /// Turned away for lack of stock (`InsufficientStock`, or no row updated).
+    Rejected,
+    /// Anything else, with its message.
+    Failed(String),
+}
+
+/// The target named `strategy` on `pool`.
+///
+/// # Errors
+/// An unknown name, or Redis unreachable for `redis-lock`.
+pub async fn build(strategy: &str, pool: PgPool) -> anyhow::Result<Target> {
+    let builder = Commerce::builder(pool.clone());
+    // Every client may queue on one key for the whole run: the wait outlasts the run.
+    let options = LockOptions::new(Duration::from_secs(120), Duration::from_secs(10));
+    Ok(match strategy {
+        "conditional-update" => {
+            Target::Orders(builder.strategy(commerce_core::ConditionalUpdate).build())
+        }
+        "redis-lock" => {
+            let url = commerce_testkit::redis_url();
+            let lock = RedisLock::builder(url)
+                .namespace(format!("commerce-load-{}", std::process::id()))
+                .response_timeout(Duration::from_secs(30))
+                .connect()
+                .await
+                .context("connect to Redis (run scripts/services.sh up)")?;
+            Target::Orders(
+                builder
+                    .strategy(DistributedLockStrategy::new(lock).options(options))
+                    .build(),
+            )
+        }
+        "local-lock" => Target::Orders(
+            builder
+                .strategy(DistributedLockStrategy::new(LocalLock::new()).options(options))
+                .build(),
+        ),
+        // "batching" => Target::Orders(builder.strategy(commerce_core::strategy::Batching::new()).build()),
+        BARE_UPDATE => Target::BareUpdate(pool),
+        other => bail!(
+            "unknown strategy {other:?} (known: {})",
+            STRATEGIES.join(", ")
+        ),
+    })
+}
+
+impl Target {
+    /// Whether requests write orders (and so ledger rows the audit can check).
+    #[must_use]
+    pub fn writes_orders(&self) -> bool {
+        matches!(self, Self::Orders(_))
+    }
+
+    /// Takes one unit of `product` for `user`.
+    pub async fn attempt(&self, user: &str, product: i64) -> Attempt {
+        match self {
+            Self::Orders(commerce) => {
+                match commerce
+                    .place_order(NewOrder::new(user).line(product, 1))
+                    .await
+                {
+                    Ok(_) => Attempt::Ok,
+                    Err(Error::InsufficientStock { .. }) => Attempt::Rejected,
+                    Err(e) => Attempt::Failed(e.to_string()),
+                }
+            }
+            Self::BareUpdate(pool) => {
+                match sqlx::query(BARE_UPDATE_SQL)
+                    .bind(product)
+                    .execute(pool)
+                    .await
+                {
+                    Ok(done) => match done.rows_affected() {
+                        1 => Attempt::Ok,
+                        0 => Attempt::Rejected,
+                        n => Attempt::Failed(format!("{n} rows updated")),
+                    },
+                    Err(e) => Attempt::Failed(e.to_string()),
+                }
+            }
+        }
+    }
+}
