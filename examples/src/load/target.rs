@@ -17,7 +17,7 @@ pub const STRATEGIES: &[&str] = &[
     "conditional-update",
     "redis-lock",
     "local-lock",
-    // "batching",
+    "batching",
     BARE_UPDATE,
 ];
 
@@ -76,7 +76,11 @@ pub async fn build(strategy: &str, pool: PgPool) -> anyhow::Result<Target> {
                 .strategy(DistributedLockStrategy::new(LocalLock::new()).options(options))
                 .build(),
         ),
-        // "batching" => Target::Orders(builder.strategy(commerce_core::strategy::Batching::new()).build()),
+        "batching" => Target::Orders(
+            builder
+                .strategy(commerce_core::strategy::Batching::new())
+                .build(),
+        ),
         BARE_UPDATE => Target::BareUpdate(pool),
         other => bail!(
             "unknown strategy {other:?} (known: {})",
