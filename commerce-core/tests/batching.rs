@@ -343,3 +343,56 @@ async fn settings_are_clamped_and_reported() {
     assert_eq!((settings.max_batch, settings.max_attempts), (1, 1));
     assert_eq!(commerce_core::StockStrategy::name(&strategy), "batching");
 }
+
+/// Rejections from memory complete without waiting on anything: callers looping on them
+/// must still let the runtime's other tasks (batch writers, other callers) run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_looping_on_a_sold_out_product_do_not_starve_the_others() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 5).await;
+    let commerce = on(&db);
+    let sold_out = product(&commerce, 1, 1).await;
+    let other = product(&commerce, 2, 10).await;
+    commerce
+        .place_order(NewOrder::new("first").line(sold_out, 1))
+        .await
+        .unwrap();
+    // Until the listener is up, rejections still ask the database; then they are instant.
+    let instant = eventually(Duration::from_secs(10), || async {
+        let started = std::time::Instant::now();
+        for _ in 0..1_000 {
+            let _ = commerce
+                .place_order(NewOrder::new("spin").line(sold_out, 1))
+                .await;
+        }
+        started.elapsed() < Duration::from_millis(100)
+    })
+    .await;
+    assert!(instant, "the fast path never engaged");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..8)
+        .map(|_| {
+            let (commerce, stop) = (commerce.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = commerce
+                        .place_order(NewOrder::new("spin").line(sold_out, 1))
+                        .await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let placed = tokio::time::timeout(
+        Duration::from_secs(3),
+        commerce.place_order(NewOrder::new("patient").line(other, 1)),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        within(Duration::from_secs(30), spinner).await.unwrap();
+    }
+    assert!(
+        matches!(placed, Ok(Ok(_))),
+        "an order of another product starved: {placed:?}"
+    );
+}

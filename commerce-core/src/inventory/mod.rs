@@ -19,7 +19,7 @@ pub(crate) use stock::{
     adjust_stock, create_product, find_product, lock_products, read_stock, receive_stock,
     rename_product, store_stock,
 };
-pub(crate) use take::{take_stock, Allocation};
+pub(crate) use take::{take_and_record_lines, take_stock, Allocation};
 
 /// A product to create.
 ///

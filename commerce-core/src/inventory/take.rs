@@ -3,8 +3,8 @@
 use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
-use crate::ids::ProductId;
-use crate::order::{ReserveMode, ShortagePolicy, ValidatedOrder};
+use crate::ids::{OrderId, ProductId};
+use crate::order::{ReserveMode, ValidatedOrder};
 
 use super::{lock_products, read_stock, StockLevel};
 
@@ -29,26 +29,21 @@ impl Allocation {
     }
 }
 
-/// Takes the stock of every line of `order`, in product order (the crate's lock order);
-/// all or nothing for the reject policy. `fences` pairs products with the fencing token of
-/// the distributed lock the caller holds on them (recorded on the row, and refused when a
-/// newer token already wrote it).
+/// Backorder policy: takes what there is of every line of `order`, in product order (the
+/// crate's lock order), and reports the rest as shortfall for the queue. `fences` pairs
+/// products with the fencing token of the distributed lock the caller holds on them
+/// (recorded on the row, and refused when a newer token already wrote it). Reject-policy
+/// orders use [`take_and_record_lines`].
 ///
 /// # Errors
-/// [`Error::InsufficientStock`] (reject policy), [`Error::ProductNotFound`],
-/// [`Error::StockChanged`] when a write that relied on figures read earlier was refused.
+/// [`Error::ProductNotFound`], [`Error::StockChanged`] when a write that relied on figures
+/// read earlier was refused.
 pub(crate) async fn take_stock(
     conn: &mut PgConnection,
     order: &ValidatedOrder,
     mode: ReserveMode,
     fences: &[(ProductId, i64)],
 ) -> Result<Vec<Allocation>> {
-    if order.policy() == ShortagePolicy::Reject {
-        // Either mode: a conditional decrement per line. It needs no figure read before it,
-        // so it cannot oversell whether or not a distributed lock is still held, and writers
-        // that do not take that lock (receipts, cancellations) cannot make it fail.
-        return take_whole_lines(conn, order, fences).await;
-    }
     let products: Vec<ProductId> = order.products().collect();
     let stock = match mode {
         ReserveMode::ConditionalUpdate => lock_products(conn, &products).await?,
@@ -64,9 +59,19 @@ fn fence_of(fences: &[(ProductId, i64)], product: ProductId) -> Option<i64> {
         .map(|(_, token)| *token)
 }
 
-/// Reject policy: `available = available - q WHERE available >= q` per line.
-async fn take_whole_lines(
+/// Reject policy, all of a line in one statement per line: the conditional decrement
+/// (`available = available - q WHERE available >= q`: it needs no figure read before it, so
+/// it cannot oversell whether or not a distributed lock is still held, and writers that do
+/// not take that lock cannot make it fail), and
+/// with it (only if it took the units) the order line at the price it read and the ledger
+/// row. In product order (the crate's lock order), all or nothing: the caller rolls back on
+/// an error.
+///
+/// # Errors
+/// As [`take_stock`] for the reject policy.
+pub(crate) async fn take_and_record_lines(
     conn: &mut PgConnection,
+    order_id: OrderId,
     order: &ValidatedOrder,
     fences: &[(ProductId, i64)],
 ) -> Result<Vec<Allocation>> {
@@ -74,14 +79,26 @@ async fn take_whole_lines(
     for line in order.lines() {
         let fence = fence_of(fences, line.product);
         let after: Option<(i64, i64)> = sqlx::query_as(
-            "UPDATE commerce.products SET available = available - $2, \
-             lock_fence = COALESCE($3, lock_fence), updated_at = now() \
-             WHERE id = $1 AND available >= $2 AND lock_fence <= COALESCE($3, lock_fence) \
-             RETURNING available, price",
+            "WITH upd AS ( \
+               UPDATE commerce.products SET available = available - $2, \
+               lock_fence = COALESCE($3, lock_fence), updated_at = now() \
+               WHERE id = $1 AND available >= $2 AND lock_fence <= COALESCE($3, lock_fence) \
+               RETURNING available, price \
+             ), line AS ( \
+               INSERT INTO commerce.order_lines \
+                 (order_id, product_id, quantity, allocated, unit_price) \
+               SELECT $4, $1, $2, $2, price FROM upd \
+             ), ledger AS ( \
+               INSERT INTO commerce.stock_ledger \
+                 (product_id, delta, kind, reference, available_after) \
+               SELECT $1, -$2, 'order', $4::text, available FROM upd \
+             ) \
+             SELECT available, price FROM upd",
         )
         .bind(line.product.0)
         .bind(line.quantity)
         .bind(fence)
+        .bind(order_id.0)
         .fetch_optional(&mut *conn)
         .await?;
         let Some((available_after, unit_price)) = after else {

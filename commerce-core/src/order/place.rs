@@ -8,12 +8,13 @@ use crate::error::{violated_constraint, Error, Result};
 use crate::event::CoreEvent;
 use crate::ids::{OrderId, ProductId};
 use crate::inventory::{
-    enqueue_backorders, read_stock, take_stock, Allocation, LedgerKind, StockLevel,
+    enqueue_backorders, read_stock, take_and_record_lines, take_stock, Allocation, LedgerKind,
+    StockLevel,
 };
 
 use super::idempotency::{self, KeyTaken};
 use super::lines::insert_lines;
-use super::{history, Order, OrderLine, OrderStatus, ShortagePolicy, ValidatedOrder};
+use super::{Order, OrderLine, OrderStatus, ShortagePolicy, ValidatedOrder};
 
 /// How the stock of the lines is taken inside the order transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,37 +178,36 @@ impl OrderWriter {
         fences: &[(ProductId, i64)],
     ) -> Result<Result<PlacedOrder, KeyTaken>> {
         let id = OrderId::new();
+        let mut effects = TxEffects::default();
         let (allocations, created_at) = if order.policy() == ShortagePolicy::Reject {
             // The order's own rows go first and the contended stock update last, so the hot
-            // product row stays locked for as short a time as possible.
+            // product row stays locked for as short a time as possible: one statement per
+            // line (stock, line and ledger row together), the hooks, the commit.
             let Ok(created_at) = insert_order(conn, id, order, OrderStatus::Created).await? else {
                 return Ok(Err(KeyTaken));
             };
-            let allocations = take_stock(conn, order, mode, fences).await?;
-            insert_lines(conn, id, &allocations).await?;
+            let allocations = take_and_record_lines(conn, id, order, fences).await?;
             (allocations, created_at)
         } else {
             let allocations = take_stock(conn, order, mode, fences).await?;
-            let Ok(created_at) = insert_order(conn, id, order, status_for(&allocations)).await?
-            else {
+            let status = status_for(&allocations);
+            let Ok(created_at) = insert_order(conn, id, order, status).await? else {
                 return Ok(Err(KeyTaken));
             };
             insert_lines(conn, id, &allocations).await?;
             enqueue_backorders(conn, id, &allocations).await?;
+            for a in allocations.iter().filter(|a| a.allocated > 0) {
+                effects.ledger(
+                    a.product,
+                    -a.allocated,
+                    LedgerKind::Order,
+                    Some(id.to_string()),
+                    a.available_after,
+                );
+            }
             (allocations, created_at)
         };
         let status = status_for(&allocations);
-        history::record(conn, id, None, status, "placed").await?;
-        let mut effects = TxEffects::default();
-        for a in allocations.iter().filter(|a| a.allocated > 0) {
-            effects.ledger(
-                a.product,
-                -a.allocated,
-                LedgerKind::Order,
-                Some(id.to_string()),
-                a.available_after,
-            );
-        }
         let lines: Vec<OrderLine> = allocations
             .iter()
             .map(|a| OrderLine {
@@ -263,8 +263,9 @@ fn short_line(order: &ValidatedOrder, stock: &[StockLevel]) -> Result<()> {
     Ok(())
 }
 
-/// Inserts the order row; returns its creation time (the database's clock, as every later
-/// read shows it), or [`KeyTaken`] when a concurrent request holds the idempotency key.
+/// Inserts the order row and its first history row ("placed") in one statement; returns its
+/// creation time (the database's clock, as every later read shows it), or [`KeyTaken`] when a
+/// concurrent request holds the idempotency key.
 async fn insert_order(
     conn: &mut PgConnection,
     id: OrderId,
@@ -272,8 +273,14 @@ async fn insert_order(
     status: OrderStatus,
 ) -> Result<Result<DateTime<Utc>, KeyTaken>> {
     let inserted: Result<DateTime<Utc>, sqlx::Error> = sqlx::query_scalar(
-        "INSERT INTO commerce.orders (id, user_id, idempotency_key, status, shortage_policy) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
+        "WITH o AS ( \
+           INSERT INTO commerce.orders (id, user_id, idempotency_key, status, shortage_policy) \
+           VALUES ($1, $2, $3, $4, $5) RETURNING id, created_at \
+         ), h AS ( \
+           INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason) \
+           SELECT id, NULL, $4, 'placed' FROM o \
+         ) \
+         SELECT created_at FROM o",
     )
     .bind(id.0)
     .bind(order.user_id())

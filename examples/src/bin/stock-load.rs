@@ -76,6 +76,10 @@ struct Args {
     /// Database dropped and recreated for each run.
     #[arg(long, default_value = "commerce_load")]
     database: String,
+    /// Runs the order strategies through the reference app over HTTP (started in this process
+    /// on each run's database); `bare-update` still runs directly, as the ceiling.
+    #[arg(long)]
+    http: bool,
     /// Writes every row as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -103,6 +107,7 @@ impl Args {
             flash_stock: self.flash_stock,
             mode: self.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
             database: self.database,
+            http: self.http,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod check;
 mod drive;
+mod http;
 mod plot;
 mod report;
 mod target;
@@ -21,6 +22,7 @@ use commerce_core::{Commerce, NewProduct, ProductId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
+pub use http::HttpTarget;
 pub use plot::write_svg;
 pub use report::{header, line, write_json, Report, Row};
 pub use target::{build, Attempt, Target, BARE_UPDATE, STRATEGIES};
@@ -96,6 +98,8 @@ pub struct Settings {
     pub mode: Mode,
     /// Database to drop and recreate for each run.
     pub database: String,
+    /// Order strategies through the reference app over HTTP.
+    pub http: bool,
 }
 
 /// One scenario with its numbers filled in.
@@ -258,7 +262,13 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
         .close()
         .await;
     let pool = load_pool(&settings.database, connections).await?;
-    let target = build(strategy, pool.clone()).await?;
+    let (target, app) = if settings.http && strategy != BARE_UPDATE {
+        let (target, app) =
+            http::start(strategy, &settings.database, connections, plan.clients).await?;
+        (Target::Http(target), Some(app))
+    } else {
+        (build(strategy, pool.clone()).await?, None)
+    };
     let setup = Commerce::builder(pool.clone()).build();
     for id in 1..=plan.products {
         setup
@@ -289,6 +299,10 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
     }
     let elapsed = recorder.start().elapsed();
     let totals = recorder.totals()?;
+    if let Some(app) = app {
+        // Stopped before the checks: its background work (the payment saga) ends first.
+        app.stop().await.context("stop the reference app")?;
+    }
 
     let verdict = check::verify(
         &pool,
@@ -299,8 +313,13 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
     )
     .await?;
     pool.close().await;
+    let label = if matches!(target, Target::Http(_)) {
+        format!("{strategy}+http")
+    } else {
+        strategy.to_owned()
+    };
     Ok(Row::new(
-        strategy,
+        &label,
         plan,
         settings.mode,
         connections,

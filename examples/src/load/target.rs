@@ -32,6 +32,8 @@ pub enum Target {
     Orders(Commerce),
     /// The bare conditional `UPDATE` on the pool.
     BareUpdate(PgPool),
+    /// Orders over HTTP through the reference app.
+    Http(super::http::HttpTarget),
 }
 
 /// The outcome of one request.
@@ -93,7 +95,7 @@ impl Target {
     /// Whether requests write orders (and so ledger rows the audit can check).
     #[must_use]
     pub fn writes_orders(&self) -> bool {
-        matches!(self, Self::Orders(_))
+        matches!(self, Self::Orders(_) | Self::Http(_))
     }
 
     /// Takes one unit of `product` for `user`.
@@ -109,6 +111,7 @@ impl Target {
                     Err(e) => Attempt::Failed(e.to_string()),
                 }
             }
+            Self::Http(http) => http.attempt(user, product).await,
             Self::BareUpdate(pool) => {
                 match sqlx::query(BARE_UPDATE_SQL)
                     .bind(product)

@@ -158,6 +158,25 @@ impl Batching {
         )
     }
 
+    /// The fast path's answer: a reject-policy order with a line for a product known to be
+    /// sold out is turned away.
+    fn known_sold_out(&self, watch: &StockWatch, order: &ValidatedOrder) -> Option<Error> {
+        if order.policy() != ShortagePolicy::Reject {
+            return None;
+        }
+        let products = lock(&self.inner.products);
+        order.lines().iter().find_map(|line| {
+            let known = products.get(&line.product).and_then(|q| q.known)?;
+            watch
+                .still_sold_out(line.product, known)
+                .then_some(Error::InsufficientStock {
+                    product: line.product,
+                    requested: line.quantity,
+                    available: 0,
+                })
+        })
+    }
+
     /// Queues `order` for its product's next batch; starts the product's writer if idle.
     fn enqueue(
         &self,
@@ -194,20 +213,12 @@ impl StockStrategy for Batching {
         if let Some(replayed) = writer.replay(order).await? {
             return Ok(replayed);
         }
-        if order.policy() == ShortagePolicy::Reject {
-            if let Some(watch) = watch {
-                let products = lock(&self.inner.products);
-                for line in order.lines() {
-                    let known = products.get(&line.product).and_then(|q| q.known);
-                    if known.is_some_and(|f| watch.still_sold_out(line.product, f)) {
-                        return Err(Error::InsufficientStock {
-                            product: line.product,
-                            requested: line.quantity,
-                            available: 0,
-                        });
-                    }
-                }
-            }
+        if let Some(short) = watch.and_then(|watch| self.known_sold_out(watch, order)) {
+            // Answered without waiting on anything: let a caller that loops on it give the
+            // runtime back now and then (the writer tasks and the other callers run on the
+            // same threads).
+            tokio::task::consume_budget().await;
+            return Err(short);
         }
         let [line] = order.lines() else {
             writer.check_stock(order).await?;
