@@ -81,7 +81,7 @@ async fn the_harness_runs_closed_and_open_loop_and_checks_out() {
         "--clients",
         "8",
         "--strategies",
-        "conditional-update,bare-update",
+        "conditional-update,batching,bare-update",
         "--scenarios",
         "hot,flash",
         "--flash-clients",
@@ -107,6 +107,8 @@ async fn the_harness_runs_closed_and_open_loop_and_checks_out() {
         [
             ("conditional-update", "hot", "closed"),
             ("conditional-update", "flash-100", "closed"),
+            ("batching", "hot", "closed"),
+            ("batching", "flash-100", "closed"),
             ("bare-update", "hot", "closed"),
             ("bare-update", "flash-100", "closed"),
         ]
@@ -129,7 +131,7 @@ async fn the_harness_runs_closed_and_open_loop_and_checks_out() {
     let mut open = common.to_vec();
     open.extend(["--rate", "200", "--json", &open_arg]);
     let report = rows_of(&stock_load(&open).await, &open_json);
-    assert_eq!(report.rows.len(), 4);
+    assert_eq!(report.rows.len(), 6);
     for row in &report.rows {
         assert_eq!(row.mode, "open@200");
         // 200 arrivals per second for a second: every one is answered or shed.
@@ -138,6 +140,27 @@ async fn the_harness_runs_closed_and_open_loop_and_checks_out() {
             (150..=210).contains(&arrivals),
             "{arrivals} arrivals: {row:?}"
         );
+    }
+
+    // Over HTTP through the reference app (bare-update stays direct).
+    let http_json = dir.join("http.json");
+    let http_arg = http_json.to_string_lossy();
+    let mut http = common.to_vec();
+    http[5] = "batching,bare-update";
+    http.extend(["--http", "--json", &http_arg]);
+    let report = rows_of(&stock_load(&http).await, &http_json);
+    let names: Vec<&str> = report.rows.iter().map(|r| r.strategy.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "batching+http",
+            "batching+http",
+            "bare-update",
+            "bare-update"
+        ]
+    );
+    for row in &report.rows {
+        assert!(row.ok > 0 && row.errors == 0, "{row:?}");
     }
 
     drop_database(&database).await;

@@ -53,31 +53,51 @@ pub(crate) async fn verify(
         sqlx::query_as("SELECT id, available FROM commerce.products ORDER BY id")
             .fetch_all(pool)
             .await?;
+    // Units of orders cancelled after they were confirmed (over HTTP the payment saga may
+    // cancel one), per product: they went back to stock.
+    let returned: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT l.product_id, SUM(l.allocated)::BIGINT FROM commerce.order_lines l \
+         JOIN commerce.orders o ON o.id = l.order_id WHERE o.status = 'CANCELLED' \
+         GROUP BY l.product_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let returned_of = |product: i64| {
+        returned
+            .iter()
+            .find(|(p, _)| *p == product)
+            .map_or(0, |(_, units)| *units)
+    };
     let mut wrong = Vec::new();
-    let mut taken = 0_i64;
+    let (mut taken, mut given_back) = (0_i64, 0_i64);
     for &(product, available) in &levels {
         let sold = usize::try_from(product)
             .ok()
             .and_then(|p| totals.sold.get(p))
             .copied()
             .unwrap_or_default();
+        let back = returned_of(product);
         taken += stock - available;
-        if available < 0 || available != stock - sold {
+        given_back += back;
+        if available < 0 || available != stock - sold + back {
             wrong.push(format!(
-                "product {product}: available {available} but start - confirmed = {}",
-                stock - sold
+                "product {product}: available {available} but start - confirmed + cancelled = {}",
+                stock - sold + back
             ));
         }
     }
     summarise(&mut problems, wrong);
     let ok = i64::try_from(totals.ok)?;
-    if taken != ok {
-        problems.push(format!("{taken} units taken but {ok} confirmed"));
+    if taken != ok - given_back {
+        problems.push(format!(
+            "{taken} units taken but {ok} confirmed ({given_back} cancelled since)"
+        ));
     }
 
     let (orders, ordered): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM commerce.orders), \
-                (SELECT COALESCE(SUM(quantity), 0)::BIGINT FROM commerce.order_lines)",
+                (SELECT COALESCE(SUM(l.quantity), 0)::BIGINT FROM commerce.order_lines l \
+                 JOIN commerce.orders o ON o.id = l.order_id WHERE o.status <> 'CANCELLED')",
     )
     .fetch_one(pool)
     .await?;

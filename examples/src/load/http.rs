@@ -78,6 +78,8 @@ pub(crate) async fn start(
     config.request_timeout = Duration::from_secs(600);
     config.max_in_flight = clients.saturating_mul(2).max(1);
     config.event_prefix = commerce_testkit::unique_name("load");
+    // Payments queue behind a surge; the run measures ordering, not the saga's patience.
+    config.saga_timeout = Duration::from_secs(3_600);
     let app = Application::build(config)
         .await
         .context("start the reference app")?;

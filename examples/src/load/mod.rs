@@ -273,7 +273,11 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
     for id in 1..=plan.products {
         setup
             .create_product(
-                NewProduct::new(ProductId(id), format!("load product {id}")).stock(plan.stock),
+                // A price the stand-in payment gateway approves (over HTTP every order is
+                // charged).
+                NewProduct::new(ProductId(id), format!("load product {id}"))
+                    .price(1_000)
+                    .stock(plan.stock),
             )
             .await?;
     }
