@@ -46,6 +46,8 @@
 //! ## Features
 //! - `lock`: `DistributedLockStrategy`, the stock strategy on commerce-lock (Redis or
 //!   in-process).
+//! - `batching`: `strategy::Batching`, group commit per product for flash sales (many orders
+//!   of a hot product per transaction, and a sold-out fast path); needs a Tokio runtime.
 //! - `outbox`: `OutboxHook`, which writes every event to the commerce-outbox table in the
 //!   same transaction.
 //!
