@@ -3,7 +3,7 @@
 //! `UPDATE`) for a set time on a freshly created database, then the database is checked
 //! for overselling and for units unaccounted for.
 //!
-//! Per (strategy, scenario) it yields one [`Row`]: printed as a table line ([`line`]),
+//! Per (strategy, scenario) it yields one [`Row`]: printed as a table line ([`line()`]),
 //! written as JSON ([`write_json`]) and charted ([`write_svg`]).
 
 mod check;

@@ -1,26 +1,4 @@
-//! The batching strategy: group commit per product.
-//!
-//! Every design that commits one order per hand-off of a hot product's row lock is capped
-//! below the rate at which the database can pass that lock around (the bare one-row
-//! `UPDATE` ceiling). [`Batching`] passes it by writing many orders of one product in one
-//! transaction: one stock update for the whole batch, every order, line, history, ledger and
-//! outbox row inserted in bulk, then one commit, after which each caller gets its own result.
-//!
-//! **When batching kicks in.** There is no timer. Each product has at most one batch in
-//! flight; requests that arrive while it is being written wait and go together in the next
-//! one (up to [`BatchSettings::max_batch`]). A product that is not busy therefore pays no
-//! window at all: its order is written at once, as a batch of one. Under a surge the batches
-//! grow by themselves to what arrives during one commit.
-//!
-//! **What goes in a batch.** Orders of a single line. Orders of several lines are placed one
-//! per transaction, as [`crate::ConditionalUpdate`] does (the batch transaction locks only its
-//! one product row, so the two kinds never wait on each other in a cycle).
-//!
-//! **Sold-out fast path.** Once a batch has seen a product with no stock left, reject-policy
-//! orders for it are turned away in memory, without a database round trip, until Postgres
-//! announces that its stock went up again (a trigger on `commerce.products` notifies channel
-//! `commerce_stock` on every increase, from any instance). The fast path is only used while
-//! the listener is connected; see [`watch`](self) for the exact rule.
+//! The batching strategy: group commit per product (see [`Batching`]).
 
 mod watch;
 mod write;
@@ -64,7 +42,30 @@ impl Default for BatchSettings {
 }
 
 /// Group commit per product: concurrent single-line orders of one product are written in one
-/// transaction. See the [module documentation](self).
+/// transaction.
+///
+/// Every design that commits one order per hand-off of a hot product's row lock is capped
+/// below the rate at which the database can pass that lock around (the bare one-row
+/// `UPDATE` ceiling). `Batching` passes it by writing many orders of one product in one
+/// transaction: one stock update for the whole batch, every order, line, history, ledger and
+/// outbox row inserted in bulk, then one commit, after which each caller gets its own result.
+///
+/// **When batching kicks in.** There is no timer. Each product has at most one batch in
+/// flight; requests that arrive while it is being written wait and go together in the next
+/// one (up to [`BatchSettings::max_batch`]). A product that is not busy therefore pays no
+/// window at all: its order is written at once, as a batch of one. Under a surge the batches
+/// grow by themselves to what arrives during one commit.
+///
+/// **What goes in a batch.** Orders of a single line. Orders of several lines are placed one
+/// per transaction, as [`crate::ConditionalUpdate`] does (the batch transaction locks only its
+/// one product row, so the two kinds never wait on each other in a cycle).
+///
+/// **Sold-out fast path.** Once a batch has seen a product with no stock left, reject-policy
+/// orders for it are turned away in memory, without a database round trip, until Postgres
+/// announces that its stock went up again (a trigger on `commerce.products` notifies channel
+/// `commerce_stock` on every increase, from any instance). The fast path is only used while
+/// the listener is connected: a figure counts only if no notification arrived and the
+/// connection did not drop since the batch that saw it noted the listener's generation.
 ///
 /// Needs a Tokio runtime (it spawns one writer task per busy product, and the stock listener).
 ///
