@@ -396,3 +396,54 @@ async fn callers_looping_on_a_sold_out_product_do_not_starve_the_others() {
         "an order of another product starved: {placed:?}"
     );
 }
+
+/// Orders of two lines join the queue of their lower product and are batched with the
+/// single-line orders of both products; nothing deadlocks and exactly the stock is sold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_spanning_two_products_are_batched_with_the_single_line_ones() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
+    let commerce = on(&db);
+    let (a, b) = (
+        product(&commerce, 1, 300).await,
+        product(&commerce, 2, 300).await,
+    );
+    let start = Arc::new(Barrier::new(1_500));
+    let tasks: Vec<_> = (0..1_500)
+        .map(|n: usize| {
+            let (commerce, start) = (commerce.clone(), Arc::clone(&start));
+            tokio::spawn(async move {
+                let user = format!("s-{n}");
+                let order = match n % 3 {
+                    0 => NewOrder::new(user).line(b, 1).line(a, 1),
+                    1 => NewOrder::new(user).line(a, 1),
+                    _ => NewOrder::new(user).line(b, 1),
+                };
+                start.wait().await;
+                commerce.place_order(order).await
+            })
+        })
+        .collect();
+    let mut two_line = 0;
+    for task in tasks {
+        match within(Duration::from_secs(120), task).await.unwrap() {
+            Ok(placed) if placed.order.lines.len() == 2 => two_line += 1,
+            Ok(_) | Err(Error::InsufficientStock { .. }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(two_line > 0, "no order of two lines got through");
+    let levels = commerce.stock_of(&[a, b]).await.unwrap();
+    assert_eq!((levels[0].available, levels[1].available), (0, 0));
+    assert_consistent(&commerce).await;
+    let (orders, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT created_at) FROM commerce.orders \
+         WHERE id IN (SELECT order_id FROM commerce.order_lines GROUP BY order_id HAVING count(*) = 2)",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert!(
+        transactions < orders,
+        "{orders} two-line orders in {transactions} transactions: not batched"
+    );
+}

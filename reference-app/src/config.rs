@@ -36,8 +36,8 @@ pub enum StockStrategyKind {
     /// A distributed lock per product around the transaction: Redis when `REDIS_URL` is set,
     /// in-process otherwise.
     Lock,
-    /// Group commit per product (commerce-core's `Batching`): concurrent single-line orders
-    /// of one product share a transaction; the flash-sale setting.
+    /// Group commit per product (commerce-core's `Batching`): the concurrent orders of a
+    /// product share a transaction; the flash-sale setting.
     Batching,
 }
 

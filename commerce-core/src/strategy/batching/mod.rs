@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::ids::ProductId;
-use crate::order::{OrderWriter, PlacedOrder, ReserveMode, ShortagePolicy, ValidatedOrder};
+use crate::order::{OrderWriter, PlacedOrder, ShortagePolicy, ValidatedOrder};
 
 use super::StockStrategy;
 use watch::StockWatch;
@@ -41,7 +41,7 @@ impl Default for BatchSettings {
     }
 }
 
-/// Group commit per product: concurrent single-line orders of one product are written in one
+/// Group commit per product: the concurrent orders of a product are written in one
 /// transaction.
 ///
 /// Every design that commits one order per hand-off of a hot product's row lock is capped
@@ -56,9 +56,11 @@ impl Default for BatchSettings {
 /// window at all: its order is written at once, as a batch of one. Under a surge the batches
 /// grow by themselves to what arrives during one commit.
 ///
-/// **What goes in a batch.** Orders of a single line. Orders of several lines are placed one
-/// per transaction, as [`crate::ConditionalUpdate`] does (the batch transaction locks only its
-/// one product row, so the two kinds never wait on each other in a cycle).
+/// **What goes in a batch.** Every order joins the queue of its lowest product, so the orders
+/// of several lines go in batches too. A batch of one product's single-line orders takes the
+/// short optimistic path above; a batch with orders spanning several products locks all of
+/// them first, in ascending id (the crate's lock order, which every other writer follows too),
+/// so batches and one-order transactions never wait on each other in a cycle.
 ///
 /// **Sold-out fast path.** Once a batch has seen a product with no stock left, reject-policy
 /// orders for it are turned away in memory, without a database round trip, until Postgres
@@ -221,11 +223,11 @@ impl StockStrategy for Batching {
             tokio::task::consume_budget().await;
             return Err(short);
         }
-        let [line] = order.lines() else {
-            writer.check_stock(order).await?;
-            return writer.place(order, ReserveMode::ConditionalUpdate).await;
+        // An order joins the queue of its lowest product (lines are sorted by product).
+        let Some(home) = order.lines().first().map(|line| line.product) else {
+            return Err(Error::EmptyOrder);
         };
-        self.enqueue(writer, line.product, order)
+        self.enqueue(writer, home, order)
             .await
             .unwrap_or_else(|_| Err(Error::Strategy("the batch writer stopped".into())))
     }

@@ -14,7 +14,7 @@
 //! Either way the database condition is the final guard: several instances batching the same
 //! product stay correct.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::watch::StockWatch;
 use super::{BatchSettings, Request};
-use crate::effects::{commit, Hooks};
+use crate::effects::commit;
 use crate::error::{violated_constraint, Error, Result};
 use crate::event::CoreEvent;
 use crate::ids::{OrderId, ProductId};
@@ -38,17 +38,31 @@ pub(crate) struct Figures {
     pub(crate) generation: Option<u64>,
 }
 
+/// The rows of the products a batch touches, by id (ascending: the lock order).
+type Stock = BTreeMap<ProductId, Figures>;
+
+/// What a batch takes for one line of an order.
+#[derive(Debug, Clone, Copy)]
+struct Take {
+    product: ProductId,
+    quantity: i64,
+    allocated: i64,
+    /// The product's `available` after this line's units.
+    available_after: i64,
+}
+
 /// What a batch decided for one request.
 enum Decision {
     /// Write this order.
-    Place {
-        id: OrderId,
-        allocated: i64,
-        /// The product's `available` after this order's units.
-        available_after: i64,
+    Place { id: OrderId, lines: Vec<Take> },
+    /// Not enough stock for a line (reject policy).
+    Reject {
+        product: ProductId,
+        requested: i64,
+        available: i64,
     },
-    /// Not enough stock (reject policy).
-    Reject { available: i64 },
+    /// A line names a product that does not exist.
+    Missing(ProductId),
     /// Repeats the idempotency key of an earlier request of this batch: answered with that
     /// order after the commit.
     SameKeyAs(usize),
@@ -56,8 +70,8 @@ enum Decision {
 
 struct Plan {
     decisions: Vec<Decision>,
-    taken: i64,
-    queued: i64,
+    /// Units taken and queued per product.
+    changes: BTreeMap<ProductId, (i64, i64)>,
 }
 
 impl Plan {
@@ -71,17 +85,17 @@ impl Plan {
 
 /// Why an attempt did not commit.
 enum Retry {
-    /// The product changed between the plan and the write.
+    /// A product changed between the plan and the write.
     Stale,
     /// Another transaction holds or committed one of the batch's idempotency keys.
     KeyTaken,
 }
 
-/// Writes `requests` (single-line orders of `product`) and answers every caller. Returns the
-/// figures to plan the next batch with (`None`: read them again).
+/// Writes `requests` (orders whose lowest product is `home`) and answers every caller.
+/// Returns the figures of `home` to plan its next batch with (`None`: read them again).
 pub(super) async fn run_batch(
     writer: &OrderWriter,
-    product: ProductId,
+    home: ProductId,
     mut requests: Vec<Request>,
     known: Option<Figures>,
     settings: &BatchSettings,
@@ -92,7 +106,7 @@ pub(super) async fn run_batch(
     loop {
         attempt += 1;
         let generation = watch.and_then(StockWatch::generation);
-        let outcome = attempt_batch(writer, product, &requests, known, generation).await;
+        let outcome = attempt_batch(writer, home, &requests, known, generation).await;
         match outcome {
             Ok(Ok((answers, after))) => {
                 for (request, answer) in requests.into_iter().zip(answers) {
@@ -124,108 +138,120 @@ pub(super) async fn run_batch(
 }
 
 type Answers = Vec<Result<PlacedOrder>>;
+type Attempted = Result<Result<(Answers, Option<Figures>), Retry>>;
 
 /// One try: `Ok(Ok(..))` committed (or nothing to write) with every caller's answer.
+///
+/// Optimistic only when every order is for `home` alone and its figures are known; a batch
+/// with orders of several lines locks all its products (ascending) first.
 async fn attempt_batch(
     writer: &OrderWriter,
-    product: ProductId,
+    home: ProductId,
     requests: &[Request],
     known: Option<Figures>,
     generation: Option<u64>,
-) -> Result<Result<(Answers, Option<Figures>), Retry>> {
+) -> Attempted {
     let pool = writer.pool();
-    let figures = match known {
-        Some(figures) => figures,
-        // Nothing written yet: plan on a plain read; if it turns out there is something to
-        // write, the write takes the lock and plans again.
-        None => match read_figures(pool, product, generation).await? {
-            Some(figures) => figures,
-            None => return Ok(Ok((not_found(requests, product), None))),
-        },
+    let products: Vec<ProductId> = {
+        let mut all: Vec<ProductId> = requests.iter().flat_map(|r| r.order.products()).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     };
-    let plan = allocate(requests, figures);
+    let known = known.filter(|_| products == [home]);
+    let stock = match known {
+        Some(figures) => Stock::from([(home, figures)]),
+        // Nothing written yet: plan on a plain read; if it turns out there is something to
+        // write, the write takes the locks and plans again.
+        None => read_figures(pool, &products, generation).await?,
+    };
+    let plan = allocate(requests, &stock);
     if plan.writes_nothing() {
         // Every request is turned away (or repeats one that is). The figures must be current
         // for that: confirm them unless they were just read.
-        if known.is_some() {
-            return match read_figures(pool, product, generation).await? {
-                Some(fresh) if fresh.available == figures.available => Ok(Ok((
+        if let Some(figures) = known {
+            let fresh = read_figures(pool, &[home], generation).await?;
+            return match fresh.get(&home) {
+                Some(now) if now.available == figures.available => Ok(Ok((
                     answer_rejections(writer, requests, &plan).await,
-                    Some(fresh),
+                    Some(*now),
                 ))),
-                Some(fresh) => {
+                Some(now) => {
                     Box::pin(attempt_batch(
                         writer,
-                        product,
+                        home,
                         requests,
-                        Some(fresh),
+                        Some(*now),
                         generation,
                     ))
                     .await
                 }
-                None => Ok(Ok((not_found(requests, product), None))),
+                None => {
+                    let plan = allocate(requests, &fresh);
+                    Ok(Ok((answer_rejections(writer, requests, &plan).await, None)))
+                }
             };
         }
         return Ok(Ok((
             answer_rejections(writer, requests, &plan).await,
-            Some(figures),
+            stock.get(&home).copied(),
         )));
     }
 
     let mut tx = pool.begin().await?;
-    let (figures, plan) = if known.is_some() {
-        (figures, plan)
+    let optimistic = known.is_some();
+    let (stock, plan) = if optimistic {
+        (stock, plan)
     } else {
-        // Pessimistic: lock, then plan on what the lock shows.
-        let Some(figures) = lock_figures(&mut tx, product, generation).await? else {
-            return Ok(Ok((not_found(requests, product), None)));
-        };
-        let plan = allocate(requests, figures);
+        // Pessimistic: lock every product (ascending), then plan on what the locks show.
+        let stock = lock_figures(&mut tx, &products, generation).await?;
+        let plan = allocate(requests, &stock);
         if plan.writes_nothing() {
             drop(tx);
+            let home_figures = stock.get(&home).copied();
             return Ok(Ok((
                 answer_rejections(writer, requests, &plan).await,
-                Some(figures),
+                home_figures,
             )));
         }
-        (figures, plan)
+        (stock, plan)
     };
-    let optimistic = known.is_some();
-    let created_at = match insert_rows(&mut tx, product, requests, &plan, figures).await {
+    let created_at = match insert_rows(&mut tx, requests, &plan, &stock).await {
         Ok(created_at) => created_at,
         Err(e) if violated_constraint(&e) == Some("orders_user_idempotency_key") => {
             return Ok(Err(Retry::KeyTaken));
         }
         Err(e) => return Err(e.into()),
     };
-    let (events, lines) = events_and_lines(product, requests, &plan, figures);
-    run_hooks(&mut tx, writer.hooks(), &events).await?;
-    let after = take_stock(&mut tx, product, &plan, figures, optimistic).await?;
-    let Some(after) = after else {
+    let (events, lines) = events_and_lines(requests, &plan, &stock);
+    writer.hooks().run(&mut tx, &events).await?;
+    let Some(after) = take_stock(&mut tx, &plan, &stock, optimistic).await? else {
         return Ok(Err(Retry::Stale));
     };
     commit(tx).await?;
 
-    let after = Figures {
-        generation,
-        ..after
-    };
+    let home_after = after
+        .get(&home)
+        .or_else(|| stock.get(&home))
+        .map(|figures| Figures {
+            generation,
+            ..*figures
+        });
     let mut answers: Answers = Vec::with_capacity(requests.len());
     let mut placed: HashMap<usize, PlacedOrder> = HashMap::new();
     for (index, (request, decision)) in requests.iter().zip(&plan.decisions).enumerate() {
         let answer = match decision {
             Decision::Place { id, .. } => {
                 let order = &request.order;
-                let line = lines[index].unwrap_or_else(|| unreachable_line(product));
-                let status = status_of(&line);
+                let lines = lines[index].clone().unwrap_or_default();
                 let first = PlacedOrder {
                     order: Order {
                         id: *id,
                         user_id: order.user_id().to_owned(),
-                        status,
+                        status: status_of(&lines),
                         policy: order.policy(),
                         idempotency_key: order.idempotency_key().map(str::to_owned),
-                        lines: vec![line],
+                        lines,
                         created_at,
                         updated_at: created_at,
                     },
@@ -234,43 +260,43 @@ async fn attempt_batch(
                 placed.insert(index, first.clone());
                 Ok(first)
             }
-            Decision::Reject { available } => Err(Error::InsufficientStock {
-                product,
-                requested: request.order.lines()[0].quantity,
-                available: *available,
-            }),
             Decision::SameKeyAs(first) => match placed.get(first) {
                 Some(order) => same_request(order, request),
-                // The first was turned away: so is its repeat.
-                None => match &plan.decisions[*first] {
-                    Decision::Reject { available } => Err(Error::InsufficientStock {
-                        product,
-                        requested: request.order.lines()[0].quantity,
-                        available: *available,
-                    }),
-                    _ => Err(Error::Conflict(
+                // The first was turned away: so is its repeat, for the same reason.
+                None => refusal(&plan.decisions[*first]).unwrap_or_else(|| {
+                    Err(Error::Conflict(
                         "idempotency key of an unplaced request".into(),
-                    )),
-                },
+                    ))
+                }),
             },
+            other => refusal(other).unwrap_or_else(|| {
+                Err(Error::Conflict("a batch decision without an answer".into()))
+            }),
         };
         answers.push(answer);
     }
-    Ok(Ok((answers, Some(after))))
+    Ok(Ok((answers, home_after)))
 }
 
-fn unreachable_line(product: ProductId) -> OrderLine {
-    // `events_and_lines` builds a line for every placed decision; kept total all the same.
-    OrderLine {
-        product,
-        quantity: 0,
-        allocated: 0,
-        unit_price: 0,
+/// The error of a request turned away.
+fn refusal(decision: &Decision) -> Option<Result<PlacedOrder>> {
+    match decision {
+        Decision::Reject {
+            product,
+            requested,
+            available,
+        } => Some(Err(Error::InsufficientStock {
+            product: *product,
+            requested: *requested,
+            available: *available,
+        })),
+        Decision::Missing(product) => Some(Err(Error::ProductNotFound { product: *product })),
+        Decision::Place { .. } | Decision::SameKeyAs(_) => None,
     }
 }
 
-fn status_of(line: &OrderLine) -> OrderStatus {
-    if line.allocated == line.quantity {
+fn status_of(lines: &[OrderLine]) -> OrderStatus {
+    if lines.iter().all(|line| line.allocated == line.quantity) {
         OrderStatus::Created
     } else {
         OrderStatus::Backordered
@@ -280,11 +306,14 @@ fn status_of(line: &OrderLine) -> OrderStatus {
 /// The answer to a request repeating the key of `first` (placed in this batch).
 fn same_request(first: &PlacedOrder, request: &Request) -> Result<PlacedOrder> {
     let order = &request.order;
-    let line = &order.lines()[0];
     let same = first.order.policy == order.policy()
-        && first.order.lines.len() == 1
-        && first.order.lines[0].product == line.product
-        && first.order.lines[0].quantity == line.quantity;
+        && first.order.lines.len() == order.lines().len()
+        && first
+            .order
+            .lines
+            .iter()
+            .zip(order.lines())
+            .all(|(a, b)| a.product == b.product && a.quantity == b.quantity);
     if same {
         Ok(PlacedOrder {
             order: first.order.clone(),
@@ -299,11 +328,11 @@ fn same_request(first: &PlacedOrder, request: &Request) -> Result<PlacedOrder> {
     }
 }
 
-/// First come first served: each request in arrival order takes what it asks for if it fits
-/// (reject policy) or what is left (backorder policy, the rest queued).
-fn allocate(requests: &[Request], figures: Figures) -> Plan {
-    let mut left = figures.available;
-    let (mut taken, mut queued) = (0, 0);
+/// First come first served: each request in arrival order takes what it asks for if every
+/// line fits (reject policy) or what is left of each line (backorder policy, the rest queued).
+fn allocate(requests: &[Request], stock: &Stock) -> Plan {
+    let mut left: BTreeMap<ProductId, i64> = stock.iter().map(|(p, f)| (*p, f.available)).collect();
+    let mut changes: BTreeMap<ProductId, (i64, i64)> = BTreeMap::new();
     let mut keys: HashMap<(&str, &str), usize> = HashMap::new();
     let decisions = requests
         .iter()
@@ -316,125 +345,157 @@ fn allocate(requests: &[Request], figures: Figures) -> Plan {
                 }
                 keys.insert((order.user_id(), key), index);
             }
-            let quantity = order.lines()[0].quantity;
-            let allocated = match order.policy() {
-                ShortagePolicy::Reject if quantity > left => {
-                    return Decision::Reject { available: left };
+            for line in order.lines() {
+                let Some(&available) = left.get(&line.product) else {
+                    return Decision::Missing(line.product);
+                };
+                if order.policy() == ShortagePolicy::Reject && line.quantity > available {
+                    return Decision::Reject {
+                        product: line.product,
+                        requested: line.quantity,
+                        available,
+                    };
                 }
-                ShortagePolicy::Reject => quantity,
-                ShortagePolicy::Backorder => quantity.min(left),
-            };
-            left -= allocated;
-            taken += allocated;
-            queued += quantity - allocated;
+            }
+            let lines = order
+                .lines()
+                .iter()
+                .map(|line| {
+                    let available = left.entry(line.product).or_default();
+                    let allocated = line.quantity.min(*available);
+                    *available -= allocated;
+                    let change = changes.entry(line.product).or_default();
+                    change.0 += allocated;
+                    change.1 += line.quantity - allocated;
+                    Take {
+                        product: line.product,
+                        quantity: line.quantity,
+                        allocated,
+                        available_after: *available,
+                    }
+                })
+                .collect();
             Decision::Place {
                 id: OrderId::new(),
-                allocated,
-                available_after: left,
+                lines,
             }
         })
         .collect();
-    Plan {
-        decisions,
-        taken,
-        queued,
-    }
+    Plan { decisions, changes }
+}
+
+fn figures_of(rows: Vec<(i64, i64, i64, i64)>, generation: Option<u64>) -> Stock {
+    rows.into_iter()
+        .map(|(id, available, backordered, price)| {
+            (
+                ProductId(id),
+                Figures {
+                    available,
+                    backordered,
+                    price,
+                    generation,
+                },
+            )
+        })
+        .collect()
 }
 
 async fn read_figures(
     pool: &PgPool,
-    product: ProductId,
+    products: &[ProductId],
     generation: Option<u64>,
-) -> Result<Option<Figures>> {
-    let row: Option<(i64, i64, i64)> =
-        sqlx::query_as("SELECT available, backordered, price FROM commerce.products WHERE id = $1")
-            .bind(product.0)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(available, backordered, price)| Figures {
-        available,
-        backordered,
-        price,
-        generation,
-    }))
+) -> Result<Stock> {
+    let ids: Vec<i64> = products.iter().map(|p| p.0).collect();
+    let rows = sqlx::query_as(
+        "SELECT id, available, backordered, price FROM commerce.products WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(figures_of(rows, generation))
 }
 
 async fn lock_figures(
     conn: &mut PgConnection,
-    product: ProductId,
+    products: &[ProductId],
     generation: Option<u64>,
-) -> Result<Option<Figures>> {
-    let row: Option<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT available, backordered, price FROM commerce.products WHERE id = $1 FOR UPDATE",
+) -> Result<Stock> {
+    let ids: Vec<i64> = products.iter().map(|p| p.0).collect();
+    let rows = sqlx::query_as(
+        "SELECT id, available, backordered, price FROM commerce.products \
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
-    .bind(product.0)
-    .fetch_optional(conn)
+    .bind(&ids)
+    .fetch_all(conn)
     .await?;
-    Ok(row.map(|(available, backordered, price)| Figures {
-        available,
-        backordered,
-        price,
-        generation,
-    }))
+    Ok(figures_of(rows, generation))
 }
 
-/// Every row of the placed orders but the stock: orders, lines, first history rows, backorder
+/// Every row of the placed orders but the stock: orders, first history rows, lines, backorder
 /// queue entries and ledger rows, in one statement. Returns the orders' creation time.
 async fn insert_rows(
     conn: &mut PgConnection,
-    product: ProductId,
     requests: &[Request],
     plan: &Plan,
-    figures: Figures,
+    stock: &Stock,
 ) -> std::result::Result<DateTime<Utc>, sqlx::Error> {
     let mut ids: Vec<Uuid> = Vec::new();
     let (mut users, mut keys, mut statuses, mut policies) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut quantities, mut allocated, mut afters) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut line_orders, mut line_products, mut quantities, mut allocated, mut prices, mut afters) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for (request, decision) in requests.iter().zip(&plan.decisions) {
-        let Decision::Place {
-            id,
-            allocated: units,
-            available_after,
-        } = decision
-        else {
+        let Decision::Place { id, lines } = decision else {
             continue;
         };
         let order = &request.order;
-        let quantity = order.lines()[0].quantity;
         ids.push(id.0);
         users.push(order.user_id());
         keys.push(order.idempotency_key());
-        statuses.push(if *units == quantity {
+        let complete = lines.iter().all(|take| take.allocated == take.quantity);
+        statuses.push(if complete {
             OrderStatus::Created.as_str()
         } else {
             OrderStatus::Backordered.as_str()
         });
         policies.push(order.policy().as_str());
-        quantities.push(quantity);
-        allocated.push(*units);
-        afters.push(*available_after);
+        for take in lines {
+            line_orders.push(id.0);
+            line_products.push(take.product.0);
+            quantities.push(take.quantity);
+            allocated.push(take.allocated);
+            prices.push(stock.get(&take.product).map_or(0, |f| f.price));
+            afters.push(take.available_after);
+        }
     }
     sqlx::query_scalar(
         "WITH o AS ( \
            INSERT INTO commerce.orders (id, user_id, idempotency_key, status, shortage_policy) \
            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
            RETURNING created_at \
-         ), l AS ( \
-           INSERT INTO commerce.order_lines (order_id, product_id, quantity, allocated, unit_price) \
-           SELECT id, $6, q, a, $7 FROM UNNEST($1::uuid[], $8::bigint[], $9::bigint[]) AS t(id, q, a) \
          ), h AS ( \
            INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason) \
            SELECT id, NULL, s, 'placed' FROM UNNEST($1::uuid[], $4::text[]) AS t(id, s) \
+         ), l AS ( \
+           INSERT INTO commerce.order_lines (order_id, product_id, quantity, allocated, unit_price) \
+           SELECT * FROM UNNEST($6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[]) \
          ), b AS ( \
            INSERT INTO commerce.backorders (order_id, product_id, outstanding) \
-           SELECT id, $6, q - a \
-           FROM UNNEST($1::uuid[], $8::bigint[], $9::bigint[]) WITH ORDINALITY AS t(id, q, a, ord) \
+           SELECT o, p, q - a \
+           FROM UNNEST($6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+             WITH ORDINALITY AS t(o, p, q, a, ord) \
            WHERE q > a ORDER BY ord \
          ), g AS ( \
            INSERT INTO commerce.stock_ledger (product_id, delta, kind, reference, available_after) \
-           SELECT $6, -a, 'order', id::text, after \
-           FROM UNNEST($1::uuid[], $9::bigint[], $10::bigint[]) WITH ORDINALITY AS t(id, a, after, ord) \
+           SELECT p, -a, 'order', o::text, after \
+           FROM UNNEST($6::uuid[], $7::bigint[], $9::bigint[], $11::bigint[]) \
+             WITH ORDINALITY AS t(o, p, a, after, ord) \
            WHERE a > 0 ORDER BY ord \
          ) \
          SELECT created_at FROM o LIMIT 1",
@@ -444,118 +505,122 @@ async fn insert_rows(
     .bind(&keys)
     .bind(&statuses)
     .bind(&policies)
-    .bind(product.0)
-    .bind(figures.price)
+    .bind(&line_orders)
+    .bind(&line_products)
     .bind(&quantities)
     .bind(&allocated)
+    .bind(&prices)
     .bind(&afters)
     .fetch_one(conn)
     .await
 }
 
-/// The `order.placed` events and each placed request's line (indexed like `requests`).
+/// The `order.placed` events and each placed request's lines (indexed like `requests`).
 fn events_and_lines(
-    product: ProductId,
     requests: &[Request],
     plan: &Plan,
-    figures: Figures,
-) -> (Vec<CoreEvent>, Vec<Option<OrderLine>>) {
+    stock: &Stock,
+) -> (Vec<CoreEvent>, Vec<Option<Vec<OrderLine>>>) {
     let mut events = Vec::new();
     let lines = requests
         .iter()
         .zip(&plan.decisions)
         .map(|(request, decision)| {
-            let Decision::Place { id, allocated, .. } = decision else {
+            let Decision::Place { id, lines } = decision else {
                 return None;
             };
             let order = &request.order;
-            let line = OrderLine {
-                product,
-                quantity: order.lines()[0].quantity,
-                allocated: *allocated,
-                unit_price: figures.price,
-            };
+            let lines: Vec<OrderLine> = lines
+                .iter()
+                .map(|take| OrderLine {
+                    product: take.product,
+                    quantity: take.quantity,
+                    allocated: take.allocated,
+                    unit_price: stock.get(&take.product).map_or(0, |f| f.price),
+                })
+                .collect();
             events.push(CoreEvent::OrderPlaced {
                 order: *id,
                 user_id: order.user_id().to_owned(),
-                status: status_of(&line),
+                status: status_of(&lines),
                 policy: order.policy(),
-                lines: vec![line],
+                lines: lines.clone(),
             });
-            Some(line)
+            Some(lines)
         })
         .collect();
     (events, lines)
 }
 
-async fn run_hooks(conn: &mut PgConnection, hooks: &Hooks, events: &[CoreEvent]) -> Result<()> {
-    hooks.run(conn, events).await
-}
-
-/// The batch's one stock update. Optimistic: a compare-and-set on the figures planned with
-/// (`None` when they changed). Returns the row after the update.
+/// The batch's one stock update (every product it changes). Optimistic: a compare-and-set
+/// on the figures planned with (`None` when any changed). Returns the rows after it.
 async fn take_stock(
     conn: &mut PgConnection,
-    product: ProductId,
     plan: &Plan,
-    figures: Figures,
+    stock: &Stock,
     optimistic: bool,
-) -> Result<Option<Figures>> {
-    let row: Option<(i64, i64, i64)> = sqlx::query_as(
-        "UPDATE commerce.products SET available = available - $2, \
-         backordered = backordered + $3, updated_at = now() \
-         WHERE id = $1 AND (NOT $7 OR (available = $4 AND backordered = $5 AND price = $6)) \
-         RETURNING available, backordered, price",
+) -> Result<Option<Stock>> {
+    let (mut ids, mut taken, mut queued) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut available, mut backordered, mut price) = (Vec::new(), Vec::new(), Vec::new());
+    for (product, (t, q)) in &plan.changes {
+        if *t == 0 && *q == 0 {
+            continue;
+        }
+        let Some(figures) = stock.get(product) else {
+            continue;
+        };
+        ids.push(product.0);
+        taken.push(*t);
+        queued.push(*q);
+        available.push(figures.available);
+        backordered.push(figures.backordered);
+        price.push(figures.price);
+    }
+    let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+        "UPDATE commerce.products p SET available = p.available - t.taken, \
+         backordered = p.backordered + t.queued, updated_at = now() \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                     $6::bigint[]) AS t(id, taken, queued, available, backordered, price) \
+         WHERE p.id = t.id AND (NOT $7 OR (p.available = t.available \
+               AND p.backordered = t.backordered AND p.price = t.price)) \
+         RETURNING p.id, p.available, p.backordered, p.price",
     )
-    .bind(product.0)
-    .bind(plan.taken)
-    .bind(plan.queued)
-    .bind(figures.available)
-    .bind(figures.backordered)
-    .bind(figures.price)
+    .bind(&ids)
+    .bind(&taken)
+    .bind(&queued)
+    .bind(&available)
+    .bind(&backordered)
+    .bind(&price)
     .bind(optimistic)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(row.map(|(available, backordered, price)| Figures {
-        available,
-        backordered,
-        price,
-        generation: None,
-    }))
+    if rows.len() != ids.len() {
+        return Ok(None);
+    }
+    Ok(Some(figures_of(rows, None)))
 }
 
 /// Answers a batch with nothing to write.
 async fn answer_rejections(writer: &OrderWriter, requests: &[Request], plan: &Plan) -> Answers {
     let mut answers = Vec::with_capacity(requests.len());
     for (request, decision) in requests.iter().zip(&plan.decisions) {
-        let quantity = request.order.lines()[0].quantity;
-        let product = request.order.lines()[0].product;
         answers.push(match decision {
-            Decision::Reject { available } => Err(Error::InsufficientStock {
-                product,
-                requested: quantity,
-                available: *available,
-            }),
-            // A repeat of a rejected request (or of an order placed meanwhile elsewhere).
-            _ => match writer.replay(&request.order).await {
-                Ok(Some(first)) => Ok(first),
-                Ok(None) => Err(Error::InsufficientStock {
-                    product,
-                    requested: quantity,
-                    available: 0,
+            // A repeat of a request turned away (or of an order placed meanwhile elsewhere).
+            Decision::SameKeyAs(first) => match writer.replay(&request.order).await {
+                Ok(Some(order)) => Ok(order),
+                Ok(None) => refusal(&plan.decisions[*first]).unwrap_or_else(|| {
+                    Err(Error::Conflict(
+                        "idempotency key of an unplaced request".into(),
+                    ))
                 }),
                 Err(e) => Err(e),
             },
+            other => refusal(other).unwrap_or_else(|| {
+                Err(Error::Conflict("a batch decision without an answer".into()))
+            }),
         });
     }
     answers
-}
-
-fn not_found(requests: &[Request], product: ProductId) -> Answers {
-    requests
-        .iter()
-        .map(|_| Err(Error::ProductNotFound { product }))
-        .collect()
 }
 
 /// After a batch hit an idempotency key held elsewhere: answers every keyed request whose
@@ -615,13 +680,66 @@ mod tests {
         }
     }
 
-    fn figures(available: i64) -> Figures {
-        Figures {
-            available,
-            backordered: 0,
-            price: 100,
-            generation: None,
+    fn stock(available: &[(i64, i64)]) -> Stock {
+        available
+            .iter()
+            .map(|&(product, available)| {
+                (
+                    ProductId(product),
+                    Figures {
+                        available,
+                        backordered: 0,
+                        price: 100,
+                        generation: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn describe(decision: &Decision) -> String {
+        match decision {
+            Decision::Place { lines, .. } => lines
+                .iter()
+                .map(|t| format!("place {} -> {}", t.allocated, t.available_after))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Decision::Reject { available, .. } => format!("reject at {available}"),
+            Decision::Missing(p) => format!("missing {p}"),
+            Decision::SameKeyAs(i) => format!("same as {i}"),
         }
+    }
+
+    #[test]
+    fn an_order_of_several_lines_is_placed_whole_or_turned_away_at_its_short_line() {
+        let order = |user: &str, a: i64, b: i64, policy| {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            Request {
+                order: ValidatedOrder::new(
+                    NewOrder::new(user).line(1, a).line(2, b).policy(policy),
+                    &OrderLimits::default(),
+                )
+                .unwrap(),
+                reply,
+            }
+        };
+        let requests = [
+            order("a", 2, 3, ShortagePolicy::Reject),
+            order("b", 1, 3, ShortagePolicy::Reject), // product 2 has 2 left
+            order("c", 1, 3, ShortagePolicy::Backorder),
+        ];
+        let plan = allocate(&requests, &stock(&[(1, 5), (2, 5)]));
+        let summary: Vec<String> = plan.decisions.iter().map(describe).collect();
+        assert_eq!(
+            summary,
+            [
+                "place 2 -> 3, place 3 -> 2",
+                "reject at 2",
+                "place 1 -> 2, place 2 -> 0"
+            ]
+        );
+        assert_eq!(plan.changes[&ProductId(1)], (3, 0));
+        assert_eq!(plan.changes[&ProductId(2)], (5, 1));
     }
 
     #[test]
@@ -634,20 +752,8 @@ mod tests {
             request("d", 1, Backorder, None),
             request("e", 1, Reject, None),
         ];
-        let plan = allocate(&requests, figures(5));
-        let summary: Vec<String> = plan
-            .decisions
-            .iter()
-            .map(|d| match d {
-                Decision::Place {
-                    allocated,
-                    available_after,
-                    ..
-                } => format!("place {allocated} -> {available_after}"),
-                Decision::Reject { available } => format!("reject at {available}"),
-                Decision::SameKeyAs(i) => format!("same as {i}"),
-            })
-            .collect();
+        let plan = allocate(&requests, &stock(&[(1, 5)]));
+        let summary: Vec<String> = plan.decisions.iter().map(describe).collect();
         assert_eq!(
             summary,
             [
@@ -658,7 +764,7 @@ mod tests {
                 "reject at 0"
             ]
         );
-        assert_eq!((plan.taken, plan.queued), (5, 1));
+        assert_eq!(plan.changes[&ProductId(1)], (5, 1));
         assert!(!plan.writes_nothing());
     }
 
@@ -670,14 +776,19 @@ mod tests {
             request("b", 1, Reject, Some("k")),
             request("a", 1, Reject, Some("k")),
         ];
-        let plan = allocate(&requests, figures(10));
+        let plan = allocate(&requests, &stock(&[(1, 10)]));
         assert!(matches!(plan.decisions[2], Decision::SameKeyAs(0)));
-        assert_eq!(plan.taken, 2);
+        assert_eq!(plan.changes[&ProductId(1)], (2, 0));
     }
 
     #[test]
     fn a_batch_of_rejections_writes_nothing() {
         let requests = [request("a", 2, ShortagePolicy::Reject, None)];
-        assert!(allocate(&requests, figures(1)).writes_nothing());
+        assert!(allocate(&requests, &stock(&[(1, 1)])).writes_nothing());
+        let missing = allocate(&requests, &stock(&[]));
+        assert!(matches!(
+            missing.decisions[0],
+            Decision::Missing(ProductId(1))
+        ));
     }
 }
