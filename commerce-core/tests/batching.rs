@@ -338,9 +338,17 @@ async fn settings_are_clamped_and_reported() {
         max_batch: 0,
         max_attempts: 0,
         sold_out_fast_path: false,
+        in_flight: 0,
     });
     let settings = strategy.settings();
-    assert_eq!((settings.max_batch, settings.max_attempts), (1, 1));
+    assert_eq!(
+        (
+            settings.max_batch,
+            settings.max_attempts,
+            settings.in_flight
+        ),
+        (1, 1, 1)
+    );
     assert_eq!(commerce_core::StockStrategy::name(&strategy), "batching");
 }
 
@@ -403,9 +411,11 @@ async fn callers_looping_on_a_sold_out_product_do_not_starve_the_others() {
 async fn orders_spanning_two_products_are_batched_with_the_single_line_ones() {
     let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
     let commerce = on(&db);
+    // Product 2 has enough for every order naming it, so the two-line orders (queued with
+    // product 1's) are decided by product 1 alone: first come first served in its batches.
     let (a, b) = (
         product(&commerce, 1, 300).await,
-        product(&commerce, 2, 300).await,
+        product(&commerce, 2, 1_000).await,
     );
     let start = Arc::new(Barrier::new(1_500));
     let tasks: Vec<_> = (0..1_500)
@@ -423,17 +433,27 @@ async fn orders_spanning_two_products_are_batched_with_the_single_line_ones() {
             })
         })
         .collect();
-    let mut two_line = 0;
+    let (mut two_line, mut of_b) = (0, 0);
     for task in tasks {
         match within(Duration::from_secs(120), task).await.unwrap() {
-            Ok(placed) if placed.order.lines.len() == 2 => two_line += 1,
-            Ok(_) | Err(Error::InsufficientStock { .. }) => {}
+            Ok(placed) => {
+                if placed.order.lines.len() == 2 {
+                    two_line += 1;
+                }
+                if placed.order.lines.iter().any(|line| line.product == b) {
+                    of_b += 1;
+                }
+            }
+            Err(Error::InsufficientStock { product, .. }) => assert_eq!(product, a),
             Err(e) => panic!("{e:?}"),
         }
     }
     assert!(two_line > 0, "no order of two lines got through");
     let levels = commerce.stock_of(&[a, b]).await.unwrap();
-    assert_eq!((levels[0].available, levels[1].available), (0, 0));
+    assert_eq!(
+        (levels[0].available, levels[1].available),
+        (0, 1_000 - of_b)
+    );
     assert_consistent(&commerce).await;
     let (orders, transactions): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(DISTINCT created_at) FROM commerce.orders \

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 use crate::ids::ProductId;
@@ -15,7 +16,10 @@ use crate::order::{OrderWriter, PlacedOrder, ShortagePolicy, ValidatedOrder};
 
 use super::StockStrategy;
 use watch::StockWatch;
-use write::{run_batch, Figures};
+use write::{predict, run_batch, Figures};
+
+/// Waiting orders needed before a product's next batch starts while one is still in flight.
+const PIPELINE_DEPTH: usize = 100;
 
 /// How [`Batching`] forms its batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +33,11 @@ pub struct BatchSettings {
     /// Whether to turn reject-policy orders for a product seen sold out away in memory
     /// (default `true`).
     pub sold_out_fast_path: bool,
+    /// Batches of one product written at the same time (default 2): under a surge (100 or
+    /// more orders waiting) the next batch's rows go in while the previous one commits; their
+    /// stock updates still apply one after the other, each a compare-and-set on what the
+    /// previous one left.
+    pub in_flight: usize,
 }
 
 impl Default for BatchSettings {
@@ -37,6 +46,7 @@ impl Default for BatchSettings {
             max_batch: 500,
             max_attempts: 8,
             sold_out_fast_path: true,
+            in_flight: 2,
         }
     }
 }
@@ -54,7 +64,10 @@ impl Default for BatchSettings {
 /// flight; requests that arrive while it is being written wait and go together in the next
 /// one (up to [`BatchSettings::max_batch`]). A product that is not busy therefore pays no
 /// window at all: its order is written at once, as a batch of one. Under a surge the batches
-/// grow by themselves to what arrives during one commit.
+/// grow by themselves to what arrives during one commit, and once 100 or more orders wait a
+/// second batch starts before the first has committed ([`BatchSettings::in_flight`]): its
+/// rows go in meanwhile, and its stock update is a compare-and-set on what the first one
+/// leaves.
 ///
 /// **What goes in a batch.** Every order joins the queue of its lowest product, so the orders
 /// of several lines go in batches too. A batch of one product's single-line orders takes the
@@ -136,6 +149,7 @@ impl Batching {
                 settings: BatchSettings {
                     max_batch: settings.max_batch.max(1),
                     max_attempts: settings.max_attempts.max(1),
+                    in_flight: settings.in_flight.max(1),
                     ..settings
                 },
                 products: Mutex::new(HashMap::new()),
@@ -241,26 +255,74 @@ async fn write_queue(inner: Arc<Inner>, writer: OrderWriter, product: ProductId)
         inner: &inner,
         product,
     };
+    let mut running: JoinSet<Option<Figures>> = JoinSet::new();
+    // The product's figures once every batch started so far has committed as planned: the
+    // next batch is planned on them (its compare-and-set fails, and it re-plans, if one of
+    // them did not).
+    let mut predicted: Option<Figures> = None;
     loop {
-        let (batch, known) = {
-            let mut products = lock(&inner.products);
-            let Some(queue) = products.get_mut(&product) else {
-                return;
+        while running.len() < inner.settings.in_flight {
+            let (batch, known, surge) = {
+                let mut products = lock(&inner.products);
+                let Some(queue) = products.get_mut(&product) else {
+                    return;
+                };
+                // Callers that gave up before their batch started are not written.
+                queue.pending.retain(|r| !r.reply.is_closed());
+                if queue.pending.is_empty() {
+                    if running.is_empty() {
+                        queue.writing = false;
+                        std::mem::forget(guard);
+                        return;
+                    }
+                    break;
+                }
+                // A second batch in flight pays only when the queue is deep: with a few
+                // callers it would split one batch in two and add a commit.
+                if !running.is_empty() && queue.pending.len() < PIPELINE_DEPTH {
+                    break;
+                }
+                let n = queue.pending.len().min(inner.settings.max_batch);
+                let known = if running.is_empty() {
+                    queue.known
+                } else {
+                    predicted
+                };
+                let batch: Vec<Request> = queue.pending.drain(..n).collect();
+                let surge = queue.pending.len() >= PIPELINE_DEPTH;
+                (batch, known, surge)
             };
-            // Callers that gave up before their batch started are not written.
-            queue.pending.retain(|r| !r.reply.is_closed());
-            if queue.pending.is_empty() {
-                queue.writing = false;
-                std::mem::forget(guard);
-                return;
+            if running.is_empty() && !surge {
+                // No surge: write it here, without a task hop (what most batches do when
+                // callers are few).
+                let watch = inner.watch.get();
+                let after = run_batch(&writer, product, batch, known, &inner.settings, watch).await;
+                predicted = None;
+                if let Some(queue) = lock(&inner.products).get_mut(&product) {
+                    queue.known = after;
+                }
+                continue;
             }
-            let n = queue.pending.len().min(inner.settings.max_batch);
-            (queue.pending.drain(..n).collect::<Vec<_>>(), queue.known)
+            predicted = predict(&batch, product, known);
+            let (inner, writer) = (Arc::clone(&inner), writer.clone());
+            running.spawn(async move {
+                let watch = inner.watch.get();
+                run_batch(&writer, product, batch, known, &inner.settings, watch).await
+            });
+        }
+        let after = match running.join_next().await {
+            Some(Ok(after)) => after,
+            // A batch task panicked: its callers were answered with an error when their
+            // replies dropped; plan the next batch on a fresh read.
+            Some(Err(_)) | None => None,
         };
-        let watch = inner.watch.get();
-        let known = run_batch(&writer, product, batch, known, &inner.settings, watch).await;
-        if let Some(queue) = lock(&inner.products).get_mut(&product) {
-            queue.known = known;
+        if after.is_none() {
+            predicted = None;
+        }
+        if running.is_empty() {
+            if let Some(queue) = lock(&inner.products).get_mut(&product) {
+                queue.known = after;
+            }
         }
     }
 }

@@ -137,6 +137,29 @@ pub(super) async fn run_batch(
     }
 }
 
+/// The figures of `home` after `requests` commit as planned on `known`; `None` when that
+/// cannot be told in advance (figures unknown, or orders touching other products).
+pub(super) fn predict(
+    requests: &[Request],
+    home: ProductId,
+    known: Option<Figures>,
+) -> Option<Figures> {
+    let known = known?;
+    if requests
+        .iter()
+        .any(|r| r.order.products().any(|product| product != home))
+    {
+        return None;
+    }
+    let plan = allocate(requests, &Stock::from([(home, known)]));
+    let (taken, queued) = plan.changes.get(&home).copied().unwrap_or_default();
+    Some(Figures {
+        available: known.available - taken,
+        backordered: known.backordered + queued,
+        ..known
+    })
+}
+
 type Answers = Vec<Result<PlacedOrder>>;
 type Attempted = Result<Result<(Answers, Option<Figures>), Retry>>;
 
