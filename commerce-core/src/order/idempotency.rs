@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::ids::OrderId;
 
 use super::read::load_order;
-use super::{PlacedOrder, ValidatedOrder};
+use super::{Order, PlacedOrder, ValidatedOrder};
 
 /// The unique key `(user_id, idempotency_key)` was taken by a concurrent request while this
 /// one was writing: the transaction is void and the first order is the answer.
@@ -34,14 +34,7 @@ pub(crate) async fn replay(pool: &PgPool, order: &ValidatedOrder) -> Result<Opti
     };
     let mut conn = pool.acquire().await?;
     let existing = load_order(&mut conn, OrderId(id)).await?;
-    let same_request = existing.policy == order.policy()
-        && existing.lines.len() == order.lines().len()
-        && existing
-            .lines
-            .iter()
-            .zip(order.lines())
-            .all(|(a, b)| a.product == b.product && a.quantity == b.quantity);
-    if !same_request {
+    if !is_same_request(&existing, order) {
         return Err(Error::DuplicateRequest {
             user: order.user_id().to_owned(),
             key: key.to_owned(),
@@ -52,4 +45,16 @@ pub(crate) async fn replay(pool: &PgPool, order: &ValidatedOrder) -> Result<Opti
         order: existing,
         replayed: true,
     }))
+}
+
+/// Whether `order` asks for what `existing` (placed with the same idempotency key) was placed
+/// for: same policy, same products and quantities.
+pub(crate) fn is_same_request(existing: &Order, order: &ValidatedOrder) -> bool {
+    existing.policy == order.policy()
+        && existing.lines.len() == order.lines().len()
+        && existing
+            .lines
+            .iter()
+            .zip(order.lines())
+            .all(|(a, b)| a.product == b.product && a.quantity == b.quantity)
 }

@@ -225,7 +225,22 @@ impl OrderWriter {
             lines: lines.clone(),
         });
         effects.flush(conn, &self.hooks).await?;
-        Ok(Ok(PlacedOrder {
+        Ok(Ok(PlacedOrder::new_order(
+            id, order, status, lines, created_at,
+        )))
+    }
+}
+
+impl PlacedOrder {
+    /// The answer for `order`, just written as `id` with `status` and `lines` at `created_at`.
+    pub(crate) fn new_order(
+        id: OrderId,
+        order: &ValidatedOrder,
+        status: OrderStatus,
+        lines: Vec<OrderLine>,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
             order: Order {
                 id,
                 user_id: order.user_id().to_owned(),
@@ -237,7 +252,7 @@ impl OrderWriter {
                 updated_at: created_at,
             },
             replayed: false,
-        }))
+        }
     }
 }
 

@@ -185,7 +185,7 @@ impl Batching {
         order.lines().iter().find_map(|line| {
             let known = products.get(&line.product).and_then(|q| q.known)?;
             watch
-                .still_sold_out(line.product, known)
+                .still_sold_out(known)
                 .then_some(Error::InsufficientStock {
                     product: line.product,
                     requested: line.quantity,

@@ -19,7 +19,6 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 use super::write::Figures;
-use crate::ids::ProductId;
 
 /// The channel the migration's trigger notifies.
 const CHANNEL: &str = "commerce_stock";
@@ -57,8 +56,8 @@ impl StockWatch {
             .then_some(generation)
     }
 
-    /// Whether `figures` (of `product`) still prove it sold out.
-    pub(super) fn still_sold_out(&self, _product: ProductId, figures: Figures) -> bool {
+    /// Whether `figures` (of a product) still prove it sold out.
+    pub(super) fn still_sold_out(&self, figures: Figures) -> bool {
         figures.available == 0
             && figures
                 .generation

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::watch::StockWatch;
@@ -26,7 +26,9 @@ use crate::effects::commit;
 use crate::error::{violated_constraint, Error, Result};
 use crate::event::CoreEvent;
 use crate::ids::{OrderId, ProductId};
-use crate::order::{Order, OrderLine, OrderStatus, OrderWriter, PlacedOrder, ShortagePolicy};
+use crate::order::{
+    is_same_request, OrderLine, OrderStatus, OrderWriter, PlacedOrder, ShortagePolicy,
+};
 
 /// A product row as a batch saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,14 +188,14 @@ async fn attempt_batch(
         Some(figures) => Stock::from([(home, figures)]),
         // Nothing written yet: plan on a plain read; if it turns out there is something to
         // write, the write takes the locks and plans again.
-        None => read_figures(pool, &products, generation).await?,
+        None => stock_rows(pool, &products, generation, false).await?,
     };
     let plan = allocate(requests, &stock);
     if plan.writes_nothing() {
         // Every request is turned away (or repeats one that is). The figures must be current
         // for that: confirm them unless they were just read.
         if let Some(figures) = known {
-            let fresh = read_figures(pool, &[home], generation).await?;
+            let fresh = stock_rows(pool, &[home], generation, false).await?;
             return match fresh.get(&home) {
                 Some(now) if now.available == figures.available => Ok(Ok((
                     answer_rejections(writer, requests, &plan).await,
@@ -227,7 +229,7 @@ async fn attempt_batch(
         (stock, plan)
     } else {
         // Pessimistic: lock every product (ascending), then plan on what the locks show.
-        let stock = lock_figures(&mut tx, &products, generation).await?;
+        let stock = stock_rows(&mut *tx, &products, generation, true).await?;
         let plan = allocate(requests, &stock);
         if plan.writes_nothing() {
             drop(tx);
@@ -265,21 +267,14 @@ async fn attempt_batch(
     for (index, (request, decision)) in requests.iter().zip(&plan.decisions).enumerate() {
         let answer = match decision {
             Decision::Place { id, .. } => {
-                let order = &request.order;
                 let lines = lines[index].clone().unwrap_or_default();
-                let first = PlacedOrder {
-                    order: Order {
-                        id: *id,
-                        user_id: order.user_id().to_owned(),
-                        status: status_of(&lines),
-                        policy: order.policy(),
-                        idempotency_key: order.idempotency_key().map(str::to_owned),
-                        lines,
-                        created_at,
-                        updated_at: created_at,
-                    },
-                    replayed: false,
-                };
+                let first = PlacedOrder::new_order(
+                    *id,
+                    &request.order,
+                    status_of(&lines),
+                    lines,
+                    created_at,
+                );
                 placed.insert(index, first.clone());
                 Ok(first)
             }
@@ -329,15 +324,7 @@ fn status_of(lines: &[OrderLine]) -> OrderStatus {
 /// The answer to a request repeating the key of `first` (placed in this batch).
 fn same_request(first: &PlacedOrder, request: &Request) -> Result<PlacedOrder> {
     let order = &request.order;
-    let same = first.order.policy == order.policy()
-        && first.order.lines.len() == order.lines().len()
-        && first
-            .order
-            .lines
-            .iter()
-            .zip(order.lines())
-            .all(|(a, b)| a.product == b.product && a.quantity == b.quantity);
-    if same {
+    if is_same_request(&first.order, order) {
         Ok(PlacedOrder {
             order: first.order.clone(),
             replayed: true,
@@ -423,34 +410,22 @@ fn figures_of(rows: Vec<(i64, i64, i64, i64)>, generation: Option<u64>) -> Stock
         .collect()
 }
 
-async fn read_figures(
-    pool: &PgPool,
+/// The rows of `products` (those that exist): a plain read on `executor`, or with
+/// `lock` the rows locked in ascending id on the caller's transaction.
+async fn stock_rows<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     products: &[ProductId],
     generation: Option<u64>,
+    lock: bool,
 ) -> Result<Stock> {
     let ids: Vec<i64> = products.iter().map(|p| p.0).collect();
-    let rows = sqlx::query_as(
-        "SELECT id, available, backordered, price FROM commerce.products WHERE id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(figures_of(rows, generation))
-}
-
-async fn lock_figures(
-    conn: &mut PgConnection,
-    products: &[ProductId],
-    generation: Option<u64>,
-) -> Result<Stock> {
-    let ids: Vec<i64> = products.iter().map(|p| p.0).collect();
-    let rows = sqlx::query_as(
+    let sql = if lock {
         "SELECT id, available, backordered, price FROM commerce.products \
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(conn)
-    .await?;
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    } else {
+        "SELECT id, available, backordered, price FROM commerce.products WHERE id = ANY($1)"
+    };
+    let rows = sqlx::query_as(sql).bind(&ids).fetch_all(executor).await?;
     Ok(figures_of(rows, generation))
 }
 
