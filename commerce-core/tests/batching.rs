@@ -467,3 +467,122 @@ async fn orders_spanning_two_products_are_batched_with_the_single_line_ones() {
         "{orders} two-line orders in {transactions} transactions: not batched"
     );
 }
+
+/// Holds, while armed, every transaction at its hook (before its stock update and commit)
+/// until released, and counts the transactions it holds.
+#[derive(Clone, Default)]
+struct Hold {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    holding: Arc<std::sync::atomic::AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl commerce_core::TransactionHook for Hold {
+    async fn before_commit(
+        &self,
+        _conn: &mut sqlx::PgConnection,
+        _events: &[commerce_core::CoreEvent],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.armed.load(SeqCst) {
+            let released = self.release.notified();
+            self.holding.fetch_add(1, SeqCst);
+            // Bounded, so that a broken build fails instead of hanging.
+            let _ = tokio::time::timeout(Duration::from_secs(10), released).await;
+        }
+        Ok(())
+    }
+}
+
+/// Orders that queued behind the batch that sold a product out are turned away from memory,
+/// as later arrivals are, not one batch (and one database read) at a time: the harness saw
+/// them wait seconds behind a 10,000-client crowd after the sell-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_queued_behind_the_sell_out_are_turned_away_without_the_database() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const POOL: u32 = 3;
+    let db = TestDb::with_pool_size(&[&MIGRATOR], POOL).await;
+    let hold = Hold::default();
+    let commerce = Commerce::builder(db.pool().clone())
+        .strategy(Batching::with_settings(BatchSettings {
+            max_batch: 1,
+            ..BatchSettings::default()
+        }))
+        .hook(hold.clone())
+        .build();
+    let warm = product(&commerce, 1, 1).await;
+    let hot = product(&commerce, 2, 1).await;
+    // The stock listener starts with the first order: wait until it is up (a sold-out product
+    // answered while every connection is held).
+    assert_eq!(crowd(&commerce, warm, 2).await, (1, 1));
+    let listening = eventually(Duration::from_secs(10), || async {
+        let mut held = Vec::new();
+        for _ in 0..POOL {
+            held.push(db.pool().acquire().await.unwrap());
+        }
+        let answer = tokio::time::timeout(
+            Duration::from_millis(200),
+            commerce.place_order(NewOrder::new("late").line(warm, 1)),
+        )
+        .await;
+        matches!(answer, Ok(Err(Error::InsufficientStock { .. })))
+    })
+    .await;
+    assert!(listening, "the stock listener never came up");
+
+    // The batch taking the last unit is held before its commit; 50 orders queue behind it.
+    hold.armed.store(true, SeqCst);
+    let first = {
+        let commerce = commerce.clone();
+        tokio::spawn(async move {
+            commerce
+                .place_order(NewOrder::new("first").line(hot, 1))
+                .await
+        })
+    };
+    let held_one = eventually(Duration::from_secs(5), || async {
+        hold.holding.load(SeqCst) == 1
+    })
+    .await;
+    assert!(held_one, "the first batch never reached its hook");
+    hold.armed.store(false, SeqCst);
+    let queued: Vec<_> = (0..50)
+        .map(|n| {
+            let commerce = commerce.clone();
+            tokio::spawn(async move {
+                commerce
+                    .place_order(NewOrder::new(format!("queued-{n}")).line(hot, 1))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every connection but the held batch's is taken, and that one too once it commits.
+    let mut held = Vec::new();
+    for _ in 0..POOL - 1 {
+        held.push(db.pool().acquire().await.unwrap());
+    }
+    let last = {
+        let pool = db.pool().clone();
+        tokio::spawn(async move { pool.acquire().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    hold.release.notify_waiters();
+    assert!(within(Duration::from_secs(5), first).await.unwrap().is_ok());
+    held.push(within(Duration::from_secs(5), last).await.unwrap());
+
+    for task in queued {
+        let answer = tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .expect("a queued order waited for the database after the sell-out")
+            .unwrap();
+        assert!(
+            matches!(answer, Err(Error::InsufficientStock { available: 0, .. })),
+            "{answer:?}"
+        );
+    }
+    drop(held);
+    assert_eq!(commerce.stock_of(&[hot]).await.unwrap()[0].available, 0);
+    assert_consistent(&commerce).await;
+}

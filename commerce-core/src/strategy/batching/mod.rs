@@ -81,6 +81,8 @@ impl Default for BatchSettings {
 /// `commerce_stock` on every increase, from any instance). The fast path is only used while
 /// the listener is connected: a figure counts only if no notification arrived and the
 /// connection did not drop since the batch that saw it noted the listener's generation.
+/// Orders already queued for the product when it is seen sold out are turned away the same
+/// way, all at once, rather than batch by batch.
 ///
 /// Needs a Tokio runtime (it spawns one writer task per busy product, and the stock listener).
 ///
@@ -231,10 +233,12 @@ impl StockStrategy for Batching {
             return Ok(replayed);
         }
         if let Some(short) = watch.and_then(|watch| self.known_sold_out(watch, order)) {
-            // Answered without waiting on anything: let a caller that loops on it give the
-            // runtime back now and then (the writer tasks and the other callers run on the
-            // same threads).
-            tokio::task::consume_budget().await;
+            // Answered without waiting on anything: a caller looping on it goes to the back
+            // of the run queue each time, so that the batch writers and the callers woken by
+            // their answers, on the same threads, run in between (docs/performance.md: a
+            // budget of many rejections per turn made the slowest of a 10,000-client flash
+            // sale wait seconds).
+            tokio::task::yield_now().await;
             return Err(short);
         }
         // An order joins the queue of its lowest product (lines are sorted by product).
@@ -269,6 +273,16 @@ async fn write_queue(inner: Arc<Inner>, writer: OrderWriter, product: ProductId)
                 };
                 // Callers that gave up before their batch started are not written.
                 queue.pending.retain(|r| !r.reply.is_closed());
+                // Orders that queued before the product was seen sold out are turned away
+                // as later arrivals are, from memory (with one batch at a time a crowd
+                // queued behind the sell-out would otherwise wait for a read per batch).
+                if running.is_empty() {
+                    if let (Some(watch), Some(known)) = (inner.watch.get(), queue.known) {
+                        if watch.still_sold_out(known) {
+                            turn_away(&mut queue.pending, product);
+                        }
+                    }
+                }
                 if queue.pending.is_empty() {
                     if running.is_empty() {
                         queue.writing = false;
@@ -324,6 +338,28 @@ async fn write_queue(inner: Arc<Inner>, writer: OrderWriter, product: ProductId)
                 queue.known = after;
             }
         }
+    }
+}
+
+/// Answers the reject-policy requests in `pending` (all of which have a line for `product`,
+/// the queue's product) with `InsufficientStock`, leaving the backorder-policy ones queued.
+fn turn_away(pending: &mut VecDeque<Request>, product: ProductId) {
+    let (kept, refused): (VecDeque<Request>, VecDeque<Request>) = pending
+        .drain(..)
+        .partition(|request| request.order.policy() != ShortagePolicy::Reject);
+    *pending = kept;
+    for request in refused {
+        let requested = request
+            .order
+            .lines()
+            .iter()
+            .find(|line| line.product == product)
+            .map_or(0, |line| line.quantity);
+        let _ = request.reply.send(Err(Error::InsufficientStock {
+            product,
+            requested,
+            available: 0,
+        }));
     }
 }
 
