@@ -21,6 +21,14 @@ $load --strategies conditional-update,redis-lock,local-lock,batching,bare-update
 echo "== 5,000 clients on the hot product, closed loop"
 $load --clients 5000 --strategies conditional-update,redis-lock,batching,bare-update \
     --scenarios hot "$@"
+echo "== 5,000 clients on the hot product, closed loop: batching with 1, 2 (the default) and 3"
+echo "   batches in flight, and with batches of up to 1,000 (what bounds it: wtx/s, ord/tx, cores)"
+for flight in 1 2 3; do
+    echo "-- --batch-in-flight $flight"
+    $load --clients 5000 --strategies batching --scenarios hot --batch-in-flight "$flight" "$@"
+done
+echo "-- --batch-max 1000"
+$load --clients 5000 --strategies batching --scenarios hot --batch-max 1000 "$@"
 echo "== 5,000 clients on the hot product, open loop at 5,000 orders/s"
 $load --clients 5000 --rate 5000 --strategies conditional-update,redis-lock,batching,bare-update \
     --scenarios hot "$@"

@@ -123,6 +123,22 @@ async fn the_harness_runs_closed_and_open_loop_and_checks_out() {
         } else {
             assert_eq!(row.clients, 8);
         }
+        // The profile: every row wrote (orders, or the bare update), and on Linux the CPU
+        // split covers the machine's cores.
+        let profile = row.profile.as_ref().expect("a profile per row");
+        assert!(profile.write_tx_per_s > 0.0, "{row:?}");
+        assert!(profile.orders_per_tx > 0.0, "{row:?}");
+        if cfg!(target_os = "linux") {
+            let cpu = profile.cpu.expect("/proc is readable on Linux");
+            let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+            let sum = cpu.postgres + cpu.redis + cpu.harness + cpu.other + cpu.idle;
+            // (In `flash-100` batching may turn the whole second away from memory.)
+            if row.scenario == "hot" {
+                assert!(cpu.postgres > 0.0, "Postgres did the writing: {cpu:?}");
+            }
+            assert!(cpu.harness > 0.0, "{cpu:?}");
+            assert!(sum > 0.0 && sum <= cores + 0.01, "{cpu:?} on {cores} cores");
+        }
     }
     let svg_text = std::fs::read_to_string(&svg).expect("the SVG exists");
     assert!(svg_text.starts_with("<svg") && svg_text.contains("bare-update"));
@@ -176,6 +192,9 @@ async fn bad_flags_fail_with_a_message() {
         &["--flash-stock", "0", "--scenarios", "flash"],
         &["--database", "a;b"],
         &["--duration", "x"],
+        &["--batch-in-flight", "0"],
+        &["--batch-max", "0"],
+        &["--http", "--batch-max", "50"],
     ] {
         let output = stock_load(args).await;
         let stderr = String::from_utf8_lossy(&output.stderr);

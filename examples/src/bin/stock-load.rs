@@ -10,6 +10,7 @@
 //! cargo run --release -p commerce-examples --bin stock-load -- --scenarios flash --flash-clients 10000 --flash-stock 1000,1000000
 //! cargo run --release -p commerce-examples --bin stock-load -- --rate 500 --clients 1000 --scenarios hot
 //! cargo run --release -p commerce-examples --bin stock-load -- --json load.json --plot load.svg
+//! cargo run --release -p commerce-examples --bin stock-load -- --strategies batching --scenarios hot --clients 5000 --batch-in-flight 3
 //! ```
 //!
 //! Scenarios (each on a freshly created database, `--database`, default `commerce_load`):
@@ -23,12 +24,17 @@
 //! is answered); `--rate R` makes it open loop: arrivals at R per second on a fixed schedule,
 //! latency from the intended arrival time, at most `--clients` outstanding, the rest shed
 //! (counted as errors). The pool has `--connections` connections (default min(clients, 32)).
+//!
+//! Besides latency and rates, each row shows what bounded it: write transactions per second
+//! and orders per write transaction on the server, and the cores in use by Postgres, Redis,
+//! this process and everything else over the run (from `/proc`, on Linux).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::Parser;
+use commerce_core::strategy::BatchSettings;
 use commerce_examples::load::{self, Mode, Scenario, Settings, STRATEGIES};
 
 #[derive(Debug, Parser)]
@@ -80,6 +86,13 @@ struct Args {
     /// on each run's database); `bare-update` still runs directly, as the ceiling.
     #[arg(long)]
     http: bool,
+    /// The `batching` strategy's largest batch, in orders (crate API only).
+    #[arg(long, default_value_t = BatchSettings::default().max_batch)]
+    batch_max: usize,
+    /// The `batching` strategy's batches of one product in flight at once under a surge
+    /// (crate API only).
+    #[arg(long, default_value_t = BatchSettings::default().in_flight)]
+    batch_in_flight: usize,
     /// Writes every row as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -108,6 +121,11 @@ impl Args {
             mode: self.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
             database: self.database,
             http: self.http,
+            batch: BatchSettings {
+                max_batch: self.batch_max,
+                in_flight: self.batch_in_flight,
+                ..BatchSettings::default()
+            },
         }
     }
 }

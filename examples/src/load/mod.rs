@@ -10,6 +10,7 @@ mod check;
 mod drive;
 mod http;
 mod plot;
+mod profile;
 mod report;
 mod target;
 
@@ -18,12 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use commerce_core::strategy::BatchSettings;
 use commerce_core::{Commerce, NewProduct, ProductId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use http::HttpTarget;
 pub use plot::write_svg;
+pub use profile::{CpuSplit, Profile};
 pub use report::{header, line, write_json, Report, Row};
 pub use target::{build, Attempt, Target, BARE_UPDATE, STRATEGIES};
 
@@ -100,6 +103,9 @@ pub struct Settings {
     pub database: String,
     /// Order strategies through the reference app over HTTP.
     pub http: bool,
+    /// How `batching` forms its batches (through the crate API; over HTTP the app's
+    /// defaults apply).
+    pub batch: BatchSettings,
 }
 
 /// One scenario with its numbers filled in.
@@ -160,6 +166,15 @@ impl Settings {
         }
         if let Some(bad) = self.flash_stock.iter().find(|&&stock| stock < 1) {
             bail!("--flash-stock: {bad} is not a positive stock");
+        }
+        if self.batch.max_batch == 0 {
+            bail!("--batch-max must be at least 1");
+        }
+        if self.batch.in_flight == 0 {
+            bail!("--batch-in-flight must be at least 1");
+        }
+        if self.http && self.batch != BatchSettings::default() {
+            bail!("--batch-max and --batch-in-flight apply through the crate API, not with --http");
         }
         if let Mode::Open { rate } = self.mode {
             if !(rate.is_finite() && rate > 0.0) {
@@ -267,7 +282,7 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
             http::start(strategy, &settings.database, connections, plan.clients).await?;
         (Target::Http(target), Some(app))
     } else {
-        (build(strategy, pool.clone()).await?, None)
+        (build(strategy, pool.clone(), settings.batch).await?, None)
     };
     let setup = Commerce::builder(pool.clone()).build();
     for id in 1..=plan.products {
@@ -283,6 +298,7 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
     }
     let ledger_before = check::ledger_sums(&pool).await?;
 
+    let before = profile::Sample::take(&pool).await?;
     let recorder = Arc::new(Recorder::new(plan.products)?);
     let deadline = recorder.start() + settings.duration;
     match settings.mode {
@@ -302,7 +318,9 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
         }
     }
     let elapsed = recorder.start().elapsed();
+    let after = profile::Sample::take(&pool).await?;
     let totals = recorder.totals()?;
+    let profile = before.profile(&after, totals.ok);
     if let Some(app) = app {
         // Stopped before the checks: its background work (the payment saga) ends first.
         app.stop().await.context("stop the reference app")?;
@@ -332,6 +350,7 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
             totals,
             verdict,
             writes_orders: target.writes_orders(),
+            profile,
         },
     ))
 }

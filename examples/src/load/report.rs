@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check::Verdict;
 use super::drive::Totals;
+use super::profile::Profile;
 use super::{Mode, Plan};
 
 /// What one (strategy, scenario) run measured.
@@ -52,6 +53,10 @@ pub struct Row {
     pub check_ok: bool,
     /// `ok: ...`, or `FAILED: ` and the problems found.
     pub check: String,
+    /// Write transactions and CPU split over the run (absent in files written before it was
+    /// measured).
+    #[serde(default)]
+    pub profile: Option<Profile>,
 }
 
 /// All rows of a run, as written by [`write_json`].
@@ -78,6 +83,8 @@ pub(crate) struct Measured {
     pub(crate) verdict: Verdict,
     /// Whether the target wrote orders (the check line says which checks ran).
     pub(crate) writes_orders: bool,
+    /// Write transactions and CPU over the same window.
+    pub(crate) profile: Profile,
 }
 
 impl Row {
@@ -93,6 +100,7 @@ impl Row {
             totals,
             verdict,
             writes_orders,
+            profile,
         } = measured;
         let sold_out_at = verdict.sold_out.then(|| totals.last_ok.unwrap_or_default());
         let (ok_per_s, rejected_per_s) = match sold_out_at {
@@ -134,6 +142,7 @@ impl Row {
             max_ms: ms(totals.latency.max()),
             check_ok,
             check,
+            profile: Some(profile),
         }
     }
 }
@@ -142,7 +151,7 @@ impl Row {
 #[must_use]
 pub fn header() -> String {
     format!(
-        "{:<23} {:<15} {:<10} {:>7} {:>5} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}  check",
+        "{:<23} {:<15} {:<10} {:>7} {:>5} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>25}  check",
         "strategy",
         "scenario",
         "mode",
@@ -156,7 +165,10 @@ pub fn header() -> String {
         "p50 ms",
         "p95 ms",
         "p99 ms",
-        "max ms"
+        "max ms",
+        "wtx/s",
+        "ord/tx",
+        "cores pg/redis/self/other"
     )
 }
 
@@ -166,8 +178,18 @@ pub fn line(row: &Row) -> String {
     let sold_out = row
         .sold_out_after_s
         .map_or_else(|| "-".to_owned(), |s| format!("{s:.2}s"));
+    let none = || "-".to_owned();
+    let profile = row.profile.as_ref();
+    let tx_per_s = profile.map_or_else(none, |p| format!("{:.0}", p.write_tx_per_s));
+    let per_tx = profile.map_or_else(none, |p| format!("{:.1}", p.orders_per_tx));
+    let cores = profile.and_then(|p| p.cpu).map_or_else(none, |c| {
+        format!(
+            "{:.2}/{:.2}/{:.2}/{:.2}",
+            c.postgres, c.redis, c.harness, c.other
+        )
+    });
     format!(
-        "{:<23} {:<15} {:<10} {:>7} {:>5} {:>10.1} {:>11.1} {:>7} {:>7} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}  {}",
+        "{:<23} {:<15} {:<10} {:>7} {:>5} {:>10.1} {:>11.1} {:>7} {:>7} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7} {:>25}  {}",
         row.strategy,
         row.scenario,
         row.mode,
@@ -182,6 +204,9 @@ pub fn line(row: &Row) -> String {
         row.p95_ms,
         row.p99_ms,
         row.max_ms,
+        tx_per_s,
+        per_tx,
+        cores,
         row.check
     )
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use commerce_core::strategy::{BatchSettings, Batching};
 use commerce_core::{Commerce, DistributedLockStrategy, Error, NewOrder};
 use commerce_lock::{LocalLock, LockOptions, RedisLock};
 use sqlx::PgPool;
@@ -47,11 +48,11 @@ pub enum Attempt {
     Failed(String),
 }
 
-/// The target named `strategy` on `pool`.
+/// The target named `strategy` on `pool`; `batch` configures `batching`.
 ///
 /// # Errors
 /// An unknown name, or Redis unreachable for `redis-lock`.
-pub async fn build(strategy: &str, pool: PgPool) -> anyhow::Result<Target> {
+pub async fn build(strategy: &str, pool: PgPool, batch: BatchSettings) -> anyhow::Result<Target> {
     let builder = Commerce::builder(pool.clone());
     // Every client may queue on one key for the whole run: the wait outlasts the run.
     let options = LockOptions::new(Duration::from_secs(120), Duration::from_secs(10));
@@ -78,11 +79,7 @@ pub async fn build(strategy: &str, pool: PgPool) -> anyhow::Result<Target> {
                 .strategy(DistributedLockStrategy::new(LocalLock::new()).options(options))
                 .build(),
         ),
-        "batching" => Target::Orders(
-            builder
-                .strategy(commerce_core::strategy::Batching::new())
-                .build(),
-        ),
+        "batching" => Target::Orders(builder.strategy(Batching::with_settings(batch)).build()),
         BARE_UPDATE => Target::BareUpdate(pool),
         other => bail!(
             "unknown strategy {other:?} (known: {})",
