@@ -12,12 +12,13 @@
 //! `/proc/stat`. A backend that exits during the window takes its time with it, so Postgres'
 //! share is a lower bound when connections come and go (the load pools keep theirs open).
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+
+use super::report::per_second;
 
 /// What the server and the machine did during one run, per second of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,14 +106,6 @@ impl Sample {
     }
 }
 
-fn per_second(n: u64, window: Duration) -> f64 {
-    if window.is_zero() {
-        0.0
-    } else {
-        n as f64 / window.as_secs_f64()
-    }
-}
-
 /// The split of the ticks between two readings, in cores.
 fn split(before: Ticks, after: Ticks) -> Option<CpuSplit> {
     let total = after.total.checked_sub(before.total)?;
@@ -149,7 +142,6 @@ fn read_ticks() -> Option<Ticks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let mut ticks = machine_ticks(&stat)?;
     let own = std::process::id();
-    let mut by_name: HashMap<&str, u64> = HashMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -165,17 +157,13 @@ fn read_ticks() -> Option<Ticks> {
         let Some((name, used)) = process_ticks(&text) else {
             continue;
         };
-        if pid == own {
-            ticks.harness = used;
-        } else if let Some(known) = ["postgres", "redis-server"]
-            .into_iter()
-            .find(|&n| n == name)
-        {
-            *by_name.entry(known).or_default() += used;
+        match name {
+            _ if pid == own => ticks.harness = used,
+            "postgres" => ticks.postgres += used,
+            "redis-server" => ticks.redis += used,
+            _ => {}
         }
     }
-    ticks.postgres = by_name.get("postgres").copied().unwrap_or(0);
-    ticks.redis = by_name.get("redis-server").copied().unwrap_or(0);
     Some(ticks)
 }
 
@@ -222,6 +210,8 @@ fn process_ticks(stat: &str) -> Option<(&str, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

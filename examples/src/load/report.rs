@@ -66,7 +66,8 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-fn per_second(n: u64, window: Duration) -> f64 {
+/// `n` per second of `window` (0 for an empty window).
+pub(super) fn per_second(n: u64, window: Duration) -> f64 {
     if window.is_zero() {
         0.0
     } else {
