@@ -1,105 +1,97 @@
-//! `reference-app demo --url URL`: the end-to-end scenario, driven through the HTTP API of a
-//! running system: a catalogue, a crowd ordering at the same instant (both shortage
-//! policies, repeated requests), a restock serving the backorders, the payment saga
-//! (approved orders PROCESSING, a declined payment compensated), fulfilment and a
-//! cancellation, then the audit.
+//! `reference-app demo --url URL` (a module of the binary, not of the library): the end-to-end
+//! scenario, driven through the HTTP API of a running system with `commerce-client`: a
+//! catalogue, a crowd ordering at the same instant (both shortage policies, repeated
+//! requests), a restock serving the backorders, the payment saga (approved orders
+//! PROCESSING, a declined payment compensated), fulfilment and a cancellation, then the audit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use commerce_client::{
+    ApiClient, CreateProduct, Inbound, OrderStatus, PlaceOrder, Shortage, StatusCode,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reqwest::{Client, Method, StatusCode};
-use serde_json::{json, Value};
+use reference_app::auth::{Auth, Role};
+use reference_app::config::Secret;
 use tokio::sync::Barrier;
-
-use crate::auth::{Auth, Role};
-use crate::config::Secret;
+use uuid::Uuid;
 
 /// What the demo does.
 #[derive(Debug, Clone)]
-pub struct DemoSettings {
+pub(crate) struct DemoSettings {
     /// The running system, e.g. `http://127.0.0.1:8080`.
-    pub url: String,
+    pub(crate) url: String,
     /// The system's `COMMERCE_JWT_SECRET` (to mint the demo's tokens).
-    pub secret: Secret,
+    pub(crate) secret: Secret,
     /// Customers ordering at the same instant.
-    pub customers: usize,
+    pub(crate) customers: usize,
     /// Seed of their choices.
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
-struct Api {
-    client: Client,
-    url: String,
-    admin: String,
+/// The demo's callers: an admin, and customers minted on demand.
+struct Cast {
+    admin: ApiClient,
     auth: Auth,
+    run: String,
 }
 
-impl Api {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-        key: Option<&str>,
-    ) -> anyhow::Result<(StatusCode, Value)> {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let response = request.send().await.with_context(|| path.to_owned())?;
-        let status = response.status();
-        let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        Ok((status, body))
-    }
-
-    async fn admin(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let (status, body) = self.call(method, path, &self.admin, body, None).await?;
-        if !status.is_success() {
-            bail!("{path}: {status} {body}");
-        }
-        Ok(body)
-    }
-
-    fn customer(&self, name: &str) -> anyhow::Result<String> {
-        Ok(self
-            .auth
-            .issue(name, Role::Customer, Duration::from_secs(3600))?)
+impl Cast {
+    fn customer(&self, name: &str) -> anyhow::Result<ApiClient> {
+        let token = self.auth.issue(
+            &format!("demo-{}-{name}", self.run),
+            Role::Customer,
+            Duration::from_secs(3600),
+        )?;
+        Ok(self.admin.with_token(token))
     }
 }
+
+/// An order of the demo and the customer who placed it.
+type Placed = (Uuid, ApiClient);
 
 /// Runs the scenario and prints what happened; fails when the system misbehaves or the audit
 /// finds an inconsistency.
 ///
 /// # Errors
 /// HTTP failures, unexpected answers, an order stuck, an inconsistent audit.
-pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: DemoSettings) -> anyhow::Result<()> {
     let auth = Auth::new(&settings.secret)?;
-    let api = Arc::new(Api {
-        client: Client::builder().timeout(Duration::from_secs(30)).build()?,
-        url: settings.url.trim_end_matches('/').to_owned(),
-        admin: auth.issue("demo-admin", Role::Admin, Duration::from_secs(3600))?,
+    let admin = ApiClient::builder(&settings.url)
+        .bearer_token(auth.issue("demo-admin", Role::Admin, Duration::from_secs(3600))?)
+        .pool_max_idle_per_host(settings.customers)
+        .build()?;
+    let cast = Cast {
+        admin,
         auth,
-    });
-    let run = format!("{:x}", rand::random::<u32>());
-    println!("demo run {run} against {}", api.url);
+        run: format!("{:x}", rand::random::<u32>()),
+    };
+    println!("demo run {} against {}", cast.run, cast.admin.base_url());
 
-    // The catalogue: four everyday products and one so dear that its payment is declined.
+    let products = catalogue(&cast).await?;
+    let (everyday, kettle) = products.split_at(4);
+    let mut orders = crowd(&cast, everyday, &settings).await?;
+    restock(&cast, everyday).await?;
+    orders.push(declined_payment(&cast, kettle[0]).await?);
+    let statuses = saga_outcomes(&orders).await?;
+    fulfilment(&cast, &orders, &statuses).await?;
+
+    let audit = cast.admin.audit().await?;
+    if !audit.consistent {
+        bail!("audit failed: {:?}", audit.violations);
+    }
+    println!(
+        "audit: {} products, {} orders: stock equals the ledger, nothing oversold, backorders consistent",
+        audit.products, audit.orders
+    );
+    Ok(())
+}
+
+/// Four everyday products and one so dear that its payment is declined (last).
+async fn catalogue(cast: &Cast) -> anyhow::Result<Vec<i64>> {
     let catalogue = [
         ("Espresso machine", 24_900, 20),
         ("Burr grinder", 12_900, 10),
@@ -108,149 +100,138 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
         ("Gold-plated kettle", 650_000, 3),
     ];
     let mut products = Vec::new();
-    for (i, (name, price, stock)) in catalogue.iter().enumerate() {
-        let body = json!({"sku": format!("DEMO-{run}-{i}"), "name": name, "price": price, "initial_stock": stock});
-        let product = api
-            .admin(Method::POST, "/api/v1/products", Some(body))
-            .await?;
-        products.push(product["id"].as_i64().context("product id")?);
+    for (i, (name, price, stock)) in catalogue.into_iter().enumerate() {
+        let product = cast
+            .admin
+            .create_product(&CreateProduct {
+                sku: format!("DEMO-{}-{i}", cast.run),
+                name: name.to_owned(),
+                price,
+                initial_stock: stock,
+            })
+            .await
+            .context("create a product")?;
+        products.push(product.id);
     }
-    let everyday = &products[..4];
-    let kettle = products[4];
     println!("catalogue: {} products created", products.len());
+    Ok(products)
+}
 
-    // The crowd.
+/// The crowd orders at the same instant; every fifth customer repeats the request under the
+/// same key and must get the first order back.
+async fn crowd(
+    cast: &Cast,
+    products: &[i64],
+    settings: &DemoSettings,
+) -> anyhow::Result<Vec<Placed>> {
     let barrier = Arc::new(Barrier::new(settings.customers));
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let mut crowd = Vec::new();
     for n in 0..settings.customers {
-        let api = Arc::clone(&api);
+        let customer = cast.customer(&n.to_string())?;
         let barrier = Arc::clone(&barrier);
-        let product = everyday[rng.gen_range(0..everyday.len())];
-        let quantity = rng.gen_range(1..=2);
-        let backorder = rng.gen_bool(0.4);
+        let order = PlaceOrder::one(
+            products[rng.gen_range(0..products.len())],
+            rng.gen_range(1..=2),
+        )
+        .on_shortage(if rng.gen_bool(0.4) {
+            Shortage::Backorder
+        } else {
+            Shortage::Reject
+        });
         let repeat = n % 5 == 0;
-        let token = api.customer(&format!("demo-{run}-{n}"))?;
         crowd.push(tokio::spawn(async move {
-            let body = json!({
-                "items": [{"product_id": product, "quantity": quantity}],
-                "on_shortage": if backorder { "backorder" } else { "reject" },
-            });
             let key = format!("order-{n}");
             barrier.wait().await;
-            let first = api
-                .call(
-                    Method::POST,
-                    "/api/v1/orders",
-                    &token,
-                    Some(body.clone()),
-                    Some(&key),
-                )
-                .await;
+            let first = customer.place_order_with_key(&order, &key).await;
             let again = if repeat {
-                Some(
-                    api.call(
-                        Method::POST,
-                        "/api/v1/orders",
-                        &token,
-                        Some(body),
-                        Some(&key),
-                    )
-                    .await,
-                )
+                Some(customer.place_order_with_key(&order, &key).await)
             } else {
                 None
             };
-            (token, first, again)
+            (customer, first, again)
         }));
     }
     let started = Instant::now();
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut orders: Vec<(String, String)> = Vec::new();
+    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut orders = Vec::new();
     let mut repeats_ok = 0;
     for customer in crowd {
-        let (token, first, again) = customer.await?;
-        let (status, body) = first?;
-        let outcome = match status {
-            StatusCode::CREATED => "created",
-            StatusCode::ACCEPTED => "backordered",
-            StatusCode::CONFLICT => "insufficient stock",
-            other => bail!("unexpected answer to an order: {other} {body}"),
-        };
-        *outcomes.entry(outcome.to_owned()).or_default() += 1;
-        if let Some(id) = body["id"].as_str() {
-            orders.push((id.to_owned(), token));
-            if let Some(again) = again {
-                let (status_again, body_again) = again?;
-                if status_again == status && body_again["id"] == body["id"] {
-                    repeats_ok += 1;
-                } else {
-                    bail!("a repeated request got another answer: {status_again} {body_again}");
-                }
+        let (customer, first, again) = customer.await?;
+        let placed = match first {
+            Ok(placed) => placed,
+            Err(e) if e.code() == Some("insufficient_stock") => {
+                *outcomes.entry("insufficient stock").or_default() += 1;
+                continue;
             }
+            Err(e) => bail!("unexpected answer to an order: {e}"),
+        };
+        let outcome = if placed.status == StatusCode::ACCEPTED {
+            "backordered"
+        } else {
+            "created"
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+        if let Some(again) = again {
+            let again = again.context("a repeated request")?;
+            if !again.replayed || again.order.id != placed.order.id || again.status != placed.status
+            {
+                bail!("a repeated request got another answer: {again:?}");
+            }
+            repeats_ok += 1;
         }
+        orders.push((placed.order.id, customer));
     }
     println!(
         "{} customers ordered at once in {:.0} ms: {outcomes:?}; {repeats_ok} repeated requests got the first order back",
         settings.customers,
         started.elapsed().as_secs_f64() * 1000.0
     );
+    Ok(orders)
+}
 
-    // The restock serves backorders, oldest first.
-    for product in everyday {
-        let receipt = api
-            .admin(
-                Method::POST,
-                &format!("/api/v1/products/{product}/inbound"),
-                Some(json!({"quantity": 40, "note": format!("demo restock {run}")})),
+/// The restock serves backorders, oldest first.
+async fn restock(cast: &Cast, products: &[i64]) -> anyhow::Result<()> {
+    for &product in products {
+        let receipt = cast
+            .admin
+            .receive_stock(
+                product,
+                &Inbound {
+                    quantity: 40,
+                    note: Some(format!("demo restock {}", cast.run)),
+                },
             )
             .await?;
-        let served = receipt["allocated_order_ids"]
-            .as_array()
-            .map_or(0, Vec::len);
+        let served = receipt.allocated_order_ids.len();
         if served > 0 {
             println!("restock of product {product}: served {served} backordered orders");
         }
     }
+    Ok(())
+}
 
-    // A payment the gateway declines: the saga cancels the order and returns its stock.
-    let buyer = api.customer(&format!("demo-{run}-big-spender"))?;
-    let (status, declined) = api
-        .call(
-            Method::POST,
-            "/api/v1/orders",
-            &buyer,
-            Some(json!({"items": [{"product_id": kettle, "quantity": 2}]})),
-            None,
-        )
-        .await?;
-    if status != StatusCode::CREATED {
-        bail!("the dear order was not created: {status} {declined}");
+/// A payment the gateway declines: the saga cancels the order and returns its stock.
+async fn declined_payment(cast: &Cast, kettle: i64) -> anyhow::Result<Placed> {
+    let buyer = cast.customer("big-spender")?;
+    let placed = buyer.place_order(&PlaceOrder::one(kettle, 2)).await?;
+    if placed.order.status != OrderStatus::Created {
+        bail!("the dear order was not created: {:?}", placed.order);
     }
-    let declined_id = declined["id"].as_str().context("order id")?.to_owned();
-    orders.push((declined_id.clone(), buyer));
+    Ok((placed.order.id, buyer))
+}
 
-    // Every order leaves CREATED: PROCESSING once paid, CANCELLED when declined.
+/// Waits until every order has left CREATED (PROCESSING once paid, CANCELLED when declined)
+/// and prints the outcome; returns each order's status.
+async fn saga_outcomes(orders: &[Placed]) -> anyhow::Result<BTreeMap<Uuid, OrderStatus>> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut statuses: BTreeMap<String, String> = BTreeMap::new();
+    let mut statuses = BTreeMap::new();
     loop {
         statuses.clear();
-        for (id, token) in &orders {
-            let (_, order) = api
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/orders/{id}"),
-                    token,
-                    None,
-                    None,
-                )
-                .await?;
-            statuses.insert(
-                id.clone(),
-                order["status"].as_str().unwrap_or("?").to_owned(),
-            );
+        for (id, customer) in orders {
+            statuses.insert(*id, customer.order(*id).await?.status);
         }
-        if statuses.values().all(|s| s != "CREATED") {
+        if statuses.values().all(|s| *s != OrderStatus::Created) {
             break;
         }
         if Instant::now() > deadline {
@@ -258,67 +239,41 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let (_, declined) = api
-        .call(
-            Method::GET,
-            &format!("/api/v1/orders/{declined_id}"),
-            &orders.last().context("buyer")?.1,
-            None,
-            None,
-        )
-        .await?;
-    let reason = declined["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .map_or_else(String::new, |h| h["reason"].to_string());
+    let (declined_id, buyer) = orders.last().context("the declined order")?;
+    let declined = buyer.order(*declined_id).await?;
+    let reason = declined.history.last().map_or("", |h| h.reason.as_str());
     println!(
         "declined payment: order {declined_id} is {} ({reason})",
-        declined["status"]
+        declined.status
     );
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<OrderStatus, usize> = BTreeMap::new();
     for status in statuses.values() {
-        *counts.entry(status.as_str()).or_default() += 1;
+        *counts.entry(*status).or_default() += 1;
     }
     println!("after the payment saga: {counts:?}");
+    Ok(statuses)
+}
 
-    // Fulfilment: ship and deliver the paid orders, one customer cancels.
-    let mut shipped = 0;
-    let mut cancelled = 0;
-    for (i, (id, token)) in orders.iter().enumerate() {
-        if statuses.get(id).map(String::as_str) != Some("PROCESSING") {
+/// Ships and delivers the paid orders; one customer in seven cancels instead (refunded).
+async fn fulfilment(
+    cast: &Cast,
+    orders: &[Placed],
+    statuses: &BTreeMap<Uuid, OrderStatus>,
+) -> anyhow::Result<()> {
+    let (mut shipped, mut cancelled) = (0, 0);
+    for (i, (id, customer)) in orders.iter().enumerate() {
+        if statuses.get(id) != Some(&OrderStatus::Processing) {
             continue;
         }
         if i % 7 == 0 {
-            let (status, body) = api
-                .call(
-                    Method::POST,
-                    &format!("/api/v1/orders/{id}/cancel"),
-                    token,
-                    None,
-                    None,
-                )
-                .await?;
-            if status != StatusCode::OK {
-                bail!("cancel: {status} {body}");
-            }
+            customer.cancel_order(*id).await.context("cancel")?;
             cancelled += 1;
             continue;
         }
-        api.admin(Method::POST, &format!("/api/v1/orders/{id}/ship"), None)
-            .await?;
-        api.admin(Method::POST, &format!("/api/v1/orders/{id}/deliver"), None)
-            .await?;
+        cast.admin.ship_order(*id).await.context("ship")?;
+        cast.admin.deliver_order(*id).await.context("deliver")?;
         shipped += 1;
     }
     println!("fulfilment: {shipped} orders shipped and delivered, {cancelled} cancelled by their customers (paid ones refunded)");
-
-    let audit = api.admin(Method::GET, "/api/v1/admin/audit", None).await?;
-    if audit["consistent"] != json!(true) {
-        bail!("audit failed: {}", audit["violations"]);
-    }
-    println!(
-        "audit: {} products, {} orders: stock equals the ledger, nothing oversold, backorders consistent",
-        audit["products"], audit["orders"]
-    );
     Ok(())
 }

@@ -27,7 +27,6 @@ pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod config;
-pub mod demo;
 pub mod events;
 pub mod fake_pg;
 pub mod http;

@@ -1,6 +1,8 @@
 //! `reference-app`: serves the order system (default), prints a token, or drives the demo
 //! scenario against a running system. See the README.
 
+mod demo;
+
 use std::time::Duration;
 
 use anyhow::Context;
@@ -77,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
             customers,
             seed,
         } => {
-            reference_app::demo::run(reference_app::demo::DemoSettings {
+            demo::run(demo::DemoSettings {
                 url,
                 secret: secret()?,
                 customers: customers.max(1),

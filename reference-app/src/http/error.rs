@@ -6,7 +6,6 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde_json::{json, Value};
 
 /// An error as the API reports it.
@@ -20,24 +19,7 @@ pub struct ApiError {
     cause: Option<String>,
 }
 
-/// The body of every error response.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorObject,
-}
-
-/// What went wrong, for machines (`code`) and people (`message`).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorObject {
-    /// Stable, machine-readable, snake_case (see docs/api-errors.md).
-    pub code: String,
-    /// A sentence for people.
-    pub message: String,
-    /// Facts a client can act on (e.g. the product and units short); `{}` when none.
-    #[schema(value_type = Object)]
-    pub details: Value,
-}
+pub use commerce_client::{ErrorBody, ErrorObject};
 
 impl ApiError {
     /// An error with `status`, `code` and `message`, no details.

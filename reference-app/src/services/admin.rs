@@ -4,12 +4,11 @@ use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
+use commerce_client::{AuditView, DeadLetterQuery, DeadLetterView, Replayed};
 use commerce_core::Commerce;
 use commerce_outbox::dead_letter::{list_dead_letters, replay_dead_letter, OutboxEvent};
 use commerce_outbox::EventId;
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{Admin, Auth};
@@ -36,75 +35,23 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Paging of dead letters.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct DeadLetterQuery {
-    /// At most this many, 1 to 500 (default 100), oldest first.
-    pub limit: Option<i64>,
-}
-
-/// An event the relay gave up publishing.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DeadLetterView {
-    /// The event id.
-    pub id: Uuid,
-    /// Its topic.
-    pub topic: String,
-    /// Its type.
-    pub event_type: String,
-    /// Its aggregate (`order`, `product`, `payment`) ...
-    pub aggregate_type: String,
-    /// ... and id.
-    pub aggregate_id: String,
-    /// Its place in the aggregate's sequence.
-    pub aggregate_seq: i64,
-    /// Attempts refused.
-    pub attempts: i32,
-    /// The last refusal.
-    pub last_error: Option<String>,
-    /// When it was given up.
-    pub dead_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Later events of the aggregate held back behind it.
-    pub held_behind: i64,
-}
-
-impl From<OutboxEvent> for DeadLetterView {
-    fn from(e: OutboxEvent) -> Self {
-        Self {
-            id: e.id.0,
-            topic: e.topic,
-            event_type: e.event_type,
-            aggregate_type: e.aggregate_type,
-            aggregate_id: e.aggregate_id,
-            aggregate_seq: e.aggregate_seq,
-            attempts: e.attempts,
-            last_error: e.last_error,
-            dead_at: e.dead_at,
-            held_behind: e.held_behind,
-        }
+fn dead_letter_view(e: OutboxEvent) -> DeadLetterView {
+    DeadLetterView {
+        id: e.id.0,
+        topic: e.topic,
+        event_type: e.event_type,
+        aggregate_type: e.aggregate_type,
+        aggregate_id: e.aggregate_id,
+        aggregate_seq: e.aggregate_seq,
+        attempts: e.attempts,
+        last_error: e.last_error,
+        dead_at: e.dead_at,
+        held_behind: e.held_behind,
     }
 }
 
-/// The answer to a replay.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Replayed {
-    /// The event, pending again.
-    pub replayed: Uuid,
-}
-
-/// The audit of stock against the ledger, orders and the backorder queue.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AuditView {
-    /// Whether every rule holds.
-    pub consistent: bool,
-    /// Products checked.
-    pub products: i64,
-    /// Orders checked.
-    pub orders: i64,
-    /// One line per broken rule.
-    pub violations: Vec<String>,
-}
+/// Most dead letters on one page.
+const MAX_DEAD_LETTERS: u32 = 500;
 
 fn outbox_error(e: commerce_outbox::Error) -> ApiError {
     match e {
@@ -132,13 +79,19 @@ pub async fn dead_letters(
     _admin: Admin,
     Query(query): Query<DeadLetterQuery>,
 ) -> ApiResult<Json<Vec<DeadLetterView>>> {
-    let limit = query.limit.unwrap_or(100).clamp(1, 500);
-    let letters = list_dead_letters(&state.pool, limit)
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_DEAD_LETTERS).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to {MAX_DEAD_LETTERS}"),
+        )
+        .details(serde_json::json!({ "field": "limit" })));
+    }
+    let letters = list_dead_letters(&state.pool, i64::from(limit))
         .await
         .map_err(outbox_error)?;
-    Ok(Json(
-        letters.into_iter().map(DeadLetterView::from).collect(),
-    ))
+    Ok(Json(letters.into_iter().map(dead_letter_view).collect()))
 }
 
 /// Makes a dead letter pending again; the relay publishes it, then what it held back (admin).

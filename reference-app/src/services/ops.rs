@@ -10,9 +10,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use serde::Serialize;
+use commerce_client::{Health, HealthStatus};
 use sqlx::PgPool;
-use utoipa::ToSchema;
 
 use crate::catalog::Catalog;
 use crate::http::extract::Json;
@@ -106,20 +105,11 @@ pub fn router(state: OpsState) -> Router {
         .with_state(state)
 }
 
-/// `/health` and `/ready` bodies.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
-    /// `ok` or `unavailable`.
-    pub status: &'static str,
-    /// Per dependency (for `/ready`): `ok` or why not.
-    pub checks: std::collections::BTreeMap<&'static str, String>,
-}
-
 /// Liveness: the process serves requests.
 #[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health {
-        status: "ok",
+        status: HealthStatus::Ok,
         checks: std::collections::BTreeMap::new(),
     })
 }
@@ -137,7 +127,10 @@ pub async fn ready(State(state): State<OpsState>) -> (StatusCode, Json<Health>) 
             .await
             .unwrap_or_else(|_| Err("no answer within 2 s".into()));
         all_ok &= outcome.is_ok();
-        checks.insert(check.name, outcome.err().unwrap_or_else(|| "ok".into()));
+        checks.insert(
+            check.name.to_owned(),
+            outcome.err().unwrap_or_else(|| "ok".into()),
+        );
     }
     let status = if all_ok {
         StatusCode::OK
@@ -145,7 +138,11 @@ pub async fn ready(State(state): State<OpsState>) -> (StatusCode, Json<Health>) 
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Health {
-        status: if all_ok { "ok" } else { "unavailable" },
+        status: if all_ok {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Unavailable
+        },
         checks,
     };
     (status, Json(body))

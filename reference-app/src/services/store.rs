@@ -5,10 +5,12 @@ use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
+use commerce_client::{
+    CreateProduct, Inbound, InboundView, MovementKind, MovementView, MovementsPage, MovementsQuery,
+    ProductView, StockView, MAX_SKU_LEN, MAX_TEXT_CHARS,
+};
 use commerce_core::{Commerce, NewProduct, Product, ProductId, StockLevel};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Admin, Auth, Caller};
 use crate::catalog::Catalog;
@@ -28,6 +30,9 @@ pub struct StoreState {
     pub pool: PgPool,
 }
 
+/// Most ledger entries on one page.
+const MAX_LEDGER_PAGE: u32 = 1000;
+
 /// The store's routes.
 pub fn router(state: StoreState) -> Router {
     Router::new()
@@ -39,138 +44,44 @@ pub fn router(state: StoreState) -> Router {
         .with_state(state)
 }
 
-/// A product to create.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProduct {
-    /// Stock-keeping unit, unique.
-    #[schema(example = "KET-01")]
-    pub sku: String,
-    /// Display name.
-    #[schema(example = "Kettle")]
-    pub name: String,
-    /// Unit price in minor units (cents).
-    #[schema(example = 3999)]
-    pub price: i64,
-    /// Units in stock at creation.
-    #[serde(default)]
-    #[schema(example = 100)]
-    pub initial_stock: i64,
-}
-
-/// A product with its current stock.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProductView {
-    /// Its id.
-    pub id: i64,
-    /// Stock-keeping unit.
-    pub sku: Option<String>,
-    /// Display name.
-    pub name: String,
-    /// Unit price in minor units.
-    pub price: i64,
-    /// Units free to be ordered now.
-    pub available: i64,
-    /// Units ordered and waiting for stock.
-    pub backordered: i64,
-}
-
-impl ProductView {
-    fn of(product: &Product, stock: StockLevel) -> Self {
-        Self {
-            id: product.id.0,
-            sku: product.sku.clone(),
-            name: product.name.clone(),
-            price: product.price,
-            available: stock.available,
-            backordered: stock.backordered,
-        }
+fn product_view(product: &Product, stock: StockLevel) -> ProductView {
+    ProductView {
+        id: product.id.0,
+        sku: product.sku.clone(),
+        name: product.name.clone(),
+        price: product.price,
+        available: stock.available,
+        backordered: stock.backordered,
     }
 }
 
-/// A product's stock.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct StockView {
-    /// The product.
-    pub product_id: i64,
-    /// Units free to be ordered now.
-    pub available: i64,
-    /// Units ordered and waiting for stock.
-    pub backordered: i64,
-}
-
-impl From<StockLevel> for StockView {
-    fn from(s: StockLevel) -> Self {
-        Self {
-            product_id: s.product.0,
-            available: s.available,
-            backordered: s.backordered,
-        }
+fn stock_view(stock: StockLevel) -> StockView {
+    StockView {
+        product_id: stock.product.0,
+        available: stock.available,
+        backordered: stock.backordered,
     }
 }
 
-/// Arriving stock.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Inbound {
-    /// Units received.
-    #[schema(example = 50)]
-    pub quantity: i64,
-    /// A reference kept in the ledger (delivery note, purchase order).
-    #[serde(default)]
-    #[schema(example = "PO-1234")]
-    pub note: Option<String>,
-}
-
-/// What a receipt did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct InboundView {
-    /// The product.
-    pub product_id: i64,
-    /// Units free after the receipt (and after serving backorders).
-    pub available: i64,
-    /// Units still waiting for stock.
-    pub backordered: i64,
-    /// Backordered orders this receipt gave stock to, oldest first.
-    pub allocated_order_ids: Vec<uuid::Uuid>,
-}
-
-/// Paging of the ledger.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct MovementsQuery {
-    /// Entries per page, 1 to 1000 (default 50).
-    pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<i64>,
-}
-
-/// One stock movement.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct MovementView {
-    /// Its position in the ledger.
-    pub id: i64,
-    /// `inbound`, `order`, `cancel` or `adjust`.
-    pub kind: String,
-    /// Units in (positive) or out (negative).
-    pub delta: i64,
-    /// `available` right after the movement.
-    pub available_after: i64,
-    /// The order it belongs to (`order` and `cancel` movements).
-    pub order_id: Option<String>,
-    /// The reference or reason (other movements).
-    pub note: Option<String>,
-    /// When it happened.
-    pub at: chrono::DateTime<chrono::Utc>,
-}
-
-/// A page of the ledger, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct MovementsPage {
-    /// The movements.
-    pub items: Vec<MovementView>,
-    /// Pass as `cursor` for the next page; absent on the last.
-    pub next_cursor: Option<i64>,
+/// Checks a text field against the limits the API documents (in characters, which JSON
+/// Schema counts; they fit commerce-core's limits in bytes, which it checks again).
+fn check_text(field: &'static str, value: &str, ascii: bool) -> ApiResult<()> {
+    let max = if ascii { MAX_SKU_LEN } else { MAX_TEXT_CHARS };
+    let reason = if value.trim().is_empty() {
+        "must not be empty or blank"
+    } else if value.chars().count() > max {
+        "too long"
+    } else if ascii && !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        "must be printable ASCII"
+    } else if value.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(
+        ApiError::validation(format!("{field} {reason} (at most {max} characters)"))
+            .details(serde_json::json!({ "field": field })),
+    )
 }
 
 async fn product_or_404(catalog: &Catalog, id: i64) -> ApiResult<Product> {
@@ -197,10 +108,8 @@ pub async fn create_product(
     _admin: Admin,
     Json(body): Json<CreateProduct>,
 ) -> ApiResult<(StatusCode, Json<ProductView>)> {
-    if body.sku.trim().is_empty() {
-        return Err(ApiError::validation("sku must not be empty")
-            .details(serde_json::json!({"field": "sku"})));
-    }
+    check_text("sku", &body.sku, true)?;
+    check_text("name", &body.name, false)?;
     // Ids come from the store's own sequence; one already taken (created outside this
     // service) is skipped.
     for _ in 0..5 {
@@ -215,7 +124,7 @@ pub async fn create_product(
         match state.catalog.create(new).await {
             Ok(stock) => {
                 let product = product_or_404(&state.catalog, id).await?;
-                return Ok((StatusCode::CREATED, Json(ProductView::of(&product, stock))));
+                return Ok((StatusCode::CREATED, Json(product_view(&product, stock))));
             }
             Err(commerce_core::Error::ProductAlreadyExists { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -241,7 +150,7 @@ pub async fn product(
 ) -> ApiResult<Json<ProductView>> {
     let product = product_or_404(&state.catalog, id).await?;
     let stock = state.commerce.stock(ProductId(id)).await?;
-    Ok(Json(ProductView::of(&product, stock)))
+    Ok(Json(product_view(&product, stock)))
 }
 
 /// A product's current stock.
@@ -259,7 +168,7 @@ pub async fn stock(
     _caller: Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<StockView>> {
-    Ok(Json(state.commerce.stock(ProductId(id)).await?.into()))
+    Ok(Json(stock_view(state.commerce.stock(ProductId(id)).await?)))
 }
 
 /// Records arriving stock; it serves the oldest backorders first.
@@ -280,6 +189,9 @@ pub async fn inbound(
     Path(id): Path<i64>,
     Json(body): Json<Inbound>,
 ) -> ApiResult<Json<InboundView>> {
+    if let Some(note) = &body.note {
+        check_text("note", note, false)?;
+    }
     let receipt = state
         .commerce
         .receive_stock(ProductId(id), body.quantity, body.note.as_deref())
@@ -314,11 +226,20 @@ pub async fn movements(
     Path(id): Path<i64>,
     Query(query): Query<MovementsQuery>,
 ) -> ApiResult<Json<MovementsPage>> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LEDGER_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to {MAX_LEDGER_PAGE}"),
+        )
+        .details(serde_json::json!({ "field": "limit" })));
+    }
     // The ledger of an unknown product is a 404, not an empty page.
     state.commerce.stock(ProductId(id)).await?;
     let page = state
         .commerce
-        .ledger(ProductId(id), query.cursor, query.limit.unwrap_or(50))
+        .ledger(ProductId(id), query.cursor, limit)
         .await?;
     let items = page
         .entries
@@ -330,7 +251,12 @@ pub async fn movements(
             );
             MovementView {
                 id: e.id,
-                kind: e.kind.as_str().to_owned(),
+                kind: match e.kind {
+                    commerce_core::LedgerKind::Inbound => MovementKind::Inbound,
+                    commerce_core::LedgerKind::Order => MovementKind::Order,
+                    commerce_core::LedgerKind::Cancel => MovementKind::Cancel,
+                    commerce_core::LedgerKind::Adjust => MovementKind::Adjust,
+                },
                 delta: e.delta,
                 available_after: e.available_after,
                 order_id: if is_order { e.reference.clone() } else { None },

@@ -10,16 +10,15 @@ use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
 use commerce_core::{Commerce, Order, StatusChange};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use utoipa::ToSchema;
 
 use crate::auth::Auth;
 
-pub use routes::{
-    cancel, deliver, list, order, place, ship, watch as events, ListQuery, OrderItem, OrderList,
-    PlaceOrder, Shortage,
+pub use commerce_client::{
+    HistoryView, ItemView, ListQuery, OrderItem, OrderList, OrderStatus, OrderView, PlaceOrder,
+    Shortage,
 };
+pub use routes::{cancel, deliver, list, order, place, ship, watch as events};
 pub use watch::StatusFeed;
 
 /// What the order service needs.
@@ -53,82 +52,49 @@ pub fn router(state: OrderState) -> Router {
         .with_state(state)
 }
 
-/// One line of an order.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ItemView {
-    /// The product.
-    pub product_id: i64,
-    /// Units ordered.
-    pub quantity: i64,
-    /// Unit price when the order was placed, minor units.
-    pub unit_price: i64,
-}
-
-/// One status change.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct HistoryView {
-    /// The status entered.
-    #[schema(example = "CREATED")]
-    pub status: String,
-    /// When.
-    pub at: chrono::DateTime<chrono::Utc>,
-    /// Why.
-    pub reason: String,
-}
-
-impl From<&StatusChange> for HistoryView {
-    fn from(change: &StatusChange) -> Self {
-        Self {
-            status: change.to.as_str().to_owned(),
-            at: change.at,
-            reason: change.reason.clone(),
-        }
+/// The view of `order` with `history`.
+#[must_use]
+pub fn order_view(order: &Order, history: &[StatusChange], currency: &Currency) -> OrderView {
+    OrderView {
+        id: order.id.0,
+        user_id: order.user_id.clone(),
+        status: status_view(order.status),
+        items: order
+            .lines
+            .iter()
+            .map(|l| ItemView {
+                product_id: l.product.0,
+                quantity: l.quantity,
+                unit_price: l.unit_price,
+            })
+            .collect(),
+        total: order.total(),
+        currency: currency.0.clone(),
+        history: history.iter().map(history_view).collect(),
+        created_at: order.created_at,
     }
 }
 
-/// An order as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct OrderView {
-    /// Its id.
-    pub id: uuid::Uuid,
-    /// Who placed it.
-    pub user_id: String,
-    /// `BACKORDERED`, `CREATED`, `PROCESSING`, `SHIPPED`, `DELIVERED` or `CANCELLED`.
-    #[schema(example = "CREATED")]
-    pub status: String,
-    /// Its lines.
-    pub items: Vec<ItemView>,
-    /// Sum of quantity × unit price, minor units.
-    pub total: i64,
-    /// Currency of the prices.
-    pub currency: String,
-    /// Its status changes, oldest first (empty in lists).
-    pub history: Vec<HistoryView>,
-    /// When it was placed.
-    pub created_at: chrono::DateTime<chrono::Utc>,
+/// The view of one status change.
+#[must_use]
+pub fn history_view(change: &StatusChange) -> HistoryView {
+    HistoryView {
+        status: status_view(change.to),
+        at: change.at,
+        reason: change.reason.clone(),
+    }
 }
 
-impl OrderView {
-    /// The view of `order` with `history`.
-    #[must_use]
-    pub fn of(order: &Order, history: &[StatusChange], currency: &Currency) -> Self {
-        Self {
-            id: order.id.0,
-            user_id: order.user_id.clone(),
-            status: order.status.as_str().to_owned(),
-            items: order
-                .lines
-                .iter()
-                .map(|l| ItemView {
-                    product_id: l.product.0,
-                    quantity: l.quantity,
-                    unit_price: l.unit_price,
-                })
-                .collect(),
-            total: order.total(),
-            currency: currency.0.clone(),
-            history: history.iter().map(HistoryView::from).collect(),
-            created_at: order.created_at,
-        }
+/// commerce-core's status in the API's words.
+#[must_use]
+pub fn status_view(status: commerce_core::OrderStatus) -> OrderStatus {
+    use commerce_core::OrderStatus as Core;
+    match status {
+        Core::Backordered => OrderStatus::Backordered,
+        Core::Created => OrderStatus::Created,
+        Core::Processing => OrderStatus::Processing,
+        Core::Shipped => OrderStatus::Shipped,
+        Core::Delivered => OrderStatus::Delivered,
+        Core::Cancelled => OrderStatus::Cancelled,
     }
 }

@@ -1,74 +1,21 @@
 //! The order service's HTTP handlers.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use commerce_core::{NewOrder, OrderCursor, OrderId, OrderStatus, ShortagePolicy};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{OrderState, OrderView};
+use super::{order_view, ListQuery, OrderList, OrderState, OrderView, PlaceOrder, Shortage};
 use crate::auth::{Admin, Caller};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::{ApiError, ApiResult, ErrorBody};
 use crate::telemetry::count_order;
 
-/// The header a client sets to make a request safe to repeat.
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-/// Set on the answer to a repeated request: the order is the first one.
-pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub use commerce_client::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 
-/// What to do when a line asks for more than is in stock.
-#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Shortage {
-    /// Refuse the whole order (409 `insufficient_stock`).
-    #[default]
-    Reject,
-    /// Take what is there, queue the rest (202, status `BACKORDERED`).
-    Backorder,
-}
-
-/// One requested line.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OrderItem {
-    /// The product.
-    pub product_id: i64,
-    /// Units, 1 to 10000.
-    pub quantity: i64,
-}
-
-/// An order to place.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlaceOrder {
-    /// The lines; each product at most once.
-    pub items: Vec<OrderItem>,
-    /// Default `reject`.
-    #[serde(default)]
-    pub on_shortage: Shortage,
-}
-
-/// Paging of the caller's orders.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Orders per page, 1 to 100 (default 20).
-    pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// A page of the caller's orders, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct OrderList {
-    /// The orders (without history).
-    pub items: Vec<OrderView>,
-    /// Pass as `cursor` for the next page; absent on the last.
-    pub next_cursor: Option<String>,
-}
+/// Most orders on one page of `GET /api/v1/orders`.
+const MAX_PAGE: u32 = 100;
 
 fn encode_cursor(cursor: &OrderCursor) -> String {
     format!(
@@ -78,8 +25,18 @@ fn encode_cursor(cursor: &OrderCursor) -> String {
     )
 }
 
+/// The cursor `text` if it has the one form [`encode_cursor`] gives (the pattern the API
+/// documents, [`commerce_client::ORDER_CURSOR_PATTERN`]).
 fn decode_cursor(text: &str) -> Option<OrderCursor> {
     let (micros, id) = text.split_once('.')?;
+    let digits = |s: &str, range: std::ops::RangeInclusive<usize>, hex: bool| {
+        range.contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (hex && (b'a'..=b'f').contains(&b)))
+    };
+    if !digits(micros, 1..=16, false) || !digits(id, 32..=32, true) {
+        return None;
+    }
     Some(OrderCursor {
         created_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
         id: OrderId(Uuid::parse_str(id).ok()?),
@@ -152,7 +109,7 @@ pub async fn place(
     } else {
         "created"
     });
-    let view = OrderView::of(&placed.order, &history, &state.currency);
+    let view = order_view(&placed.order, &history, &state.currency);
     let mut response = (status, Json(view)).into_response();
     if placed.replayed {
         response
@@ -190,7 +147,7 @@ pub async fn order(
 ) -> ApiResult<Json<OrderView>> {
     let order = owned_order(&state, &caller, id).await?;
     let history = state.commerce.order_history(order.id).await?;
-    Ok(Json(OrderView::of(&order, &history, &state.currency)))
+    Ok(Json(order_view(&order, &history, &state.currency)))
 }
 
 /// The caller's orders, newest first.
@@ -214,15 +171,24 @@ pub async fn list(
         })?),
         None => None,
     };
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        )
+        .details(serde_json::json!({ "field": "limit" })));
+    }
     let page = state
         .commerce
-        .orders_of_user(&caller.user_id, query.limit.unwrap_or(20), after.as_ref())
+        .orders_of_user(&caller.user_id, limit, after.as_ref())
         .await?;
     Ok(Json(OrderList {
         items: page
             .orders
             .iter()
-            .map(|o| OrderView::of(o, &[], &state.currency))
+            .map(|o| order_view(o, &[], &state.currency))
             .collect(),
         next_cursor: page.next.as_ref().map(encode_cursor),
     }))
@@ -254,7 +220,7 @@ pub async fn cancel(
     };
     let order = state.commerce.cancel_order(order.id, reason).await?;
     let history = state.commerce.order_history(order.id).await?;
-    Ok(Json(OrderView::of(&order, &history, &state.currency)))
+    Ok(Json(order_view(&order, &history, &state.currency)))
 }
 
 async fn advance(
@@ -268,7 +234,7 @@ async fn advance(
         .transition_order(OrderId(id), to, reason)
         .await?;
     let history = state.commerce.order_history(order.id).await?;
-    Ok(Json(OrderView::of(&order, &history, &state.currency)))
+    Ok(Json(order_view(&order, &history, &state.currency)))
 }
 
 /// Marks a PROCESSING order as shipped (admin).
@@ -347,6 +313,9 @@ mod tests {
             "1.2",
             "abc.0192",
             "9999999999999999999.00000000000000000000000000000000",
+            "+1.0192cb0e1d2f7c38a4b5e6f708192a3b",
+            "1.0192CB0E1D2F7C38A4B5E6F708192A3B",
+            "1.0192cb0e-1d2f-7c38-a4b5-e6f708192a3b",
         ] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::{HistoryView, OrderState};
+use super::OrderState;
 
 /// The Postgres channel status changes are announced on (payload: the order id).
 pub const CHANNEL: &str = "commerce_order_status";
@@ -153,7 +153,7 @@ impl Watch {
                     self.finished = true;
                     self.pending.clear();
                 }
-                let view = HistoryView::from(&change);
+                let view = super::history_view(&change);
                 return Event::default()
                     .event("status")
                     .id(self.sent.to_string())
