@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use commerce_client::{MovementKind, MovementsQuery, OrderStatus, StatusCode};
 use common::{TestApp, Transport};
-use reqwest::StatusCode;
-use serde_json::json;
+use futures::StreamExt;
 
 /// One `#[tokio::test]` per transport for each scenario.
 macro_rules! on_both_transports {
@@ -45,107 +45,67 @@ async fn an_order_is_paid_watched_live_shipped_and_delivered(transport: Transpor
     let app = TestApp::start(transport).await;
     let product = app.product("KET-1", 3_999, 10).await;
     let alice = app.customer("alice");
-    // A slow gateway keeps the order CREATED while the watcher connects.
-    app.running()
-        .fake_pg()
-        .unwrap()
-        .set_latency(Duration::from_millis(500));
+    // The gateway refuses every charge until the watcher has seen CREATED: the order cannot
+    // leave CREATED before then, however slow the watcher is to connect.
+    let gateway = app.running().fake_pg().unwrap().clone();
+    gateway.set_failure_rate(1.0).unwrap();
 
-    let placed = app.order(&alice, product, 2).await;
+    let placed = app.order(&alice, product, 2).await.expect("placed");
     assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
-    assert_eq!(placed.body["status"], "CREATED");
-    assert_eq!(placed.body["total"], 7_998);
-    assert_eq!(placed.body["items"][0]["unit_price"], 3_999);
-    let id = placed.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(placed.order.status, OrderStatus::Created);
+    assert_eq!(placed.order.total, 7_998);
+    assert_eq!(placed.order.items[0].unit_price, 3_999);
+    let id = placed.order.id;
 
     // Watch it live: the current status first, then PROCESSING once the payment is approved;
     // the stream ends after the final status.
-    let watcher = {
-        let (url, client, token, id) = (
-            app.url.clone(),
-            app.client.clone(),
-            alice.clone(),
-            id.clone(),
-        );
-        tokio::spawn(async move {
-            let probe = TestAppProbe { url, client };
-            probe.statuses(&id, &token).await
-        })
-    };
-    app.wait_for_status(&id, "PROCESSING", SAGA_DONE).await;
-    for step in ["ship", "deliver"] {
-        let moved = app
-            .post(
-                &format!("/api/v1/orders/{id}/{step}"),
-                &app.admin,
-                json!({}),
-            )
-            .await;
-        assert_eq!(moved.status, StatusCode::OK, "{moved:?}");
-    }
+    let mut events = alice.order_events(id).await.expect("stream opened");
+    let first = commerce_testkit::within(SAGA_DONE, events.next())
+        .await
+        .expect("a first event")
+        .expect("a status event");
+    assert_eq!(first.change.status, OrderStatus::Created);
+    gateway.set_failure_rate(0.0).unwrap();
+    let watcher = tokio::spawn(async move {
+        events
+            .map(|event| event.expect("a status event").change.status)
+            .collect::<Vec<_>>()
+            .await
+    });
+
+    app.wait_for_status(id, OrderStatus::Processing, SAGA_DONE)
+        .await;
+    app.admin.ship_order(id).await.expect("shipped");
+    app.admin.deliver_order(id).await.expect("delivered");
     let seen = commerce_testkit::within(Duration::from_secs(30), watcher)
         .await
         .unwrap();
     assert_eq!(
-        seen.first().map(String::as_str),
-        Some("CREATED"),
-        "{seen:?}"
-    );
-    assert_eq!(
-        seen[1..],
-        ["PROCESSING", "SHIPPED", "DELIVERED"],
-        "one event per change, in order, ending at the final status: {seen:?}"
+        seen,
+        [
+            OrderStatus::Processing,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered
+        ],
+        "one event per change, in order, ending at the final status"
     );
 
-    let order = app.get(&format!("/api/v1/orders/{id}"), &alice).await;
-    let history: Vec<&str> = order.body["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(history, ["CREATED", "PROCESSING", "SHIPPED", "DELIVERED"]);
-    assert_eq!(order.body["history"][1]["reason"], "payment approved");
-    let stock = app
-        .get(&format!("/api/v1/products/{product}/stock"), &alice)
-        .await;
-    assert_eq!(stock.body["available"], 8);
-    assert_eq!(app.running().fake_pg().unwrap().stats().charges_taken, 1);
+    let order = alice.order(id).await.expect("read by its owner");
+    let history: Vec<OrderStatus> = order.history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        history,
+        [
+            OrderStatus::Created,
+            OrderStatus::Processing,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered
+        ]
+    );
+    assert_eq!(order.history[1].reason, "payment approved");
+    assert_eq!(alice.stock(product).await.unwrap().available, 8);
+    assert_eq!(gateway.stats().charges_taken, 1);
     app.assert_audit_clean().await;
     app.stop().await;
-}
-
-/// A second HTTP client for a watcher task (the app itself stays with the test).
-struct TestAppProbe {
-    url: String,
-    client: reqwest::Client,
-}
-
-impl TestAppProbe {
-    async fn statuses(&self, order: &str, token: &str) -> Vec<String> {
-        use futures::StreamExt;
-        let response = self
-            .client
-            .get(format!("{}/api/v1/orders/{order}/events", self.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        let mut statuses = Vec::new();
-        let mut buffer = String::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            while let Some(end) = buffer.find("\n\n") {
-                let event: String = buffer.drain(..end + 2).collect();
-                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) {
-                    let value: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
-                    statuses.push(value["status"].as_str().unwrap().to_owned());
-                }
-            }
-        }
-        statuses
-    }
 }
 
 async fn a_declined_payment_cancels_the_order_and_restores_stock_and_ledger(transport: Transport) {
@@ -153,41 +113,36 @@ async fn a_declined_payment_cancels_the_order_and_restores_stock_and_ledger(tran
     // Above the stand-in gateway's decline threshold (1,000,000 minor units).
     let product = app.product("GOLD-1", 700_000, 5).await;
     let bob = app.customer("bob");
-    let placed = app.order(&bob, product, 2).await;
+    let placed = app.order(&bob, product, 2).await.expect("placed");
     assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
-    let id = placed.body["id"].as_str().unwrap().to_owned();
+    let id = placed.order.id;
 
-    app.wait_for_status(&id, "CANCELLED", SAGA_DONE).await;
-    let order = app.get(&format!("/api/v1/orders/{id}"), &bob).await;
-    let last = order.body["history"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    app.wait_for_status(id, OrderStatus::Cancelled, SAGA_DONE)
+        .await;
+    let order = bob.order(id).await.unwrap();
+    let last = order.history.last().unwrap();
     assert!(
-        last["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("payment failed: declined"),
-        "{last}"
+        last.reason.starts_with("payment failed: declined"),
+        "{last:?}"
     );
-    let stock = app
-        .get(&format!("/api/v1/products/{product}/stock"), &bob)
-        .await;
-    assert_eq!(stock.body["available"], 5, "stock returned");
+    assert_eq!(
+        bob.stock(product).await.unwrap().available,
+        5,
+        "stock returned"
+    );
     let ledger = app
-        .get(&format!("/api/v1/products/{product}/movements"), &app.admin)
-        .await;
-    let kinds: Vec<(&str, i64)> = ledger.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["kind"].as_str().unwrap(), m["delta"].as_i64().unwrap()))
-        .collect();
+        .admin
+        .movements(product, &MovementsQuery::default())
+        .await
+        .unwrap();
+    let kinds: Vec<(MovementKind, i64)> = ledger.items.iter().map(|m| (m.kind, m.delta)).collect();
     assert_eq!(
         kinds,
-        [("cancel", 2), ("order", -2), ("inbound", 5)],
+        [
+            (MovementKind::Cancel, 2),
+            (MovementKind::Order, -2),
+            (MovementKind::Inbound, 5)
+        ],
         "newest first"
     );
     assert_eq!(app.running().fake_pg().unwrap().stats().charges_taken, 0);
@@ -201,9 +156,9 @@ async fn a_gateway_that_recovers_ends_processing(transport: Transport) {
     // Two whole calls (three attempts each) fail: the charge is parked twice, then taken.
     app.running().fake_pg().unwrap().fail_next(6);
     let carol = app.customer("carol");
-    let placed = app.order(&carol, product, 1).await;
-    let id = placed.body["id"].as_str().unwrap().to_owned();
-    app.wait_for_status(&id, "PROCESSING", SAGA_DONE).await;
+    let placed = app.order(&carol, product, 1).await.expect("placed");
+    app.wait_for_status(placed.order.id, OrderStatus::Processing, SAGA_DONE)
+        .await;
     let stats = app.running().fake_pg().unwrap().stats();
     assert_eq!(
         stats.charges_taken, 1,
@@ -219,43 +174,23 @@ async fn a_gateway_that_stays_down_ends_cancelled_by_the_saga_timeout(transport:
         config.saga_timeout = Duration::from_secs(3);
     })
     .await;
-    app.running()
-        .fake_pg()
-        .unwrap()
-        .set_failure_rate(1.0)
-        .unwrap();
+    let gateway = app.running().fake_pg().unwrap().clone();
+    gateway.set_failure_rate(1.0).unwrap();
     let product = app.product("MUG-2", 450, 5).await;
     let dave = app.customer("dave");
-    let placed = app.order(&dave, product, 1).await;
-    let id = placed.body["id"].as_str().unwrap().to_owned();
-    app.wait_for_status(&id, "CANCELLED", SAGA_DONE).await;
-    let order = app.get(&format!("/api/v1/orders/{id}"), &dave).await;
-    let last = order.body["history"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert!(
-        last["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("payment timed out"),
-        "{last}"
-    );
-    // The gateway comes back: the voided payment is never charged.
-    app.running()
-        .fake_pg()
-        .unwrap()
-        .set_failure_rate(0.0)
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(app.running().fake_pg().unwrap().stats().charges_taken, 0);
-    assert_eq!(app.status(&id).await, "CANCELLED");
-    let stock = app
-        .get(&format!("/api/v1/products/{product}/stock"), &dave)
+    let id = app.order(&dave, product, 1).await.expect("placed").order.id;
+    app.wait_for_status(id, OrderStatus::Cancelled, SAGA_DONE)
         .await;
-    assert_eq!(stock.body["available"], 5);
+    let order = dave.order(id).await.unwrap();
+    let last = order.history.last().unwrap();
+    assert!(last.reason.starts_with("payment timed out"), "{last:?}");
+    // The gateway comes back: the voided payment is never charged. (Proving that nothing
+    // happens needs a wait; no event announces the absence of a charge.)
+    gateway.set_failure_rate(0.0).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gateway.stats().charges_taken, 0);
+    assert_eq!(app.status(id).await, OrderStatus::Cancelled);
+    assert_eq!(dave.stock(product).await.unwrap().available, 5);
     app.assert_audit_clean().await;
     app.stop().await;
 }
@@ -264,24 +199,21 @@ async fn cancelling_a_paid_order_refunds_it(transport: Transport) {
     let app = TestApp::start(transport).await;
     let product = app.product("JUG-1", 1_990, 5).await;
     let erin = app.customer("erin");
-    let placed = app.order(&erin, product, 1).await;
-    let id = placed.body["id"].as_str().unwrap().to_owned();
-    app.wait_for_status(&id, "PROCESSING", SAGA_DONE).await;
-    let cancelled = app
-        .post(&format!("/api/v1/orders/{id}/cancel"), &erin, json!({}))
+    let id = app.order(&erin, product, 1).await.expect("placed").order.id;
+    app.wait_for_status(id, OrderStatus::Processing, SAGA_DONE)
         .await;
-    assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
-    assert_eq!(cancelled.body["status"], "CANCELLED");
-    let fake_pg = app.running().fake_pg().unwrap().clone();
+    let cancelled = erin.cancel_order(id).await.expect("cancelled");
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    let gateway = app.running().fake_pg().unwrap().clone();
     let refunded = commerce_testkit::eventually(SAGA_DONE, || {
-        let fake_pg = fake_pg.clone();
-        async move { fake_pg.stats().refunds == 1 }
+        let gateway = gateway.clone();
+        async move { gateway.stats().refunds == 1 }
     })
     .await;
     assert!(
         refunded,
         "the charge was not refunded: {:?}",
-        fake_pg.stats()
+        gateway.stats()
     );
     app.assert_audit_clean().await;
     app.stop().await;

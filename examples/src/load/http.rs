@@ -10,31 +10,30 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use commerce_client::{ApiClient, PlaceOrder, RetryPolicy, StatusCode};
 use reference_app::auth::{Auth, Role};
 use reference_app::config::{Config, Secret, StockStrategyKind};
 use reference_app::{Application, RunningApp};
-use reqwest::StatusCode;
-use serde_json::{json, Value};
 
 use super::target::Attempt;
 
 /// The JWT secret of the app the harness starts (it mints its clients' tokens with it).
 const SECRET: &str = "stock-load-http-secret-0123456789";
 
-/// Clients of the app over HTTP.
+/// Clients of the app over HTTP, through `commerce-client`.
 #[derive(Clone)]
 pub struct HttpTarget {
-    client: reqwest::Client,
-    orders_url: String,
+    /// No token; each user's client is a clone of it over the same connections.
+    api: ApiClient,
     auth: Arc<Auth>,
-    /// A token per user, minted once.
-    tokens: Arc<Mutex<HashMap<String, String>>>,
+    /// A client per user, its token minted once.
+    users: Arc<Mutex<HashMap<String, ApiClient>>>,
 }
 
 impl std::fmt::Debug for HttpTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpTarget")
-            .field("orders_url", &self.orders_url)
+            .field("url", &self.api.base_url())
             .finish_non_exhaustive()
     }
 }
@@ -83,59 +82,53 @@ pub(crate) async fn start(
     let app = Application::build(config)
         .await
         .context("start the reference app")?;
-    let orders_url = format!("{}/api/v1/orders", app.base_url());
+    let api = ApiClient::builder(app.base_url())
+        .pool_max_idle_per_host(clients.min(1_024))
+        // One attempt per order: the run measures the server, and a retry would count twice.
+        .retry(RetryPolicy::none())
+        // Like the app's request timeout: waiting is part of the latency measured.
+        .timeout(Duration::from_secs(600))
+        .build()
+        .context("HTTP client")?;
     let running = app.spawn();
     let target = HttpTarget {
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(clients.min(1_024))
-            .build()
-            .context("HTTP client")?,
-        orders_url,
+        api,
         auth: Arc::new(Auth::new(&Secret::new(SECRET)).context("token signer")?),
-        tokens: Arc::default(),
+        users: Arc::default(),
     };
     Ok((target, running))
 }
 
 impl HttpTarget {
-    fn token(&self, user: &str) -> Result<String, String> {
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(token) = tokens.get(user) {
-            return Ok(token.clone());
+    fn user(&self, user: &str) -> Result<ApiClient, String> {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = users.get(user) {
+            return Ok(client.clone());
         }
         let token = self
             .auth
             .issue(user, Role::Customer, Duration::from_secs(24 * 3600))
             .map_err(|e| e.to_string())?;
-        tokens.insert(user.to_owned(), token.clone());
-        Ok(token)
+        let client = self.api.with_token(token);
+        users.insert(user.to_owned(), client.clone());
+        Ok(client)
     }
 
-    /// Orders one unit of `product` for `user`.
+    /// Orders one unit of `product` for `user` (without an idempotency key, as before the
+    /// client existed: the figures measure the unkeyed path).
     pub async fn attempt(&self, user: &str, product: i64) -> Attempt {
-        let token = match self.token(user) {
-            Ok(token) => token,
+        let client = match self.user(user) {
+            Ok(client) => client,
             Err(e) => return Attempt::Failed(e),
         };
-        let sent = self
-            .client
-            .post(&self.orders_url)
-            .bearer_auth(token)
-            .json(&json!({"items": [{"product_id": product, "quantity": 1}]}))
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) => return Attempt::Failed(e.to_string()),
-        };
-        let status = response.status();
-        if status == StatusCode::CREATED {
-            return Attempt::Ok;
+        match client
+            .place_order_without_key(&PlaceOrder::one(product, 1))
+            .await
+        {
+            Ok(placed) if placed.status == StatusCode::CREATED => Attempt::Ok,
+            Ok(placed) => Attempt::Failed(format!("{}: {:?}", placed.status, placed.order)),
+            Err(e) if e.code() == Some("insufficient_stock") => Attempt::Rejected,
+            Err(e) => Attempt::Failed(e.to_string()),
         }
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status == StatusCode::CONFLICT && body["error"]["code"] == "insufficient_stock" {
-            return Attempt::Rejected;
-        }
-        Attempt::Failed(format!("{status}: {body}"))
     }
 }

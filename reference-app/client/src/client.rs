@@ -129,8 +129,9 @@ pub struct Placed {
     /// Whether the server answered from an earlier request with the same key
     /// (`Idempotent-Replayed: true`): this call placed nothing new.
     pub replayed: bool,
-    /// The idempotency key the placement was sent with (the caller's, or one generated).
-    pub idempotency_key: String,
+    /// The idempotency key the placement was sent with (the caller's, or one generated);
+    /// `None` from [`ApiClient::place_order_without_key`].
+    pub idempotency_key: Option<String>,
     /// Attempts made, 1 when the first was answered.
     pub attempts: u32,
 }
@@ -264,11 +265,28 @@ impl ApiClient {
         Ok(Placed {
             order,
             status,
-            replayed: headers
-                .get(IDEMPOTENT_REPLAYED)
-                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true")),
-            idempotency_key: key.to_owned(),
+            replayed: is_replayed(&headers),
+            idempotency_key: Some(key.to_owned()),
             attempts: attempts.load(Ordering::Relaxed),
+        })
+    }
+
+    /// `POST /api/v1/orders` without an idempotency key, sent once whatever the retry
+    /// policy: a repeat could place a second order. For callers that measure the server's
+    /// unkeyed path (the load harness) or deduplicate on their own.
+    ///
+    /// # Errors
+    /// As [`ApiClient::place_order`]; after [`Error::Transport`] the order may or may not
+    /// exist.
+    pub async fn place_order_without_key(&self, order: &PlaceOrder) -> Result<Placed> {
+        let request = self.request(Method::POST, "/api/v1/orders").json(order);
+        let (status, order, headers) = self.send::<OrderView>(request).await?;
+        Ok(Placed {
+            order,
+            status,
+            replayed: is_replayed(&headers),
+            idempotency_key: None,
+            attempts: 1,
         })
     }
 
@@ -468,6 +486,12 @@ impl ApiClient {
         let response = error_for_status(self.execute(request).await?).await?;
         decode(response).await
     }
+}
+
+fn is_replayed(headers: &HeaderMap) -> bool {
+    headers
+        .get(IDEMPOTENT_REPLAYED)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"))
 }
 
 /// The response if its status is a success, else its error as [`Error::Api`].

@@ -1,16 +1,19 @@
-//! The system under test: the whole app on a fresh database, on port 0, driven over HTTP.
+//! The system under test: the whole app on a fresh database, on port 0, driven over HTTP
+//! through `commerce-client` (and a raw HTTP client for the requests a typed client cannot
+//! send: malformed bodies, wrong content types, missing or forged tokens).
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
 
+use commerce_client::{ApiClient, CreateProduct, ErrorObject, OrderStatus, Placed, PlaceOrder};
 use commerce_testkit::{kafka_brokers, unique_name, TestDb};
-use futures::StreamExt;
 use reference_app::auth::{Auth, Role};
 use reference_app::config::{Config, Secret};
 use reference_app::{Application, RunningApp};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
+use uuid::Uuid;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
@@ -26,14 +29,18 @@ pub enum Transport {
 /// A running app on a database of its own.
 pub struct TestApp {
     pub url: String,
-    pub client: reqwest::Client,
+    /// The API as an admin.
+    pub admin: ApiClient,
+    /// The admin's bearer token (for raw requests).
+    pub admin_token: String,
+    /// For the requests the typed client cannot make.
+    pub raw: reqwest::Client,
     pub running: Option<RunningApp>,
     pub auth: Auth,
-    pub admin: String,
     pub db: TestDb,
 }
 
-/// An HTTP answer.
+/// A raw HTTP answer.
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
@@ -49,16 +56,46 @@ impl Answer {
             .unwrap_or("<no error code>")
     }
 
-    /// Panics unless the body is the documented error shape.
-    pub fn assert_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.code(), code, "{self:?}");
-        assert!(self.body["error"]["message"].is_string(), "{self:?}");
-        assert!(self.body["error"]["details"].is_object(), "{self:?}");
-        let text = self.body.to_string().to_lowercase();
-        for leak in ["select ", "insert ", "sqlx", "panicked", "src/"] {
-            assert!(!text.contains(leak), "internals leaked: {text}");
+    /// Why the answer is not `status` with the documented error body of `code` (`None`: it is).
+    pub fn error_mismatch(&self, status: StatusCode, code: &str) -> Option<String> {
+        let text = self.body.to_string();
+        let lowercase = text.to_lowercase();
+        if self.status != status || self.code() != code {
+            Some(format!("got {} {text}", self.status))
+        } else if !self.body["error"]["message"].is_string()
+            || !self.body["error"]["details"].is_object()
+        {
+            Some(format!("not the error body shape: {text}"))
+        } else if let Some(leak) = ["select ", "insert ", "sqlx", "panicked", "src/"]
+            .into_iter()
+            .find(|leak| lowercase.contains(leak))
+        {
+            Some(format!("internals leaked ({leak}): {text}"))
+        } else {
+            None
         }
+    }
+
+    /// Panics unless the answer is `status` with the documented error body of `code`.
+    pub fn assert_error(&self, status: StatusCode, code: &str) {
+        if let Some(mismatch) = self.error_mismatch(status, code) {
+            panic!("expected {status} {code}: {mismatch}");
+        }
+    }
+}
+
+/// The API error of `result`, which must be `status` with `code`; panics otherwise.
+#[track_caller]
+pub fn expect_api_error<T: std::fmt::Debug>(
+    result: commerce_client::Result<T>,
+    status: StatusCode,
+    code: &str,
+) -> ErrorObject {
+    match result {
+        Err(commerce_client::Error::Api {
+            status: got, error, ..
+        }) if got == status && error.code == code => error,
+        other => panic!("expected {status} {code}, got {other:?}"),
     }
 }
 
@@ -81,19 +118,25 @@ impl TestApp {
         let url = app.base_url();
         let running = app.spawn();
         let auth = Auth::new(&Secret::new(SECRET)).unwrap();
-        let admin = auth
+        let admin_token = auth
             .issue("admin", Role::Admin, Duration::from_secs(3600))
             .unwrap();
+        let admin = ApiClient::builder(&url)
+            .bearer_token(&admin_token)
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("API client");
         Self {
             url,
-            client: reqwest::Client::builder()
+            admin,
+            admin_token,
+            raw: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(64)
                 .build()
                 .unwrap(),
             running: Some(running),
             auth,
-            admin,
             db,
         }
     }
@@ -102,15 +145,68 @@ impl TestApp {
         self.running.as_ref().expect("running")
     }
 
-    /// A customer token for `user`.
-    pub fn customer(&self, user: &str) -> String {
+    /// A token for `user` with `role`, valid for an hour.
+    pub fn token(&self, user: &str, role: Role) -> String {
         self.auth
-            .issue(user, Role::Customer, Duration::from_secs(3600))
+            .issue(user, role, Duration::from_secs(3600))
             .unwrap()
     }
 
-    /// Any request; `token` may be empty (no header).
-    pub async fn request(
+    /// The API as customer `user` (over the admin client's connections).
+    pub fn customer(&self, user: &str) -> ApiClient {
+        self.admin.with_token(self.token(user, Role::Customer))
+    }
+
+    /// Creates a product (admin) and returns its id.
+    pub async fn product(&self, sku: &str, price: i64, stock: i64) -> i64 {
+        self.admin
+            .create_product(&CreateProduct {
+                sku: sku.to_owned(),
+                name: format!("product {sku}"),
+                price,
+                initial_stock: stock,
+            })
+            .await
+            .expect("product created")
+            .id
+    }
+
+    /// `customer` orders `quantity` × `product`.
+    pub async fn order(
+        &self,
+        customer: &ApiClient,
+        product: i64,
+        quantity: i64,
+    ) -> commerce_client::Result<Placed> {
+        customer
+            .place_order(&PlaceOrder::one(product, quantity))
+            .await
+    }
+
+    /// The order's status, read by an admin.
+    pub async fn status(&self, order: Uuid) -> OrderStatus {
+        self.admin.order(order).await.expect("order read").status
+    }
+
+    /// Waits (at most `within`) for the order to reach `status`; panics with its history.
+    pub async fn wait_for_status(&self, order: Uuid, status: OrderStatus, within: Duration) {
+        let reached =
+            commerce_testkit::eventually(within, || async { self.status(order).await == status })
+                .await;
+        if !reached {
+            let order = self.admin.order(order).await;
+            panic!("order did not reach {status} within {within:?}: {order:?}");
+        }
+    }
+
+    /// The audit, which must be consistent.
+    pub async fn assert_audit_clean(&self) {
+        let audit = self.admin.audit().await.expect("audit");
+        assert!(audit.consistent, "{audit:?}");
+    }
+
+    /// Any request, as sent: `token` may be empty (no header), `body` any JSON.
+    pub async fn raw_request(
         &self,
         method: Method,
         path: &str,
@@ -118,7 +214,7 @@ impl TestApp {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Answer {
-        let mut request = self.client.request(method, format!("{}{path}", self.url));
+        let mut request = self.raw.request(method, format!("{}{path}", self.url));
         if !token.is_empty() {
             request = request.bearer_auth(token);
         }
@@ -139,105 +235,6 @@ impl TestApp {
             headers,
             body,
         }
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> Answer {
-        self.request(Method::GET, path, token, None, &[]).await
-    }
-
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.request(Method::POST, path, token, Some(body), &[])
-            .await
-    }
-
-    /// Creates a product (admin) and returns its id.
-    pub async fn product(&self, sku: &str, price: i64, stock: i64) -> i64 {
-        let answer = self
-            .post(
-                "/api/v1/products",
-                &self.admin,
-                json!({"sku": sku, "name": format!("product {sku}"), "price": price, "initial_stock": stock}),
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
-        answer.body["id"].as_i64().expect("id")
-    }
-
-    /// Places an order of `quantity` × `product` for `token`'s user.
-    pub async fn order(&self, token: &str, product: i64, quantity: i64) -> Answer {
-        self.post(
-            "/api/v1/orders",
-            token,
-            json!({"items": [{"product_id": product, "quantity": quantity}]}),
-        )
-        .await
-    }
-
-    /// The order's status, read by an admin.
-    pub async fn status(&self, order: &str) -> String {
-        let answer = self
-            .get(&format!("/api/v1/orders/{order}"), &self.admin)
-            .await;
-        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-        answer.body["status"].as_str().unwrap().to_owned()
-    }
-
-    /// Waits (at most `within`) for the order to reach `status`; panics with its history.
-    pub async fn wait_for_status(&self, order: &str, status: &str, within: Duration) {
-        let reached =
-            commerce_testkit::eventually(within, || async { self.status(order).await == status })
-                .await;
-        if !reached {
-            let answer = self
-                .get(&format!("/api/v1/orders/{order}"), &self.admin)
-                .await;
-            panic!(
-                "order {order} did not reach {status} within {within:?}: {}",
-                answer.body
-            );
-        }
-    }
-
-    /// The audit, which must be consistent.
-    pub async fn assert_audit_clean(&self) {
-        let audit = self.get("/api/v1/admin/audit", &self.admin).await;
-        assert_eq!(audit.body["consistent"], json!(true), "{audit:?}");
-    }
-
-    /// Reads the SSE stream of `order` until it ends or `within` passes; returns the statuses.
-    pub async fn watch(&self, order: &str, token: &str, within: Duration) -> Vec<String> {
-        let response = self
-            .client
-            .get(format!("{}/api/v1/orders/{order}/events", self.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("stream opened");
-        assert_eq!(response.status(), StatusCode::OK);
-        assert!(response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream"));
-        let mut statuses = Vec::new();
-        let mut buffer = String::new();
-        let mut stream = response.bytes_stream();
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(None) | Err(_) => break,
-                Ok(Some(Err(e))) => panic!("stream failed: {e}"),
-            };
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let event: String = buffer.drain(..end + 2).collect();
-                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) {
-                    let value: Value = serde_json::from_str(data.trim()).expect("JSON data");
-                    statuses.push(value["status"].as_str().unwrap().to_owned());
-                }
-            }
-        }
-        statuses
     }
 
     /// Shuts the app down gracefully.
