@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use commerce_client::{
-    Error, HealthStatus, Inbound, ListQuery, MovementKind, MovementsQuery, OrderStatus,
-    PlaceOrder, RetryPolicy, Shortage,
+    Error, HealthStatus, Inbound, ListQuery, MovementKind, MovementsQuery, OrderStatus, PlaceOrder,
+    RetryPolicy, Shortage,
 };
 use common::{expect_api_error, Answer, TestApp, Transport};
 use futures::StreamExt;
@@ -279,7 +279,10 @@ async fn timeouts_and_overload_are_503_and_429() {
             Err(e) => {
                 assert_eq!(
                     (e.status(), e.code()),
-                    (Some(StatusCode::TOO_MANY_REQUESTS), Some("too_many_requests")),
+                    (
+                        Some(StatusCode::TOO_MANY_REQUESTS),
+                        Some("too_many_requests")
+                    ),
                     "{e:?}"
                 );
                 shed += 1;

@@ -76,7 +76,10 @@ async fn tour(admin: &ApiClient, alice: &ApiClient) -> anyhow::Result<()> {
             initial_stock: 3,
         })
         .await?;
-    println!("created {} (id {}), {} in stock", kettle.name, kettle.id, kettle.available);
+    println!(
+        "created {} (id {}), {} in stock",
+        kettle.name, kettle.id, kettle.available
+    );
 
     // A placement under a key; repeating it returns the same order, marked as a replay.
     let order = PlaceOrder::one(kettle.id, 2);
@@ -117,7 +120,10 @@ async fn tour(admin: &ApiClient, alice: &ApiClient) -> anyhow::Result<()> {
     let waiting = alice
         .place_order(&PlaceOrder::one(kettle.id, 4).on_shortage(Shortage::Backorder))
         .await?;
-    println!("4 more, backordered: {} ({})", waiting.order.status, waiting.status);
+    println!(
+        "4 more, backordered: {} ({})",
+        waiting.order.status, waiting.status
+    );
 
     let receipt = admin
         .receive_stock(
@@ -156,7 +162,9 @@ async fn tour(admin: &ApiClient, alice: &ApiClient) -> anyhow::Result<()> {
             None => break,
         }
     }
-    let ledger = admin.movements(kettle.id, &MovementsQuery::default()).await?;
+    let ledger = admin
+        .movements(kettle.id, &MovementsQuery::default())
+        .await?;
     for movement in &ledger.items {
         println!(
             "  ledger {}: {:?} {:+} -> {}",

@@ -72,6 +72,7 @@ mod admin;
 mod client;
 mod error;
 mod events;
+mod int;
 mod ops;
 mod order;
 mod retry;

@@ -76,8 +76,10 @@ pub enum Shortage {
 #[serde(deny_unknown_fields)]
 pub struct OrderItem {
     /// The product.
+    #[serde(deserialize_with = "crate::int::i64")]
     pub product_id: i64,
     /// Units, 1 to 10000.
+    #[serde(deserialize_with = "crate::int::i64")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub quantity: i64,
 }

@@ -43,9 +43,10 @@ pub struct CreateProduct {
         feature = "openapi",
         schema(example = 3999, minimum = 0, maximum = 1_000_000_000_000_i64)
     )]
+    #[serde(deserialize_with = "crate::int::i64")]
     pub price: i64,
     /// Units in stock at creation, 0 to 1000000000 (default 0).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::int::i64")]
     #[cfg_attr(
         feature = "openapi",
         schema(example = 100, minimum = 0, maximum = 1_000_000_000)
@@ -89,6 +90,7 @@ pub struct StockView {
 #[serde(deny_unknown_fields)]
 pub struct Inbound {
     /// Units received, 1 to 1000000000.
+    #[serde(deserialize_with = "crate::int::i64")]
     #[cfg_attr(
         feature = "openapi",
         schema(example = 50, minimum = 1, maximum = 1_000_000_000)

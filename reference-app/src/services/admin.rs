@@ -71,7 +71,10 @@ fn outbox_error(e: commerce_outbox::Error) -> ApiError {
 #[utoipa::path(
     get, path = "/api/v1/admin/dead-letters", tag = "admin",
     params(DeadLetterQuery),
-    responses((status = 200, body = [DeadLetterView]), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, body = [DeadLetterView]),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub async fn dead_letters(
@@ -100,6 +103,7 @@ pub async fn dead_letters(
     params(("id" = Uuid, Path, description = "event id")),
     responses(
         (status = 200, body = Replayed),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
         (status = 404, description = "`event_not_found`", body = ErrorBody),
         (status = 409, description = "`not_a_dead_letter`", body = ErrorBody),
     ),
@@ -119,7 +123,10 @@ pub async fn replay(
 /// Checks stock against the ledger, orders and the backorder queue, in one snapshot (admin).
 #[utoipa::path(
     get, path = "/api/v1/admin/audit", tag = "admin",
-    responses((status = 200, body = AuditView), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, body = AuditView),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub async fn audit(State(state): State<AdminState>, _admin: Admin) -> ApiResult<Json<AuditView>> {

@@ -98,8 +98,9 @@ async fn product_or_404(catalog: &Catalog, id: i64) -> ApiResult<Product> {
     request_body = CreateProduct,
     responses(
         (status = 201, description = "created", body = ProductView),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
         (status = 409, description = "`sku_taken`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: the JSON has the wrong shape or types, or a value is outside its range (details name the field)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -178,8 +179,9 @@ pub async fn stock(
     request_body = Inbound,
     responses(
         (status = 200, body = InboundView),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
         (status = 404, description = "`product_not_found`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: the JSON has the wrong shape or types, or a value is outside its range", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -216,6 +218,7 @@ pub async fn inbound(
     params(("id" = i64, Path, description = "product id"), MovementsQuery),
     responses(
         (status = 200, body = MovementsPage),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
         (status = 404, description = "`product_not_found`", body = ErrorBody),
     ),
     security(("bearer" = []))

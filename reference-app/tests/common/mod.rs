@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use commerce_client::{ApiClient, CreateProduct, ErrorObject, OrderStatus, Placed, PlaceOrder};
+use commerce_client::{ApiClient, CreateProduct, ErrorObject, OrderStatus, PlaceOrder, Placed};
 use commerce_testkit::{kafka_brokers, unique_name, TestDb};
 use reference_app::auth::{Auth, Role};
 use reference_app::config::{Config, Secret};

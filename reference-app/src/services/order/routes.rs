@@ -59,12 +59,17 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 #[utoipa::path(
     post, path = "/api/v1/orders", tag = "orders",
     request_body = PlaceOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes the request safe to repeat (per user)")),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "makes the request safe to repeat (per user): 1 to 200 visible ASCII characters, single spaces inside allowed",
+        max_length = 200, pattern = r"^[!-~]+( [!-~]+)*$")),
     responses(
-        (status = 201, description = "CREATED: every line has its stock", body = OrderView),
-        (status = 202, description = "BACKORDERED: waiting for stock", body = OrderView),
-        (status = 409, description = "`insufficient_stock` (with product, requested, available) or `idempotency_key_reused`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`", body = ErrorBody),
+        (status = 201, description = "CREATED: every line has its stock", body = OrderView,
+            headers(("Idempotent-Replayed" = String, description = "`true` when a repeat of a keyed request answers with the first order"))),
+        (status = 202, description = "BACKORDERED: waiting for stock", body = OrderView,
+            headers(("Idempotent-Replayed" = String, description = "`true` when a repeat of a keyed request answers with the first order"))),
+        (status = 404, description = "`product_not_found`: a line's product does not exist", body = ErrorBody),
+        (status = 409, description = "`insufficient_stock` (details: product_id, requested, available) or `idempotency_key_reused` (details: idempotency_key, order_id)", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: the JSON has the wrong shape or types, no lines or more than 100, a quantity outside 1..=10000, a product twice, or an idempotency key that is blank, too long or holds control characters", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -135,7 +140,7 @@ async fn owned_order(
     params(("id" = Uuid, Path, description = "order id")),
     responses(
         (status = 200, body = OrderView),
-        (status = 403, description = "another user's order", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another user's order", body = ErrorBody),
         (status = 404, description = "`order_not_found`", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -156,7 +161,6 @@ pub async fn order(
     params(ListQuery),
     responses(
         (status = 200, body = OrderList),
-        (status = 400, description = "`invalid_query` (e.g. a cursor this API did not give out)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -201,7 +205,7 @@ pub async fn list(
     params(("id" = Uuid, Path, description = "order id")),
     responses(
         (status = 200, body = OrderView),
-        (status = 403, description = "another user's order", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another user's order", body = ErrorBody),
         (status = 404, description = "`order_not_found`", body = ErrorBody),
         (status = 409, description = "`illegal_transition` (already shipped, delivered or cancelled)", body = ErrorBody),
     ),
@@ -243,7 +247,8 @@ async fn advance(
     params(("id" = Uuid, Path, description = "order id")),
     responses(
         (status = 200, body = OrderView),
-        (status = 403, description = "not an admin", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
         (status = 409, description = "`illegal_transition`", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -262,7 +267,8 @@ pub async fn ship(
     params(("id" = Uuid, Path, description = "order id")),
     responses(
         (status = 200, body = OrderView),
-        (status = 403, description = "not an admin", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
         (status = 409, description = "`illegal_transition`", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -282,7 +288,7 @@ pub async fn deliver(
     params(("id" = Uuid, Path, description = "order id")),
     responses(
         (status = 200, description = "`text/event-stream`: events named `status`, data a HistoryView", content_type = "text/event-stream", body = super::HistoryView),
-        (status = 403, description = "another user's order", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another user's order", body = ErrorBody),
         (status = 404, description = "`order_not_found`", body = ErrorBody),
     ),
     security(("bearer" = []))
