@@ -72,3 +72,44 @@ impl Stream for StatusStream {
         self.inner.as_mut().poll_next(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::order::OrderStatus;
+
+    fn stream(chunks: &[&'static str]) -> StatusStream {
+        let chunks: Vec<std::result::Result<&'static [u8], reqwest::Error>> =
+            chunks.iter().map(|c| Ok(c.as_bytes())).collect();
+        StatusStream::from_bytes(futures::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn events_split_across_chunks_are_parsed_and_others_skipped() {
+        let events: Vec<_> = stream(&[
+            ": keep-alive\n\n",
+            "event: status\nid: 1\ndata: {\"status\":\"CREA",
+            "TED\",\"at\":\"2026-01-01T00:00:00Z\",\"reason\":\"placed\"}\n\n",
+            "event: other\ndata: {}\n\n",
+            "event: status\r\ndata: {\"status\":\"PROCESSING\",",
+            "\"at\":\"2026-01-01T00:00:01Z\",\"reason\":\"payment approved\"}\r\n\r\n",
+        ])
+        .collect()
+        .await;
+        let events: Vec<StatusEvent> = events.into_iter().map(Result::unwrap).collect();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].id.as_deref(), Some("1"));
+        assert_eq!(events[0].change.status, OrderStatus::Created);
+        assert_eq!(events[1].change.status, OrderStatus::Processing);
+        assert_eq!(events[1].change.reason, "payment approved");
+    }
+
+    #[tokio::test]
+    async fn a_status_event_that_is_not_a_status_is_an_error() {
+        let mut events = stream(&["event: status\ndata: {\"status\": \"LOST\"}\n\n"]);
+        let first = events.next().await.unwrap();
+        assert!(matches!(first, Err(Error::Stream(_))), "{first:?}");
+    }
+}
