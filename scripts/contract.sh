@@ -39,7 +39,8 @@ fi
 DATABASE_URL="$server/postgres" scripts/services.sh up postgres
 
 echo "== building the app"
-cargo build --locked -p reference-app --bins
+# The workspace's feature set, as scripts/test.sh builds it: after the tests, nothing to do.
+cargo build --locked --workspace --all-features --bin reference-app
 app=target/debug/reference-app
 
 database="commerce_contract_$$"
