@@ -3,10 +3,10 @@
 //! `/api-docs/openapi.json` with a Swagger UI at `/docs`.
 //!
 //! Each handler documents the answers of its own (success, 403, 404, 409, route-specific
-//! 400/422); [`SharedAnswers`] adds those that come from the shared layers and extractors,
+//! 400/422); a modifier adds those that come from the shared layers and extractors,
 //! by what the operation has: 401 on routes with a token, 400 `invalid_path` /
 //! `invalid_query` with path or query parameters, 400 / 413 / 415 / 422 with a JSON body, and
-//! 429 and 503 everywhere. A test ([`tests`]) and `scripts/contract.sh` (schemathesis) hold
+//! 429 and 503 everywhere. Its unit tests and `scripts/contract.sh` (schemathesis) hold
 //! the document to what the server answers.
 
 use axum::Router;

@@ -66,13 +66,11 @@ impl Answer {
             || !self.body["error"]["details"].is_object()
         {
             Some(format!("not the error body shape: {text}"))
-        } else if let Some(leak) = ["select ", "insert ", "sqlx", "panicked", "src/"]
-            .into_iter()
-            .find(|leak| lowercase.contains(leak))
-        {
-            Some(format!("internals leaked ({leak}): {text}"))
         } else {
-            None
+            ["select ", "insert ", "sqlx", "panicked", "src/"]
+                .into_iter()
+                .find(|leak| lowercase.contains(leak))
+                .map(|leak| format!("internals leaked ({leak}): {text}"))
         }
     }
 
