@@ -12,7 +12,7 @@
 # runs with the embedded stand-in payment gateway, in-process events and cache, and an admin
 # token (so every route is reachable; schemathesis creates products and orders, hence the
 # fresh database). Settings (environment, with defaults):
-#   CONTRACT_MAX_EXAMPLES  40     generated cases per operation and phase
+#   CONTRACT_MAX_EXAMPLES  100    generated cases per operation and phase
 #   CONTRACT_SEED          2024   the generator's seed (same seed, same run)
 #   DATABASE_URL           postgres://postgres@127.0.0.1:5432/postgres (the server to use)
 #
@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
-max_examples=${CONTRACT_MAX_EXAMPLES:-40}
+max_examples=${CONTRACT_MAX_EXAMPLES:-100}
 seed=${CONTRACT_SEED:-2024}
 server=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 server=${server%/*}
