@@ -216,7 +216,7 @@ async fn a_gateway_that_recovers_ends_processing(transport: Transport) {
 
 async fn a_gateway_that_stays_down_ends_cancelled_by_the_saga_timeout(transport: Transport) {
     let app = TestApp::start_with(transport, |config| {
-        config.saga_timeout = Duration::from_secs(3);
+        common::short_saga(config, Duration::from_secs(3));
     })
     .await;
     app.running()

@@ -12,13 +12,16 @@ use crate::payment::client::{
 };
 use crate::payment::{ChargeId, ChargeOutcome, ChargeRequest};
 
-/// A [`Gateway`] over the payment gateway's HTTP API at `base_url`, with the client's default
-/// resilience settings.
+/// A [`Gateway`] over the payment gateway's HTTP API at `base_url`, with `config`'s resilience
+/// settings.
 ///
 /// # Errors
-/// When the URL does not parse.
-pub fn http_gateway(base_url: &str) -> Result<Arc<dyn Gateway>, ConfigError> {
-    let client = GatewayClient::http(base_url, GatewayClientConfig::default())?;
+/// When the URL does not parse or a setting is out of range.
+pub fn http_gateway(
+    base_url: &str,
+    config: GatewayClientConfig,
+) -> Result<Arc<dyn Gateway>, ConfigError> {
+    let client = GatewayClient::http(base_url, config)?;
     Ok(Arc::new(HttpGateway(client)))
 }
 

@@ -23,7 +23,8 @@ use crate::services::contracts::{
 pub struct WorkerSettings {
     /// Look for due payments at least this often (the consumer also wakes it).
     pub poll: Duration,
-    /// A claimed payment is another worker's to retry after this (a worker that died mid-call).
+    /// A claimed payment is another worker's to retry after this (a worker that died
+    /// mid-call): longer than a gateway call, shorter than the saga timeout (default 15 s).
     pub lease: Duration,
     /// Payments claimed per round, and gateway calls in flight.
     pub batch: i64,
@@ -38,7 +39,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             poll: Duration::from_millis(200),
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(15),
             batch: 16,
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
