@@ -20,14 +20,15 @@ use crate::auth::Auth;
 use crate::catalog::Catalog;
 use crate::config::{Config, PaymentGateway, SecretUrl, StockStrategyKind};
 use crate::events::EventBus;
-use crate::fake_pg::{self, FakePgConfig, FakePgControl};
 use crate::http::{self, Limits};
 use crate::services::contracts::Topics;
 use crate::services::ops::{OpsState, ReadinessCheck};
 use crate::services::order::saga::{spawn_timeout_sweep, PaymentAnswers, SagaStart};
 use crate::services::order::watch::NotifyStatusChanges;
 use crate::services::order::{Currency, OrderState, StatusFeed};
-use crate::services::payment::{self, OrderEvents, PaymentWorker};
+use crate::services::payment::gateway::GatewayClient;
+use crate::services::payment::stand_in::{self, StandInConfig, StandInControl};
+use crate::services::payment::{OrderEvents, PaymentWorker};
 use crate::services::store::StoreState;
 use crate::services::{admin, ops, order, store};
 
@@ -57,7 +58,7 @@ struct Parts {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
-    fake_pg: Option<(String, FakePgControl)>,
+    stand_in: Option<(String, StandInControl)>,
 }
 
 impl Application {
@@ -147,11 +148,11 @@ impl Application {
         let auth = Auth::new(&config.auth.jwt_secret).context("COMMERCE_JWT_SECRET")?;
 
         // The payment service: the gateway client, its worker and its consumer.
-        let (gateway_url, fake_pg) = match &config.payment.gateway {
+        let (gateway_url, stand_in) = match &config.payment.gateway {
             Some(PaymentGateway::Url(url)) => (url.clone(), None),
             Some(PaymentGateway::StandIn) => {
                 let (url, control) =
-                    start_fake_pg(&config.payment.stand_in, shutdown.clone(), &tasks).await?;
+                    start_stand_in(&config.payment.stand_in, shutdown.clone(), &tasks).await?;
                 tracing::warn!(
                     gateway = %url,
                     "PAYMENT_GATEWAY=stand-in: payments go to the stand-in gateway inside this \
@@ -164,19 +165,19 @@ impl Application {
                 "no payment gateway: set PAYMENT_GATEWAY_URL, or PAYMENT_GATEWAY=stand-in"
             ),
         };
-        let gateway = payment::http_gateway(gateway_url.expose(), config.payment.client.clone())
+        let gateway = GatewayClient::http(gateway_url.expose(), config.payment.client.clone())
             .context("payment gateway client")?;
         let worker = PaymentWorker::new(
             background.clone(),
             topics.payments.clone(),
-            gateway,
+            Arc::new(gateway),
             config.payment.worker,
             Arc::new(Notify::new()),
         );
         bus.consume(
             &topics.group("payment-service"),
             &[&topics.orders],
-            OrderEvents::new(worker.wake()),
+            OrderEvents::new(worker.wake(), topics.payments.clone()),
         )?;
         // The order service's side of the saga.
         bus.consume(
@@ -258,7 +259,7 @@ impl Application {
                 shutdown,
                 tasks,
                 grace: config.http.shutdown_grace,
-                fake_pg,
+                stand_in,
             },
         })
     }
@@ -302,8 +303,8 @@ impl Application {
 
     /// The embedded stand-in payment gateway's address and control, when it runs.
     #[must_use]
-    pub fn fake_pg(&self) -> Option<&(String, FakePgControl)> {
-        self.parts.fake_pg.as_ref()
+    pub fn stand_in_gateway(&self) -> Option<&(String, StandInControl)> {
+        self.parts.stand_in.as_ref()
     }
 
     /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully: in-flight requests
@@ -321,7 +322,7 @@ impl Application {
     pub fn spawn(self) -> RunningApp {
         let base_url = self.base_url();
         let stop = CancellationToken::new();
-        let fake_pg = self.parts.fake_pg.clone();
+        let stand_in = self.parts.stand_in.clone();
         let commerce = self.parts.commerce.clone();
         let signal = stop.clone();
         let task = tokio::spawn(self.run(async move { signal.cancelled().await }));
@@ -329,7 +330,7 @@ impl Application {
             base_url,
             stop,
             task,
-            fake_pg,
+            stand_in,
             commerce,
         }
     }
@@ -388,15 +389,15 @@ pub struct RunningApp {
     pub base_url: String,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
-    fake_pg: Option<(String, FakePgControl)>,
+    stand_in: Option<(String, StandInControl)>,
     commerce: Commerce,
 }
 
 impl RunningApp {
     /// The embedded stand-in payment gateway's control, when it runs.
     #[must_use]
-    pub fn fake_pg(&self) -> Option<&FakePgControl> {
-        self.fake_pg.as_ref().map(|(_, control)| control)
+    pub fn stand_in_gateway(&self) -> Option<&StandInControl> {
+        self.stand_in.as_ref().map(|(_, control)| control)
     }
 
     /// The orders and stock behind the services.
@@ -462,12 +463,12 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 }
 
 /// Starts the stand-in payment gateway on a free loopback port until `shutdown`.
-async fn start_fake_pg(
-    config: &FakePgConfig,
+async fn start_stand_in(
+    config: &StandInConfig,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) -> anyhow::Result<(String, FakePgControl)> {
-    let (router, control) = fake_pg::router(config);
+) -> anyhow::Result<(String, StandInControl)> {
+    let (router, control) = stand_in::router(config);
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
         .context("bind the stand-in payment gateway on a loopback port")?;
@@ -483,8 +484,8 @@ async fn start_fake_pg(
     Ok((url, control))
 }
 
-/// Ctrl-C, or SIGTERM on Unix.
-async fn shutdown_signal() {
+/// Ctrl-C, or SIGTERM on Unix: the one shutdown signal of the app's binaries.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use commerce_core::strategy::BatchSettings;
 
-use crate::fake_pg::FakePgConfig;
-use crate::payment::client::GatewayClientConfig;
+use crate::services::payment::gateway::GatewayClientConfig;
+use crate::services::payment::stand_in::StandInConfig;
 use crate::services::payment::WorkerSettings;
 
 /// A value that must never reach a log line or a response (the JWT secret).
@@ -344,9 +344,9 @@ pub struct PaymentSettings {
     /// The payment worker: `PAYMENT_LEASE_SECS` (default 15; above the client's overall
     /// timeout, below the saga timeout); the rest at [`WorkerSettings::default`].
     pub worker: WorkerSettings,
-    /// The stand-in gateway's behaviour when it is chosen (`FAKE_PG_LATENCY_MS`,
-    /// `FAKE_PG_FAILURE_RATE`, `FAKE_PG_DECLINE_ABOVE`, `FAKE_PG_SEED`).
-    pub stand_in: FakePgConfig,
+    /// The stand-in gateway's behaviour when it is chosen (`STAND_IN_GATEWAY_LATENCY_MS`,
+    /// `STAND_IN_GATEWAY_FAILURE_RATE`, `STAND_IN_GATEWAY_DECLINE_ABOVE`, `STAND_IN_GATEWAY_SEED`).
+    pub stand_in: StandInConfig,
 }
 
 impl Default for PaymentSettings {
@@ -356,7 +356,7 @@ impl Default for PaymentSettings {
             currency: "EUR".into(),
             client: GatewayClientConfig::default(),
             worker: WorkerSettings::default(),
-            stand_in: FakePgConfig::default(),
+            stand_in: StandInConfig::default(),
         }
     }
 }
@@ -532,7 +532,7 @@ impl Config {
         )?;
         env.read("PAYMENT_MAX_ATTEMPTS", &mut c.payment.client.max_attempts)?;
         env.duration("PAYMENT_LEASE_SECS", seconds, &mut c.payment.worker.lease)?;
-        c.payment.stand_in = FakePgConfig::from_lookup(|name| env.text(name))
+        c.payment.stand_in = StandInConfig::from_lookup(|name| env.text(name))
             .map_err(|e| ConfigError::new(e.setting, e.value, e.reason))?;
 
         env.duration("SAGA_TIMEOUT_SECS", seconds, &mut c.saga.timeout)?;
@@ -667,7 +667,7 @@ impl Config {
                 ),
             ));
         }
-        let needed = client.overall_timeout + self.payment.worker.max_backoff;
+        let needed = client.overall_timeout + self.payment.worker.backoff.max;
         if self.saga.timeout <= needed {
             return Err(ConfigError::new(
                 "SAGA_TIMEOUT_SECS",

@@ -47,7 +47,7 @@ async fn an_order_is_paid_watched_live_shipped_and_delivered(transport: Transpor
     let alice = app.customer("alice");
     // A slow gateway keeps the order CREATED while the watcher connects.
     app.running()
-        .fake_pg()
+        .stand_in_gateway()
         .unwrap()
         .set_latency(Duration::from_millis(500));
 
@@ -110,7 +110,14 @@ async fn an_order_is_paid_watched_live_shipped_and_delivered(transport: Transpor
         .get(&format!("/api/v1/products/{product}/stock"), &alice)
         .await;
     assert_eq!(stock.body["available"], 8);
-    assert_eq!(app.running().fake_pg().unwrap().stats().charges_taken, 1);
+    assert_eq!(
+        app.running()
+            .stand_in_gateway()
+            .unwrap()
+            .stats()
+            .charges_taken,
+        1
+    );
     app.assert_audit_clean().await;
     app.stop().await;
 }
@@ -190,7 +197,14 @@ async fn a_declined_payment_cancels_the_order_and_restores_stock_and_ledger(tran
         [("cancel", 2), ("order", -2), ("inbound", 5)],
         "newest first"
     );
-    assert_eq!(app.running().fake_pg().unwrap().stats().charges_taken, 0);
+    assert_eq!(
+        app.running()
+            .stand_in_gateway()
+            .unwrap()
+            .stats()
+            .charges_taken,
+        0
+    );
     app.assert_audit_clean().await;
     app.stop().await;
 }
@@ -199,12 +213,12 @@ async fn a_gateway_that_recovers_ends_processing(transport: Transport) {
     let app = TestApp::start(transport).await;
     let product = app.product("MUG-1", 450, 5).await;
     // Two whole calls (three attempts each) fail: the charge is parked twice, then taken.
-    app.running().fake_pg().unwrap().fail_next(6);
+    app.running().stand_in_gateway().unwrap().fail_next(6);
     let carol = app.customer("carol");
     let placed = app.order(&carol, product, 1).await;
     let id = placed.body["id"].as_str().unwrap().to_owned();
     app.wait_for_status(&id, "PROCESSING", SAGA_DONE).await;
-    let stats = app.running().fake_pg().unwrap().stats();
+    let stats = app.running().stand_in_gateway().unwrap().stats();
     assert_eq!(
         stats.charges_taken, 1,
         "taken once whatever the retries: {stats:?}"
@@ -220,7 +234,7 @@ async fn a_gateway_that_stays_down_ends_cancelled_by_the_saga_timeout(transport:
     })
     .await;
     app.running()
-        .fake_pg()
+        .stand_in_gateway()
         .unwrap()
         .set_failure_rate(1.0)
         .unwrap();
@@ -245,12 +259,19 @@ async fn a_gateway_that_stays_down_ends_cancelled_by_the_saga_timeout(transport:
     );
     // The gateway comes back: the voided payment is never charged.
     app.running()
-        .fake_pg()
+        .stand_in_gateway()
         .unwrap()
         .set_failure_rate(0.0)
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(app.running().fake_pg().unwrap().stats().charges_taken, 0);
+    assert_eq!(
+        app.running()
+            .stand_in_gateway()
+            .unwrap()
+            .stats()
+            .charges_taken,
+        0
+    );
     assert_eq!(app.status(&id).await, "CANCELLED");
     let stock = app
         .get(&format!("/api/v1/products/{product}/stock"), &dave)
@@ -272,16 +293,16 @@ async fn cancelling_a_paid_order_refunds_it(transport: Transport) {
         .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
     assert_eq!(cancelled.body["status"], "CANCELLED");
-    let fake_pg = app.running().fake_pg().unwrap().clone();
+    let stand_in = app.running().stand_in_gateway().unwrap().clone();
     let refunded = commerce_testkit::eventually(SAGA_DONE, || {
-        let fake_pg = fake_pg.clone();
-        async move { fake_pg.stats().refunds == 1 }
+        let stand_in = stand_in.clone();
+        async move { stand_in.stats().refunds == 1 }
     })
     .await;
     assert!(
         refunded,
         "the charge was not refunded: {:?}",
-        fake_pg.stats()
+        stand_in.stats()
     );
     app.assert_audit_clean().await;
     app.stop().await;

@@ -31,8 +31,8 @@ pub fn short_saga(config: &mut Config, timeout: Duration) {
     config.payment.client.overall_timeout = timeout / 3;
     config.payment.client.attempt_timeout = timeout / 6;
     config.payment.worker.lease = timeout / 2;
-    config.payment.worker.max_backoff = timeout / 6;
-    config.payment.worker.backoff = config.payment.worker.backoff.min(timeout / 12);
+    config.payment.worker.backoff.max = timeout / 6;
+    config.payment.worker.backoff.initial = config.payment.worker.backoff.initial.min(timeout / 12);
 }
 
 /// A running app on a database of its own.
