@@ -52,7 +52,6 @@ impl std::fmt::Debug for Application {
 struct Parts {
     pool: PgPool,
     background: PgPool,
-    commerce: Commerce,
     catalog: Catalog,
     bus: EventBus,
     shutdown: CancellationToken,
@@ -253,7 +252,6 @@ impl Application {
             parts: Parts {
                 pool,
                 background,
-                commerce,
                 catalog,
                 bus,
                 shutdown,
@@ -289,18 +287,6 @@ impl Application {
         format!("http://{address}")
     }
 
-    /// `"kafka"` or `"in-process"`.
-    #[must_use]
-    pub fn transport(&self) -> &'static str {
-        self.parts.bus.kind()
-    }
-
-    /// The orders and stock behind the services (for tests and the audit).
-    #[must_use]
-    pub fn commerce(&self) -> &Commerce {
-        &self.parts.commerce
-    }
-
     /// The embedded stand-in payment gateway's address and control, when it runs.
     #[must_use]
     pub fn stand_in_gateway(&self) -> Option<&(String, StandInControl)> {
@@ -323,7 +309,6 @@ impl Application {
         let base_url = self.base_url();
         let stop = CancellationToken::new();
         let stand_in = self.parts.stand_in.clone();
-        let commerce = self.parts.commerce.clone();
         let signal = stop.clone();
         let task = tokio::spawn(self.run(async move { signal.cancelled().await }));
         RunningApp {
@@ -331,7 +316,6 @@ impl Application {
             stop,
             task,
             stand_in,
-            commerce,
         }
     }
 
@@ -390,7 +374,6 @@ pub struct RunningApp {
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     stand_in: Option<(String, StandInControl)>,
-    commerce: Commerce,
 }
 
 impl RunningApp {
@@ -398,12 +381,6 @@ impl RunningApp {
     #[must_use]
     pub fn stand_in_gateway(&self) -> Option<&StandInControl> {
         self.stand_in.as_ref().map(|(_, control)| control)
-    }
-
-    /// The orders and stock behind the services.
-    #[must_use]
-    pub fn commerce(&self) -> &Commerce {
-        &self.commerce
     }
 
     /// Shuts down gracefully and waits for it.
