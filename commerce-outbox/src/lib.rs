@@ -54,6 +54,7 @@ mod retention;
 pub mod saga;
 mod shutdown;
 pub mod transport;
+mod unprocessable;
 
 pub use backoff::Backoff;
 pub use consumer::{
@@ -72,6 +73,7 @@ pub use transport::{
     InProcessTransportBuilder, KafkaTransport, KafkaTransportBuilder, OutboundMessage,
     PublishOutcome, Subscription, TopicSettings,
 };
+pub use unprocessable::{UnprocessableEvent, UnprocessableExt};
 
 /// The README's example, compiled as a doctest so it stays true.
 #[cfg(doctest)]
