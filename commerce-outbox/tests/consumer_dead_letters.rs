@@ -42,11 +42,13 @@ struct Numbered {
 }
 
 /// Records each event it applies as (aggregate, n) in `applied`. A payload without a numeric
-/// `n` is unprocessable, or, `lenient` (the fixed handler of a replay), recorded as -1. The
-/// first `transient_failures` calls fail with a plain error, as when the database is down.
+/// `n` is unprocessable, or, `lenient` (the fixed handler of a replay), recorded as -1 after
+/// `delay`. The first `transient_failures` calls fail with a plain error, as when the
+/// database is down.
 #[derive(Clone)]
 struct Tally {
     lenient: bool,
+    delay: Duration,
     transient_failures: Arc<AtomicU32>,
 }
 
@@ -54,20 +56,23 @@ impl Tally {
     fn strict() -> Self {
         Self {
             lenient: false,
+            delay: Duration::ZERO,
             transient_failures: Arc::new(AtomicU32::new(0)),
         }
     }
 
     fn failing_first(calls: u32) -> Self {
         Self {
-            lenient: false,
             transient_failures: Arc::new(AtomicU32::new(calls)),
+            ..Self::strict()
         }
     }
 
+    /// Slow enough that two replays at once overlap.
     fn lenient() -> Self {
         Self {
             lenient: true,
+            delay: Duration::from_millis(200),
             ..Self::strict()
         }
     }
@@ -88,6 +93,7 @@ impl EventHandler for Tally {
             return Err("the database is down (pretend)".into());
         }
         let n = if self.lenient {
+            tokio::time::sleep(self.delay).await;
             envelope.payload["n"].as_i64().unwrap_or(-1)
         } else {
             envelope.decode_payload::<Numbered>()?.n
@@ -444,13 +450,21 @@ async fn consumer_dead_letters_are_listed_replayed_through_the_handler_and_disca
     );
     assert_eq!(ids(list(10).await.unwrap()), vec![first, second], "kept");
 
-    replay_consumer_dead_letter(db.pool(), CONSUMER, first, &Tally::lenient())
-        .await
-        .unwrap();
+    // Two operators at once: the second waits for the first's lock, then finds nothing.
+    let fixed = Tally::lenient();
+    let (one, two) = tokio::join!(
+        replay_consumer_dead_letter(db.pool(), CONSUMER, first, &fixed),
+        replay_consumer_dead_letter(db.pool(), CONSUMER, first, &fixed),
+    );
+    let not_found = |r: &Result<(), Error>| matches!(r, Err(Error::ConsumerDeadLetterNotFound { event_id, .. }) if *event_id == first);
+    assert!(
+        (one.is_ok() && not_found(&two)) || (not_found(&one) && two.is_ok()),
+        "{one:?} {two:?}"
+    );
     assert_eq!(
         applied(db.pool()).await["x"],
         vec![-1],
-        "applied by the replay"
+        "applied by the replay, once"
     );
     assert_eq!(ids(list(10).await.unwrap()), vec![second]);
     assert!(in_inbox(db.pool(), first).await);
