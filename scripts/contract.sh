@@ -49,6 +49,8 @@ export DATABASE_URL="$server/$database"
 export COMMERCE_JWT_SECRET
 COMMERCE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export BIND=127.0.0.1 PORT=$port EVENT_PREFIX="contract-$$" RUST_LOG=${RUST_LOG:-warn}
+# The stand-in payment gateway inside the process (the app refuses to start without a gateway).
+export PAYMENT_GATEWAY=stand-in
 unset REDIS_URL KAFKA_BROKERS PAYMENT_GATEWAY_URL
 
 log=$(mktemp -t contract-app.XXXXXX.log)

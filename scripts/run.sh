@@ -9,7 +9,9 @@
 # postgres://postgres@127.0.0.1:5432/commerce) is created and migrated at start-up. Prints the
 # URL, the API docs page and a customer and an admin token to try it with. Every setting is an
 # environment variable (README, docs/reference-app.md); REDIS_URL / KAFKA_BROKERS set by hand
-# switch those on too.
+# switch those on too. Payments go to PAYMENT_GATEWAY_URL when it is set; otherwise this
+# script chooses the stand-in gateway (PAYMENT_GATEWAY=stand-in, inside the process, approves
+# every charge: no real money) and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,7 @@ with_redis_kafka=false
 for arg in "$@"; do
     case "$arg" in
         --with-redis-kafka) with_redis_kafka=true ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) echo "unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -45,6 +47,19 @@ if [ -z "${COMMERCE_JWT_SECRET:-}" ]; then
 fi
 export COMMERCE_JWT_SECRET
 
+# The app itself refuses to start without a gateway (it fails closed); a local run chooses the
+# stand-in explicitly, and the banner says so.
+if [ -n "${PAYMENT_GATEWAY_URL:-}" ]; then
+    payments="the gateway at PAYMENT_GATEWAY_URL"
+else
+    export PAYMENT_GATEWAY=${PAYMENT_GATEWAY:-stand-in}
+    payments="the STAND-IN gateway inside the process (PAYMENT_GATEWAY=stand-in): it approves every charge, no real money moves"
+fi
+events="in-process (Postgres alone)"
+[ -n "${KAFKA_BROKERS:-}" ] && events="Kafka at $KAFKA_BROKERS"
+cache="in-process"
+[ -n "${REDIS_URL:-}" ] && cache="Redis at $REDIS_URL"
+
 cargo build --release --locked -p reference-app --bins
 app=target/release/reference-app
 base="http://${BIND:-127.0.0.1}:$PORT"
@@ -52,8 +67,9 @@ cat <<INFO
 
   commerce-rs order system on $base
   API docs:        $base/docs   (OpenAPI: $base/api-docs/openapi.json)
-  events:          ${KAFKA_BROKERS:+Kafka at $KAFKA_BROKERS}${KAFKA_BROKERS:-in-process (Postgres alone)}
-  product cache:   ${REDIS_URL:+Redis at $REDIS_URL}${REDIS_URL:-in-process}
+  events:          $events
+  product cache:   $cache
+  payments:        $payments
   customer token:  $("$app" token --sub alice --role customer)
   admin token:     $("$app" token --sub admin --role admin)
   try:             curl -H "Authorization: Bearer <admin token>" $base/api/v1/admin/audit

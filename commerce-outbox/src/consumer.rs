@@ -12,24 +12,42 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
+use crate::dead_letter::set_aside;
 use crate::error::{Error, Result};
 use crate::event::Envelope;
 use crate::inbox::record_once;
 use crate::shutdown::sleep_or_shutdown;
 use crate::transport::{kafka_subscribe, Delivery, DeliveryContent, EventTransport, Subscription};
+use crate::unprocessable::UnprocessableEvent;
 
-/// What a handler returns on failure: any error; the event is retried.
+/// What a handler returns on failure: any error. The event is retried, unless the error is
+/// (or wraps) an [`UnprocessableEvent`]: then it is set aside as a consumer dead letter.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Applies one event's effect inside the consumer's transaction.
 ///
 /// The runner has already recorded the event in the inbox on `conn`; the handler's writes
 /// (and any events it enqueues) commit together with that record. Returning an error rolls
-/// everything back and the same event is retried with backoff, holding the events behind it
-/// so order holds (on Kafka until it succeeds; in-process
-/// [`InboxConsumerBuilder::handler_attempts`] times, then it goes back to the relay as a
-/// failed attempt). Report business failures as data (e.g. emit a compensation event), not
-/// as errors.
+/// everything back; what happens next depends on the error:
+///
+/// - **A plain error means "not now"** (database down, a lock timeout, a service not
+///   answering): the same event is retried with backoff, holding the events behind it so
+///   order holds. On Kafka it is retried until it succeeds, however long the outage lasts
+///   (no bound: an outage must not turn events into dead letters); in-process
+///   [`InboxConsumerBuilder::handler_attempts`] times, then it goes back to the relay as a
+///   failed attempt.
+/// - **An [`UnprocessableEvent`] means "never"**: data no retry can fix (a payload that does
+///   not deserialize: use [`Envelope::decode_payload`] or
+///   [`.unprocessable()`](crate::UnprocessableExt::unprocessable); a value the domain
+///   refuses for good). The runner records the event in the inbox and in the consumer dead
+///   letters ([`crate::dead_letter::list_consumer_dead_letters`]) in a new transaction,
+///   logs it at ERROR and acknowledges the delivery, so the events behind it go on. An
+///   operator replays it through the handler once the cause is fixed
+///   ([`crate::dead_letter::replay_consumer_dead_letter`]) or discards it. If that write
+///   fails too, the event is retried as for a plain error: a delivery is acknowledged only
+///   once the event was applied or recorded.
+///
+/// Report business outcomes as data (e.g. emit a compensation event), not as errors.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     /// Handles `envelope` on `conn` (inside the transaction).
@@ -106,7 +124,8 @@ impl InboxConsumerBuilder {
     /// Tries of a failing handler before its event goes back to the relay as a failed
     /// attempt (default 3; at least 1), on transports that can take a delivery back
     /// ([`Subscription::can_refuse`]: in-process). On Kafka a failing event is retried until
-    /// it succeeds.
+    /// it succeeds. Either way this bounds transient failures only: an
+    /// [`UnprocessableEvent`] is set aside at the first try (see [`EventHandler`]).
     pub fn handler_attempts(mut self, attempts: u32) -> Self {
         self.handler_attempts = attempts.max(1);
         self
@@ -153,6 +172,7 @@ struct Counters {
     failures: AtomicU64,
     refused: AtomicU64,
     skipped: AtomicU64,
+    dead_lettered: AtomicU64,
 }
 
 /// Counters of an [`InboxConsumer`].
@@ -162,13 +182,17 @@ pub struct ConsumerStats {
     pub applied: u64,
     /// Redeliveries absorbed by the inbox.
     pub duplicates: u64,
-    /// Handler or database failures (each retried).
+    /// Transient handler or database failures (each retried), including failed writes of
+    /// a consumer dead letter.
     pub failures: u64,
     /// Events handed back to the relay after `handler_attempts` failures (in-process).
     pub refused: u64,
     /// Deliveries that are not outbox events (dead letters, foreign messages): logged and
     /// skipped.
     pub skipped: u64,
+    /// Events the handler declared unprocessable ([`crate::UnprocessableEvent`]): recorded as
+    /// consumer dead letters (see [`crate::dead_letter`]) and acknowledged, not retried.
+    pub dead_lettered: u64,
 }
 
 /// A consumer-group member that applies each event exactly once through the inbox.
@@ -237,9 +261,20 @@ impl InboxConsumer<()> {
     }
 }
 
-/// What became of one event.
+/// What one try of an event came to, when it did not fail.
+enum Outcome {
+    /// The handler's effect committed with the inbox record.
+    Applied,
+    /// The inbox already held it: a redelivery.
+    Duplicate,
+    /// The handler declared it unprocessable: recorded in the inbox and set aside as a
+    /// consumer dead letter.
+    SetAside,
+}
+
+/// What became of one delivery.
 enum Handled {
-    /// Applied, or absorbed as a duplicate: acknowledge it.
+    /// Applied, absorbed as a duplicate, set aside or skipped: acknowledge it.
     Done,
     /// The handler kept failing: give it back (`can_refuse` subscriptions only).
     GaveUp(String),
@@ -337,40 +372,57 @@ impl<H: EventHandler> Applier<H> {
         };
         let mut failures = 0_u32;
         loop {
-            match self.apply(envelope).await {
-                Ok(true) => {
-                    self.stats.applied.fetch_add(1, Ordering::Relaxed);
+            let error = match self.try_once(&delivery.topic, envelope).await {
+                Ok(outcome) => {
+                    let counter = match outcome {
+                        Outcome::Applied => &self.stats.applied,
+                        Outcome::Duplicate => &self.stats.duplicates,
+                        Outcome::SetAside => &self.stats.dead_lettered,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     return Handled::Done;
                 }
-                Ok(false) => {
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return Handled::Done;
-                }
-                Err(error) => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    failures = failures.saturating_add(1);
-                    if give_up_after.is_some_and(|attempts| failures >= attempts) {
-                        tracing::warn!(
-                            consumer = %self.settings.consumer_name, event_id = %envelope.id,
-                            event_type = %envelope.event_type, attempts = failures, %error,
-                            "event handler keeps failing; handing the event back to the relay (a failed attempt)"
-                        );
-                        return Handled::GaveUp(error.to_string());
-                    }
-                    let delay = self
-                        .settings
-                        .retry_backoff
-                        .delay_with_random_jitter(failures);
-                    tracing::warn!(
-                        consumer = %self.settings.consumer_name, event_id = %envelope.id,
-                        event_type = %envelope.event_type, attempts = failures, %error, ?delay,
-                        "event handler failed; retrying (later events of this member wait, to keep order)"
-                    );
-                    if sleep_or_shutdown(delay, shutdown).await {
-                        return Handled::Interrupted;
-                    }
-                }
+                Err(error) => error,
+            };
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            failures = failures.saturating_add(1);
+            if give_up_after.is_some_and(|attempts| failures >= attempts) {
+                tracing::warn!(
+                    consumer = %self.settings.consumer_name, event_id = %envelope.id,
+                    event_type = %envelope.event_type, attempts = failures, %error,
+                    "event handler keeps failing; handing the event back to the relay (a failed attempt)"
+                );
+                return Handled::GaveUp(error.to_string());
             }
+            let delay = self
+                .settings
+                .retry_backoff
+                .delay_with_random_jitter(failures);
+            tracing::warn!(
+                consumer = %self.settings.consumer_name, event_id = %envelope.id,
+                event_type = %envelope.event_type, attempts = failures, %error, ?delay,
+                "event handler failed; retrying (later events of this member wait, to keep order)"
+            );
+            if sleep_or_shutdown(delay, shutdown).await {
+                return Handled::Interrupted;
+            }
+        }
+    }
+
+    /// One try of an event from `topic`: applied, a duplicate, or (the handler declared it
+    /// unprocessable) set aside. An error is transient: the caller retries.
+    async fn try_once(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+    ) -> std::result::Result<Outcome, HandlerError> {
+        match self.apply(envelope).await {
+            Ok(true) => Ok(Outcome::Applied),
+            Ok(false) => Ok(Outcome::Duplicate),
+            Err(error) if UnprocessableEvent::find(error.as_ref()).is_some() => {
+                self.set_aside(topic, envelope, &error.to_string()).await
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -380,9 +432,44 @@ impl<H: EventHandler> Applier<H> {
             tx.rollback().await?;
             return Ok(false);
         }
-        self.handler.handle(&mut tx, envelope).await?;
+        if let Err(error) = self.handler.handle(&mut tx, envelope).await {
+            // At once, not when the connection is next used: setting the event aside inserts
+            // the same inbox row, and would wait for this transaction's.
+            tx.rollback().await?;
+            return Err(error);
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Records the unprocessable event in the inbox and the consumer dead letters, so the
+    /// delivery can be acknowledged. If that write fails, the event was neither applied nor
+    /// recorded: a transient error, retried (the handler runs again).
+    async fn set_aside(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> std::result::Result<Outcome, HandlerError> {
+        let consumer = &self.settings.consumer_name;
+        match set_aside(&self.settings.pool, consumer, topic, envelope, reason).await {
+            Ok(true) => {
+                tracing::error!(
+                    consumer = %consumer, topic, event_id = %envelope.id,
+                    event_type = %envelope.event_type, aggregate_type = %envelope.aggregate_type,
+                    aggregate_id = %envelope.aggregate_id, aggregate_seq = envelope.aggregate_seq,
+                    error = %reason,
+                    "event handler declared the event unprocessable; set aside as a consumer dead letter, the events behind it go on"
+                );
+                Ok(Outcome::SetAside)
+            }
+            // Another member of the group handled it meanwhile.
+            Ok(false) => Ok(Outcome::Duplicate),
+            Err(write) => Err(format!(
+                "cannot set the unprocessable event aside as a consumer dead letter ({write}); the handler said: {reason}"
+            )
+            .into()),
+        }
     }
 }
 
@@ -406,6 +493,7 @@ impl ConsumerHandle {
             failures: self.stats.failures.load(Ordering::Relaxed),
             refused: self.stats.refused.load(Ordering::Relaxed),
             skipped: self.stats.skipped.load(Ordering::Relaxed),
+            dead_lettered: self.stats.dead_lettered.load(Ordering::Relaxed),
         }
     }
 

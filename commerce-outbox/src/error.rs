@@ -68,6 +68,29 @@ pub enum Error {
         status: String,
     },
 
+    /// A consumer has no dead letter of this event (never set aside, or already replayed
+    /// or discarded).
+    #[error("consumer {consumer} has no dead letter of event {event_id}")]
+    ConsumerDeadLetterNotFound {
+        /// The consumer (its inbox name).
+        consumer: String,
+        /// The event.
+        event_id: EventId,
+    },
+
+    /// Replaying a consumer dead letter failed: the handler returned `source` (an
+    /// [`crate::UnprocessableEvent`] if it still cannot apply the event). Nothing was
+    /// written; the dead letter stays.
+    #[error("replaying event {event_id} for consumer {consumer} failed: {source}")]
+    ReplayFailed {
+        /// The consumer (its inbox name).
+        consumer: String,
+        /// The event.
+        event_id: EventId,
+        /// The handler's error.
+        source: crate::consumer::HandlerError,
+    },
+
     /// A topic does not exist on the transport (create it with `ensure_topics`).
     #[error("topic {topic} does not exist")]
     UnknownTopic {

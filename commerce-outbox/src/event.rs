@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::unprocessable::UnprocessableEvent;
 
 /// An event's identity: a UUID v7, so ids sort roughly by creation time.
 ///
@@ -194,6 +195,30 @@ impl Envelope {
             )));
         }
         Ok(serde_json::from_value(self.payload.clone())?)
+    }
+
+    /// Deserializes the payload as `T`, for an [`crate::EventHandler`]: a payload that does
+    /// not match is an [`UnprocessableEvent`] (no retry can change it), so
+    /// `envelope.decode_payload()?` in a handler sets such an event aside as a consumer dead
+    /// letter instead of retrying it forever.
+    ///
+    /// Unlike [`Envelope::decode`], it takes any `T` and does not check the event type.
+    ///
+    /// # Errors
+    /// [`UnprocessableEvent`] naming the event and what serde said.
+    pub fn decode_payload<T: DeserializeOwned>(
+        &self,
+    ) -> std::result::Result<T, UnprocessableEvent> {
+        serde_json::from_value(self.payload.clone()).map_err(|error| {
+            let reason = format!(
+                "the payload of {} {} (schema v{}) does not decode as {}: {error}",
+                self.event_type,
+                self.id,
+                self.schema_version,
+                std::any::type_name::<T>()
+            );
+            UnprocessableEvent::with_cause(reason, Box::new(error))
+        })
     }
 }
 

@@ -36,7 +36,10 @@
 //!   queues; a row is marked published only once every subscribed group applied it) for one
 //!   process with Postgres alone. The relay, the consumer and the sagas are the same on both.
 //! - [`InboxConsumer`] and [`inbox`] make consumers idempotent; [`saga`] builds
-//!   choreographed sagas on top, with a persisted saga log.
+//!   choreographed sagas on top, with a persisted saga log. A handler that returns an
+//!   [`UnprocessableEvent`] (a payload that does not decode: [`Envelope::decode_payload`])
+//!   has the event set aside as a consumer dead letter instead of retried, so the events
+//!   behind it go on; [`dead_letter`] lists, replays (through a handler) and discards them.
 //!
 //! See `docs/outbox.md` for the envelope, failure behaviour and benchmark figures.
 
@@ -54,6 +57,7 @@ mod retention;
 pub mod saga;
 mod shutdown;
 pub mod transport;
+mod unprocessable;
 
 pub use backoff::Backoff;
 pub use consumer::{
@@ -72,6 +76,7 @@ pub use transport::{
     InProcessTransportBuilder, KafkaTransport, KafkaTransportBuilder, OutboundMessage,
     PublishOutcome, Subscription, TopicSettings,
 };
+pub use unprocessable::{UnprocessableEvent, UnprocessableExt};
 
 /// The README's example, compiled as a doctest so it stays true.
 #[cfg(doctest)]

@@ -11,7 +11,8 @@ use crate::error::Result;
 const STATS_SQL: &str = "
 SELECT count(*) FILTER (WHERE status = 'pending'),
        extract(epoch FROM clock_timestamp() - min(created_at) FILTER (WHERE status = 'pending'))::float8,
-       count(*) FILTER (WHERE status = 'dead')
+       count(*) FILTER (WHERE status = 'dead'),
+       (SELECT count(*) FROM commerce_outbox.consumer_dead_letter)
 FROM commerce_outbox.event
 WHERE status IN ('pending', 'dead')";
 
@@ -24,19 +25,25 @@ pub struct OutboxStats {
     pub oldest_pending_age: Option<Duration>,
     /// Dead letters waiting for a replay or discard.
     pub dead_letters: i64,
+    /// Consumer dead letters (events a consumer's handler declared unprocessable) waiting
+    /// for a replay or discard, all consumers together
+    /// ([`crate::dead_letter::count_consumer_dead_letters`] has them per consumer).
+    pub consumer_dead_letters: i64,
 }
 
-/// Reads [`OutboxStats`] (one indexed query; cheap enough for a metrics scrape).
+/// Reads [`OutboxStats`] (one indexed query, plus a count of the consumer dead letters, a
+/// table that stays small; cheap enough for a metrics scrape).
 ///
 /// # Errors
 /// [`crate::Error::Database`] when the query fails.
 pub async fn outbox_stats(pool: &PgPool) -> Result<OutboxStats> {
-    let (pending, age, dead): (i64, Option<f64>, i64) =
+    let (pending, age, dead, consumer_dead): (i64, Option<f64>, i64, i64) =
         sqlx::query_as(STATS_SQL).fetch_one(pool).await?;
     Ok(OutboxStats {
         pending,
         oldest_pending_age: age.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
         dead_letters: dead,
+        consumer_dead_letters: consumer_dead,
     })
 }
 

@@ -121,7 +121,10 @@ pub async fn saga_log(pool: &PgPool, saga_id: &str) -> Result<Vec<SagaLogEntry>>
 pub enum StepError {
     /// A business failure (out of stock, payment declined): compensate, do not retry.
     Failed(String),
-    /// Infrastructure trouble: roll everything back and retry the event later.
+    /// Infrastructure trouble: roll everything back and retry the event later. (An
+    /// [`crate::UnprocessableEvent`] here, e.g. from `.unprocessable()?` in a step, rolls
+    /// back too but is not retried: the consumer sets the event aside as a consumer dead
+    /// letter.)
     Retry(HandlerError),
 }
 

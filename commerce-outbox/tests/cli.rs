@@ -110,3 +110,84 @@ async fn dlq_replay_needs_either_an_event_or_a_topic() {
     assert!(!ok, "an unknown event must fail");
     assert!(stderr.contains("not found"), "{stderr}");
 }
+
+/// Sets `id` aside as a dead letter of `consumer`, as the runner does.
+async fn set_aside(db: &TestDb, consumer: &str, id: EventId, error: &str) {
+    sqlx::query("INSERT INTO commerce_outbox.inbox (consumer, event_id) VALUES ($1, $2)")
+        .bind(consumer)
+        .bind(id.0)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO commerce_outbox.consumer_dead_letter
+             (consumer, topic, event_id, event_type, aggregate_type, aggregate_id,
+              aggregate_seq, occurred_at, schema_version, payload, error)
+         SELECT $1, topic, id, event_type, aggregate_type, aggregate_id, aggregate_seq,
+                occurred_at, schema_version, payload, $3
+         FROM commerce_outbox.event WHERE id = $2",
+    )
+    .bind(consumer)
+    .bind(id.0)
+    .bind(error)
+    .execute(db.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn consumer_dlq_lists_a_consumers_dead_letters_and_discards_one() {
+    let db = TestDb::new(&[&MIGRATOR]).await;
+    let first = commit_event(db.pool(), "payments", "payment-1", 0).await;
+    let second = commit_event(db.pool(), "payments", "payment-2", 0).await;
+    let others = commit_event(db.pool(), "payments", "payment-3", 0).await;
+    set_aside(&db, "orders", first, "unprocessable event: no order_id").await;
+    set_aside(
+        &db,
+        "orders",
+        second,
+        "unprocessable event: negative amount",
+    )
+    .await;
+    set_aside(&db, "shipping", others, "unprocessable event: no address").await;
+
+    let (ok, stdout, stderr) = run(&db, &["consumer-dlq", "list", "orders"]).await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two dead letters: {stdout}");
+    assert!(
+        lines[1].starts_with(&first.to_string()),
+        "oldest first: {stdout}"
+    );
+    assert!(lines[1].contains("test payment-1 #1") && lines[1].ends_with("no order_id"));
+    assert!(lines[2].starts_with(&second.to_string()), "{stdout}");
+
+    let (ok, stdout, _) = run(&db, &["stats"]).await;
+    assert!(ok);
+    assert!(stdout.contains("consumer dead letters: 3"), "{stdout}");
+    assert!(
+        stdout.contains("  orders: 2") && stdout.contains("  shipping: 1"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = run(
+        &db,
+        &["consumer-dlq", "discard", "orders", &first.to_string()],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with(&format!("discarded {first} for consumer orders")));
+    let (_, stdout, _) = run(&db, &["consumer-dlq", "list", "orders", "--limit", "5"]).await;
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(!stdout.contains(&first.to_string()), "{stdout}");
+
+    let (ok, _, stderr) = run(
+        &db,
+        &["consumer-dlq", "discard", "orders", &first.to_string()],
+    )
+    .await;
+    assert!(!ok, "discarding twice must fail");
+    assert!(stderr.contains("has no dead letter"), "{stderr}");
+    let (_, stdout, _) = run(&db, &["consumer-dlq", "list", "nobody"]).await;
+    assert_eq!(stdout.trim(), "no consumer dead letters");
+}

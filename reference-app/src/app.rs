@@ -18,16 +18,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::catalog::Catalog;
-use crate::config::{Config, StockStrategyKind};
+use crate::config::{Config, PaymentGateway, SecretUrl, StockStrategyKind};
 use crate::events::EventBus;
-use crate::fake_pg::{self, FakePgConfig, FakePgControl};
 use crate::http::{self, Limits};
 use crate::services::contracts::Topics;
 use crate::services::ops::{OpsState, ReadinessCheck};
 use crate::services::order::saga::{spawn_timeout_sweep, PaymentAnswers, SagaStart};
 use crate::services::order::watch::NotifyStatusChanges;
 use crate::services::order::{Currency, OrderState, StatusFeed};
-use crate::services::payment::{self, OrderEvents, PaymentWorker, WorkerSettings};
+use crate::services::payment::gateway::GatewayClient;
+use crate::services::payment::stand_in::{self, StandInConfig, StandInControl};
+use crate::services::payment::{OrderEvents, PaymentWorker};
 use crate::services::store::StoreState;
 use crate::services::{admin, ops, order, store};
 
@@ -51,13 +52,12 @@ impl std::fmt::Debug for Application {
 struct Parts {
     pool: PgPool,
     background: PgPool,
-    commerce: Commerce,
     catalog: Catalog,
     bus: EventBus,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
-    fake_pg: Option<(String, FakePgControl)>,
+    stand_in: Option<(String, StandInControl)>,
 }
 
 impl Application {
@@ -86,80 +86,97 @@ impl Application {
     /// # Errors
     /// When a server cannot be reached, a migration fails or the port cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
         // Metrics recorded from now on reach /metrics.
         crate::telemetry::prometheus();
         let pool = connect(&config).await?;
         // Background work (relay, consumers, payment worker) has a pool of its own: a surge of
         // requests cannot starve the saga, nor the saga the requests.
         let background = PgPoolOptions::new()
-            .max_connections(config.background_connections)
+            .max_connections(config.database.background_connections)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(&config.database_url)
+            .connect(config.database.url.expose())
             .await
             .context("background pool")?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let topics = Topics::new(&config.event_prefix);
-        let mut bus = EventBus::new(background.clone(), config.kafka_brokers.as_deref(), &topics)
-            .await
-            .context("event transport")?;
-        let mut commerce = Commerce::builder(pool.clone());
-        if config.stock_strategy == StockStrategyKind::Batching {
-            commerce = commerce.strategy(commerce_core::strategy::Batching::new());
-        }
-        if config.stock_strategy == StockStrategyKind::Lock {
-            // The lock falls back to its in-process backend without Redis, like the cache.
-            let strategy = match &config.redis_url {
-                Some(url) => DistributedLockStrategy::new(
-                    RedisLock::connect(url.clone())
-                        .await
-                        .context("REDIS_URL (lock)")?,
-                ),
-                None => DistributedLockStrategy::new(LocalLock::new()),
-            };
-            commerce = commerce.strategy(strategy);
-        }
+        let topics = Topics::new(&config.events.prefix);
+        let mut bus = EventBus::new(
+            background.clone(),
+            config.events.kafka_brokers.as_deref(),
+            &topics,
+        )
+        .await
+        .context("event transport")?;
+        let commerce = match config.stock.strategy {
+            StockStrategyKind::ConditionalUpdate => Commerce::builder(pool.clone()),
+            StockStrategyKind::Batching => Commerce::builder(pool.clone()).strategy(
+                commerce_core::strategy::Batching::with_settings(config.stock.batch),
+            ),
+            StockStrategyKind::LocalLock => Commerce::builder(pool.clone())
+                .strategy(DistributedLockStrategy::new(LocalLock::new())),
+            StockStrategyKind::RedisLock => {
+                let url = config
+                    .redis_url
+                    .as_ref()
+                    .context("STOCK_STRATEGY=redis-lock needs REDIS_URL")?;
+                let lock = RedisLock::connect(url.expose().to_owned())
+                    .await
+                    .with_context(|| format!("REDIS_URL {url} (lock)"))?;
+                Commerce::builder(pool.clone()).strategy(DistributedLockStrategy::new(lock))
+            }
+        };
         let commerce = commerce
             .hook(OutboxHook::with_topics(&topics.orders, &topics.stock))
             .hook(SagaStart::new(
-                config.currency.clone(),
+                config.payment.currency.clone(),
                 topics.orders.clone(),
             ))
             .hook(NotifyStatusChanges)
             .build();
         let redis = config
             .redis_url
-            .as_deref()
-            .map(redis::Client::open)
+            .as_ref()
+            .map(|url| redis::Client::open(url.expose()))
             .transpose()
             .context("REDIS_URL")?;
         let catalog = Catalog::new(commerce.clone(), redis.clone(), "reference-app")
             .await
             .context("product cache")?;
-        let auth = Auth::new(&config.jwt_secret).context("COMMERCE_JWT_SECRET")?;
+        let auth = Auth::new(&config.auth.jwt_secret).context("COMMERCE_JWT_SECRET")?;
 
         // The payment service: the gateway client, its worker and its consumer.
-        let (gateway_url, fake_pg) = match &config.payment_gateway_url {
-            Some(url) => (url.clone(), None),
-            None => {
+        let (gateway_url, stand_in) = match &config.payment.gateway {
+            Some(PaymentGateway::Url(url)) => (url.clone(), None),
+            Some(PaymentGateway::StandIn) => {
                 let (url, control) =
-                    start_fake_pg(config.fake_pg_port, shutdown.clone(), &tasks).await?;
-                (url.clone(), Some((url, control)))
+                    start_stand_in(&config.payment.stand_in, shutdown.clone(), &tasks).await?;
+                tracing::warn!(
+                    gateway = %url,
+                    "PAYMENT_GATEWAY=stand-in: payments go to the stand-in gateway inside this \
+                     process, which approves every charge up to its limit. No real money moves: \
+                     never run it like this for real orders"
+                );
+                (SecretUrl::new(url.clone()), Some((url, control)))
             }
+            None => anyhow::bail!(
+                "no payment gateway: set PAYMENT_GATEWAY_URL, or PAYMENT_GATEWAY=stand-in"
+            ),
         };
-        let gateway = payment::http_gateway(&gateway_url).context("payment gateway client")?;
+        let gateway = GatewayClient::http(gateway_url.expose(), config.payment.client.clone())
+            .context("payment gateway client")?;
         let worker = PaymentWorker::new(
             background.clone(),
             topics.payments.clone(),
-            gateway,
-            WorkerSettings::default(),
+            Arc::new(gateway),
+            config.payment.worker,
             Arc::new(Notify::new()),
         );
         bus.consume(
             &topics.group("payment-service"),
             &[&topics.orders],
-            OrderEvents::new(worker.wake()),
+            OrderEvents::new(worker.wake(), topics.payments.clone()),
         )?;
         // The order service's side of the saga.
         bus.consume(
@@ -173,7 +190,7 @@ impl Application {
         worker.clone().spawn(shutdown.clone(), &tasks);
         spawn_timeout_sweep(
             commerce.clone(),
-            config.saga_timeout,
+            config.saga.timeout,
             shutdown.clone(),
             &tasks,
         );
@@ -197,7 +214,7 @@ impl Application {
                 auth: auth.clone(),
                 feed,
                 shutdown: shutdown.clone(),
-                currency: Currency(config.currency.clone()),
+                currency: Currency(config.payment.currency.clone()),
             }))
             .merge(admin::router(admin::AdminState {
                 pool: pool.clone(),
@@ -214,13 +231,13 @@ impl Application {
         let router = http::layered(
             router,
             Limits {
-                request_timeout: config.request_timeout,
-                body_limit: config.body_limit,
-                max_in_flight: config.max_in_flight,
+                request_timeout: config.http.request_timeout,
+                body_limit: config.http.body_limit,
+                max_in_flight: config.http.max_in_flight,
             },
         );
-        let listener =
-            Self::listen(config.listen).with_context(|| format!("bind {}", config.listen))?;
+        let listen = config.http.listen;
+        let listener = Self::listen(listen).with_context(|| format!("bind {listen}"))?;
         tracing::info!(
             address = %listener.local_addr()?,
             transport = bus.kind(),
@@ -235,13 +252,12 @@ impl Application {
             parts: Parts {
                 pool,
                 background,
-                commerce,
                 catalog,
                 bus,
                 shutdown,
                 tasks,
-                grace: config.shutdown_grace,
-                fake_pg,
+                grace: config.http.shutdown_grace,
+                stand_in,
             },
         })
     }
@@ -271,22 +287,10 @@ impl Application {
         format!("http://{address}")
     }
 
-    /// `"kafka"` or `"in-process"`.
-    #[must_use]
-    pub fn transport(&self) -> &'static str {
-        self.parts.bus.kind()
-    }
-
-    /// The orders and stock behind the services (for tests and the audit).
-    #[must_use]
-    pub fn commerce(&self) -> &Commerce {
-        &self.parts.commerce
-    }
-
     /// The embedded stand-in payment gateway's address and control, when it runs.
     #[must_use]
-    pub fn fake_pg(&self) -> Option<&(String, FakePgControl)> {
-        self.parts.fake_pg.as_ref()
+    pub fn stand_in_gateway(&self) -> Option<&(String, StandInControl)> {
+        self.parts.stand_in.as_ref()
     }
 
     /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully: in-flight requests
@@ -304,16 +308,14 @@ impl Application {
     pub fn spawn(self) -> RunningApp {
         let base_url = self.base_url();
         let stop = CancellationToken::new();
-        let fake_pg = self.parts.fake_pg.clone();
-        let commerce = self.parts.commerce.clone();
+        let stand_in = self.parts.stand_in.clone();
         let signal = stop.clone();
         let task = tokio::spawn(self.run(async move { signal.cancelled().await }));
         RunningApp {
             base_url,
             stop,
             task,
-            fake_pg,
-            commerce,
+            stand_in,
         }
     }
 
@@ -371,21 +373,14 @@ pub struct RunningApp {
     pub base_url: String,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
-    fake_pg: Option<(String, FakePgControl)>,
-    commerce: Commerce,
+    stand_in: Option<(String, StandInControl)>,
 }
 
 impl RunningApp {
     /// The embedded stand-in payment gateway's control, when it runs.
     #[must_use]
-    pub fn fake_pg(&self) -> Option<&FakePgControl> {
-        self.fake_pg.as_ref().map(|(_, control)| control)
-    }
-
-    /// The orders and stock behind the services.
-    #[must_use]
-    pub fn commerce(&self) -> &Commerce {
-        &self.commerce
+    pub fn stand_in_gateway(&self) -> Option<&StandInControl> {
+        self.stand_in.as_ref().map(|(_, control)| control)
     }
 
     /// Shuts down gracefully and waits for it.
@@ -404,24 +399,29 @@ impl RunningApp {
 /// # Errors
 /// When the server cannot be reached or a migration fails.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    let hint = || format!("{} (run scripts/services.sh up)", config.database_url);
-    if !Postgres::database_exists(&config.database_url)
+    let url = &config.database.url;
+    // The hint names the server without its password.
+    let hint = || format!("{url} (run scripts/services.sh up)");
+    if !Postgres::database_exists(url.expose())
         .await
         .with_context(hint)?
     {
         // Two instances starting together may both try; the loser finds it created.
-        if let Err(error) = Postgres::create_database(&config.database_url).await {
-            if !Postgres::database_exists(&config.database_url).await? {
+        if let Err(error) = Postgres::create_database(url.expose()).await {
+            if !Postgres::database_exists(url.expose())
+                .await
+                .with_context(hint)?
+            {
                 return Err(error).with_context(hint);
             }
         }
     }
     let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
+        .max_connections(config.database.max_connections)
         // A request waits for a connection as long as it may take in all (the HTTP layer's
         // timeout drops it then), but start-up gets a few seconds whatever that limit is.
-        .acquire_timeout(config.request_timeout.max(Duration::from_secs(5)))
-        .connect(&config.database_url)
+        .acquire_timeout(config.http.request_timeout.max(Duration::from_secs(5)))
+        .connect(url.expose())
         .await
         .with_context(hint)?;
     commerce_core::MIGRATOR
@@ -439,17 +439,16 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// Starts the stand-in payment gateway on `127.0.0.1:port` (0: a free port) until `shutdown`.
-async fn start_fake_pg(
-    port: u16,
+/// Starts the stand-in payment gateway on a free loopback port until `shutdown`.
+async fn start_stand_in(
+    config: &StandInConfig,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) -> anyhow::Result<(String, FakePgControl)> {
-    let config = FakePgConfig::from_env().context("FAKE_PG_* settings")?;
-    let (router, control) = fake_pg::router(&config);
-    let listener = TcpListener::bind(("127.0.0.1", port))
+) -> anyhow::Result<(String, StandInControl)> {
+    let (router, control) = stand_in::router(config);
+    let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
-        .with_context(|| format!("bind the stand-in payment gateway on port {port}"))?;
+        .context("bind the stand-in payment gateway on a loopback port")?;
     let url = format!("http://{}", listener.local_addr()?);
     tasks.spawn(async move {
         let served = axum::serve(listener, router)
@@ -462,8 +461,8 @@ async fn start_fake_pg(
     Ok((url, control))
 }
 
-/// Ctrl-C, or SIGTERM on Unix.
-async fn shutdown_signal() {
+/// Ctrl-C, or SIGTERM on Unix: the one shutdown signal of the app's binaries.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");

@@ -1,11 +1,20 @@
-//! Settings: typed, with documented defaults, read from the environment once at start-up.
+//! Settings: one typed tree with one [`Default`], overlaid by the environment once at
+//! start-up ([`Config::from_env`]) and checked as a whole ([`Config::validate`]) before anything
+//! starts. Each environment variable has one meaning, documented on the field it sets.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
+use commerce_core::strategy::BatchSettings;
+
+use crate::services::payment::gateway::GatewayClientConfig;
+use crate::services::payment::stand_in::StandInConfig;
+use crate::services::payment::WorkerSettings;
+
 /// A value that must never reach a log line or a response (the JWT secret).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Secret(String);
 
 impl Secret {
@@ -28,68 +37,359 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// How orders take stock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A server address that may carry credentials (`postgres://user:password@host/db`, an API
+/// key in a gateway URL's user part): shown, logged and debugged without them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps `url`.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its credentials, for the client that connects.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its password or user-part key (`***` in their place).
+    #[must_use]
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                } else if !url.username().is_empty() && url.scheme().starts_with("http") {
+                    // An HTTP URL's user part is an API key more often than a name.
+                    let _ = url.set_username("***");
+                }
+                url.to_string()
+            }
+            // Not a URL (a broker list, a typo): say nothing of it beyond its length.
+            Err(_) => format!("<{} characters, not a URL>", self.0.len()),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// How orders take stock: the app's `STOCK_STRATEGY` and the load harness's strategy names
+/// share this one parser ([`FromStr`], [`StockStrategyKind::NAMES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StockStrategyKind {
     /// One transaction per order, the row lock of a conditional `UPDATE` (the default).
+    #[default]
     ConditionalUpdate,
-    /// A distributed lock per product around the transaction: Redis when `REDIS_URL` is set,
-    /// in-process otherwise.
-    Lock,
+    /// A distributed lock per product around the transaction, on Redis (`REDIS_URL` must be
+    /// set).
+    RedisLock,
+    /// The same lock strategy with commerce-lock's in-process backend (one instance only).
+    LocalLock,
     /// Group commit per product (commerce-core's `Batching`): the concurrent orders of a
     /// product share a transaction; the flash-sale setting.
     Batching,
 }
 
-/// Everything the system is configured with.
-#[derive(Debug, Clone)]
+impl StockStrategyKind {
+    /// Every kind, in the order the load harness runs them.
+    pub const ALL: [Self; 4] = [
+        Self::ConditionalUpdate,
+        Self::RedisLock,
+        Self::LocalLock,
+        Self::Batching,
+    ];
+
+    /// The names [`FromStr`] accepts, as [`StockStrategyKind::ALL`].
+    pub const NAMES: [&'static str; 4] =
+        ["conditional-update", "redis-lock", "local-lock", "batching"];
+
+    /// The kind's name (what `STOCK_STRATEGY` takes).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ConditionalUpdate => Self::NAMES[0],
+            Self::RedisLock => Self::NAMES[1],
+            Self::LocalLock => Self::NAMES[2],
+            Self::Batching => Self::NAMES[3],
+        }
+    }
+}
+
+impl fmt::Display for StockStrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A stock strategy name that is none of [`StockStrategyKind::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown stock strategy {0:?} (known: conditional-update, redis-lock, local-lock, batching)"
+)]
+pub struct UnknownStrategy(pub String);
+
+impl FromStr for StockStrategyKind {
+    type Err = UnknownStrategy;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name.trim())
+            .ok_or_else(|| UnknownStrategy(name.to_owned()))
+    }
+}
+
+/// Everything the system is configured with. [`Default`] is the documented defaults, with the
+/// two settings that have none (the JWT secret, the payment gateway) left empty: the
+/// environment or the embedding must give them, or [`Config::validate`] refuses.
+#[derive(Debug, Clone, Default)]
 pub struct Config {
+    /// The HTTP server.
+    pub http: HttpSettings,
+    /// Postgres.
+    pub database: DatabaseSettings,
+    /// `REDIS_URL`: when set, the product cache's L2 and invalidations go through Redis (and
+    /// the `redis-lock` strategy locks there); unset or empty, the cache stays in-process.
+    pub redis_url: Option<SecretUrl>,
+    /// The event transport.
+    pub events: EventSettings,
+    /// Bearer tokens.
+    pub auth: AuthSettings,
+    /// The payment service and its gateway.
+    pub payment: PaymentSettings,
+    /// The order side of the payment saga.
+    pub saga: SagaSettings,
+    /// How orders take stock.
+    pub stock: StockSettings,
+}
+
+/// The HTTP server's settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
     /// `BIND` (default `127.0.0.1`) and `PORT` (default `8080`; `0` picks a free port).
     pub listen: SocketAddr,
+    /// `REQUEST_TIMEOUT_SECS` (default 10, above 0): a request taking longer gets 503.
+    pub request_timeout: Duration,
+    /// `BODY_LIMIT_BYTES` (default 65536, above 0): larger request bodies get 413.
+    pub body_limit: usize,
+    /// `MAX_IN_FLIGHT` (default 10000, above 0): requests in flight beyond this get 429 at
+    /// once.
+    pub max_in_flight: usize,
+    /// `SHUTDOWN_GRACE_SECS` (default 20, above 0): how long in-flight work may take to finish
+    /// on Ctrl-C / SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            request_timeout: Duration::from_secs(10),
+            body_limit: 64 * 1024,
+            max_in_flight: 10_000,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Postgres settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
     /// `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/commerce`); the database is
     /// created and migrated at start-up.
-    pub database_url: String,
-    /// `DB_MAX_CONNECTIONS` (default 20): the requests' pool.
+    pub url: SecretUrl,
+    /// `DB_MAX_CONNECTIONS` (default 20, above 0): the requests' pool.
     pub max_connections: u32,
-    /// `DB_BACKGROUND_CONNECTIONS` (default 10): the pool of the relay, the consumers and the
-    /// payment worker.
+    /// `DB_BACKGROUND_CONNECTIONS` (default 10, at least 4): the pool of the relay, the
+    /// consumers and the payment worker.
     pub background_connections: u32,
-    /// `REDIS_URL`: when set, the product cache's L2 and invalidations go through Redis;
-    /// unset or empty, both stay in-process.
-    pub redis_url: Option<String>,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/commerce"),
+            max_connections: 20,
+            background_connections: 10,
+        }
+    }
+}
+
+/// The event transport's settings.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
     /// `KAFKA_BROKERS`: when set, events go through Kafka; unset or empty, through the
     /// in-process transport (Postgres alone).
     pub kafka_brokers: Option<String>,
-    /// `COMMERCE_JWT_SECRET`: the HS256 key of the bearer tokens (required, 16 bytes or more).
-    pub jwt_secret: Secret,
-    /// `PAYMENT_GATEWAY_URL`: the external payment gateway; unset, the all-in-one process
-    /// starts the stand-in gateway itself (on `FAKE_PG_PORT`, default a free port).
-    pub payment_gateway_url: Option<String>,
-    /// `FAKE_PG_PORT` (default 0, a free port): where the embedded stand-in gateway listens.
-    pub fake_pg_port: u16,
-    /// `SAGA_TIMEOUT_SECS` (default 30): an order still CREATED this long after it became
-    /// CREATED, without a payment answer, is cancelled (the saga's compensation).
-    pub saga_timeout: Duration,
-    /// `REQUEST_TIMEOUT_SECS` (default 10): a request taking longer gets 503.
-    pub request_timeout: Duration,
-    /// `BODY_LIMIT_BYTES` (default 65536): larger request bodies get 413.
-    pub body_limit: usize,
-    /// `SHUTDOWN_GRACE_SECS` (default 20): how long in-flight work may take to finish on
-    /// Ctrl-C / SIGTERM.
-    pub shutdown_grace: Duration,
-    /// `CURRENCY` (default `EUR`): the currency of all prices.
-    pub currency: String,
-    /// `EVENT_PREFIX` (default `commerce`): the prefix of the topics and consumer groups, so
-    /// several systems can share one broker.
-    pub event_prefix: String,
-    /// `MAX_IN_FLIGHT` (default 10000): requests in flight beyond this get 429 at once.
-    pub max_in_flight: usize,
-    /// `STOCK_STRATEGY` (`conditional-update`, the default, or `lock`).
-    pub stock_strategy: StockStrategyKind,
+    /// `EVENT_PREFIX` (default `commerce`; letters, digits, `.`, `_`, `-`): the prefix of the
+    /// topics and consumer groups, so several systems can share one broker.
+    pub prefix: String,
 }
 
-/// A setting that does not parse.
-#[derive(Debug, thiserror::Error)]
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            kafka_brokers: None,
+            prefix: "commerce".into(),
+        }
+    }
+}
+
+/// Bearer-token settings.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `COMMERCE_JWT_SECRET` (required, at least 32 bytes as RFC 7518 asks of an HS256 key).
+    pub jwt_secret: Secret,
+    /// `TOKEN_MAX_LIFETIME_HOURS` (default 24, above 0): the longest lifetime a token may
+    /// have, for the `token` command and for tokens the server accepts.
+    pub max_token_lifetime: Duration,
+}
+
+impl AuthSettings {
+    /// Reads `COMMERCE_JWT_SECRET` and `TOKEN_MAX_LIFETIME_HOURS` from the environment and
+    /// checks them (for the `token` command, which needs nothing else).
+    ///
+    /// # Errors
+    /// A missing or too short secret, a lifetime that does not parse or is 0.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let settings = Self::read(&Env(|name: &str| std::env::var(name).ok()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn read<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let mut settings = Self {
+            jwt_secret: Secret::new(env.text("COMMERCE_JWT_SECRET").unwrap_or_default()),
+            ..Self::default()
+        };
+        env.duration(
+            "TOKEN_MAX_LIFETIME_HOURS",
+            Duration::from_secs(3600),
+            &mut settings.max_token_lifetime,
+        )?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_token_lifetime.is_zero() {
+            return Err(ConfigError::new(
+                "TOKEN_MAX_LIFETIME_HOURS",
+                "0",
+                "must be above 0",
+            ));
+        }
+        if self.jwt_secret.expose().is_empty() {
+            return Err(ConfigError::new(
+                "COMMERCE_JWT_SECRET",
+                "",
+                "required: the HS256 key for bearer tokens (scripts/run.sh sets one)",
+            ));
+        }
+        if self.jwt_secret.expose().len() < 32 {
+            return Err(ConfigError::new(
+                "COMMERCE_JWT_SECRET",
+                "(hidden)",
+                "must be at least 32 bytes (RFC 7518 §3.2 for HS256)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::default(),
+            max_token_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Which payment gateway charges the orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentGateway {
+    /// `PAYMENT_GATEWAY_URL`: the external gateway's HTTP API.
+    Url(SecretUrl),
+    /// `PAYMENT_GATEWAY=stand-in`: the stand-in gateway, started inside the process on a free
+    /// loopback port. It approves every charge up to its limit: for local runs and tests,
+    /// never for real money (a warning says so at start-up).
+    StandIn,
+}
+
+/// The payment service's settings.
+#[derive(Debug, Clone)]
+pub struct PaymentSettings {
+    /// `PAYMENT_GATEWAY_URL` or `PAYMENT_GATEWAY=stand-in`, exactly one of them: without
+    /// either the app refuses to start (it would otherwise ship goods nobody paid for).
+    pub gateway: Option<PaymentGateway>,
+    /// `CURRENCY` (default `EUR`; three capital letters, ISO 4217): the currency of all prices.
+    pub currency: String,
+    /// The gateway client's timeouts, retries and breaker: `PAYMENT_ATTEMPT_TIMEOUT_MS`
+    /// (default 2000), `PAYMENT_OVERALL_TIMEOUT_MS` (default 10000), `PAYMENT_MAX_ATTEMPTS`
+    /// (default 3); the rest at [`GatewayClientConfig::default`].
+    pub client: GatewayClientConfig,
+    /// The payment worker: `PAYMENT_LEASE_SECS` (default 15; above the client's overall
+    /// timeout, below the saga timeout); the rest at [`WorkerSettings::default`].
+    pub worker: WorkerSettings,
+    /// The stand-in gateway's behaviour when it is chosen (`STAND_IN_GATEWAY_LATENCY_MS`,
+    /// `STAND_IN_GATEWAY_FAILURE_RATE`, `STAND_IN_GATEWAY_DECLINE_ABOVE`, `STAND_IN_GATEWAY_SEED`).
+    pub stand_in: StandInConfig,
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        Self {
+            gateway: None,
+            currency: "EUR".into(),
+            client: GatewayClientConfig::default(),
+            worker: WorkerSettings::default(),
+            stand_in: StandInConfig::default(),
+        }
+    }
+}
+
+/// The order side of the payment saga.
+#[derive(Debug, Clone)]
+pub struct SagaSettings {
+    /// `SAGA_TIMEOUT_SECS` (default 30): an order still CREATED this long after it became
+    /// CREATED, without a payment answer, is cancelled (the saga's compensation). Must leave
+    /// room for a whole gateway call and a parked retry, and exceed the worker's lease.
+    pub timeout: Duration,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How orders take stock.
+#[derive(Debug, Clone, Default)]
+pub struct StockSettings {
+    /// `STOCK_STRATEGY`: `conditional-update` (the default), `redis-lock`, `local-lock` or
+    /// `batching`.
+    pub strategy: StockStrategyKind,
+    /// The batching strategy's settings (its defaults).
+    pub batch: BatchSettings,
+}
+
+/// A setting that does not parse or makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{name}={value:?}: {reason}")]
 pub struct ConfigError {
     name: &'static str,
@@ -97,128 +397,289 @@ pub struct ConfigError {
     reason: String,
 }
 
+impl ConfigError {
+    fn new(name: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            name,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The environment variable concerned.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The environment, as `lookup` sees it: empty values count as unset.
+struct Env<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn text(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// Overwrites `slot` with the variable's value when it is set and parses.
+    fn read<T>(&self, name: &'static str, slot: &mut T) -> Result<(), ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        if let Some(value) = self.text(name) {
+            *slot = value
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::new(name, &value, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// As [`Env::read`], for a duration given in `unit`s (seconds or milliseconds).
+    fn duration(
+        &self,
+        name: &'static str,
+        unit: Duration,
+        slot: &mut Duration,
+    ) -> Result<(), ConfigError> {
+        let mut count: Option<u32> = None;
+        if let Some(value) = self.text(name) {
+            count = Some(value.trim().parse().map_err(|e: std::num::ParseIntError| {
+                ConfigError::new(name, &value, e.to_string())
+            })?);
+        }
+        if let Some(count) = count {
+            *slot = unit * count;
+        }
+        Ok(())
+    }
+}
+
 impl Config {
-    /// Reads the settings from the environment, with the documented defaults.
+    /// Reads the settings from the environment over the defaults, and checks them.
     ///
     /// # Errors
-    /// A setting that does not parse, or a missing / too short `COMMERCE_JWT_SECRET`.
+    /// A setting that does not parse, a missing or too short `COMMERCE_JWT_SECRET`, no payment
+    /// gateway chosen, or settings that make no sense together ([`Config::validate`]).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads the settings through `lookup` (the environment, or a map in tests).
+    /// As [`Config::from_env`], with `lookup` standing in for the environment.
     ///
     /// # Errors
     /// As [`Config::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let parse = |name: &'static str, default: &str| -> Result<String, ConfigError> {
-            Ok(get(name).unwrap_or_else(|| default.to_owned()))
-        };
-        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
-            match get(name) {
-                None => Ok(default),
-                Some(value) => value.trim().parse().map_err(|e| ConfigError {
-                    name,
-                    reason: format!("{e}"),
-                    value,
-                }),
-            }
-        };
-        let bind: IpAddr = {
-            let value = parse("BIND", "127.0.0.1")?;
-            value.parse().map_err(|e| ConfigError {
-                name: "BIND",
-                reason: format!("{e}"),
-                value,
-            })?
-        };
-        let port = u16::try_from(number("PORT", 8080)?).map_err(|e| ConfigError {
-            name: "PORT",
-            value: get("PORT").unwrap_or_default(),
-            reason: format!("{e}"),
-        })?;
-        let secret = get("COMMERCE_JWT_SECRET").ok_or_else(|| ConfigError {
-            name: "COMMERCE_JWT_SECRET",
-            value: String::new(),
-            reason: "required: the HS256 key for bearer tokens (scripts/run.sh sets one)".into(),
-        })?;
-        if secret.len() < 16 {
-            return Err(ConfigError {
-                name: "COMMERCE_JWT_SECRET",
-                value: "(hidden)".into(),
-                reason: "must be at least 16 bytes".into(),
-            });
+        let env = Env(lookup);
+        let mut c = Self::default();
+
+        let (mut bind, mut port) = (c.http.listen.ip(), c.http.listen.port());
+        env.read("BIND", &mut bind)?;
+        env.read("PORT", &mut port)?;
+        c.http.listen = SocketAddr::new(bind, port);
+        let seconds = Duration::from_secs(1);
+        let millis = Duration::from_millis(1);
+        env.duration("REQUEST_TIMEOUT_SECS", seconds, &mut c.http.request_timeout)?;
+        env.read("BODY_LIMIT_BYTES", &mut c.http.body_limit)?;
+        env.read("MAX_IN_FLIGHT", &mut c.http.max_in_flight)?;
+        env.duration("SHUTDOWN_GRACE_SECS", seconds, &mut c.http.shutdown_grace)?;
+
+        if let Some(url) = env.text("DATABASE_URL") {
+            c.database.url = SecretUrl::new(url);
         }
-        let fake_pg_port = u16::try_from(number("FAKE_PG_PORT", 0)?).map_err(|e| ConfigError {
-            name: "FAKE_PG_PORT",
-            value: get("FAKE_PG_PORT").unwrap_or_default(),
-            reason: format!("{e}"),
-        })?;
-        Ok(Self {
-            listen: SocketAddr::new(bind, port),
-            database_url: parse(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/commerce",
-            )?,
-            max_connections: u32::try_from(number("DB_MAX_CONNECTIONS", 20)?).unwrap_or(20),
-            background_connections: u32::try_from(number("DB_BACKGROUND_CONNECTIONS", 10)?)
-                .unwrap_or(10)
-                .max(4),
-            redis_url: get("REDIS_URL"),
-            kafka_brokers: get("KAFKA_BROKERS"),
-            jwt_secret: Secret::new(secret),
-            payment_gateway_url: get("PAYMENT_GATEWAY_URL"),
-            fake_pg_port,
-            saga_timeout: Duration::from_secs(number("SAGA_TIMEOUT_SECS", 30)?),
-            request_timeout: Duration::from_secs(number("REQUEST_TIMEOUT_SECS", 10)?),
-            body_limit: usize::try_from(number("BODY_LIMIT_BYTES", 64 * 1024)?)
-                .unwrap_or(64 * 1024),
-            shutdown_grace: Duration::from_secs(number("SHUTDOWN_GRACE_SECS", 20)?),
-            currency: parse("CURRENCY", "EUR")?,
-            event_prefix: parse("EVENT_PREFIX", "commerce")?,
-            max_in_flight: usize::try_from(number("MAX_IN_FLIGHT", 10_000)?)
-                .unwrap_or(10_000)
-                .max(1),
-            stock_strategy: match get("STOCK_STRATEGY").as_deref() {
-                None | Some("conditional-update") => StockStrategyKind::ConditionalUpdate,
-                Some("lock") => StockStrategyKind::Lock,
-                Some("batching") => StockStrategyKind::Batching,
-                Some(other) => {
-                    return Err(ConfigError {
-                        name: "STOCK_STRATEGY",
-                        value: other.to_owned(),
-                        reason: "must be `conditional-update`, `lock` or `batching`".into(),
-                    })
-                }
-            },
-        })
+        env.read("DB_MAX_CONNECTIONS", &mut c.database.max_connections)?;
+        env.read(
+            "DB_BACKGROUND_CONNECTIONS",
+            &mut c.database.background_connections,
+        )?;
+        c.redis_url = env.text("REDIS_URL").map(SecretUrl::new);
+        c.events.kafka_brokers = env.text("KAFKA_BROKERS");
+        env.read("EVENT_PREFIX", &mut c.events.prefix)?;
+
+        c.auth = AuthSettings::read(&env)?;
+
+        c.payment.gateway = match (env.text("PAYMENT_GATEWAY_URL"), env.text("PAYMENT_GATEWAY")) {
+            (Some(url), None) => Some(PaymentGateway::Url(SecretUrl::new(url))),
+            (None, Some(choice)) if choice.trim() == "stand-in" => Some(PaymentGateway::StandIn),
+            (None, Some(other)) => {
+                return Err(ConfigError::new(
+                    "PAYMENT_GATEWAY",
+                    other,
+                    "the only value is `stand-in` (the test gateway); a real gateway is given \
+                     by PAYMENT_GATEWAY_URL",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "PAYMENT_GATEWAY",
+                    "(set with PAYMENT_GATEWAY_URL)",
+                    "set PAYMENT_GATEWAY_URL or PAYMENT_GATEWAY=stand-in, not both",
+                ))
+            }
+            (None, None) => None,
+        };
+        env.read("CURRENCY", &mut c.payment.currency)?;
+        env.duration(
+            "PAYMENT_ATTEMPT_TIMEOUT_MS",
+            millis,
+            &mut c.payment.client.attempt_timeout,
+        )?;
+        env.duration(
+            "PAYMENT_OVERALL_TIMEOUT_MS",
+            millis,
+            &mut c.payment.client.overall_timeout,
+        )?;
+        env.read("PAYMENT_MAX_ATTEMPTS", &mut c.payment.client.max_attempts)?;
+        env.duration("PAYMENT_LEASE_SECS", seconds, &mut c.payment.worker.lease)?;
+        c.payment.stand_in = StandInConfig::from_lookup(|name| env.text(name))
+            .map_err(|e| ConfigError::new(e.setting, e.value, e.reason))?;
+
+        env.duration("SAGA_TIMEOUT_SECS", seconds, &mut c.saga.timeout)?;
+        env.read("STOCK_STRATEGY", &mut c.stock.strategy)?;
+        c.validate()?;
+        Ok(c)
     }
 
     /// Settings for a test or an embedding: `database_url`, a free port on localhost, the
-    /// given secret, everything else at its default (in-process transport and cache, the
-    /// embedded stand-in payment gateway).
+    /// given secret, the stand-in payment gateway chosen explicitly, everything else at its
+    /// default (in-process transport and cache).
     #[must_use]
     pub fn local(database_url: impl Into<String>, jwt_secret: impl Into<String>) -> Self {
-        Self {
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            database_url: database_url.into(),
-            max_connections: 20,
-            background_connections: 10,
-            redis_url: None,
-            kafka_brokers: None,
-            jwt_secret: Secret::new(jwt_secret),
-            payment_gateway_url: None,
-            fake_pg_port: 0,
-            saga_timeout: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(10),
-            body_limit: 64 * 1024,
-            shutdown_grace: Duration::from_secs(20),
-            currency: "EUR".into(),
-            event_prefix: "commerce".into(),
-            max_in_flight: 10_000,
-            stock_strategy: StockStrategyKind::ConditionalUpdate,
+        let mut config = Self::default();
+        config.http.listen.set_port(0);
+        config.database.url = SecretUrl::new(database_url);
+        config.auth.jwt_secret = Secret::new(jwt_secret);
+        config.payment.gateway = Some(PaymentGateway::StandIn);
+        config
+    }
+
+    /// Checks the settings as a whole: what would start but not work is refused here, with
+    /// the variable to change.
+    ///
+    /// # Errors
+    /// The first setting that makes no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |name: &'static str, zero: bool| {
+            if zero {
+                Err(ConfigError::new(name, "0", "must be above 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("REQUEST_TIMEOUT_SECS", self.http.request_timeout.is_zero())?;
+        positive("SHUTDOWN_GRACE_SECS", self.http.shutdown_grace.is_zero())?;
+        positive("BODY_LIMIT_BYTES", self.http.body_limit == 0)?;
+        positive("MAX_IN_FLIGHT", self.http.max_in_flight == 0)?;
+        positive("DB_MAX_CONNECTIONS", self.database.max_connections == 0)?;
+        positive("SAGA_TIMEOUT_SECS", self.saga.timeout.is_zero())?;
+        if self.database.background_connections < 4 {
+            return Err(ConfigError::new(
+                "DB_BACKGROUND_CONNECTIONS",
+                self.database.background_connections.to_string(),
+                "must be at least 4 (the relay, two consumers and the payment worker)",
+            ));
         }
+        self.auth.validate()?;
+        if self.payment.gateway.is_none() {
+            return Err(ConfigError::new(
+                "PAYMENT_GATEWAY_URL",
+                "",
+                "required: the payment gateway's URL, or PAYMENT_GATEWAY=stand-in for the \
+                 test gateway that approves every charge (never for real money)",
+            ));
+        }
+        let currency = &self.payment.currency;
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(ConfigError::new(
+                "CURRENCY",
+                currency,
+                "must be an ISO 4217 code: three capital letters, e.g. EUR",
+            ));
+        }
+        let prefix = &self.events.prefix;
+        if prefix.is_empty()
+            || prefix.len() > 100
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ConfigError::new(
+                "EVENT_PREFIX",
+                prefix,
+                "must be 1 to 100 letters, digits, `.`, `_` or `-` (a topic name prefix)",
+            ));
+        }
+        if self.stock.strategy == StockStrategyKind::RedisLock && self.redis_url.is_none() {
+            return Err(ConfigError::new(
+                "STOCK_STRATEGY",
+                "redis-lock",
+                "needs REDIS_URL (or choose local-lock for one instance)",
+            ));
+        }
+        self.validate_payment_timing()
+    }
+
+    /// The payment timeouts against each other: a worker's claim must outlast its gateway
+    /// call (or a second worker repeats it) and end before the saga gives up on the order
+    /// (or a worker that died mid-call holds the money of an order already cancelled); the
+    /// saga timeout must leave room for a whole call and a parked retry.
+    fn validate_payment_timing(&self) -> Result<(), ConfigError> {
+        let client = &self.payment.client;
+        let secs = |d: Duration| format!("{}", d.as_secs_f64());
+        if client.attempt_timeout.is_zero() || client.overall_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "PAYMENT_ATTEMPT_TIMEOUT_MS",
+                format!(
+                    "{:?} / {:?}",
+                    client.attempt_timeout, client.overall_timeout
+                ),
+                "the attempt and overall timeouts must be above 0",
+            ));
+        }
+        if client.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "PAYMENT_MAX_ATTEMPTS",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        let lease = self.payment.worker.lease;
+        if lease <= client.overall_timeout {
+            return Err(ConfigError::new(
+                "PAYMENT_LEASE_SECS",
+                secs(lease),
+                format!(
+                    "must exceed the gateway call's overall timeout ({} s), or a second worker \
+                     repeats a call still under way",
+                    secs(client.overall_timeout)
+                ),
+            ));
+        }
+        if lease >= self.saga.timeout {
+            return Err(ConfigError::new(
+                "PAYMENT_LEASE_SECS",
+                secs(lease),
+                format!(
+                    "must be shorter than SAGA_TIMEOUT_SECS ({} s): a charge claimed by a worker \
+                     that died is taken up again before its order times out",
+                    secs(self.saga.timeout)
+                ),
+            ));
+        }
+        let needed = client.overall_timeout + self.payment.worker.backoff.max;
+        if self.saga.timeout <= needed {
+            return Err(ConfigError::new(
+                "SAGA_TIMEOUT_SECS",
+                secs(self.saga.timeout),
+                format!(
+                    "must exceed the gateway call's overall timeout plus the worker's longest \
+                     backoff ({} s), or an order is cancelled before its payment could answer",
+                    secs(needed)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -228,6 +689,8 @@ mod tests {
 
     use super::*;
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = pairs
             .iter()
@@ -236,31 +699,187 @@ mod tests {
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
+    fn with_secret_and_gateway(
+        pairs: &[(&'static str, &'static str)],
+    ) -> Vec<(&'static str, &'static str)> {
+        let mut all = vec![
+            ("COMMERCE_JWT_SECRET", SECRET),
+            ("PAYMENT_GATEWAY", "stand-in"),
+        ];
+        all.extend_from_slice(pairs);
+        all
+    }
+
     #[test]
     fn defaults_apply_and_empty_values_count_as_unset() {
-        let c = config(&[
-            ("COMMERCE_JWT_SECRET", "0123456789abcdef"),
+        let c = config(&with_secret_and_gateway(&[
             ("KAFKA_BROKERS", ""),
             ("REDIS_URL", "  "),
+        ]))
+        .unwrap();
+        assert_eq!(c.http.listen.port(), 8080);
+        assert!(c.events.kafka_brokers.is_none() && c.redis_url.is_none());
+        assert_eq!(c.saga.timeout, Duration::from_secs(30));
+        assert_eq!(c.payment.gateway, Some(PaymentGateway::StandIn));
+        assert!(!format!("{c:?}").contains(SECRET), "secret in Debug");
+    }
+
+    #[test]
+    fn local_settings_pass_their_own_checks() {
+        Config::local("postgres://postgres@127.0.0.1/x", SECRET)
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn credentials_in_urls_never_reach_debug_or_display() {
+        let c = config(&with_secret_and_gateway(&[
+            (
+                "DATABASE_URL",
+                "postgres://app:hunter2@db.internal:5432/commerce",
+            ),
+            ("REDIS_URL", "redis://:redispass@cache:6379"),
+        ]))
+        .unwrap();
+        let text = format!("{c:?}");
+        for secret in ["hunter2", "redispass"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("db.internal"), "{text}");
+        let gateway = SecretUrl::new("https://sk_live_123@pg.example/v1");
+        assert!(!gateway.to_string().contains("sk_live_123"), "{gateway}");
+        assert_eq!(
+            SecretUrl::new("not a url at all").to_string(),
+            "<16 characters, not a URL>"
+        );
+    }
+
+    /// A row of the table below: its name, the variables set over a valid base, and the
+    /// variable the error must name.
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+    );
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_the_variable() {
+        let cases: &[Case] = &[
+            ("port not a number", &[("PORT", "80x")], "PORT"),
+            (
+                "zero request timeout",
+                &[("REQUEST_TIMEOUT_SECS", "0")],
+                "REQUEST_TIMEOUT_SECS",
+            ),
+            (
+                "zero saga timeout",
+                &[("SAGA_TIMEOUT_SECS", "0")],
+                "SAGA_TIMEOUT_SECS",
+            ),
+            (
+                "zero pool",
+                &[("DB_MAX_CONNECTIONS", "0")],
+                "DB_MAX_CONNECTIONS",
+            ),
+            (
+                "pool overflow",
+                &[("DB_MAX_CONNECTIONS", "99999999999")],
+                "DB_MAX_CONNECTIONS",
+            ),
+            ("zero in flight", &[("MAX_IN_FLIGHT", "0")], "MAX_IN_FLIGHT"),
+            ("lower-case currency", &[("CURRENCY", "eur")], "CURRENCY"),
+            ("long currency", &[("CURRENCY", "EURO")], "CURRENCY"),
+            (
+                "unknown strategy",
+                &[("STOCK_STRATEGY", "fastest")],
+                "STOCK_STRATEGY",
+            ),
+            (
+                "redis lock without redis",
+                &[("STOCK_STRATEGY", "redis-lock")],
+                "STOCK_STRATEGY",
+            ),
+            (
+                "topic prefix with a space",
+                &[("EVENT_PREFIX", "my app")],
+                "EVENT_PREFIX",
+            ),
+            (
+                "saga shorter than a call and a backoff",
+                &[("SAGA_TIMEOUT_SECS", "12")],
+                "PAYMENT_LEASE_SECS",
+            ),
+            (
+                "saga shorter than a call plus backoff, lease fits",
+                &[("SAGA_TIMEOUT_SECS", "19"), ("PAYMENT_LEASE_SECS", "11")],
+                "SAGA_TIMEOUT_SECS",
+            ),
+            (
+                "lease within a call",
+                &[("PAYMENT_LEASE_SECS", "5")],
+                "PAYMENT_LEASE_SECS",
+            ),
+            (
+                "lease beyond the saga",
+                &[("PAYMENT_LEASE_SECS", "60")],
+                "PAYMENT_LEASE_SECS",
+            ),
+            (
+                "unknown gateway choice",
+                &[("PAYMENT_GATEWAY", "fake")],
+                "PAYMENT_GATEWAY",
+            ),
+            (
+                "both gateway settings",
+                &[("PAYMENT_GATEWAY_URL", "http://127.0.0.1:1")],
+                "PAYMENT_GATEWAY",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, pairs, variable) in cases {
+            match config(&with_secret_and_gateway(pairs)) {
+                Err(e) if e.name() == *variable => {}
+                other => failures.push(format!(
+                    "{name}: expected an error naming {variable}, got {other:?}"
+                )),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn the_secret_is_required_and_long() {
+        let err = config(&[("PAYMENT_GATEWAY", "stand-in")]).unwrap_err();
+        assert_eq!(err.name(), "COMMERCE_JWT_SECRET");
+        let err = config(&[
+            ("PAYMENT_GATEWAY", "stand-in"),
+            ("COMMERCE_JWT_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 32"), "{err}");
+        assert!(!err.to_string().contains("0123456789abcdef"), "{err}");
+    }
+
+    #[test]
+    fn without_a_gateway_the_app_refuses_to_start() {
+        let err = config(&[("COMMERCE_JWT_SECRET", SECRET)]).unwrap_err();
+        assert_eq!(err.name(), "PAYMENT_GATEWAY_URL", "{err}");
+        let c = config(&[
+            ("COMMERCE_JWT_SECRET", SECRET),
+            ("PAYMENT_GATEWAY_URL", "http://127.0.0.1:8090"),
         ])
         .unwrap();
-        assert_eq!(c.listen.port(), 8080);
-        assert!(c.kafka_brokers.is_none() && c.redis_url.is_none());
-        assert_eq!(c.saga_timeout, Duration::from_secs(30));
-        assert!(
-            !format!("{c:?}").contains("0123456789abcdef"),
-            "secret in Debug"
+        assert_eq!(
+            c.payment.gateway,
+            Some(PaymentGateway::Url(SecretUrl::new("http://127.0.0.1:8090")))
         );
     }
 
     #[test]
-    fn bad_values_name_the_setting() {
-        let err =
-            config(&[("COMMERCE_JWT_SECRET", "0123456789abcdef"), ("PORT", "80x")]).unwrap_err();
-        assert!(err.to_string().starts_with("PORT=\"80x\""), "{err}");
-        let err = config(&[]).unwrap_err();
-        assert!(err.to_string().contains("COMMERCE_JWT_SECRET"), "{err}");
-        let err = config(&[("COMMERCE_JWT_SECRET", "short")]).unwrap_err();
-        assert!(err.to_string().contains("at least 16"), "{err}");
+    fn strategy_names_round_trip() {
+        for kind in StockStrategyKind::ALL {
+            assert_eq!(kind.name().parse::<StockStrategyKind>(), Ok(kind));
+        }
+        assert!("lock".parse::<StockStrategyKind>().is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reference_app::auth::{Auth, Role};
-use reference_app::config::Secret;
+use reference_app::config::{AuthSettings, Secret};
 use reference_app::{Application, Config};
 
 #[derive(Debug, Parser)]
@@ -30,7 +30,7 @@ enum Command {
         /// `customer` or `admin`.
         #[arg(long, value_enum, default_value = "customer")]
         role: Role,
-        /// Hours until it expires.
+        /// Hours until it expires (at most TOKEN_MAX_LIFETIME_HOURS, default 24).
         #[arg(long, default_value_t = 24)]
         hours: u64,
     },
@@ -66,11 +66,14 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped().await
         }
         Command::Token { sub, role, hours } => {
-            let token = Auth::new(&secret()?)?.issue(
-                &sub,
-                role,
-                Duration::from_secs(hours.saturating_mul(3600)),
-            )?;
+            let settings = AuthSettings::from_env()?;
+            let lifetime = Duration::from_secs(hours.saturating_mul(3600));
+            anyhow::ensure!(
+                !lifetime.is_zero() && lifetime <= settings.max_token_lifetime,
+                "--hours {hours}: must be 1 to {} (TOKEN_MAX_LIFETIME_HOURS)",
+                settings.max_token_lifetime.as_secs() / 3600
+            );
+            let token = Auth::new(&settings.jwt_secret)?.issue(&sub, role, lifetime)?;
             println!("{token}");
             Ok(())
         }

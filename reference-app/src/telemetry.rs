@@ -80,7 +80,15 @@ pub fn count_order(outcome: &'static str) {
     metrics::counter!("orders_total", "outcome" => outcome).increment(1);
 }
 
-/// Counts a saga outcome (`paid`, `declined`, `gateway_failed`, `timed_out`, `refunded`).
+/// Counts a saga outcome on the order side (`paid`, `declined`, `timed_out`, `refunded`,
+/// `ignored`, `unprocessable`).
 pub fn count_saga(outcome: &'static str) {
     metrics::counter!("saga_outcomes_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts what the payment service did with a payment (`approved`, `declined`, `failed`,
+/// `voided`, `parked`, `charged_after_cancel`, `refunded`, `refund_failed`,
+/// `settled_without_charge`).
+pub fn count_payment(outcome: &'static str) {
+    metrics::counter!("payment_outcomes_total", "outcome" => outcome).increment(1);
 }

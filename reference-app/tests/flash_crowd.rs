@@ -25,7 +25,7 @@ async fn two_thousand_concurrent_orders_for_five_hundred_units() {
 async fn the_lock_strategy_sells_exactly_the_stock_too() {
     let app = TestApp::start_with(Transport::InProcess, |config| {
         patient(config);
-        config.stock_strategy = reference_app::config::StockStrategyKind::Lock;
+        config.stock.strategy = reference_app::config::StockStrategyKind::LocalLock;
     })
     .await;
     crowd(&app, 400, 100).await;
@@ -36,7 +36,7 @@ async fn the_lock_strategy_sells_exactly_the_stock_too() {
 /// a debug build the crowd may take longer than the default request timeout (10 s), and a
 /// timed-out request's order may still complete, so the timeout is set out of reach.
 fn patient(config: &mut reference_app::Config) {
-    config.request_timeout = Duration::from_secs(240);
+    config.http.request_timeout = Duration::from_secs(240);
 }
 
 /// The full crowd under the batching strategy (group commit per product).
@@ -44,7 +44,7 @@ fn patient(config: &mut reference_app::Config) {
 async fn the_batching_strategy_sells_exactly_the_stock_too() {
     let app = TestApp::start_with(Transport::InProcess, |config| {
         patient(config);
-        config.stock_strategy = reference_app::config::StockStrategyKind::Batching;
+        config.stock.strategy = reference_app::config::StockStrategyKind::Batching;
     })
     .await;
     crowd(&app, CUSTOMERS, STOCK).await;

@@ -249,7 +249,7 @@ async fn every_answer_carries_a_request_id_and_echoes_the_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_and_overload_are_503_and_429() {
     let app = TestApp::start_with(Transport::InProcess, |config| {
-        config.request_timeout = Duration::from_millis(1);
+        config.http.request_timeout = Duration::from_millis(1);
     })
     .await;
     // The audit takes more than a millisecond.
@@ -262,7 +262,7 @@ async fn timeouts_and_overload_are_503_and_429() {
     app.stop().await;
 
     let app = TestApp::start_with(Transport::InProcess, |config| {
-        config.max_in_flight = 1;
+        config.http.max_in_flight = 1;
     })
     .await;
     let once = app.admin.with_retry(RetryPolicy::none());

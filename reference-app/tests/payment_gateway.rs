@@ -3,31 +3,31 @@
 
 use std::time::Duration;
 
-use reference_app::fake_pg::{self, FakePgConfig, FakePgControl};
-use reference_app::payment::client::{
-    BreakerState, GatewayClient, GatewayClientConfig, GatewayError, HttpTransport, UnavailableCause,
+use reference_app::services::payment::gateway::{
+    BreakerState, ChargeId, ChargeOutcome, ChargeRequest, GatewayClient, GatewayClientConfig,
+    GatewayError, HttpTransport, RefundReceipt, RefundRequest, UnavailableCause,
 };
-use reference_app::payment::{ChargeOutcome, ChargeRequest, RefundReceipt};
+use reference_app::services::payment::stand_in::{self, StandInConfig, StandInControl};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A stand-in PG served on 127.0.0.1:0 until [`RunningPg::stop`].
-struct RunningPg {
+/// A stand-in PG served on 127.0.0.1:0 until [`RunningGateway::stop`].
+struct RunningGateway {
     url: String,
-    control: FakePgControl,
+    control: StandInControl,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
 
-impl RunningPg {
-    async fn start(config: FakePgConfig) -> Self {
+impl RunningGateway {
+    async fn start(config: StandInConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
-        let (router, control) = fake_pg::router(&config);
+        let (router, control) = stand_in::router(&config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(fake_pg::serve(listener, router, async {
+        let server = tokio::spawn(stand_in::serve(listener, router, async {
             let _ = stopped.await;
         }));
         Self {
@@ -76,9 +76,9 @@ fn charge(key: &str, amount: i64) -> ChargeRequest {
 
 #[tokio::test]
 async fn approves_and_declines_above_the_threshold() {
-    let pg = RunningPg::start(FakePgConfig {
+    let pg = RunningGateway::start(StandInConfig {
         decline_above: 10_000,
-        ..FakePgConfig::default()
+        ..StandInConfig::default()
     })
     .await;
     let client = pg.client();
@@ -101,7 +101,7 @@ async fn approves_and_declines_above_the_threshold() {
 
 #[tokio::test]
 async fn retries_through_injected_503s_and_charges_once() {
-    let pg = RunningPg::start(FakePgConfig::default()).await;
+    let pg = RunningGateway::start(StandInConfig::default()).await;
     let client = pg.client();
     pg.control.fail_next(2);
 
@@ -121,9 +121,9 @@ async fn retries_through_injected_503s_and_charges_once() {
 
 #[tokio::test]
 async fn a_repeated_charge_with_the_same_key_charges_once() {
-    let pg = RunningPg::start(FakePgConfig {
+    let pg = RunningGateway::start(StandInConfig {
         latency: Duration::from_millis(20),
-        ..FakePgConfig::default()
+        ..StandInConfig::default()
     })
     .await;
     let client = std::sync::Arc::new(pg.client());
@@ -144,30 +144,37 @@ async fn a_repeated_charge_with_the_same_key_charges_once() {
     let ChargeOutcome::Approved { charge_id } = first else {
         panic!("declined: {first:?}")
     };
-    let receipt: RefundReceipt = client.refund(&charge_id, "refund-7").await.expect("refund");
+    let refund = RefundRequest {
+        charge_id: charge_id.clone(),
+        idempotency_key: "refund-7".into(),
+    };
+    let receipt: RefundReceipt = client.refund(&refund).await.expect("refund");
     assert_eq!(receipt.charge_id, charge_id);
-    assert_eq!(client.refund(&charge_id, "refund-7").await, Ok(receipt));
+    assert_eq!(client.refund(&refund).await, Ok(receipt));
     assert_eq!(pg.control.stats().refunds, 1);
     pg.stop().await;
 }
 
 #[tokio::test]
-async fn a_4xx_is_rejected_at_once() {
-    let pg = RunningPg::start(FakePgConfig::default()).await;
+async fn a_permanent_refusal_ends_the_call_at_once() {
+    let pg = RunningGateway::start(StandInConfig::default()).await;
     let client = pg.client();
     client.charge(&charge("k", 100)).await.expect("answer");
 
     // The same key for another amount: the PG refuses it, and a retry would not help.
     let error = client.charge(&charge("k", 200)).await.unwrap_err();
-    let GatewayError::Rejected { status, message } = &error else {
-        panic!("not a rejection: {error:?}")
+    let GatewayError::Refused { status, message } = &error else {
+        panic!("not a refusal: {error:?}")
     };
     assert_eq!(*status, 422);
     assert!(message.starts_with("idempotency_key_reused"), "{message}");
-    let unknown = reference_app::payment::ChargeId("ch_unknown".into());
-    let error = client.refund(&unknown, "r").await.unwrap_err();
+    let unknown = RefundRequest {
+        charge_id: ChargeId("ch_unknown".into()),
+        idempotency_key: "r".into(),
+    };
+    let error = client.refund(&unknown).await.unwrap_err();
     assert!(
-        matches!(error, GatewayError::Rejected { status: 404, .. }),
+        matches!(error, GatewayError::Refused { status: 404, .. }),
         "{error:?}"
     );
     assert_eq!(pg.control.stats().requests, 3);
@@ -176,7 +183,7 @@ async fn a_4xx_is_rejected_at_once() {
 
 #[tokio::test]
 async fn a_down_pg_opens_the_breaker_and_recovery_closes_it() {
-    let pg = RunningPg::start(FakePgConfig::default()).await;
+    let pg = RunningGateway::start(StandInConfig::default()).await;
     let client = pg.client();
     pg.control.set_failure_rate(1.0).expect("valid rate");
 
@@ -186,7 +193,12 @@ async fn a_down_pg_opens_the_breaker_and_recovery_closes_it() {
             error,
             GatewayError::Unavailable {
                 attempts: 3,
-                cause: UnavailableCause::ServerError { status: 503 }
+                cause: UnavailableCause::ServerError {
+                    status: 503,
+                    retry_after: None
+                },
+                // 503s turn a request away before any work: nothing can have been taken.
+                may_have_charged: false,
             }
         );
     }
@@ -222,9 +234,9 @@ async fn a_down_pg_opens_the_breaker_and_recovery_closes_it() {
 
 #[tokio::test]
 async fn a_slow_pg_times_out_per_attempt() {
-    let pg = RunningPg::start(FakePgConfig {
+    let pg = RunningGateway::start(StandInConfig {
         latency: Duration::from_millis(600),
-        ..FakePgConfig::default()
+        ..StandInConfig::default()
     })
     .await;
     let config = GatewayClientConfig {
@@ -241,7 +253,8 @@ async fn a_slow_pg_times_out_per_attempt() {
             attempts: 2,
             cause: UnavailableCause::AttemptTimedOut {
                 after: Duration::from_millis(100)
-            }
+            },
+            may_have_charged: true,
         })
     );
     assert!(started.elapsed() < Duration::from_millis(500));
@@ -262,7 +275,8 @@ async fn a_pg_that_is_not_listening_is_unavailable() {
             error,
             GatewayError::Unavailable {
                 attempts: 3,
-                cause: UnavailableCause::Connection(_)
+                cause: UnavailableCause::Connection { sent: false, .. },
+                may_have_charged: false,
             }
         ),
         "{error:?}"

@@ -47,7 +47,7 @@ async fn an_order_is_paid_watched_live_shipped_and_delivered(transport: Transpor
     let alice = app.customer("alice");
     // The gateway refuses every charge until the watcher has seen CREATED: the order cannot
     // leave CREATED before then, however slow the watcher is to connect.
-    let gateway = app.running().fake_pg().unwrap().clone();
+    let gateway = app.running().stand_in_gateway().unwrap().clone();
     gateway.set_failure_rate(1.0).unwrap();
 
     let placed = app.order(&alice, product, 2).await.expect("placed");
@@ -145,7 +145,14 @@ async fn a_declined_payment_cancels_the_order_and_restores_stock_and_ledger(tran
         ],
         "newest first"
     );
-    assert_eq!(app.running().fake_pg().unwrap().stats().charges_taken, 0);
+    assert_eq!(
+        app.running()
+            .stand_in_gateway()
+            .unwrap()
+            .stats()
+            .charges_taken,
+        0
+    );
     app.assert_audit_clean().await;
     app.stop().await;
 }
@@ -154,12 +161,12 @@ async fn a_gateway_that_recovers_ends_processing(transport: Transport) {
     let app = TestApp::start(transport).await;
     let product = app.product("MUG-1", 450, 5).await;
     // Two whole calls (three attempts each) fail: the charge is parked twice, then taken.
-    app.running().fake_pg().unwrap().fail_next(6);
+    app.running().stand_in_gateway().unwrap().fail_next(6);
     let carol = app.customer("carol");
     let placed = app.order(&carol, product, 1).await.expect("placed");
     app.wait_for_status(placed.order.id, OrderStatus::Processing, SAGA_DONE)
         .await;
-    let stats = app.running().fake_pg().unwrap().stats();
+    let stats = app.running().stand_in_gateway().unwrap().stats();
     assert_eq!(
         stats.charges_taken, 1,
         "taken once whatever the retries: {stats:?}"
@@ -171,10 +178,10 @@ async fn a_gateway_that_recovers_ends_processing(transport: Transport) {
 
 async fn a_gateway_that_stays_down_ends_cancelled_by_the_saga_timeout(transport: Transport) {
     let app = TestApp::start_with(transport, |config| {
-        config.saga_timeout = Duration::from_secs(3);
+        common::short_saga(config, Duration::from_secs(3));
     })
     .await;
-    let gateway = app.running().fake_pg().unwrap().clone();
+    let gateway = app.running().stand_in_gateway().unwrap().clone();
     gateway.set_failure_rate(1.0).unwrap();
     let product = app.product("MUG-2", 450, 5).await;
     let dave = app.customer("dave");
@@ -204,7 +211,7 @@ async fn cancelling_a_paid_order_refunds_it(transport: Transport) {
         .await;
     let cancelled = erin.cancel_order(id).await.expect("cancelled");
     assert_eq!(cancelled.status, OrderStatus::Cancelled);
-    let gateway = app.running().fake_pg().unwrap().clone();
+    let gateway = app.running().stand_in_gateway().unwrap().clone();
     let refunded = commerce_testkit::eventually(SAGA_DONE, || {
         let gateway = gateway.clone();
         async move { gateway.stats().refunds == 1 }

@@ -8,14 +8,19 @@
 //! commerce-outbox dlq replay EVENT_ID
 //! commerce-outbox dlq replay --topic TOPIC
 //! commerce-outbox dlq discard EVENT_ID
+//! commerce-outbox consumer-dlq list CONSUMER [--limit N]
+//! commerce-outbox consumer-dlq discard CONSUMER EVENT_ID
 //! ```
+//! A consumer dead letter is replayed through its handler, so by the application that has
+//! it (`dead_letter::replay_consumer_dead_letter`), not here.
 //! The database comes from `--database-url` or `DATABASE_URL`.
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use commerce_outbox::dead_letter::{
-    discard_dead_letter, inspect_event, list_dead_letters, replay_dead_letter, replay_dead_letters,
-    OutboxEvent,
+    count_consumer_dead_letters, discard_consumer_dead_letter, discard_dead_letter, inspect_event,
+    list_consumer_dead_letters, list_dead_letters, replay_dead_letter, replay_dead_letters,
+    ConsumerDeadLetter, OutboxEvent,
 };
 use commerce_outbox::{outbox_stats, EventId};
 use sqlx::PgPool;
@@ -32,11 +37,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Pending events, the oldest pending age, dead letters.
+    /// Pending events, the oldest pending age, dead letters, consumer dead letters.
     Stats,
     /// Dead letters.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// Consumer dead letters: events a consumer's handler declared unprocessable.
+    #[command(subcommand)]
+    ConsumerDlq(ConsumerDlq),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsumerDlq {
+    /// A consumer's dead letters, oldest first.
+    List {
+        /// The consumer (its inbox name).
+        consumer: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Gives up on a consumer dead letter: it is deleted, and the consumer's inbox keeps
+    /// skipping the event.
+    Discard {
+        /// The consumer (its inbox name).
+        consumer: String,
+        /// The event id (a UUID).
+        id: EventId,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +125,10 @@ async fn main() -> anyhow::Result<()> {
                 )
             );
             println!("dead letters:       {}", stats.dead_letters);
+            println!("consumer dead letters: {}", stats.consumer_dead_letters);
+            for (consumer, count) in count_consumer_dead_letters(&pool).await? {
+                println!("  {consumer}: {count}");
+            }
         }
         Command::Dlq(Dlq::List { limit }) => print_list(&list_dead_letters(&pool, limit).await?),
         Command::Dlq(Dlq::Show { id }) => print_event(&inspect_event(&pool, id).await?),
@@ -125,6 +157,13 @@ async fn main() -> anyhow::Result<()> {
             discard_dead_letter(&pool, id).await?;
             println!("discarded {id}: the events held behind it are released");
         }
+        Command::ConsumerDlq(ConsumerDlq::List { consumer, limit }) => {
+            print_consumer_list(&list_consumer_dead_letters(&pool, &consumer, limit).await?);
+        }
+        Command::ConsumerDlq(ConsumerDlq::Discard { consumer, id }) => {
+            discard_consumer_dead_letter(&pool, &consumer, id).await?;
+            println!("discarded {id} for consumer {consumer}: it stays skipped by its inbox");
+        }
     }
     Ok(())
 }
@@ -150,6 +189,32 @@ fn print_list(events: &[OutboxEvent]) {
             event.attempts,
             event.held_behind,
             event.last_error.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+fn print_consumer_list(letters: &[ConsumerDeadLetter]) {
+    if letters.is_empty() {
+        println!("no consumer dead letters");
+        return;
+    }
+    println!(
+        "{:<36}  {:<20}  {:<24}  {:<24}  {:<24}  error",
+        "event id", "dead at", "topic", "event type", "aggregate"
+    );
+    for letter in letters {
+        let envelope = &letter.envelope;
+        println!(
+            "{:<36}  {:<20}  {:<24}  {:<24}  {:<24}  {}",
+            envelope.id,
+            letter.dead_at.format("%Y-%m-%d %H:%M:%S"),
+            letter.topic,
+            envelope.event_type,
+            format!(
+                "{} {} #{}",
+                envelope.aggregate_type, envelope.aggregate_id, envelope.aggregate_seq
+            ),
+            letter.error
         );
     }
 }

@@ -33,7 +33,7 @@ struct Args {
 }
 
 /// The secret of the in-process system.
-const SECRET: &str = "client-tour-secret-0123456789";
+const SECRET: &str = "client-tour-secret-0123456789abcdef-0123";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -195,7 +195,7 @@ async fn start_in_process() -> anyhow::Result<(String, RunningApp)> {
         .close()
         .await;
     let mut config = Config::local(url, SECRET);
-    config.event_prefix = commerce_testkit::unique_name("tour");
+    config.events.prefix = commerce_testkit::unique_name("tour");
     let app = Application::build(config).await?;
     let url = app.base_url();
     Ok((url, app.spawn()))

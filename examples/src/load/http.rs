@@ -12,13 +12,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use commerce_client::{ApiClient, PlaceOrder, RetryPolicy, StatusCode};
 use reference_app::auth::{Auth, Role};
-use reference_app::config::{Config, Secret, StockStrategyKind};
+use reference_app::config::{Config, Secret, SecretUrl, StockStrategyKind};
 use reference_app::{Application, RunningApp};
 
 use super::target::Attempt;
 
 /// The JWT secret of the app the harness starts (it mints its clients' tokens with it).
-const SECRET: &str = "stock-load-http-secret-0123456789";
+const SECRET: &str = "stock-load-http-secret-0123456789abcdef";
 
 /// Clients of the app over HTTP, through `commerce-client`.
 #[derive(Clone)]
@@ -38,18 +38,6 @@ impl std::fmt::Debug for HttpTarget {
     }
 }
 
-/// The stock strategy setting of the app for a harness strategy name (`None`: not an order
-/// strategy the app offers).
-fn strategy_of(name: &str) -> Option<(StockStrategyKind, bool)> {
-    Some(match name {
-        "conditional-update" => (StockStrategyKind::ConditionalUpdate, false),
-        "local-lock" => (StockStrategyKind::Lock, false),
-        "redis-lock" => (StockStrategyKind::Lock, true),
-        "batching" => (StockStrategyKind::Batching, false),
-        _ => return None,
-    })
-}
-
 /// Starts the app on database `name` with `strategy`, `connections` database connections and
 /// room for `clients` requests in flight.
 ///
@@ -61,7 +49,7 @@ pub(crate) async fn start(
     connections: u32,
     clients: usize,
 ) -> anyhow::Result<(HttpTarget, RunningApp)> {
-    let Some((kind, redis)) = strategy_of(strategy) else {
+    let Ok(kind) = strategy.parse::<StockStrategyKind>() else {
         bail!("--http: strategy {strategy:?} has no HTTP form");
     };
     let server = commerce_testkit::database_url();
@@ -69,16 +57,17 @@ pub(crate) async fn start(
         .rsplit_once('/')
         .map_or(server.as_str(), |(base, _)| base);
     let mut config = Config::local(format!("{base}/{name}"), SECRET);
-    config.max_connections = connections;
-    config.background_connections = 4;
-    config.stock_strategy = kind;
-    config.redis_url = redis.then(commerce_testkit::redis_url);
+    config.database.max_connections = connections;
+    config.database.background_connections = 4;
+    config.stock.strategy = kind;
+    config.redis_url = (kind == StockStrategyKind::RedisLock)
+        .then(|| SecretUrl::new(commerce_testkit::redis_url()));
     // Like the clients' pool: waiting is part of the latency measured, not a failure.
-    config.request_timeout = Duration::from_secs(600);
-    config.max_in_flight = clients.saturating_mul(2).max(1);
-    config.event_prefix = commerce_testkit::unique_name("load");
+    config.http.request_timeout = Duration::from_secs(600);
+    config.http.max_in_flight = clients.saturating_mul(2).max(1);
+    config.events.prefix = commerce_testkit::unique_name("load");
     // Payments queue behind a surge; the run measures ordering, not the saga's patience.
-    config.saga_timeout = Duration::from_secs(3_600);
+    config.saga.timeout = Duration::from_secs(3_600);
     let app = Application::build(config)
         .await
         .context("start the reference app")?;

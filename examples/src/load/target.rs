@@ -3,22 +3,24 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use commerce_core::strategy::{BatchSettings, Batching};
 use commerce_core::{Commerce, DistributedLockStrategy, Error, NewOrder};
 use commerce_lock::{LocalLock, LockOptions, RedisLock};
+use reference_app::config::StockStrategyKind;
 use sqlx::PgPool;
 
 /// The ceiling: the bare conditional `UPDATE` of the product row, one autocommit statement,
 /// no order rows, no ledger.
 pub const BARE_UPDATE: &str = "bare-update";
 
-/// Every strategy [`build`] knows, in the order a run takes them when none are named.
+/// Every strategy [`build`] knows, in the order a run takes them when none are named: the
+/// app's stock strategies (one parser, `StockStrategyKind`), then the ceiling.
 pub const STRATEGIES: &[&str] = &[
-    "conditional-update",
-    "redis-lock",
-    "local-lock",
-    "batching",
+    StockStrategyKind::NAMES[0],
+    StockStrategyKind::NAMES[1],
+    StockStrategyKind::NAMES[2],
+    StockStrategyKind::NAMES[3],
     BARE_UPDATE,
 ];
 
@@ -56,11 +58,15 @@ pub async fn build(strategy: &str, pool: PgPool, batch: BatchSettings) -> anyhow
     let builder = Commerce::builder(pool.clone());
     // Every client may queue on one key for the whole run: the wait outlasts the run.
     let options = LockOptions::new(Duration::from_secs(120), Duration::from_secs(10));
-    Ok(match strategy {
-        "conditional-update" => {
+    if strategy == BARE_UPDATE {
+        return Ok(Target::BareUpdate(pool));
+    }
+    let kind: StockStrategyKind = strategy.parse()?;
+    Ok(match kind {
+        StockStrategyKind::ConditionalUpdate => {
             Target::Orders(builder.strategy(commerce_core::ConditionalUpdate).build())
         }
-        "redis-lock" => {
+        StockStrategyKind::RedisLock => {
             let url = commerce_testkit::redis_url();
             let lock = RedisLock::builder(url)
                 .namespace(format!("commerce-load-{}", std::process::id()))
@@ -74,17 +80,14 @@ pub async fn build(strategy: &str, pool: PgPool, batch: BatchSettings) -> anyhow
                     .build(),
             )
         }
-        "local-lock" => Target::Orders(
+        StockStrategyKind::LocalLock => Target::Orders(
             builder
                 .strategy(DistributedLockStrategy::new(LocalLock::new()).options(options))
                 .build(),
         ),
-        "batching" => Target::Orders(builder.strategy(Batching::with_settings(batch)).build()),
-        BARE_UPDATE => Target::BareUpdate(pool),
-        other => bail!(
-            "unknown strategy {other:?} (known: {})",
-            STRATEGIES.join(", ")
-        ),
+        StockStrategyKind::Batching => {
+            Target::Orders(builder.strategy(Batching::with_settings(batch)).build())
+        }
     })
 }
 

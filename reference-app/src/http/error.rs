@@ -48,18 +48,6 @@ impl ApiError {
         self
     }
 
-    /// The status.
-    #[must_use]
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The machine-readable code.
-    #[must_use]
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
-
     /// 400 `bad_request`.
     #[must_use]
     pub fn bad_request(message: impl Into<String>) -> Self {

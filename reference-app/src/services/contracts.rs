@@ -76,6 +76,32 @@ pub struct OrderCreated {
     pub currency: String,
 }
 
+/// The longest reason a payment answer gives an order (its cancel reason, in the order's
+/// history).
+pub const REASON_MAX_CHARS: usize = 200;
+
+/// `raw` (text from outside: a gateway's decline reason or error body) as a reason fit for an
+/// order's history: control characters become spaces, runs of whitespace one space, and it
+/// is cut to [`REASON_MAX_CHARS`] characters (ending in `…` when cut). Never empty. The raw
+/// text belongs in the saga log.
+#[must_use]
+pub fn reason_text(raw: &str) -> String {
+    let words: Vec<&str> = raw
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect();
+    let clean = words.join(" ");
+    if clean.is_empty() {
+        return "no reason given".to_owned();
+    }
+    if clean.chars().count() <= REASON_MAX_CHARS {
+        return clean;
+    }
+    let mut cut: String = clean.chars().take(REASON_MAX_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
 /// Payload of [`PAYMENT_APPROVED`], [`PAYMENT_FAILED`] and [`PAYMENT_REFUNDED`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentOutcome {
@@ -85,7 +111,8 @@ pub struct PaymentOutcome {
     pub amount: i64,
     /// The gateway's charge id, when a charge was taken.
     pub charge_id: Option<String>,
-    /// Why it failed (for [`PAYMENT_FAILED`]).
+    /// Why it failed (for [`PAYMENT_FAILED`]): at most [`REASON_MAX_CHARS`] characters, no
+    /// control characters ([`reason_text`]).
     pub reason: Option<String>,
 }
 
@@ -96,4 +123,28 @@ pub struct OrderCancelled {
     pub order: Uuid,
     /// Why.
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_from_outside_are_cleaned_and_bounded() {
+        let cases = [
+            ("do_not_honor\nretry later", "do_not_honor retry later"),
+            (
+                "<html>\r\n<head>\t<title>403</title>",
+                "<html> <head> <title>403</title>",
+            ),
+            ("  \u{0}\u{7}  ", "no reason given"),
+            ("", "no reason given"),
+        ];
+        for (raw, clean) in cases {
+            assert_eq!(reason_text(raw), clean, "{raw:?}");
+        }
+        let long = reason_text(&"é".repeat(600));
+        assert_eq!(long.chars().count(), REASON_MAX_CHARS);
+        assert!(long.ends_with('…'));
+    }
 }

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 
 use crate::catalog::Catalog;
 use crate::http::extract::Json;
+use crate::services::payment::gateway::BreakerState;
 use crate::services::payment::PaymentWorker;
 
 /// A probe's answer: `Err(reason)` when the dependency is down.
@@ -165,13 +166,18 @@ pub async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         Err(error) => tracing::warn!(%error, "outbox stats for /metrics failed"),
     }
     if let Some(payments) = &state.payments {
-        for candidate in ["closed", "open", "half_open"] {
-            let on = if payments.breaker_state() == candidate {
-                1.0
-            } else {
-                0.0
-            };
-            metrics::gauge!("payment_breaker_state", "state" => candidate).set(on);
+        let now = payments.breaker_state();
+        for state in BreakerState::ALL {
+            let on = if state == now { 1.0 } else { 0.0 };
+            metrics::gauge!("payment_breaker_state", "state" => state.as_str()).set(on);
+        }
+        match payments.payments_by_status().await {
+            Ok(counts) => {
+                for (status, count) in counts {
+                    metrics::gauge!("payments", "status" => status.as_str()).set(count as f64);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "payment counts for /metrics failed"),
         }
     }
     let cache = state.catalog.metrics();

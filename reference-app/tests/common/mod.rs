@@ -15,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub const SECRET: &str = "test-secret-0123456789abcdef";
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 
 /// Which event transport the app runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,18 @@ pub enum Transport {
     InProcess,
     /// The Kafka-protocol broker (`KAFKA_BROKERS`, default 127.0.0.1:9092).
     Kafka,
+}
+
+/// A saga timeout of `timeout` (a few seconds), with the payment timings scaled down so the
+/// settings still pass the start-up checks: a gateway call of at most a third of it, the
+/// worker's lease and backoff within it.
+pub fn short_saga(config: &mut Config, timeout: Duration) {
+    config.saga.timeout = timeout;
+    config.payment.client.overall_timeout = timeout / 3;
+    config.payment.client.attempt_timeout = timeout / 6;
+    config.payment.worker.lease = timeout / 2;
+    config.payment.worker.backoff.max = timeout / 6;
+    config.payment.worker.backoff.initial = config.payment.worker.backoff.initial.min(timeout / 12);
 }
 
 /// A running app on a database of its own.
@@ -107,9 +119,9 @@ impl TestApp {
     pub async fn start_with(transport: Transport, adjust: impl FnOnce(&mut Config)) -> Self {
         let db = TestDb::with_pool_size(&[], 2).await;
         let mut config = Config::local(db.url(), SECRET);
-        config.event_prefix = unique_name("app");
+        config.events.prefix = unique_name("app");
         if transport == Transport::Kafka {
-            config.kafka_brokers = Some(kafka_brokers());
+            config.events.kafka_brokers = Some(kafka_brokers());
         }
         adjust(&mut config);
         let app = Application::build(config).await.expect("build the app");

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::services::contracts::{
-    OrderCreated, PaymentOutcome, ORDER_CREATED, PAYMENT_APPROVED, PAYMENT_FAILED,
+    reason_text, OrderCreated, PaymentOutcome, ORDER_CREATED, PAYMENT_APPROVED, PAYMENT_FAILED,
     PAYMENT_REFUNDED, SAGA,
 };
 use crate::telemetry::count_saga;
@@ -152,9 +152,11 @@ impl EventHandler for PaymentAnswers {
                     .map(drop),
             ),
             PAYMENT_FAILED => {
+                // Text from outside (the gateway's) never blocks the saga: cleaned and bounded
+                // here too, whoever wrote the event.
                 let reason = format!(
                     "payment failed: {}",
-                    outcome.reason.as_deref().unwrap_or("no reason given")
+                    reason_text(outcome.reason.as_deref().unwrap_or_default())
                 );
                 (
                     "payment_failed",

@@ -9,22 +9,102 @@ use commerce_outbox::{Envelope, EventHandler, HandlerError};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
+use super::store;
+use super::worker::answer_with;
 use crate::services::contracts::{
-    OrderCancelled, OrderCreated, ORDER_CANCELLED, ORDER_CREATED, SAGA,
+    OrderCancelled, OrderCreated, PaymentOutcome, ORDER_CANCELLED, ORDER_CREATED, PAYMENT_APPROVED,
+    SAGA,
 };
+use crate::telemetry::count_payment;
 
-/// Records a payment to take for every `order.created`; voids or refunds it on
-/// `order.cancelled`. Wakes the worker when there is something to do.
+/// Records a payment to take for every `order.created` (settling an amount of 0 at once,
+/// without a gateway call); voids, asks about or refunds it on `order.cancelled`. Wakes the
+/// worker when there is something to do.
 #[derive(Debug, Clone)]
 pub struct OrderEvents {
     wake: Arc<Notify>,
+    /// Where answers settled here go (the payments topic).
+    topic: String,
 }
 
 impl OrderEvents {
-    /// A consumer that wakes `wake` (the worker's) after new work.
+    /// A consumer that wakes `wake` (the worker's) after new work and answers on `topic`.
     #[must_use]
-    pub fn new(wake: Arc<Notify>) -> Self {
-        Self { wake }
+    pub fn new(wake: Arc<Notify>, topic: impl Into<String>) -> Self {
+        Self {
+            wake,
+            topic: topic.into(),
+        }
+    }
+
+    async fn created(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
+        let order: OrderCreated = serde_json::from_value(envelope.payload.clone())?;
+        let saga_id = order.order_id.to_string();
+        if !store::record(conn, order.order_id, order.amount, &order.currency).await? {
+            return Ok(());
+        }
+        if order.amount == 0 {
+            // Nothing to take: settled now, with no gateway call.
+            let outcome = PaymentOutcome {
+                order_id: order.order_id,
+                amount: 0,
+                charge_id: None,
+                reason: None,
+            };
+            answer_with(conn, &self.topic, PAYMENT_APPROVED, &outcome).await?;
+            count_payment("settled_without_charge");
+            record_saga_step(
+                conn,
+                SAGA,
+                &saga_id,
+                "settled_without_charge",
+                SagaStatus::Completed,
+                Some(envelope.id),
+                Some("amount 0: nothing to charge"),
+            )
+            .await?;
+            return Ok(());
+        }
+        record_saga_step(
+            conn,
+            SAGA,
+            &saga_id,
+            "payment_recorded",
+            SagaStatus::Started,
+            Some(envelope.id),
+            None,
+        )
+        .await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn cancelled(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
+        let cancelled: OrderCancelled = serde_json::from_value(envelope.payload.clone())?;
+        // No payment: the order never became CREATED (cancelled while backordered).
+        let Some(status) = store::request_cancel(conn, cancelled.order).await? else {
+            return Ok(());
+        };
+        record_saga_step(
+            conn,
+            SAGA,
+            &cancelled.order.to_string(),
+            "payment_cancelled",
+            SagaStatus::Compensated,
+            Some(envelope.id),
+            Some(&format!("payment {status}: {}", cancelled.reason)),
+        )
+        .await?;
+        self.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -36,61 +116,9 @@ impl EventHandler for OrderEvents {
         envelope: &Envelope,
     ) -> Result<(), HandlerError> {
         match envelope.event_type.as_str() {
-            ORDER_CREATED => {
-                let order: OrderCreated = serde_json::from_value(envelope.payload.clone())?;
-                sqlx::query(
-                    "INSERT INTO payment.payments (order_id, amount, currency, status) \
-                     VALUES ($1, $2, $3, 'pending') ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(order.order_id)
-                .bind(order.amount)
-                .bind(&order.currency)
-                .execute(&mut *conn)
-                .await?;
-                record_saga_step(
-                    conn,
-                    SAGA,
-                    &order.order_id.to_string(),
-                    "payment_recorded",
-                    SagaStatus::Started,
-                    Some(envelope.id),
-                    None,
-                )
-                .await?;
-            }
-            ORDER_CANCELLED => {
-                let cancelled: OrderCancelled = serde_json::from_value(envelope.payload.clone())?;
-                // Not charged yet: void. Charged: refund. Being charged right now: the
-                // worker sees `cancel_requested` when it settles, and refunds.
-                let status: Option<String> = sqlx::query_scalar(
-                    "UPDATE payment.payments SET cancel_requested = true, \
-                     status = CASE status WHEN 'pending' THEN 'voided' \
-                                          WHEN 'approved' THEN 'refund_pending' ELSE status END, \
-                     next_attempt_at = CASE status WHEN 'approved' THEN now() \
-                                               ELSE next_attempt_at END, \
-                     updated_at = now() \
-                     WHERE order_id = $1 RETURNING status",
-                )
-                .bind(cancelled.order)
-                .fetch_optional(&mut *conn)
-                .await?;
-                // No payment: the order never became CREATED (cancelled while backordered).
-                if let Some(status) = status {
-                    record_saga_step(
-                        conn,
-                        SAGA,
-                        &cancelled.order.to_string(),
-                        "payment_cancelled",
-                        SagaStatus::Compensated,
-                        Some(envelope.id),
-                        Some(&format!("payment {status}: {}", cancelled.reason)),
-                    )
-                    .await?;
-                }
-            }
-            _ => return Ok(()),
+            ORDER_CREATED => self.created(conn, envelope).await,
+            ORDER_CANCELLED => self.cancelled(conn, envelope).await,
+            _ => Ok(()),
         }
-        self.wake.notify_one();
-        Ok(())
     }
 }

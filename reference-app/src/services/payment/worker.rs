@@ -1,47 +1,49 @@
 //! The payment worker: claims due payments, calls the gateway outside any transaction, and
-//! records each outcome with its event in one transaction.
+//! records each outcome with its event in one transaction. What an answer means is decided by
+//! [`decide`], a pure function of the claim, the row and the answer (decision 0011).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use commerce_outbox::saga::{record_saga_step, SagaStatus};
-use commerce_outbox::{enqueue, NewEvent};
+use commerce_outbox::{enqueue, Backoff, NewEvent};
 use futures::stream::{self, StreamExt};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
-use super::{Charge, ChargeAnswer, Gateway, GatewayFailure};
-use crate::services::contracts::{
-    PaymentOutcome, PAYMENT_APPROVED, PAYMENT_FAILED, PAYMENT_REFUNDED, SAGA,
+use super::gateway::{
+    BreakerState, ChargeOutcome, ChargeRequest, Gateway, GatewayError, RefundRequest,
 };
+use super::store::{self, Current, Due, PaymentStatus, Settle, StoreError};
+use crate::services::contracts::{
+    reason_text, PaymentOutcome, PAYMENT_APPROVED, PAYMENT_FAILED, PAYMENT_REFUNDED, SAGA,
+};
+use crate::telemetry::count_payment;
 
 /// How the worker paces itself.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
     /// Look for due payments at least this often (the consumer also wakes it).
     pub poll: Duration,
-    /// A claimed payment is another worker's to retry after this (a worker that died mid-call).
+    /// A claimed payment is another worker's to retry after this (a worker that died
+    /// mid-call): longer than a gateway call, shorter than the saga timeout (default 15 s).
     pub lease: Duration,
     /// Payments claimed per round, and gateway calls in flight.
     pub batch: i64,
-    /// First wait before a parked payment is tried again (doubling per attempt, at most
-    /// `max_backoff`).
-    pub backoff: Duration,
-    /// Longest wait between attempts.
-    pub max_backoff: Duration,
+    /// Wait before a parked payment is asked again: 0.5 s doubling per claim up to 10 s,
+    /// with jitter; longer when the gateway says so (`Retry-After`, the breaker's open time).
+    pub backoff: Backoff,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             poll: Duration::from_millis(200),
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(15),
             batch: 16,
-            backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(10),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
         }
     }
 }
@@ -65,19 +67,86 @@ impl std::fmt::Debug for PaymentWorker {
     }
 }
 
-/// A payment the worker claimed.
-#[derive(Debug, sqlx::FromRow)]
-struct Due {
-    order_id: Uuid,
-    amount: i64,
-    currency: String,
-    /// `charging` or `refunding` (what it was claimed for).
-    status: String,
-    charge_id: Option<String>,
-    attempts: i32,
+/// What to write for a claimed payment once the gateway has answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    /// Taken for a live order: `approved`, and `payment.approved`.
+    Approve { charge_id: String },
+    /// Taken for an order cancelled since: `refund_pending` (the worker refunds it next).
+    RefundAfterCancel { charge_id: String },
+    /// Declined or refused for good: `declined` / `failed`, and `payment.failed` with a
+    /// bounded, cleaned reason (the raw text goes to the saga log).
+    Fail { status: PaymentStatus, raw: String },
+    /// Nothing was taken and the order is cancelled: `voided`.
+    Void { why: String },
+    /// Nothing settled: back to `to` (`pending`, or `void_pending` for a cancelled order whose
+    /// money may have been taken), asked again after `wait`.
+    Park {
+        to: PaymentStatus,
+        wait: Duration,
+        error: String,
+        may_have_charged: bool,
+    },
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What a gateway answer means for a claimed payment (the rules of decision 0011).
+/// `claimed` is what it was claimed for (`charging` or `voiding`), `row` the payment as found
+/// under its lock, `backoff` the wait a parked payment gets unless the gateway asked for longer.
+fn decide(
+    claimed: PaymentStatus,
+    row: Current,
+    answer: Result<ChargeOutcome, GatewayError>,
+    backoff: Duration,
+) -> Decision {
+    // Asking about a cancelled order's charge is a charge of a cancelled order.
+    let cancelled = row.cancel_requested || claimed == PaymentStatus::Voiding;
+    match answer {
+        Ok(ChargeOutcome::Approved { charge_id }) if cancelled => Decision::RefundAfterCancel {
+            charge_id: charge_id.0,
+        },
+        Ok(ChargeOutcome::Approved { charge_id }) => Decision::Approve {
+            charge_id: charge_id.0,
+        },
+        Ok(ChargeOutcome::Declined { reason }) if cancelled => Decision::Void {
+            why: format!("declined after the order was cancelled: {reason}"),
+        },
+        Ok(ChargeOutcome::Declined { reason }) => Decision::Fail {
+            status: PaymentStatus::Declined,
+            raw: format!("declined: {reason}"),
+        },
+        Err(refused @ GatewayError::Refused { .. }) if cancelled => Decision::Void {
+            why: format!("{refused}; the order was cancelled meanwhile"),
+        },
+        Err(refused @ GatewayError::Refused { .. }) => Decision::Fail {
+            status: PaymentStatus::Failed,
+            raw: format!("gateway refused the charge: {refused}"),
+        },
+        Err(unknown) => {
+            let may_have_charged = row.may_have_charged || unknown.may_have_charged();
+            let wait = unknown
+                .retry_after()
+                .map_or(backoff, |asked| asked.max(backoff));
+            if cancelled && !may_have_charged {
+                // Nothing can have been taken: parking would charge a cancelled order once
+                // the gateway is back.
+                Decision::Void {
+                    why: format!("{unknown}; the order was cancelled meanwhile"),
+                }
+            } else {
+                Decision::Park {
+                    to: if cancelled {
+                        PaymentStatus::VoidPending
+                    } else {
+                        PaymentStatus::Pending
+                    },
+                    wait,
+                    error: unknown.to_string(),
+                    may_have_charged,
+                }
+            }
+        }
+    }
+}
 
 impl PaymentWorker {
     /// A worker charging through `gateway` and answering on `topic`; `wake` is the
@@ -107,8 +176,18 @@ impl PaymentWorker {
 
     /// The gateway client's breaker state, for metrics.
     #[must_use]
-    pub fn breaker_state(&self) -> &'static str {
+    pub fn breaker_state(&self) -> BreakerState {
         self.gateway.breaker_state()
+    }
+
+    /// Payments by status, for metrics.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn payments_by_status(
+        &self,
+    ) -> Result<Vec<(PaymentStatus, i64)>, Box<dyn std::error::Error + Send + Sync>> {
+        store::count_by_status(&self.pool).await
     }
 
     /// Runs until `shutdown`; the round in progress finishes first (its calls are bounded by
@@ -136,32 +215,17 @@ impl PaymentWorker {
     }
 
     /// Claims due payments and works them; returns how many.
-    async fn round(&self) -> Result<usize, BoxError> {
-        let due: Vec<Due> = sqlx::query_as(
-            "UPDATE payment.payments p SET \
-             status = CASE WHEN p.status IN ('pending', 'charging') THEN 'charging' ELSE 'refunding' END, \
-             attempts = p.attempts + 1, \
-             next_attempt_at = now() + make_interval(secs => $2), updated_at = now() \
-             FROM (SELECT order_id FROM payment.payments \
-                   WHERE status IN ('pending', 'charging', 'refund_pending', 'refunding') \
-                   AND next_attempt_at <= now() \
-                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due \
-             WHERE p.order_id = due.order_id \
-             RETURNING p.order_id, p.amount, p.currency, p.status, p.charge_id, p.attempts",
-        )
-        .bind(self.settings.batch)
-        .bind(self.settings.lease.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?;
+    async fn round(&self) -> Result<usize, StoreError> {
+        let due = store::claim_due(&self.pool, self.settings.batch, self.settings.lease).await?;
         let worked = due.len();
         let concurrency = usize::try_from(self.settings.batch).unwrap_or(1).max(1);
         stream::iter(due)
             .for_each_concurrent(concurrency, |payment| async move {
                 let order = payment.order_id;
-                let outcome = if payment.status == "refunding" {
-                    self.refund(payment).await
+                let outcome = if payment.status == PaymentStatus::Refunding {
+                    self.refund(&payment).await
                 } else {
-                    self.charge(payment).await
+                    self.charge(&payment).await
                 };
                 if let Err(error) = outcome {
                     // The lease runs out and the payment is claimed again.
@@ -173,242 +237,203 @@ impl PaymentWorker {
     }
 
     fn backoff(&self, attempts: i32) -> Duration {
-        let doublings = u32::try_from(attempts.saturating_sub(1))
-            .unwrap_or(0)
-            .min(16);
-        self.settings
-            .backoff
-            .saturating_mul(1 << doublings)
-            .min(self.settings.max_backoff)
+        let failures = u32::try_from(attempts).unwrap_or(1);
+        self.settings.backoff.delay_with_random_jitter(failures)
     }
 
-    async fn charge(&self, payment: Due) -> Result<(), BoxError> {
-        let charge = Charge {
+    /// Charges a `charging` payment, or asks about a `voiding` one (the same call: the gateway
+    /// replays the key's first answer, or takes the money now, and then it is refunded).
+    async fn charge(&self, payment: &Due) -> Result<(), StoreError> {
+        let request = ChargeRequest {
             order_id: payment.order_id,
             amount: payment.amount,
             currency: payment.currency.clone(),
             idempotency_key: format!("charge-{}", payment.order_id),
         };
-        let answer = self.gateway.charge(&charge).await;
+        let answer = self.gateway.charge(&request).await;
         let mut tx = self.pool.begin().await?;
-        let current: Option<(String, bool)> = sqlx::query_as(
-            "SELECT status, cancel_requested FROM payment.payments WHERE order_id = $1 FOR UPDATE",
-        )
-        .bind(payment.order_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((status, cancel_requested)) = current else {
+        let Some(row) = store::lock(&mut tx, payment.order_id).await? else {
             return Ok(());
         };
-        if status != "charging" {
+        if row.status != payment.status {
             // Settled by another worker after our lease ran out.
             return Ok(());
         }
-        let saga_id = payment.order_id.to_string();
-        match answer {
-            Ok(ChargeAnswer::Approved { charge_id }) if cancel_requested => {
-                // The order was cancelled while we charged: give the money back.
-                sqlx::query(
-                    "UPDATE payment.payments SET status = 'refund_pending', charge_id = $2, \
-                     next_attempt_at = now(), updated_at = now() WHERE order_id = $1",
-                )
-                .bind(payment.order_id)
-                .bind(&charge_id)
-                .execute(&mut *tx)
-                .await?;
-                record_saga_step(
-                    &mut tx,
-                    SAGA,
-                    &saga_id,
-                    "charged_after_cancel",
-                    SagaStatus::Compensated,
-                    None,
-                    Some(&charge_id),
-                )
-                .await?;
-                self.wake.notify_one();
-            }
-            Ok(ChargeAnswer::Approved { charge_id }) => {
-                sqlx::query(
-                    "UPDATE payment.payments SET status = 'approved', charge_id = $2, \
-                     last_error = NULL, updated_at = now() WHERE order_id = $1",
-                )
-                .bind(payment.order_id)
-                .bind(&charge_id)
-                .execute(&mut *tx)
-                .await?;
-                let outcome = PaymentOutcome {
-                    order_id: payment.order_id,
-                    amount: payment.amount,
-                    charge_id: Some(charge_id.clone()),
-                    reason: None,
-                };
-                answer_with(&mut tx, &self.topic, PAYMENT_APPROVED, &outcome).await?;
-                record_saga_step(
-                    &mut tx,
-                    SAGA,
-                    &saga_id,
-                    "charged",
-                    SagaStatus::Completed,
-                    None,
-                    Some(&charge_id),
-                )
-                .await?;
-            }
-            Ok(ChargeAnswer::Declined { reason }) => {
-                self.fail(
-                    &mut tx,
-                    &payment,
-                    "declined",
-                    &format!("declined: {reason}"),
-                )
-                .await?;
-            }
-            Err(GatewayFailure::Refused(why)) => {
-                self.fail(
-                    &mut tx,
-                    &payment,
-                    "failed",
-                    &format!("gateway refused the charge: {why}"),
-                )
-                .await?;
-            }
-            Err(failure) if cancel_requested => {
-                // The order was cancelled while we called (the saga timeout): nothing was
-                // taken that we know of, so void rather than park; parking would charge a
-                // cancelled order once the gateway is back.
-                sqlx::query(
-                    "UPDATE payment.payments SET status = 'voided', last_error = $2, \
-                     updated_at = now() WHERE order_id = $1",
-                )
-                .bind(payment.order_id)
-                .bind(failure.to_string())
-                .execute(&mut *tx)
-                .await?;
-                record_saga_step(
-                    &mut tx,
-                    SAGA,
-                    &saga_id,
-                    "charge_voided",
-                    SagaStatus::Compensated,
-                    None,
-                    Some(&format!("{failure}; the order was cancelled meanwhile")),
-                )
-                .await?;
-            }
-            Err(failure) => {
-                // Parked: tried again later; the order side's saga timeout bounds the wait.
-                let wait = self.backoff(payment.attempts);
-                sqlx::query(
-                    "UPDATE payment.payments SET status = 'pending', last_error = $2, \
-                     next_attempt_at = now() + make_interval(secs => $3), updated_at = now() \
-                     WHERE order_id = $1",
-                )
-                .bind(payment.order_id)
-                .bind(failure.to_string())
-                .bind(wait.as_secs_f64())
-                .execute(&mut *tx)
-                .await?;
-                record_saga_step(
-                    &mut tx,
-                    SAGA,
-                    &saga_id,
-                    "charge_parked",
-                    SagaStatus::Failed,
-                    None,
-                    Some(&format!("{failure}; next try in {} ms", wait.as_millis())),
-                )
-                .await?;
-            }
-        }
+        let decision = decide(payment.status, row, answer, self.backoff(payment.attempts));
+        self.apply(&mut tx, payment, decision).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn fail(
+    /// Writes `decision` for the claimed `payment`, with its event and saga step.
+    async fn apply(
         &self,
-        tx: &mut sqlx::PgConnection,
+        tx: &mut PgConnection,
         payment: &Due,
-        status: &str,
-        reason: &str,
-    ) -> Result<(), BoxError> {
-        sqlx::query(
-            "UPDATE payment.payments SET status = $2, last_error = $3, updated_at = now() \
-             WHERE order_id = $1",
-        )
-        .bind(payment.order_id)
-        .bind(status)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        let outcome = PaymentOutcome {
-            order_id: payment.order_id,
+        decision: Decision,
+    ) -> Result<(), StoreError> {
+        let (order, from) = (payment.order_id, payment.status);
+        let saga_id = order.to_string();
+        let outcome = |charge_id: Option<String>, reason: Option<String>| PaymentOutcome {
+            order_id: order,
             amount: payment.amount,
-            charge_id: None,
-            reason: Some(reason.to_owned()),
+            charge_id,
+            reason,
         };
-        answer_with(tx, &self.topic, PAYMENT_FAILED, &outcome).await?;
-        record_saga_step(
-            tx,
-            SAGA,
-            &payment.order_id.to_string(),
-            "charge_failed",
-            SagaStatus::Failed,
-            None,
-            Some(reason),
-        )
-        .await?;
+        let (step, status, detail) = match decision {
+            Decision::Approve { charge_id } => {
+                let facts = Settle {
+                    charge_id: Some(&charge_id),
+                    ..Settle::default()
+                };
+                store::settle(tx, order, from, PaymentStatus::Approved, &facts).await?;
+                let event = outcome(Some(charge_id.clone()), None);
+                answer_with(tx, &self.topic, PAYMENT_APPROVED, &event).await?;
+                count_payment("approved");
+                ("charged", SagaStatus::Completed, charge_id)
+            }
+            Decision::RefundAfterCancel { charge_id } => {
+                let facts = Settle {
+                    charge_id: Some(&charge_id),
+                    due_in: Some(Duration::ZERO),
+                    may_have_charged: true,
+                    ..Settle::default()
+                };
+                store::settle(tx, order, from, PaymentStatus::RefundPending, &facts).await?;
+                self.wake.notify_one();
+                count_payment("charged_after_cancel");
+                ("charged_after_cancel", SagaStatus::Compensated, charge_id)
+            }
+            Decision::Fail { status, raw } => {
+                let facts = Settle {
+                    last_error: Some(&raw),
+                    ..Settle::default()
+                };
+                store::settle(tx, order, from, status, &facts).await?;
+                // The order's history gets a bounded, clean reason; the saga log the raw text.
+                let event = outcome(None, Some(reason_text(&raw)));
+                answer_with(tx, &self.topic, PAYMENT_FAILED, &event).await?;
+                count_payment(status.as_str());
+                ("charge_failed", SagaStatus::Failed, raw)
+            }
+            Decision::Void { why } => {
+                let facts = Settle {
+                    last_error: Some(&why),
+                    ..Settle::default()
+                };
+                store::settle(tx, order, from, PaymentStatus::Voided, &facts).await?;
+                count_payment("voided");
+                ("charge_voided", SagaStatus::Compensated, why)
+            }
+            Decision::Park {
+                to,
+                wait,
+                error,
+                may_have_charged,
+            } => {
+                let facts = Settle {
+                    last_error: Some(&error),
+                    due_in: Some(wait),
+                    may_have_charged,
+                    ..Settle::default()
+                };
+                store::settle(tx, order, from, to, &facts).await?;
+                count_payment("parked");
+                let step = if to == PaymentStatus::VoidPending {
+                    "charge_unknown_after_cancel"
+                } else {
+                    "charge_parked"
+                };
+                let detail = format!("{error}; asked again in {} ms", wait.as_millis());
+                (step, SagaStatus::Failed, detail)
+            }
+        };
+        record_saga_step(tx, SAGA, &saga_id, step, status, None, Some(&detail)).await?;
         Ok(())
     }
 
-    async fn refund(&self, payment: Due) -> Result<(), BoxError> {
+    /// Refunds a `refunding` payment.
+    async fn refund(&self, payment: &Due) -> Result<(), StoreError> {
         let Some(charge_id) = payment.charge_id.clone() else {
             return Err(format!("payment {} to refund has no charge id", payment.order_id).into());
         };
-        let refunded = self
-            .gateway
-            .refund(&charge_id, &format!("refund-{}", payment.order_id))
-            .await;
+        let request = RefundRequest {
+            charge_id: super::gateway::ChargeId(charge_id.clone()),
+            idempotency_key: format!("refund-{}", payment.order_id),
+        };
+        let refunded = self.gateway.refund(&request).await;
+        let order = payment.order_id;
+        let from = PaymentStatus::Refunding;
         let mut tx = self.pool.begin().await?;
         match refunded {
-            Ok(()) => {
-                sqlx::query(
-                    "UPDATE payment.payments SET status = 'refunded', last_error = NULL, \
-                     updated_at = now() WHERE order_id = $1 AND status = 'refunding'",
-                )
-                .bind(payment.order_id)
-                .execute(&mut *tx)
-                .await?;
-                let outcome = PaymentOutcome {
-                    order_id: payment.order_id,
-                    amount: payment.amount,
-                    charge_id: Some(charge_id.clone()),
-                    reason: Some("order cancelled".into()),
+            Ok(receipt) => {
+                let facts = Settle {
+                    refund_id: Some(&receipt.refund_id),
+                    ..Settle::default()
                 };
-                answer_with(&mut tx, &self.topic, PAYMENT_REFUNDED, &outcome).await?;
-                record_saga_step(
-                    &mut tx,
-                    SAGA,
-                    &payment.order_id.to_string(),
-                    "refunded",
-                    SagaStatus::Compensated,
-                    None,
-                    Some(&charge_id),
-                )
-                .await?;
+                // Only the worker that moves the row emits the event (a lease that ran out
+                // during a slow refund lets a second worker refund the same key too).
+                if store::settle(&mut tx, order, from, PaymentStatus::Refunded, &facts).await? {
+                    let event = PaymentOutcome {
+                        order_id: order,
+                        amount: payment.amount,
+                        charge_id: Some(charge_id.clone()),
+                        reason: Some("order cancelled".into()),
+                    };
+                    answer_with(&mut tx, &self.topic, PAYMENT_REFUNDED, &event).await?;
+                    let detail = format!("{charge_id} refunded as {}", receipt.refund_id);
+                    record_saga_step(
+                        &mut tx,
+                        SAGA,
+                        &order.to_string(),
+                        "refunded",
+                        SagaStatus::Compensated,
+                        None,
+                        Some(&detail),
+                    )
+                    .await?;
+                    count_payment("refunded");
+                }
             }
-            Err(failure) => {
-                let wait = self.backoff(payment.attempts);
-                sqlx::query(
-                    "UPDATE payment.payments SET status = 'refund_pending', last_error = $2, \
-                     next_attempt_at = now() + make_interval(secs => $3), updated_at = now() \
-                     WHERE order_id = $1 AND status = 'refunding'",
-                )
-                .bind(payment.order_id)
-                .bind(failure.to_string())
-                .bind(wait.as_secs_f64())
-                .execute(&mut *tx)
-                .await?;
+            Err(refused @ GatewayError::Refused { .. }) => {
+                let why = refused.to_string();
+                let facts = Settle {
+                    last_error: Some(&why),
+                    ..Settle::default()
+                };
+                if store::settle(&mut tx, order, from, PaymentStatus::RefundFailed, &facts).await? {
+                    tracing::error!(
+                        %order, charge_id, error = %why,
+                        "the gateway refused a refund for good: the money of a cancelled order \
+                         may still be held; a person must look (payment status refund_failed)"
+                    );
+                    metrics::counter!("payment_refunds_failed_total").increment(1);
+                    record_saga_step(
+                        &mut tx,
+                        SAGA,
+                        &order.to_string(),
+                        "refund_failed",
+                        SagaStatus::Failed,
+                        None,
+                        Some(&why),
+                    )
+                    .await?;
+                    count_payment("refund_failed");
+                }
+            }
+            Err(unknown) => {
+                let wait = unknown
+                    .retry_after()
+                    .map_or(self.backoff(payment.attempts), |asked| {
+                        asked.max(self.backoff(payment.attempts))
+                    });
+                let error = unknown.to_string();
+                let facts = Settle {
+                    last_error: Some(&error),
+                    due_in: Some(wait),
+                    ..Settle::default()
+                };
+                store::settle(&mut tx, order, from, PaymentStatus::RefundPending, &facts).await?;
             }
         }
         tx.commit().await?;
@@ -417,12 +442,12 @@ impl PaymentWorker {
 }
 
 /// Writes the payment service's answer into the outbox, in the caller's transaction.
-async fn answer_with(
-    tx: &mut sqlx::PgConnection,
+pub(super) async fn answer_with(
+    tx: &mut PgConnection,
     topic: &str,
     event_type: &str,
     outcome: &PaymentOutcome,
-) -> Result<(), BoxError> {
+) -> Result<(), StoreError> {
     let event = NewEvent::new(
         topic,
         event_type,
@@ -432,4 +457,213 @@ async fn answer_with(
     );
     enqueue(tx, &event).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::payment::gateway::{ChargeId, UnavailableCause};
+
+    const BACKOFF: Duration = Duration::from_millis(500);
+
+    fn row(cancel_requested: bool, may_have_charged: bool) -> Current {
+        Current {
+            status: PaymentStatus::Charging,
+            cancel_requested,
+            may_have_charged,
+        }
+    }
+
+    fn approved() -> Result<ChargeOutcome, GatewayError> {
+        Ok(ChargeOutcome::Approved {
+            charge_id: ChargeId("ch_1".into()),
+        })
+    }
+
+    fn unknown(cause: UnavailableCause) -> Result<ChargeOutcome, GatewayError> {
+        let may_have_charged = cause.may_have_charged();
+        Err(GatewayError::Unavailable {
+            attempts: 1,
+            cause,
+            may_have_charged,
+        })
+    }
+
+    fn timed_out() -> Result<ChargeOutcome, GatewayError> {
+        unknown(UnavailableCause::AttemptTimedOut {
+            after: Duration::from_secs(2),
+        })
+    }
+
+    fn turned_away() -> Result<ChargeOutcome, GatewayError> {
+        unknown(UnavailableCause::ServerError {
+            status: 503,
+            retry_after: None,
+        })
+    }
+
+    fn refused() -> Result<ChargeOutcome, GatewayError> {
+        Err(GatewayError::Refused {
+            status: 403,
+            message: "<html>\r\n<head>".into(),
+        })
+    }
+
+    /// One row per rule: (name, claimed for, cancelled, an earlier call may have charged,
+    /// the answer, the decision's kind).
+    #[test]
+    fn every_answer_has_its_decision() {
+        use PaymentStatus::{Charging, Voiding};
+        type Row = (
+            &'static str,
+            PaymentStatus,
+            bool,
+            bool,
+            Result<ChargeOutcome, GatewayError>,
+            &'static str,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "approved, live",
+                Charging,
+                false,
+                false,
+                approved(),
+                "approve",
+            ),
+            (
+                "approved, cancelled meanwhile",
+                Charging,
+                true,
+                false,
+                approved(),
+                "refund",
+            ),
+            (
+                "asked again: approved",
+                Voiding,
+                true,
+                true,
+                approved(),
+                "refund",
+            ),
+            (
+                "declined",
+                Charging,
+                false,
+                false,
+                Ok(ChargeOutcome::Declined {
+                    reason: "do_not_honor\nretry".into(),
+                }),
+                "fail declined",
+            ),
+            (
+                "asked again: declined",
+                Voiding,
+                true,
+                true,
+                Ok(ChargeOutcome::Declined { reason: "x".into() }),
+                "void",
+            ),
+            ("refused", Charging, false, false, refused(), "fail failed"),
+            (
+                "asked again: refused",
+                Voiding,
+                true,
+                true,
+                refused(),
+                "void",
+            ),
+            (
+                "timed out, live",
+                Charging,
+                false,
+                false,
+                timed_out(),
+                "park pending",
+            ),
+            (
+                "503, live",
+                Charging,
+                false,
+                false,
+                turned_away(),
+                "park pending",
+            ),
+            (
+                "timed out, cancelled",
+                Charging,
+                true,
+                false,
+                timed_out(),
+                "park void_pending",
+            ),
+            (
+                "503, cancelled, nothing before",
+                Charging,
+                true,
+                false,
+                turned_away(),
+                "void",
+            ),
+            (
+                "503, cancelled, timed out before",
+                Charging,
+                true,
+                true,
+                turned_away(),
+                "park void_pending",
+            ),
+            (
+                "asked again: still unknown",
+                Voiding,
+                true,
+                true,
+                turned_away(),
+                "park void_pending",
+            ),
+            (
+                "breaker open, cancelled",
+                Charging,
+                true,
+                false,
+                Err(GatewayError::BreakerOpen { retry_after: None }),
+                "void",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, claimed, cancelled, earlier, answer, expected) in rows {
+            let decision = decide(claimed, row(cancelled, earlier), answer, BACKOFF);
+            let kind = match &decision {
+                Decision::Approve { .. } => "approve".to_owned(),
+                Decision::RefundAfterCancel { .. } => "refund".to_owned(),
+                Decision::Fail { status, .. } => format!("fail {status}"),
+                Decision::Void { .. } => "void".to_owned(),
+                Decision::Park { to, .. } => format!("park {to}"),
+            };
+            if kind != expected {
+                failures.push(format!("{name}: expected {expected}, got {decision:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_backoff_is_honoured() {
+        let asked = unknown(UnavailableCause::Throttled {
+            status: 429,
+            retry_after: Some(Duration::from_secs(30)),
+        });
+        match decide(PaymentStatus::Charging, row(false, false), asked, BACKOFF) {
+            Decision::Park {
+                wait,
+                may_have_charged,
+                ..
+            } => {
+                assert_eq!(wait, Duration::from_secs(30));
+                assert!(!may_have_charged);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

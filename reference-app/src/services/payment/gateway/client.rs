@@ -1,156 +1,15 @@
-//! A typed, resilient client for the external payment gateway (PG).
-//!
-//! [`GatewayClient`] charges and refunds through a [`GatewayTransport`] ([`HttpTransport`] in
-//! production, a scripted fake in the unit tests). Every call goes through one stack of tower
-//! layers, always in this order (outermost first):
-//!
-//! 1. **overall timeout** ([`GatewayClientConfig::overall_timeout`]): a deadline for the whole
-//!    call, retries included;
-//! 2. **circuit breaker** ([`GatewayClientConfig::breaker_failure_threshold`],
-//!    [`breaker_open_duration`](GatewayClientConfig::breaker_open_duration)): after that many
-//!    consecutive unavailable calls it opens and calls fail fast with
-//!    [`GatewayError::BreakerOpen`], without touching the network; after the open duration the
-//!    next call is let through alone as a probe (half-open): success closes the breaker, failure
-//!    opens it again;
-//! 3. **retry** ([`max_attempts`](GatewayClientConfig::max_attempts), exponential backoff with
-//!    jitter): only when the PG was unavailable (5xx, connection error, attempt timeout); never on
-//!    a decline, a 4xx or an unreadable answer;
-//! 4. **per-attempt timeout** ([`attempt_timeout`](GatewayClientConfig::attempt_timeout)).
-//!
-//! The breaker sits outside the retry, so it counts calls, not attempts: one charge that needed
-//! three attempts is one failure or one success. A retried charge is never taken twice: every
-//! attempt carries the request's idempotency key and the PG answers repeats with its first
-//! answer.
-//!
-//! All timing (timeouts, backoff, the breaker's open duration) runs on tokio's clock, so the
-//! tests drive it with a paused clock.
-//!
-//! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use reference_app::payment::client::{GatewayClient, GatewayClientConfig, GatewayError};
-//! use reference_app::payment::{ChargeOutcome, ChargeRequest};
-//!
-//! let client = GatewayClient::http("http://127.0.0.1:8090", GatewayClientConfig::default())?;
-//! let request = ChargeRequest {
-//!     order_id: uuid::Uuid::new_v4(),
-//!     amount: 4_990,
-//!     currency: "EUR".into(),
-//!     idempotency_key: "charge-order-42".into(),
-//! };
-//! match client.charge(&request).await {
-//!     Ok(ChargeOutcome::Approved { charge_id }) => println!("paid: {charge_id}"),
-//!     Ok(ChargeOutcome::Declined { reason }) => println!("declined: {reason}"),
-//!     Err(GatewayError::BreakerOpen { .. }) => println!("PG down: park the charge"),
-//!     Err(e) => return Err(e.into()),
-//! }
-//! # Ok(())
-//! # }
-//! ```
-
-mod http;
-#[cfg(test)]
-mod scripted;
-mod stack;
-#[cfg(test)]
-mod tests;
+//! [`GatewayClient`]: the resilience stack over a [`GatewayTransport`], and its settings.
 
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-pub use self::http::HttpTransport;
-use self::stack::{BreakerMonitor, GatewayCall, GatewayReply, Stack};
-use super::{ChargeId, ChargeOutcome, ChargeRequest, RefundReceipt, RefundRequest};
-
-/// How one attempt at the PG went wrong, as a [`GatewayTransport`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
-    /// The PG could not serve the request now (5xx, connection refused or dropped): worth a
-    /// retry with the same idempotency key.
-    #[error(transparent)]
-    Unavailable(#[from] UnavailableCause),
-    /// The PG refused the request itself (a 4xx other than a decline): a bug on our side, not
-    /// retried.
-    #[error("payment gateway rejected the request with status {status}: {message}")]
-    Rejected {
-        /// The HTTP status.
-        status: u16,
-        /// The PG's explanation, from its error body.
-        message: String,
-    },
-    /// The PG answered something this client cannot read; not retried.
-    #[error("unreadable answer from the payment gateway: {0}")]
-    InvalidResponse(String),
-}
-
-/// Why the PG was unavailable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UnavailableCause {
-    /// The PG answered with a 5xx status.
-    #[error("payment gateway answered {status}")]
-    ServerError {
-        /// The HTTP status.
-        status: u16,
-    },
-    /// The PG could not be reached, or the connection broke before a full answer.
-    #[error("could not reach the payment gateway: {0}")]
-    Connection(String),
-    /// One attempt got no answer within the per-attempt timeout.
-    #[error("no answer within the per-attempt timeout of {after:?}")]
-    AttemptTimedOut {
-        /// The per-attempt timeout.
-        after: Duration,
-    },
-    /// The overall timeout ran out before an answer.
-    #[error("no answer within the overall timeout of {after:?}")]
-    DeadlineExceeded {
-        /// The overall timeout.
-        after: Duration,
-    },
-}
-
-/// What a payment service can do when a call to the PG fails.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GatewayError {
-    /// The PG was unavailable for every attempt, or the overall timeout ran out. Whether the
-    /// money was taken is unknown: try again later with the same idempotency key.
-    #[error("payment gateway unavailable after {attempts} attempt(s): {cause}")]
-    Unavailable {
-        /// Attempts made (0 when the deadline passed before the first one).
-        attempts: u32,
-        /// What went wrong on the last attempt.
-        cause: UnavailableCause,
-    },
-    /// The circuit breaker is open (or its one half-open probe is under way): no call was
-    /// made. The fallback: park the charge and retry it later with the same idempotency key.
-    #[error("payment gateway circuit breaker is open; no call was made")]
-    BreakerOpen {
-        /// When the breaker lets a probe through, if known (not while a probe is under way).
-        retry_after: Option<Duration>,
-    },
-    /// The PG refused the request itself (a 4xx other than a decline): a bug, not retried.
-    #[error("payment gateway rejected the request with status {status}: {message}")]
-    Rejected {
-        /// The HTTP status.
-        status: u16,
-        /// The PG's explanation.
-        message: String,
-    },
-    /// The PG answered something this client cannot read; not retried.
-    #[error("unreadable answer from the payment gateway: {0}")]
-    InvalidResponse(String),
-}
-
-/// The circuit breaker's state, for metrics and health checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed,
-    /// Calls fail fast with [`GatewayError::BreakerOpen`].
-    Open,
-    /// One probe call is under way; others fail fast until it ends.
-    HalfOpen,
-}
+use super::http::HttpTransport;
+use super::stack::{self, BreakerMonitor, GatewayCall, GatewayReply, Stack};
+use super::{
+    BreakerState, ChargeOutcome, ChargeRequest, GatewayError, RefundReceipt, RefundRequest,
+    TransportError, UnavailableCause,
+};
 
 /// A [`GatewayClientConfig`] that cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -313,21 +172,13 @@ impl<T: GatewayTransport> GatewayClient<T> {
         }
     }
 
-    /// Refunds the charge `charge_id` in full, once per idempotency key.
+    /// Refunds `request.charge_id` in full, once per idempotency key.
     ///
     /// # Errors
     /// [`GatewayError`]; an unknown or already refunded charge is a
-    /// [`GatewayError::Rejected`].
-    pub async fn refund(
-        &self,
-        charge_id: &ChargeId,
-        idempotency_key: &str,
-    ) -> Result<RefundReceipt, GatewayError> {
-        let request = RefundRequest {
-            charge_id: charge_id.clone(),
-            idempotency_key: idempotency_key.to_owned(),
-        };
-        match self.call(GatewayCall::Refund(request)).await? {
+    /// [`GatewayError::Refused`].
+    pub async fn refund(&self, request: &RefundRequest) -> Result<RefundReceipt, GatewayError> {
+        match self.call(GatewayCall::Refund(request.clone())).await? {
             GatewayReply::Refund(receipt) => Ok(receipt),
             GatewayReply::Charge(_) => Err(mismatched_reply("refund")),
         }
@@ -354,9 +205,14 @@ impl<T: GatewayTransport> GatewayClient<T> {
 }
 
 fn mismatched_reply(operation: &str) -> GatewayError {
-    GatewayError::InvalidResponse(format!(
-        "the transport answered a {operation} with another operation's reply"
-    ))
+    GatewayError::Unavailable {
+        attempts: 1,
+        cause: UnavailableCause::UnreadableAnswer {
+            status: 0,
+            detail: format!("the transport answered a {operation} with another operation's reply"),
+        },
+        may_have_charged: true,
+    }
 }
 
 impl<T> fmt::Debug for GatewayClient<T> {

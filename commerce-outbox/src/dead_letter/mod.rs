@@ -1,9 +1,18 @@
 //! Dead letters: list, inspect, replay (one, or every one of a topic), discard.
 //!
-//! An event the broker kept refusing becomes a dead letter after the relay's
-//! `max_attempts`. Later events of the same aggregate are held (not published) until the
-//! dead letter is replayed or discarded, so no consumer ever sees an aggregate's events out
-//! of order or with a hole it cannot detect.
+//! Two kinds, one on each side of the transport:
+//!
+//! - **Outbox dead letters** (the relay's): an event the broker (or, in-process, a consumer
+//!   group) kept refusing becomes a dead letter after the relay's `max_attempts`. Later
+//!   events of the same aggregate are held (not published) until the dead letter is
+//!   replayed or discarded, so no consumer ever sees an aggregate's events out of order or
+//!   with a hole it cannot detect. [`list_dead_letters`], [`inspect_event`],
+//!   [`replay_dead_letter`], [`replay_dead_letters`], [`discard_dead_letter`].
+//! - **Consumer dead letters** (an [`crate::InboxConsumer`]'s): an event its handler declared
+//!   unprocessable ([`crate::UnprocessableEvent`]) is set aside at once, per consumer, and the
+//!   events behind it go on. [`list_consumer_dead_letters`],
+//!   [`count_consumer_dead_letters`], [`replay_consumer_dead_letter`] (through the
+//!   handler), [`discard_consumer_dead_letter`].
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres};
@@ -11,6 +20,14 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::EventId;
+
+mod consumer;
+
+pub(crate) use consumer::set_aside;
+pub use consumer::{
+    count_consumer_dead_letters, discard_consumer_dead_letter, list_consumer_dead_letters,
+    replay_consumer_dead_letter, ConsumerDeadLetter, MAX_ERROR_BYTES,
+};
 
 const COLUMNS: &str = "
     e.id, e.topic, e.event_type, e.aggregate_type, e.aggregate_id, e.aggregate_seq,

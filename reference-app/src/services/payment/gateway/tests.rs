@@ -96,30 +96,110 @@ async fn a_decline_is_an_answer_and_is_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_4xx_is_rejected_without_retry() {
-    let (client, pg) = client(config(), [Step::rejected(422), Step::Approve("ch_1")]);
+async fn a_permanent_refusal_is_not_retried_and_took_nothing() {
+    let (client, pg) = client(config(), [Step::refused(422), Step::Approve("ch_1")]);
     let error = client.charge(&request()).await.unwrap_err();
     assert!(
-        matches!(error, GatewayError::Rejected { status: 422, .. }),
+        matches!(error, GatewayError::Refused { status: 422, .. }),
         "{error:?}"
     );
+    assert!(!error.may_have_charged());
     assert_eq!((pg.attempts().len(), pg.remaining()), (1, 1));
 }
 
+/// Review C2: an answer that cannot be read may have taken the money, so the same key is
+/// asked again (the PG replays its first answer) instead of the charge being failed.
 #[tokio::test(start_paused = true)]
-async fn an_unreadable_answer_is_not_retried() {
-    let (client, pg) = client(
+async fn an_unreadable_answer_is_an_unknown_outcome_asked_again() {
+    let (gateway, pg) = client(config(), [Step::unreadable(), Step::Approve("ch_1")]);
+    assert_eq!(gateway.charge(&request()).await, Ok(approved("ch_1")));
+    assert_eq!(pg.attempts().len(), 2);
+
+    let (gateway, _pg) = client(single_attempt(), [Step::unreadable()]);
+    let error = gateway.charge(&request()).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            GatewayError::Unavailable {
+                cause: UnavailableCause::UnreadableAnswer { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.may_have_charged(), "{error:?}");
+}
+
+/// Review C2: 408, 409 (the key's first request still running), 425 and 429 are "not now",
+/// never a refusal: retried within the call, and an unknown outcome after it.
+#[tokio::test(start_paused = true)]
+async fn not_now_answers_are_retried_and_never_refusals() {
+    for step in [
+        Step::throttled(408, None),
+        Step::Fail(UnavailableCause::InProgress.into()),
+        Step::throttled(425, None),
+        Step::throttled(429, None),
+    ] {
+        let name = format!("{step:?}");
+        let (gateway, pg) = client(config(), [step.clone(), Step::Approve("ch_1")]);
+        assert_eq!(
+            gateway.charge(&request()).await,
+            Ok(approved("ch_1")),
+            "{name}"
+        );
+        assert_eq!(pg.attempts().len(), 2, "{name}");
+
+        let (gateway, _pg) = client(single_attempt(), [step]);
+        let error = gateway.charge(&request()).await.unwrap_err();
+        assert!(
+            matches!(error, GatewayError::Unavailable { .. }),
+            "{name}: {error:?}"
+        );
+    }
+}
+
+/// A PG that names its wait is not retried within the call: the caller parks the charge for
+/// that long (decision 0009), and nothing was taken.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_ends_the_call_and_is_reported() {
+    let (gateway, pg) = client(
         config(),
         [
-            Step::Fail(TransportError::InvalidResponse("garbage".into())),
+            Step::throttled(429, Some(Duration::from_secs(7))),
             Step::Approve("ch_1"),
         ],
     );
+    let error = gateway.charge(&request()).await.unwrap_err();
     assert_eq!(
-        client.charge(&request()).await,
-        Err(GatewayError::InvalidResponse("garbage".into()))
+        error.retry_after(),
+        Some(Duration::from_secs(7)),
+        "{error:?}"
     );
-    assert_eq!(pg.attempts().len(), 1);
+    assert!(!error.may_have_charged());
+    assert_eq!((pg.attempts().len(), pg.remaining()), (1, 1));
+}
+
+/// Review M1: whether a failed call may have taken the money is remembered across its
+/// attempts: a timeout then a 503 may have charged; 503s alone did not.
+#[tokio::test(start_paused = true)]
+async fn whether_a_call_may_have_charged_covers_every_attempt() {
+    let (gateway, _pg) = client(
+        config(),
+        [Step::Hang, Step::unavailable(503), Step::unavailable(503)],
+    );
+    let error = gateway.charge(&request()).await.unwrap_err();
+    assert!(error.may_have_charged(), "{error:?}");
+
+    let (gateway, _pg) = client(
+        config(),
+        [
+            Step::unavailable(503),
+            Step::throttled(429, None),
+            Step::unavailable(503),
+        ],
+    );
+    let error = gateway.charge(&request()).await.unwrap_err();
+    assert!(!error.may_have_charged(), "{error:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -154,7 +234,11 @@ async fn retries_stop_after_max_attempts() {
         client.charge(&request()).await,
         Err(GatewayError::Unavailable {
             attempts: 3,
-            cause: UnavailableCause::ServerError { status: 503 }
+            cause: UnavailableCause::ServerError {
+                status: 503,
+                retry_after: None
+            },
+            may_have_charged: false,
         })
     );
     assert_eq!(pg.remaining(), 1);
@@ -218,7 +302,8 @@ async fn the_overall_timeout_ends_the_call_and_the_breaker_counts_it() {
             attempts: 2,
             cause: UnavailableCause::DeadlineExceeded {
                 after: Duration::from_secs(3)
-            }
+            },
+            may_have_charged: true,
         })
     );
     // Attempt 1 times out at 2 s, attempt 2 starts at 2.1 s and is cut at the 3 s deadline.
@@ -242,7 +327,8 @@ async fn no_retry_starts_when_its_backoff_would_pass_the_deadline() {
             attempts: 1,
             cause: UnavailableCause::AttemptTimedOut {
                 after: Duration::from_secs(2)
-            }
+            },
+            may_have_charged: true,
         })
     );
     assert_within(started.elapsed(), ms(2_000), ms(2_000));
@@ -363,7 +449,7 @@ async fn the_breaker_counts_calls_not_attempts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn declines_and_rejections_do_not_open_the_breaker() {
+async fn declines_and_refusals_do_not_open_the_breaker() {
     let config = GatewayClientConfig {
         breaker_failure_threshold: 2,
         ..single_attempt()
@@ -372,13 +458,12 @@ async fn declines_and_rejections_do_not_open_the_breaker() {
         config,
         [
             Step::Decline("do_not_honor"),
-            Step::rejected(400),
+            Step::refused(400),
             Step::Decline("do_not_honor"),
-            Step::rejected(409),
-            Step::Fail(TransportError::InvalidResponse("garbage".into())),
+            Step::refused(403),
         ],
     );
-    for _ in 0..5 {
+    for _ in 0..4 {
         let _answer = client.charge(&request()).await;
     }
     assert_eq!(client.breaker_state(), BreakerState::Closed);
@@ -406,7 +491,10 @@ async fn a_success_resets_the_count_of_consecutive_failures() {
 async fn a_refund_is_retried_like_a_charge() {
     let (client, pg) = client(config(), [Step::unavailable(503), Step::Refund("re_1")]);
     let receipt = client
-        .refund(&ChargeId("ch_1".into()), "refund-42")
+        .refund(&RefundRequest {
+            charge_id: ChargeId("ch_1".into()),
+            idempotency_key: "refund-42".into(),
+        })
         .await
         .expect("refunded");
     assert_eq!(

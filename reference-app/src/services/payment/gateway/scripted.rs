@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{GatewayTransport, TransportError, UnavailableCause};
-use crate::payment::{ChargeId, ChargeOutcome, ChargeRequest, RefundReceipt, RefundRequest};
+use super::{
+    ChargeId, ChargeOutcome, ChargeRequest, GatewayTransport, RefundReceipt, RefundRequest,
+    TransportError, UnavailableCause,
+};
 
 /// What the scripted PG does with one attempt.
 #[derive(Debug, Clone)]
@@ -29,14 +31,40 @@ pub(super) enum Step {
 
 impl Step {
     pub(super) fn unavailable(status: u16) -> Self {
-        Self::Fail(UnavailableCause::ServerError { status }.into())
+        Self::Fail(
+            UnavailableCause::ServerError {
+                status,
+                retry_after: None,
+            }
+            .into(),
+        )
     }
 
-    pub(super) fn rejected(status: u16) -> Self {
-        Self::Fail(TransportError::Rejected {
+    pub(super) fn refused(status: u16) -> Self {
+        Self::Fail(TransportError::Refused {
             status,
-            message: "scripted rejection".into(),
+            message: "scripted refusal".into(),
         })
+    }
+
+    pub(super) fn unreadable() -> Self {
+        Self::Fail(
+            UnavailableCause::UnreadableAnswer {
+                status: 201,
+                detail: "garbage".into(),
+            }
+            .into(),
+        )
+    }
+
+    pub(super) fn throttled(status: u16, retry_after: Option<Duration>) -> Self {
+        Self::Fail(
+            UnavailableCause::Throttled {
+                status,
+                retry_after,
+            }
+            .into(),
+        )
     }
 
     pub(super) fn after(delay: Duration, step: Step) -> Self {
@@ -86,8 +114,9 @@ impl ScriptedTransport {
             script.attempts.push(Instant::now());
             script.steps.pop_front()
         };
-        let mut step = step.ok_or_else(|| {
-            TransportError::InvalidResponse("the script has no step left for this attempt".into())
+        let mut step = step.ok_or_else(|| UnavailableCause::UnreadableAnswer {
+            status: 0,
+            detail: "the script has no step left for this attempt".into(),
         })?;
         loop {
             match step {
@@ -112,9 +141,11 @@ impl GatewayTransport for ScriptedTransport {
             Step::Decline(reason) => Ok(ChargeOutcome::Declined {
                 reason: reason.into(),
             }),
-            other => Err(TransportError::InvalidResponse(format!(
-                "scripted {other:?} for a charge"
-            ))),
+            other => Err(UnavailableCause::UnreadableAnswer {
+                status: 0,
+                detail: format!("scripted {other:?} for a charge"),
+            }
+            .into()),
         }
     }
 
@@ -124,9 +155,11 @@ impl GatewayTransport for ScriptedTransport {
                 refund_id: id.into(),
                 charge_id: request.charge_id.clone(),
             }),
-            other => Err(TransportError::InvalidResponse(format!(
-                "scripted {other:?} for a refund"
-            ))),
+            other => Err(UnavailableCause::UnreadableAnswer {
+                status: 0,
+                detail: format!("scripted {other:?} for a refund"),
+            }
+            .into()),
         }
     }
 }

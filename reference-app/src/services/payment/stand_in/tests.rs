@@ -55,7 +55,7 @@ fn refunds_of(charge_id: &Value) -> String {
 
 #[tokio::test]
 async fn approves_a_charge_and_replays_the_answer_for_its_key() {
-    let (router, control) = router(&FakePgConfig::default());
+    let (router, control) = router(&StandInConfig::default());
     let (status, first) = charge(&router, "k1", 4_990).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(first["status"], "approved");
@@ -75,9 +75,9 @@ async fn approves_a_charge_and_replays_the_answer_for_its_key() {
 
 #[tokio::test]
 async fn declines_above_the_threshold_once_per_key() {
-    let config = FakePgConfig {
+    let config = StandInConfig {
         decline_above: 1_000,
-        ..FakePgConfig::default()
+        ..StandInConfig::default()
     };
     let (router, control) = router(&config);
     assert_eq!(charge(&router, "at", 1_000).await.0, StatusCode::CREATED);
@@ -93,7 +93,7 @@ async fn declines_above_the_threshold_once_per_key() {
 
 #[tokio::test]
 async fn a_key_reused_with_another_body_is_refused() {
-    let (router, control) = router(&FakePgConfig::default());
+    let (router, control) = router(&StandInConfig::default());
     charge(&router, "k1", 100).await;
     let (status, body) = charge(&router, "k1", 200).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -103,10 +103,10 @@ async fn a_key_reused_with_another_body_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_repeats_of_a_key_charge_once() {
-    let config = FakePgConfig {
+    let config = StandInConfig {
         // Holds the repeats in flight together before they reach the ledger.
         latency: Duration::from_millis(20),
-        ..FakePgConfig::default()
+        ..StandInConfig::default()
     };
     let (router, control) = router(&config);
     let repeats: Vec<_> = (0..16)
@@ -126,7 +126,7 @@ async fn concurrent_repeats_of_a_key_charge_once() {
 
 #[tokio::test]
 async fn bad_requests_get_a_400_with_a_json_error() {
-    let (router, control) = router(&FakePgConfig::default());
+    let (router, control) = router(&StandInConfig::default());
     let cases = [
         (Some("k"), Some("{not json".to_owned()), "invalid_json"),
         (
@@ -156,7 +156,7 @@ async fn bad_requests_get_a_400_with_a_json_error() {
 
 #[tokio::test]
 async fn refunds_once_per_charge_and_replays_for_its_key() {
-    let (router, control) = router(&FakePgConfig::default());
+    let (router, control) = router(&StandInConfig::default());
     let (_, charged) = charge(&router, "c1", 500).await;
     let uri = refunds_of(&charged["charge_id"]);
 
@@ -193,7 +193,7 @@ async fn refunds_once_per_charge_and_replays_for_its_key() {
 
 #[tokio::test]
 async fn injected_failures_answer_503_and_change_nothing() {
-    let (router, control) = router(&FakePgConfig::default());
+    let (router, control) = router(&StandInConfig::default());
     control.fail_next(2);
     for _ in 0..2 {
         let (status, body) = charge(&router, "k", 100).await;
@@ -228,10 +228,10 @@ async fn injected_failures_answer_503_and_change_nothing() {
 
 #[tokio::test]
 async fn a_seeded_failure_rate_fails_about_that_fraction_reproducibly() {
-    let config = FakePgConfig {
+    let config = StandInConfig {
         failure_rate: 0.3,
         seed: Some(7),
-        ..FakePgConfig::default()
+        ..StandInConfig::default()
     };
     let mut runs = Vec::new();
     for _ in 0..2 {
@@ -249,7 +249,7 @@ async fn a_seeded_failure_rate_fails_about_that_fraction_reproducibly() {
 
 #[tokio::test(start_paused = true)]
 async fn latency_delays_each_served_request() {
-    let (router, control) = router(&FakePgConfig::default());
+    let (router, control) = router(&StandInConfig::default());
     control.set_latency(Duration::from_millis(250));
     let started = tokio::time::Instant::now();
     charge(&router, "k", 100).await;
@@ -259,21 +259,24 @@ async fn latency_delays_each_served_request() {
 #[test]
 fn settings_come_from_the_environment_with_defaults() {
     let none = |_: &str| None;
-    assert_eq!(FakePgConfig::from_lookup(none), Ok(FakePgConfig::default()));
+    assert_eq!(
+        StandInConfig::from_lookup(none),
+        Ok(StandInConfig::default())
+    );
 
     let vars: HashMap<&str, &str> = [
-        ("FAKE_PG_HOST", "0.0.0.0"),
-        ("FAKE_PG_PORT", "9999"),
-        ("FAKE_PG_LATENCY_MS", "15"),
-        ("FAKE_PG_FAILURE_RATE", "0.25"),
-        ("FAKE_PG_DECLINE_ABOVE", "5000"),
-        ("FAKE_PG_SEED", ""),
+        ("STAND_IN_GATEWAY_HOST", "0.0.0.0"),
+        ("STAND_IN_GATEWAY_PORT", "9999"),
+        ("STAND_IN_GATEWAY_LATENCY_MS", "15"),
+        ("STAND_IN_GATEWAY_FAILURE_RATE", "0.25"),
+        ("STAND_IN_GATEWAY_DECLINE_ABOVE", "5000"),
+        ("STAND_IN_GATEWAY_SEED", ""),
     ]
     .into();
-    let config = FakePgConfig::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned()));
+    let config = StandInConfig::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned()));
     assert_eq!(
         config,
-        Ok(FakePgConfig {
+        Ok(StandInConfig {
             addr: "0.0.0.0:9999".parse().expect("address"),
             latency: Duration::from_millis(15),
             failure_rate: 0.25,
@@ -283,12 +286,12 @@ fn settings_come_from_the_environment_with_defaults() {
     );
 
     for (setting, value) in [
-        ("FAKE_PG_FAILURE_RATE", "2"),
-        ("FAKE_PG_FAILURE_RATE", "often"),
-        ("FAKE_PG_PORT", "70000"),
-        ("FAKE_PG_LATENCY_MS", "-1"),
+        ("STAND_IN_GATEWAY_FAILURE_RATE", "2"),
+        ("STAND_IN_GATEWAY_FAILURE_RATE", "often"),
+        ("STAND_IN_GATEWAY_PORT", "70000"),
+        ("STAND_IN_GATEWAY_LATENCY_MS", "-1"),
     ] {
-        let error = FakePgConfig::from_lookup(|name| (name == setting).then(|| value.to_owned()))
+        let error = StandInConfig::from_lookup(|name| (name == setting).then(|| value.to_owned()))
             .unwrap_err();
         assert_eq!((error.setting, error.value.as_str()), (setting, value));
     }

@@ -4,7 +4,7 @@
 //! API (errors are JSON `{code, message}`):
 //! - `POST /v1/charges`, JSON `{order_id, amount, currency}`, header `Idempotency-Key`:
 //!   201 `{charge_id, status: "approved"}`, or 402 `{status: "declined", reason}` when the
-//!   amount is above [`FakePgConfig::decline_above`];
+//!   amount is above [`StandInConfig::decline_above`];
 //! - `POST /v1/charges/{charge_id}/refunds`, header `Idempotency-Key`: 201
 //!   `{refund_id, charge_id, status: "refunded"}`; 404 for an unknown charge, 409 for one
 //!   already refunded under another key;
@@ -15,17 +15,17 @@
 //! body is a 422. Charges and refunds have separate key spaces. Missing key or bad JSON: 400.
 //!
 //! Failure injection happens before anything else: a request picked to fail (the next
-//! [`FakePgControl::fail_next`] ones, then each with probability `failure_rate`) gets a 503 and
+//! [`StandInControl::fail_next`] ones, then each with probability `failure_rate`) gets a 503 and
 //! changes nothing. The others wait `latency`, then are served.
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
-//! use reference_app::fake_pg::{self, FakePgConfig};
+//! use reference_app::stand_in::{self, StandInConfig};
 //!
-//! let (router, control) = fake_pg::router(&FakePgConfig::default());
+//! let (router, control) = stand_in::router(&StandInConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! control.fail_next(2); // the next two requests answer 503
-//! fake_pg::serve(listener, router, std::future::pending()).await
+//! stand_in::serve(listener, router, std::future::pending()).await
 //! # }
 //! ```
 
@@ -49,27 +49,27 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-/// Settings of the stand-in PG, read by [`FakePgConfig::from_env`]; [`Default`] gives the
+/// Settings of the stand-in PG, read by [`StandInConfig::from_env`]; [`Default`] gives the
 /// documented defaults.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FakePgConfig {
-    /// Where the `fake-pg` binary listens: `FAKE_PG_HOST` (default `127.0.0.1`) and
-    /// `FAKE_PG_PORT` (default 8090). [`router`] ignores it.
+pub struct StandInConfig {
+    /// Where the `stand-in-gateway` binary listens: `STAND_IN_GATEWAY_HOST` (default `127.0.0.1`) and
+    /// `STAND_IN_GATEWAY_PORT` (default 8090). [`router`] ignores it.
     pub addr: SocketAddr,
-    /// `FAKE_PG_LATENCY_MS` (default 0): added to every request that is not failed on purpose.
+    /// `STAND_IN_GATEWAY_LATENCY_MS` (default 0): added to every request that is not failed on purpose.
     pub latency: Duration,
-    /// `FAKE_PG_FAILURE_RATE` (default 0.0, within 0.0..=1.0): the fraction of charge and refund
+    /// `STAND_IN_GATEWAY_FAILURE_RATE` (default 0.0, within 0.0..=1.0): the fraction of charge and refund
     /// requests answered 503 before anything is done.
     pub failure_rate: f64,
-    /// `FAKE_PG_DECLINE_ABOVE` (default 1000000): charges above this many minor units are
+    /// `STAND_IN_GATEWAY_DECLINE_ABOVE` (default 1000000): charges above this many minor units are
     /// declined.
     pub decline_above: i64,
-    /// `FAKE_PG_SEED` (default unset: from entropy): seed of the failure draws, for runs that
+    /// `STAND_IN_GATEWAY_SEED` (default unset: from entropy): seed of the failure draws, for runs that
     /// must repeat.
     pub seed: Option<u64>,
 }
 
-impl Default for FakePgConfig {
+impl Default for StandInConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8090),
@@ -83,8 +83,8 @@ impl Default for FakePgConfig {
 
 /// A setting of the stand-in PG that does not parse or is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid fake PG setting {setting}={value:?}: {reason}")]
-pub struct FakePgConfigError {
+#[error("invalid stand-in gateway setting {setting}={value:?}: {reason}")]
+pub struct StandInConfigError {
     /// The environment variable (or, at run time, the knob) concerned.
     pub setting: &'static str,
     /// The value given.
@@ -93,13 +93,13 @@ pub struct FakePgConfigError {
     pub reason: String,
 }
 
-impl FakePgConfig {
-    /// Reads the `FAKE_PG_*` environment variables (see the fields), defaults for those unset
+impl StandInConfig {
+    /// Reads the `STAND_IN_GATEWAY_*` environment variables (see the fields), defaults for those unset
     /// or empty.
     ///
     /// # Errors
-    /// [`FakePgConfigError`] naming the first variable that does not parse or is out of range.
-    pub fn from_env() -> Result<Self, FakePgConfigError> {
+    /// [`StandInConfigError`] naming the first variable that does not parse or is out of range.
+    pub fn from_env() -> Result<Self, StandInConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
@@ -107,11 +107,13 @@ impl FakePgConfig {
     ///
     /// # Errors
     /// As [`from_env`](Self::from_env).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, FakePgConfigError> {
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, StandInConfigError> {
         fn read<T>(
             lookup: &impl Fn(&str) -> Option<String>,
             setting: &'static str,
-        ) -> Result<Option<T>, FakePgConfigError>
+        ) -> Result<Option<T>, StandInConfigError>
         where
             T: std::str::FromStr,
             T::Err: std::fmt::Display,
@@ -123,7 +125,7 @@ impl FakePgConfig {
                         .trim()
                         .parse()
                         .map(Some)
-                        .map_err(|e: T::Err| FakePgConfigError {
+                        .map_err(|e: T::Err| StandInConfigError {
                             setting,
                             reason: e.to_string(),
                             value,
@@ -132,27 +134,27 @@ impl FakePgConfig {
             }
         }
         let defaults = Self::default();
-        let host = read::<IpAddr>(&lookup, "FAKE_PG_HOST")?.unwrap_or(defaults.addr.ip());
-        let port = read::<u16>(&lookup, "FAKE_PG_PORT")?.unwrap_or(defaults.addr.port());
-        let failure_rate = read::<f64>(&lookup, "FAKE_PG_FAILURE_RATE")?.unwrap_or(0.0);
-        check_failure_rate("FAKE_PG_FAILURE_RATE", failure_rate)?;
+        let host = read::<IpAddr>(&lookup, "STAND_IN_GATEWAY_HOST")?.unwrap_or(defaults.addr.ip());
+        let port = read::<u16>(&lookup, "STAND_IN_GATEWAY_PORT")?.unwrap_or(defaults.addr.port());
+        let failure_rate = read::<f64>(&lookup, "STAND_IN_GATEWAY_FAILURE_RATE")?.unwrap_or(0.0);
+        check_failure_rate("STAND_IN_GATEWAY_FAILURE_RATE", failure_rate)?;
         Ok(Self {
             addr: SocketAddr::new(host, port),
-            latency: read::<u64>(&lookup, "FAKE_PG_LATENCY_MS")?
+            latency: read::<u64>(&lookup, "STAND_IN_GATEWAY_LATENCY_MS")?
                 .map_or(defaults.latency, Duration::from_millis),
             failure_rate,
-            decline_above: read(&lookup, "FAKE_PG_DECLINE_ABOVE")?
+            decline_above: read(&lookup, "STAND_IN_GATEWAY_DECLINE_ABOVE")?
                 .unwrap_or(defaults.decline_above),
-            seed: read(&lookup, "FAKE_PG_SEED")?,
+            seed: read(&lookup, "STAND_IN_GATEWAY_SEED")?,
         })
     }
 }
 
-fn check_failure_rate(setting: &'static str, rate: f64) -> Result<(), FakePgConfigError> {
+fn check_failure_rate(setting: &'static str, rate: f64) -> Result<(), StandInConfigError> {
     if (0.0..=1.0).contains(&rate) {
         Ok(())
     } else {
-        Err(FakePgConfigError {
+        Err(StandInConfigError {
             setting,
             value: rate.to_string(),
             reason: "must be within 0.0..=1.0".into(),
@@ -161,7 +163,7 @@ fn check_failure_rate(setting: &'static str, rate: f64) -> Result<(), FakePgConf
 }
 
 /// The stand-in PG's API as a router, and the handle that steers and observes it.
-pub fn router(config: &FakePgConfig) -> (Router, FakePgControl) {
+pub fn router(config: &StandInConfig) -> (Router, StandInControl) {
     let pg = Arc::new(Pg {
         decline_above: config.decline_above,
         knobs: Mutex::new(Knobs {
@@ -180,7 +182,7 @@ pub fn router(config: &FakePgConfig) -> (Router, FakePgControl) {
         .route("/v1/charges", post(create_charge))
         .route("/v1/charges/{charge_id}/refunds", post(refund_charge))
         .with_state(Arc::clone(&pg));
-    (router, FakePgControl(pg))
+    (router, StandInControl(pg))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the requests under way
@@ -200,9 +202,9 @@ pub async fn serve(
 
 /// Steers a running stand-in PG (latency, failures) and reads its counters. Clones share it.
 #[derive(Debug, Clone)]
-pub struct FakePgControl(Arc<Pg>);
+pub struct StandInControl(Arc<Pg>);
 
-impl FakePgControl {
+impl StandInControl {
     /// Sets the latency added to each request served from now on.
     pub fn set_latency(&self, latency: Duration) {
         self.0.knobs().latency = latency;
@@ -212,7 +214,7 @@ impl FakePgControl {
     ///
     /// # Errors
     /// When `rate` is not within `0.0..=1.0`; the rate is then unchanged.
-    pub fn set_failure_rate(&self, rate: f64) -> Result<(), FakePgConfigError> {
+    pub fn set_failure_rate(&self, rate: f64) -> Result<(), StandInConfigError> {
         check_failure_rate("failure_rate", rate)?;
         self.0.knobs().failure_rate = rate;
         Ok(())
@@ -225,10 +227,10 @@ impl FakePgControl {
 
     /// The counters so far.
     #[must_use]
-    pub fn stats(&self) -> FakePgStats {
+    pub fn stats(&self) -> StandInStats {
         let load = |counter: &AtomicU64| counter.load(Ordering::SeqCst);
         let stats = &self.0.stats;
-        FakePgStats {
+        StandInStats {
             requests: load(&stats.requests),
             injected_failures: load(&stats.injected_failures),
             charges_taken: load(&stats.charges_taken),
@@ -240,7 +242,7 @@ impl FakePgControl {
 
 /// What the stand-in PG has done so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FakePgStats {
+pub struct StandInStats {
     /// Charge and refund requests received, failed ones included.
     pub requests: u64,
     /// Requests answered 503 on purpose.

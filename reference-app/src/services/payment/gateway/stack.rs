@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,10 +31,9 @@ use tower_resilience_circuitbreaker::{
 use tower_resilience_retry::{BackoffConfigError, ExponentialRandomBackoff, Retry, RetryLayer};
 
 use super::{
-    BreakerState, ConfigError, GatewayClientConfig, GatewayError, GatewayTransport, TransportError,
-    UnavailableCause,
+    BreakerState, ChargeOutcome, ChargeRequest, ConfigError, GatewayClientConfig, GatewayError,
+    GatewayTransport, RefundReceipt, RefundRequest, TransportError, UnavailableCause,
 };
-use crate::payment::{ChargeOutcome, ChargeRequest, RefundReceipt, RefundRequest};
 
 /// The assembled stack over transport `T`, outermost layer first.
 pub(super) type Stack<T> = OverallTimeout<
@@ -68,8 +67,10 @@ pub(super) struct Attempt {
     call: GatewayCall,
     deadline: Instant,
     overall_timeout: Duration,
-    /// Shared by the clones, so the outer layers can report how many attempts were made.
+    /// Shared by the clones, so the outer layers can report how many attempts were made ...
     attempts: Arc<AtomicU32>,
+    /// ... and whether any of them may have been done by the PG.
+    may_have_charged: Arc<AtomicBool>,
 }
 
 impl Attempt {
@@ -80,38 +81,69 @@ impl Attempt {
     }
 }
 
+/// What the outer layers read of a call's attempts once it is over.
+#[derive(Debug, Clone)]
+struct Tally {
+    attempts: Arc<AtomicU32>,
+    may_have_charged: Arc<AtomicBool>,
+}
+
+impl Tally {
+    fn of(attempt: &Attempt) -> Self {
+        Self {
+            attempts: Arc::clone(&attempt.attempts),
+            may_have_charged: Arc::clone(&attempt.may_have_charged),
+        }
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::SeqCst)
+    }
+
+    fn unavailable(&self, cause: UnavailableCause) -> GatewayError {
+        // A call that made no attempt did nothing, whatever its cause says.
+        let attempts = self.attempts();
+        let may_have_charged = attempts > 0
+            && (self.may_have_charged.load(Ordering::SeqCst) || cause.may_have_charged());
+        GatewayError::Unavailable {
+            attempts,
+            cause,
+            may_have_charged,
+        }
+    }
+}
+
 /// The error inside the stack: a [`TransportError`] plus whether a retry may follow.
 #[derive(Debug)]
 pub(super) enum StackError {
-    /// The PG is unavailable; a retry may follow.
+    /// Nothing settled; a retry may follow.
     Transient(UnavailableCause),
-    /// The PG is unavailable and the deadline leaves no room for another attempt.
-    OutOfTime(UnavailableCause),
-    Rejected {
-        status: u16,
-        message: String,
-    },
-    InvalidResponse(String),
+    /// Nothing settled, and no retry within this call: the deadline leaves no room for
+    /// another attempt, or the PG asked for a `Retry-After` (the caller parks the charge).
+    LastAttempt(UnavailableCause),
+    /// A permanent refusal.
+    Refused { status: u16, message: String },
 }
 
 impl From<TransportError> for StackError {
     fn from(error: TransportError) -> Self {
         match error {
+            // Within a call, a retry comes after a backoff of milliseconds: when the PG asks
+            // for longer, the caller waits instead, out of the call.
+            TransportError::Unavailable(cause) if cause.retry_after().is_some() => {
+                Self::LastAttempt(cause)
+            }
             TransportError::Unavailable(cause) => Self::Transient(cause),
-            TransportError::Rejected { status, message } => Self::Rejected { status, message },
-            TransportError::InvalidResponse(detail) => Self::InvalidResponse(detail),
+            TransportError::Refused { status, message } => Self::Refused { status, message },
         }
     }
 }
 
 impl StackError {
-    fn into_gateway_error(self, attempts: u32) -> GatewayError {
+    fn into_gateway_error(self, tally: &Tally) -> GatewayError {
         match self {
-            Self::Transient(cause) | Self::OutOfTime(cause) => {
-                GatewayError::Unavailable { attempts, cause }
-            }
-            Self::Rejected { status, message } => GatewayError::Rejected { status, message },
-            Self::InvalidResponse(detail) => GatewayError::InvalidResponse(detail),
+            Self::Transient(cause) | Self::LastAttempt(cause) => tally.unavailable(cause),
+            Self::Refused { status, message } => GatewayError::Refused { status, message },
         }
     }
 }
@@ -230,20 +262,18 @@ where
             deadline: Instant::now() + self.timeout,
             overall_timeout: self.timeout,
             attempts: Arc::new(AtomicU32::new(0)),
+            may_have_charged: Arc::new(AtomicBool::new(false)),
         };
-        let (deadline, attempts, cause) = (
+        let (deadline, tally, cause) = (
             attempt.deadline,
-            Arc::clone(&attempt.attempts),
+            Tally::of(&attempt),
             attempt.deadline_exceeded(),
         );
         let response = self.inner.call(attempt);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, response).await {
                 Ok(result) => result,
-                Err(_elapsed) => Err(GatewayError::Unavailable {
-                    attempts: attempts.load(Ordering::SeqCst),
-                    cause,
-                }),
+                Err(_elapsed) => Err(tally.unavailable(cause)),
             }
         })
     }
@@ -274,9 +304,14 @@ where
             return Poll::Ready(Ok(()));
         }
         self.fail_fast = None;
-        self.inner
-            .poll_ready(cx)
-            .map_err(|error| breaker_error(error, 0))
+        self.inner.poll_ready(cx).map_err(|error| match error {
+            CircuitBreakerError::OpenCircuit => GatewayError::BreakerOpen { retry_after: None },
+            // The crate's readiness reports no call's error; nothing was attempted.
+            CircuitBreakerError::Inner(error) => error.into_gateway_error(&Tally {
+                attempts: Arc::default(),
+                may_have_charged: Arc::default(),
+            }),
+        })
     }
 
     fn call(&mut self, attempt: Attempt) -> Self::Future {
@@ -285,27 +320,23 @@ where
                 retry_after: Some(remaining),
             })));
         }
-        let attempts = Arc::clone(&attempt.attempts);
+        let tally = Tally::of(&attempt);
         let response = self.inner.call(attempt);
-        Box::pin(async move {
-            response
-                .await
-                .map_err(|error| breaker_error(error, attempts.load(Ordering::SeqCst)))
-        })
+        Box::pin(async move { response.await.map_err(|error| breaker_error(error, &tally)) })
     }
 }
 
-fn breaker_error(error: CircuitBreakerError<StackError>, attempts: u32) -> GatewayError {
+fn breaker_error(error: CircuitBreakerError<StackError>, tally: &Tally) -> GatewayError {
     match error {
         // The crate rejects here only while its single half-open probe is under way (the gate
         // answers for the open period), so when it will let the next call through is unknown.
         CircuitBreakerError::OpenCircuit => GatewayError::BreakerOpen { retry_after: None },
-        CircuitBreakerError::Inner(error) => error.into_gateway_error(attempts),
+        CircuitBreakerError::Inner(error) => error.into_gateway_error(tally),
     }
 }
 
-/// Which calls count against the breaker: those that found the PG unavailable. A decline, a
-/// 4xx or an unreadable answer means the PG is up.
+/// Which calls count against the breaker: those that settled nothing. A decline or a
+/// permanent refusal means the PG is up.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct UnavailableCallsFail;
 
@@ -313,7 +344,7 @@ impl<Res> FailureClassifier<Res, StackError> for UnavailableCallsFail {
     fn classify(&self, result: &Result<Res, StackError>) -> bool {
         matches!(
             result,
-            Err(StackError::Transient(_) | StackError::OutOfTime(_))
+            Err(StackError::Transient(_) | StackError::LastAttempt(_))
         )
     }
 }
@@ -420,11 +451,12 @@ where
         let deadline_exceeded = attempt.deadline_exceeded();
         let now = Instant::now();
         if now >= deadline {
-            return Box::pin(std::future::ready(Err(StackError::OutOfTime(
+            return Box::pin(std::future::ready(Err(StackError::LastAttempt(
                 deadline_exceeded,
             ))));
         }
         let made = attempt.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        let may_have_charged = Arc::clone(&attempt.may_have_charged);
         let ends = deadline.min(now + self.timeout);
         let (timeout, backoff) = (self.timeout, self.backoff);
         let response = self.inner.call(attempt);
@@ -432,12 +464,17 @@ where
             let result = match tokio::time::timeout_at(ends, response).await {
                 Ok(result) => result,
                 Err(_elapsed) if ends == deadline => {
-                    return Err(StackError::OutOfTime(deadline_exceeded))
+                    Err(StackError::LastAttempt(deadline_exceeded))
                 }
                 Err(_elapsed) => Err(StackError::Transient(UnavailableCause::AttemptTimedOut {
                     after: timeout,
                 })),
             };
+            if let Err(StackError::Transient(cause) | StackError::LastAttempt(cause)) = &result {
+                if cause.may_have_charged() {
+                    may_have_charged.store(true, Ordering::SeqCst);
+                }
+            }
             match result {
                 // A retry must start before the deadline, or the retry layer would still be
                 // sleeping when the outer timer drops the call, unrecorded by the breaker.
@@ -446,7 +483,7 @@ where
                         .checked_add(backoff.longest_after(made))
                         .is_none_or(|retry_at| retry_at >= deadline) =>
                 {
-                    Err(StackError::OutOfTime(cause))
+                    Err(StackError::LastAttempt(cause))
                 }
                 other => other,
             }

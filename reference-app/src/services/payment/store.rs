@@ -1,0 +1,340 @@
+//! The `payment.payments` table: one payment per order and the only module that writes it.
+//!
+//! ```text
+//!  pending ──claim──▶ charging ──▶ approved ──cancel──▶ refund_pending ──claim──▶ refunding ──▶ refunded
+//!     ▲                  │    ├──▶ declined | failed                  ▲                    └──▶ refund_failed
+//!     └──── parked ──────┘    │                                        │
+//!  (cancel, nothing taken) ───┴──▶ voided                              │
+//!  (cancel, maybe taken) ──▶ void_pending ──claim──▶ voiding ──approved─┘
+//!                                                          └──declined / refused──▶ voided
+//! ```
+//!
+//! `charging`, `voiding` and `refunding` rows carry a lease in `next_attempt_at`: a worker
+//! that died mid-call leaves them claimable again, and the gateway's idempotency key makes the
+//! repeat safe. Every change below is guarded by the status it expects, so a worker whose lease
+//! ran out cannot settle a row twice (and emit its event twice).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Where a payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// To charge (new, or parked after a call that settled nothing).
+    Pending,
+    /// Claimed by a worker; the call is on the wire.
+    Charging,
+    /// The money was taken; the order is being processed.
+    Approved,
+    /// The gateway declined (402). Final: nothing was taken.
+    Declined,
+    /// The gateway refused the request for good. Final: nothing was taken.
+    Failed,
+    /// The order was cancelled before any money could have been taken. Final.
+    Voided,
+    /// The order was cancelled after a call whose outcome is unknown: the gateway is asked
+    /// again with the same key, and what it approved is refunded.
+    VoidPending,
+    /// Claimed by a worker to ask about a cancelled order's charge.
+    Voiding,
+    /// The money was taken for an order cancelled since: to refund.
+    RefundPending,
+    /// Claimed by a worker; the refund is on the wire.
+    Refunding,
+    /// The money was given back. Final.
+    Refunded,
+    /// The gateway refused the refund for good (unknown charge, refunded elsewhere). Final: a
+    /// person must look (metric `payment_refunds_failed_total`, an error log line).
+    RefundFailed,
+}
+
+impl PaymentStatus {
+    const ALL: [Self; 12] = [
+        Self::Pending,
+        Self::Charging,
+        Self::Approved,
+        Self::Declined,
+        Self::Failed,
+        Self::Voided,
+        Self::VoidPending,
+        Self::Voiding,
+        Self::RefundPending,
+        Self::Refunding,
+        Self::Refunded,
+        Self::RefundFailed,
+    ];
+
+    /// The status as stored.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Charging => "charging",
+            Self::Approved => "approved",
+            Self::Declined => "declined",
+            Self::Failed => "failed",
+            Self::Voided => "voided",
+            Self::VoidPending => "void_pending",
+            Self::Voiding => "voiding",
+            Self::RefundPending => "refund_pending",
+            Self::Refunding => "refunding",
+            Self::Refunded => "refunded",
+            Self::RefundFailed => "refund_failed",
+        }
+    }
+
+    /// Whether nothing more will happen to the payment.
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Declined | Self::Failed | Self::Voided | Self::Refunded | Self::RefundFailed
+        )
+    }
+}
+
+impl fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PaymentStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| UnknownStatus(text.to_owned()))
+    }
+}
+
+/// A status the table holds but this code does not know (a newer version wrote it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown payment status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+/// Errors of the store: the database's, or a row this code cannot read.
+pub(super) type StoreError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A payment a worker claimed, with what it was claimed for.
+#[derive(Debug, Clone)]
+pub(super) struct Due {
+    pub(super) order_id: Uuid,
+    pub(super) amount: i64,
+    pub(super) currency: String,
+    /// [`PaymentStatus::Charging`], [`PaymentStatus::Voiding`] or
+    /// [`PaymentStatus::Refunding`].
+    pub(super) status: PaymentStatus,
+    pub(super) charge_id: Option<String>,
+    /// Claims so far, this one included.
+    pub(super) attempts: i32,
+}
+
+/// A payment as its worker finds it, locked, when the gateway has answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Current {
+    pub(super) status: PaymentStatus,
+    /// The order was cancelled (while the call was on the wire, or before).
+    pub(super) cancel_requested: bool,
+    /// An earlier call of this payment may have taken the money.
+    pub(super) may_have_charged: bool,
+}
+
+/// What a worker writes when it settles a claimed payment.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Settle<'a> {
+    pub(super) charge_id: Option<&'a str>,
+    pub(super) refund_id: Option<&'a str>,
+    pub(super) last_error: Option<&'a str>,
+    /// Due again after this (a parked payment); `None` keeps `next_attempt_at`.
+    pub(super) due_in: Option<Duration>,
+    /// Sets the flag (it is never cleared).
+    pub(super) may_have_charged: bool,
+}
+
+/// Records a payment to take for `order`, on the consumer's connection; `false` when it
+/// exists already (a redelivered event). An amount of 0 is settled at once as approved
+/// without a gateway call (there is nothing to take, and gateways refuse such charges).
+pub(super) async fn record(
+    conn: &mut PgConnection,
+    order: Uuid,
+    amount: i64,
+    currency: &str,
+) -> Result<bool, StoreError> {
+    let status = if amount == 0 {
+        PaymentStatus::Approved
+    } else {
+        PaymentStatus::Pending
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO payment.payments (order_id, amount, currency, status) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order)
+    .bind(amount)
+    .bind(currency)
+    .bind(status.as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The order was cancelled: marks the payment so, and moves it on. Not charged yet and no
+/// call may have taken anything: `voided`. A call may have: `void_pending` (ask again). Taken:
+/// `refund_pending` (or `voided` when nothing was charged: an amount of 0). On the wire: the
+/// worker sees `cancel_requested` when it settles. Returns the status after, `None` when the
+/// order has no payment (it never became CREATED).
+pub(super) async fn request_cancel(
+    conn: &mut PgConnection,
+    order: Uuid,
+) -> Result<Option<PaymentStatus>, StoreError> {
+    let status: Option<String> = sqlx::query_scalar(
+        "UPDATE payment.payments SET cancel_requested = true, \
+         status = CASE \
+             WHEN status = 'pending' AND may_have_charged THEN 'void_pending' \
+             WHEN status = 'pending' THEN 'voided' \
+             WHEN status = 'approved' AND charge_id IS NULL THEN 'voided' \
+             WHEN status = 'approved' THEN 'refund_pending' \
+             ELSE status END, \
+         next_attempt_at = CASE WHEN status IN ('pending', 'approved') THEN now() \
+                                ELSE next_attempt_at END, \
+         updated_at = now() \
+         WHERE order_id = $1 RETURNING status",
+    )
+    .bind(order)
+    .fetch_optional(conn)
+    .await?;
+    status.map(|s| s.parse().map_err(Into::into)).transpose()
+}
+
+/// Claims up to `batch` due payments for `lease` (skipping rows other workers hold): a
+/// payment to charge becomes `charging`, one to ask about `voiding`, one to refund
+/// `refunding`; a claim whose lease ran out is claimed again as it was, marked as maybe
+/// charged (the worker that held it may have called the gateway before it died).
+pub(super) async fn claim_due(
+    pool: &PgPool,
+    batch: i64,
+    lease: Duration,
+) -> Result<Vec<Due>, StoreError> {
+    let rows: Vec<(Uuid, i64, String, String, Option<String>, i32)> = sqlx::query_as(
+        "UPDATE payment.payments p SET \
+         status = CASE WHEN p.status IN ('pending', 'charging') THEN 'charging' \
+                       WHEN p.status IN ('void_pending', 'voiding') THEN 'voiding' \
+                       ELSE 'refunding' END, \
+         attempts = p.attempts + 1, \
+         may_have_charged = p.may_have_charged OR p.status IN ('charging', 'voiding'), \
+         next_attempt_at = now() + make_interval(secs => $2), updated_at = now() \
+         FROM (SELECT order_id FROM payment.payments \
+               WHERE status IN ('pending', 'charging', 'void_pending', 'voiding', \
+                                'refund_pending', 'refunding') \
+               AND next_attempt_at <= now() \
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+         WHERE p.order_id = due.order_id \
+         RETURNING p.order_id, p.amount, p.currency, p.status, p.charge_id, p.attempts",
+    )
+    .bind(batch)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(
+            |(order_id, amount, currency, status, charge_id, attempts)| {
+                Ok(Due {
+                    order_id,
+                    amount,
+                    currency,
+                    status: status.parse()?,
+                    charge_id,
+                    attempts,
+                })
+            },
+        )
+        .collect()
+}
+
+/// The payment, locked for the rest of the caller's transaction.
+pub(super) async fn lock(
+    conn: &mut PgConnection,
+    order: Uuid,
+) -> Result<Option<Current>, StoreError> {
+    let row: Option<(String, bool, bool)> = sqlx::query_as(
+        "SELECT status, cancel_requested, may_have_charged FROM payment.payments \
+         WHERE order_id = $1 FOR UPDATE",
+    )
+    .bind(order)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(status, cancel_requested, may_have_charged)| {
+        Ok(Current {
+            status: status.parse()?,
+            cancel_requested,
+            may_have_charged,
+        })
+    })
+    .transpose()
+}
+
+/// Moves the payment from `from` to `to` with `settle`'s facts; `false` (nothing written)
+/// when it is no longer `from`.
+pub(super) async fn settle(
+    conn: &mut PgConnection,
+    order: Uuid,
+    from: PaymentStatus,
+    to: PaymentStatus,
+    settle: &Settle<'_>,
+) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE payment.payments SET status = $3, \
+         charge_id = COALESCE($4, charge_id), refund_id = COALESCE($5, refund_id), \
+         last_error = $6, may_have_charged = may_have_charged OR $7, \
+         next_attempt_at = CASE WHEN $8::float8 IS NULL THEN next_attempt_at \
+                                ELSE now() + make_interval(secs => $8) END, \
+         updated_at = now() \
+         WHERE order_id = $1 AND status = $2",
+    )
+    .bind(order)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(settle.charge_id)
+    .bind(settle.refund_id)
+    .bind(settle.last_error)
+    .bind(settle.may_have_charged)
+    .bind(settle.due_in.map(|d| d.as_secs_f64()))
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// Payments by status, for `/metrics`.
+pub(super) async fn count_by_status(
+    pool: &PgPool,
+) -> Result<Vec<(PaymentStatus, i64)>, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM payment.payments GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter()
+        .map(|(status, count)| Ok((status.parse()?, count)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_unknown_ones_are_refused() {
+        for status in PaymentStatus::ALL {
+            assert_eq!(status.as_str().parse::<PaymentStatus>(), Ok(status));
+        }
+        assert!("paid".parse::<PaymentStatus>().is_err());
+    }
+}
