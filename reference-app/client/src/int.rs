@@ -53,6 +53,7 @@ mod tests {
         assert_eq!(n("-7"), Some(-7));
         assert_eq!(n("188.0"), Some(188));
         assert_eq!(n("1e3"), Some(1000));
+        assert_eq!(n("2251799813685247.0"), Some(2_251_799_813_685_247));
         assert_eq!(n("9223372036854775807"), Some(i64::MAX));
         assert_eq!(n("-9223372036854775808"), Some(i64::MIN));
         for bad in [
