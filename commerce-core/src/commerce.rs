@@ -314,7 +314,9 @@ impl Commerce {
     }
 
     /// [`Commerce::cancel_order`] inside the caller's transaction; see
-    /// [`Commerce::transition_order_in`].
+    /// [`Commerce::transition_order_in`]. It cancels from any status that may be cancelled,
+    /// PROCESSING included: a sweep that found the order in a status uses
+    /// [`Commerce::cancel_order_if_in`] instead.
     ///
     /// # Errors
     /// As [`Commerce::cancel_order`].
@@ -325,6 +327,45 @@ impl Commerce {
         reason: &str,
     ) -> Result<Order> {
         order::cancel_order_in(conn, &self.hooks, order, reason).await
+    }
+
+    /// Cancels the order (as [`Commerce::cancel_order`]) only if it is in `expected` when its
+    /// row is locked; `None`, with nothing written, when it is in another status.
+    ///
+    /// For a sweep that lists orders waiting in a status and then cancels each, e.g. a
+    /// saga's payment timeout (CREATED) or a backorder expiry (BACKORDERED): an order that
+    /// moved on between the listing and the cancel (paid meanwhile, now PROCESSING; or
+    /// served, now CREATED) is left alone. The status is read after the order's row lock
+    /// is taken, so a racing transition either commits first (and this returns `None`) or
+    /// waits for this cancel (and then finds the order cancelled): never both.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] when `expected` is a status no order may be cancelled
+    /// from (SHIPPED, DELIVERED, CANCELLED) or the reason is blank;
+    /// [`crate::Error::OrderNotFound`]; database and hook errors.
+    pub async fn cancel_order_if(
+        &self,
+        order: OrderId,
+        expected: OrderStatus,
+        reason: &str,
+    ) -> Result<Option<Order>> {
+        order::cancel_order_if(&self.pool, &self.hooks, order, expected, reason).await
+    }
+
+    /// [`Commerce::cancel_order_if`] inside the caller's transaction; see
+    /// [`Commerce::transition_order_in`]. With `None` nothing was written, but the rows of
+    /// the order and its products stay locked until the caller's transaction ends.
+    ///
+    /// # Errors
+    /// As [`Commerce::cancel_order_if`].
+    pub async fn cancel_order_if_in(
+        &self,
+        conn: &mut PgConnection,
+        order: OrderId,
+        expected: OrderStatus,
+        reason: &str,
+    ) -> Result<Option<Order>> {
+        order::cancel_order_if_in(conn, &self.hooks, order, expected, reason).await
     }
 
     /// The order with its lines, read on the caller's connection (e.g. inside its
@@ -338,7 +379,12 @@ impl Commerce {
 
     /// Orders that have been in `status` for longer than `older_than` since their last status
     /// change, oldest first, at most `limit` (clamped to 1..=1000): e.g. CREATED orders whose
-    /// payment never answered, for a saga's timeout.
+    /// payment never answered, for a saga's timeout, or BACKORDERED orders waiting too long
+    /// for stock (serving part of a backorder is not a status change, so it keeps its age).
+    ///
+    /// The list is a snapshot: cancel what it found with [`Commerce::cancel_order_if`] (or
+    /// `_in`) and the status it was listed in, so an order that moved on meanwhile is left
+    /// alone. A cancelled backorder's allocated units go to the next backorders at once.
     ///
     /// # Errors
     /// Database errors.

@@ -39,6 +39,8 @@
 //! - No deadlocks by construction, also with the outbox hook on: rows are locked products
 //!   first (ascending id), then orders (ascending id), then the outbox's sequence rows
 //!   (sorted); a conflict Postgres still reports is [`Error::Conflict`], retryable.
+//! - [`Commerce::cancel_order_if`] decides under the order's row lock: a sweep never cancels
+//!   an order that moved on after it was listed.
 //! - An error means nothing was written, except [`Error::CommitOutcomeUnknown`] (the
 //!   connection broke during commit): retry those only with an idempotency key.
 //! - Events reach [`TransactionHook`]s inside the transaction: none for a rolled-back one.

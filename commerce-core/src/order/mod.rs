@@ -22,7 +22,10 @@ pub use place::{OrderWriter, PlacedOrder, ReserveMode};
 pub(crate) use read::{load_order, orders_of_user, orders_stuck_in, status_history};
 pub use read::{OrderCursor, OrderPage};
 pub use status::{OrderStatus, UnknownStatus};
-pub(crate) use transition::{cancel_order, cancel_order_in, transition_order, transition_order_in};
+pub(crate) use transition::{
+    cancel_order, cancel_order_if, cancel_order_if_in, cancel_order_in, transition_order,
+    transition_order_in,
+};
 pub(crate) use validate::{check_quantity, check_text, MAX_TEXT};
 pub use validate::{OrderLimits, ValidatedOrder};
 
