@@ -10,8 +10,8 @@ use crate::event::TransactionHook;
 use crate::ids::{OrderId, ProductId};
 use crate::inventory::{self, Backorder, LedgerPage, NewProduct, Product, Receipt, StockLevel};
 use crate::order::{
-    self, NewOrder, Order, OrderCursor, OrderLimits, OrderPage, OrderStatus, OrderWriter,
-    PlacedOrder, StatusChange, ValidatedOrder,
+    self, NewOrder, Order, OrderCursor, OrderLimits, OrderPage, OrderStatus, OrderTotal,
+    OrderWriter, PlacedOrder, StatusChange, ValidatedOrder,
 };
 use crate::strategy::{ConditionalUpdate, StockStrategy};
 
@@ -375,6 +375,34 @@ impl Commerce {
     /// [`crate::Error::OrderNotFound`], database errors.
     pub async fn order_in(&self, conn: &mut PgConnection, order: OrderId) -> Result<Order> {
         order::load_order(conn, order).await
+    }
+
+    /// What each of `orders` costs (with who placed it), read on the caller's connection, in
+    /// ascending order id; ids of no order are left out, and an empty slice costs no round
+    /// trip.
+    ///
+    /// Read inside the caller's transaction, it sees that transaction's own writes: a
+    /// [`TransactionHook`] learns what to charge for the orders its transaction is placing
+    /// or making CREATED (the events carry the ids), and writes the charge request with
+    /// them. An associated function, not a method, because such a hook is built before the
+    /// [`Commerce`] it is added to and has none to call it on.
+    ///
+    /// ```no_run
+    /// # async fn demo(tx: &mut sqlx::PgConnection, id: commerce_core::OrderId) -> commerce_core::Result<()> {
+    /// use commerce_core::Commerce;
+    /// for total in Commerce::order_totals_in(tx, &[id]).await? {
+    ///     println!("charge {} {} for {}", total.user_id, total.total, total.order);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn order_totals_in(
+        conn: &mut PgConnection,
+        orders: &[OrderId],
+    ) -> Result<Vec<OrderTotal>> {
+        order::order_totals(conn, orders).await
     }
 
     /// Orders that have been in `status` for longer than `older_than` since their last status

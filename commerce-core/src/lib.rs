@@ -84,7 +84,7 @@ pub use inventory::{
 };
 pub use order::{
     LineRequest, NewOrder, Order, OrderCursor, OrderLimits, OrderLine, OrderPage, OrderStatus,
-    PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus,
+    OrderTotal, PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus,
 };
 #[cfg(feature = "outbox")]
 pub use outbox_hook::{OutboxHook, CORE_EVENT_SCHEMA_VERSION};

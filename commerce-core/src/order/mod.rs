@@ -19,8 +19,8 @@ pub(crate) use completion::promote_completed;
 pub(crate) use idempotency::is_same_request;
 pub(crate) use lines::allocate_line;
 pub use place::{OrderWriter, PlacedOrder, ReserveMode};
-pub(crate) use read::{load_order, orders_of_user, orders_stuck_in, status_history};
-pub use read::{OrderCursor, OrderPage};
+pub(crate) use read::{load_order, order_totals, orders_of_user, orders_stuck_in, status_history};
+pub use read::{OrderCursor, OrderPage, OrderTotal};
 pub use status::{OrderStatus, UnknownStatus};
 pub(crate) use transition::{
     cancel_order, cancel_order_if, cancel_order_if_in, cancel_order_in, transition_order,
