@@ -425,6 +425,26 @@ impl Commerce {
         order::orders_stuck_in(&self.pool, status, older_than, limit).await
     }
 
+    /// Forgets the idempotency keys of orders placed more than `older_than` ago, at most
+    /// `limit` of them (clamped to 1..=10,000), oldest first; returns how many it forgot.
+    /// Call it periodically (until it returns less than `limit`) so kept keys do not pile up
+    /// for ever.
+    ///
+    /// The orders stay as they are, only without their key (`Order::idempotency_key` reads
+    /// `None`). A request that repeats a forgotten key afterwards is **a new request**: it
+    /// places a new order. So choose `older_than` well beyond the longest time a client may
+    /// retry (its retry window, plus clock skew), e.g. a day or a week.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn forget_idempotency_keys(
+        &self,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> Result<u64> {
+        order::forget_keys(&self.pool, older_than, limit).await
+    }
+
     /// A page of `user`'s orders, newest first: pass the previous page's `next` as `after`
     /// to go on. `limit` is clamped to 1..=100.
     ///

@@ -35,7 +35,8 @@
 //! - A multi-line order is all or nothing; rows are locked in ascending product id, so
 //!   concurrent multi-line orders cannot deadlock.
 //! - With an idempotency key, repeats of a request (also racing ones, also when the first
-//!   took the last units) return the first order.
+//!   took the last units) return the first order, until the key is forgotten
+//!   ([`Commerce::forget_idempotency_keys`]).
 //! - No deadlocks by construction, also with the outbox hook on: rows are locked products
 //!   first (ascending id), then orders (ascending id), then the outbox's sequence rows
 //!   (sorted); a conflict Postgres still reports is [`Error::Conflict`], retryable.

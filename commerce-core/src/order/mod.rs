@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{OrderId, ProductId};
 
 pub(crate) use completion::promote_completed;
-pub(crate) use idempotency::is_same_request;
+pub(crate) use idempotency::{forget_keys, is_same_request};
 pub(crate) use lines::allocate_line;
 pub use place::{OrderWriter, PlacedOrder, ReserveMode};
 pub(crate) use read::{load_order, order_totals, orders_of_user, orders_stuck_in, status_history};
