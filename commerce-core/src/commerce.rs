@@ -11,7 +11,7 @@ use crate::ids::{OrderId, ProductId};
 use crate::inventory::{self, Backorder, LedgerPage, NewProduct, Product, Receipt, StockLevel};
 use crate::order::{
     self, NewOrder, Order, OrderCursor, OrderLimits, OrderPage, OrderStatus, OrderTotal,
-    OrderWriter, PlacedOrder, StatusChange, ValidatedOrder,
+    OrderWriter, PlacedOrder, StatusChange, UserLimits, ValidatedOrder,
 };
 use crate::strategy::{ConditionalUpdate, StockStrategy};
 
@@ -94,7 +94,11 @@ impl CommerceBuilder {
     pub fn build(self) -> Commerce {
         let hooks = Hooks::new(self.hooks);
         Commerce {
-            writer: OrderWriter::new(self.pool.clone(), hooks.clone()),
+            writer: OrderWriter::new(
+                self.pool.clone(),
+                hooks.clone(),
+                UserLimits::new(&self.limits),
+            ),
             pool: self.pool,
             hooks,
             strategy: self.strategy,
@@ -224,8 +228,10 @@ impl Commerce {
     /// # Errors
     /// Validation errors before anything is written; [`crate::Error::InsufficientStock`]
     /// under the reject policy; [`crate::Error::ProductNotFound`];
-    /// [`crate::Error::DuplicateRequest`] when the idempotency key was used for another
-    /// request; database, hook and strategy errors: nothing is written on any of them.
+    /// [`crate::Error::UserLimitExceeded`] when a per-user limit of [`OrderLimits`] is set
+    /// and the order would pass it; [`crate::Error::DuplicateRequest`] when the idempotency
+    /// key was used for another request; database, hook and strategy errors: nothing is
+    /// written on any of them.
     /// [`crate::Error::CommitOutcomeUnknown`] when the connection broke during commit: the
     /// order may exist, so retry only with the same idempotency key.
     ///
@@ -461,12 +467,14 @@ impl Commerce {
 }
 
 /// Whether a keyed request that failed with `e` may have lost to a repeat of itself that
-/// placed the order (the stock or the lock went to the repeat), so the key is worth a look.
+/// placed the order (the stock, the lock or the user's last open slot went to the repeat),
+/// so the key is worth a look.
 fn may_hide_a_repeat(e: &crate::Error) -> bool {
     use crate::Error;
     matches!(
         e,
         Error::InsufficientStock { .. }
+            | Error::UserLimitExceeded { .. }
             | Error::StockChanged { .. }
             | Error::Strategy(_)
             | Error::Conflict(_)

@@ -39,7 +39,10 @@
 //!   ([`Commerce::forget_idempotency_keys`]).
 //! - No deadlocks by construction, also with the outbox hook on: rows are locked products
 //!   first (ascending id), then orders (ascending id), then the outbox's sequence rows
-//!   (sorted); a conflict Postgres still reports is [`Error::Conflict`], retryable.
+//!   (sorted), and with a per-user limit set a placement takes its users' advisory locks
+//!   before all of them; a conflict Postgres still reports is [`Error::Conflict`], retryable.
+//! - Per-user limits of [`OrderLimits`] (off by default) hold under concurrent placements on
+//!   every strategy: a refused order ([`Error::UserLimitExceeded`]) writes nothing.
 //! - [`Commerce::cancel_order_if`] decides under the order's row lock: a sweep never cancels
 //!   an order that moved on after it was listed.
 //! - An error means nothing was written, except [`Error::CommitOutcomeUnknown`] (the
@@ -85,7 +88,7 @@ pub use inventory::{
 };
 pub use order::{
     LineRequest, NewOrder, Order, OrderCursor, OrderLimits, OrderLine, OrderPage, OrderStatus,
-    OrderTotal, PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus,
+    OrderTotal, PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus, UserLimit,
 };
 #[cfg(feature = "outbox")]
 pub use outbox_hook::{OutboxHook, CORE_EVENT_SCHEMA_VERSION};

@@ -8,6 +8,7 @@ mod place;
 mod read;
 mod status;
 mod transition;
+mod user_limits;
 mod validate;
 
 use chrono::{DateTime, Utc};
@@ -26,6 +27,8 @@ pub(crate) use transition::{
     cancel_order, cancel_order_if, cancel_order_if_in, cancel_order_in, transition_order,
     transition_order_in,
 };
+pub use user_limits::UserLimit;
+pub(crate) use user_limits::{Exposures, OverLimit, UserLimits};
 pub(crate) use validate::{check_quantity, check_text, MAX_TEXT};
 pub use validate::{OrderLimits, ValidatedOrder};
 
