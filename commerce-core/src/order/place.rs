@@ -192,8 +192,8 @@ impl OrderWriter {
         let id = OrderId::new();
         let mut effects = TxEffects::default();
         // The user's lock comes before any row (the crate's lock order), and only with a
-        // per-user limit set: without one this costs nothing.
-        let mut exposures = if self.limits.any() {
+        // per-user limit that concerns this order: without one this costs nothing.
+        let mut exposures = if self.limits.apply_to(order.policy()) {
             Some(Exposures::lock_and_count(conn, self.limits, &[order.user_id()]).await?)
         } else {
             None

@@ -24,7 +24,7 @@ use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
 
-use super::OrderLimits;
+use super::{OrderLimits, ShortagePolicy};
 
 /// The class (first key) of the users' advisory locks: "core" in ASCII. An application
 /// that takes two-key advisory locks of its own should use other classes.
@@ -77,9 +77,12 @@ impl UserLimits {
         }
     }
 
-    /// Whether any limit is set: only then do placements lock users and count.
-    pub(crate) fn any(self) -> bool {
-        self.backordered_units.is_some() || self.open_orders.is_some()
+    /// Whether an order of `policy` can go beyond a limit that is set: only then does its
+    /// placement lock its user and count. A reject-policy order never waits for stock, so the
+    /// units limit alone does not concern it.
+    pub(crate) fn apply_to(self, policy: ShortagePolicy) -> bool {
+        self.open_orders.is_some()
+            || (policy == ShortagePolicy::Backorder && self.backordered_units.is_some())
     }
 }
 
@@ -279,7 +282,16 @@ mod tests {
 
     #[test]
     fn without_limits_everything_is_admitted() {
-        assert!(!UserLimits::new(&OrderLimits::default()).any());
+        let none = UserLimits::new(&OrderLimits::default());
+        assert!(
+            !none.apply_to(ShortagePolicy::Backorder) && !none.apply_to(ShortagePolicy::Reject)
+        );
+        let units_only = UserLimits::new(&OrderLimits {
+            max_backordered_units_per_user: Some(10),
+            ..OrderLimits::default()
+        });
+        assert!(units_only.apply_to(ShortagePolicy::Backorder));
+        assert!(!units_only.apply_to(ShortagePolicy::Reject));
         let mut open = exposures(None, None, &[("u", 1_000, 1_000_000)]);
         assert_eq!(open.admit("u", i64::MAX), Ok(()));
     }

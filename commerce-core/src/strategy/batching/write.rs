@@ -313,16 +313,17 @@ async fn attempt_batch(
     Ok(Ok((answers, home_after)))
 }
 
-/// With a per-user limit set: takes the advisory locks of the batch's users and counts what
-/// each has open, first thing in the batch's transaction (the crate's lock order puts users
-/// before products). `None`, without a round trip, when no limit is set.
+/// With a per-user limit that concerns an order of the batch: takes the advisory locks of the
+/// batch's users and counts what each has open, first thing in the batch's transaction (the
+/// crate's lock order puts users before products). `None`, without a round trip, otherwise
+/// (no limit set, or only the units limit and only reject-policy orders).
 async fn lock_and_count_users(
     conn: &mut PgConnection,
     writer: &OrderWriter,
     requests: &[Request],
 ) -> Result<Option<Exposures>> {
     let limits = writer.user_limits();
-    if !limits.any() {
+    if !requests.iter().any(|r| limits.apply_to(r.order.policy())) {
         return Ok(None);
     }
     let users: Vec<&str> = requests.iter().map(|r| r.order.user_id()).collect();
