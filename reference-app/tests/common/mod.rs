@@ -1,6 +1,8 @@
 //! The system under test: the whole app on a fresh database, on port 0, driven over HTTP.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gateway;
+
 use std::time::Duration;
 
 use commerce_testkit::{kafka_brokers, unique_name, TestDb};
@@ -21,6 +23,31 @@ pub enum Transport {
     InProcess,
     /// The Kafka-protocol broker (`KAFKA_BROKERS`, default 127.0.0.1:9092).
     Kafka,
+}
+
+/// One `#[tokio::test]` per transport for each scenario, an `async fn(Transport)` beside the
+/// call (`#[macro_use] mod common;`): `mod in_process { fn scenario }` and
+/// `mod kafka { fn scenario }`.
+#[allow(unused_macros)]
+macro_rules! on_both_transports {
+    ($($scenario:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::common::Transport::InProcess).await;
+                }
+            )*
+        }
+        mod kafka {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::common::Transport::Kafka).await;
+                }
+            )*
+        }
+    };
 }
 
 /// A saga timeout of `timeout` (a few seconds), with the payment timings scaled down so the
