@@ -3,6 +3,7 @@
 //! aside as a consumer dead letter, not retried in front of the answers behind it, on both
 //! event transports; admins list it, a replay that still fails keeps it, a discard drops it.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -12,27 +13,6 @@ use commerce_testkit::unique_name;
 use common::{TestApp, Transport};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-
-macro_rules! on_both_transports {
-    ($($scenario:ident),* $(,)?) => {
-        mod in_process {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::Transport::InProcess).await;
-                }
-            )*
-        }
-        mod kafka {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::Transport::Kafka).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_transports!(an_answer_that_can_never_be_applied_is_set_aside_and_the_next_one_applies);
 
