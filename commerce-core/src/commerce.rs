@@ -10,8 +10,8 @@ use crate::event::TransactionHook;
 use crate::ids::{OrderId, ProductId};
 use crate::inventory::{self, Backorder, LedgerPage, NewProduct, Product, Receipt, StockLevel};
 use crate::order::{
-    self, NewOrder, Order, OrderCursor, OrderLimits, OrderPage, OrderStatus, OrderWriter,
-    PlacedOrder, StatusChange, ValidatedOrder,
+    self, NewOrder, Order, OrderCursor, OrderLimits, OrderPage, OrderStatus, OrderTotal,
+    OrderWriter, PlacedOrder, StatusChange, UserLimits, ValidatedOrder,
 };
 use crate::strategy::{ConditionalUpdate, StockStrategy};
 
@@ -94,7 +94,11 @@ impl CommerceBuilder {
     pub fn build(self) -> Commerce {
         let hooks = Hooks::new(self.hooks);
         Commerce {
-            writer: OrderWriter::new(self.pool.clone(), hooks.clone()),
+            writer: OrderWriter::new(
+                self.pool.clone(),
+                hooks.clone(),
+                UserLimits::new(&self.limits),
+            ),
             pool: self.pool,
             hooks,
             strategy: self.strategy,
@@ -224,8 +228,10 @@ impl Commerce {
     /// # Errors
     /// Validation errors before anything is written; [`crate::Error::InsufficientStock`]
     /// under the reject policy; [`crate::Error::ProductNotFound`];
-    /// [`crate::Error::DuplicateRequest`] when the idempotency key was used for another
-    /// request; database, hook and strategy errors: nothing is written on any of them.
+    /// [`crate::Error::UserLimitExceeded`] when a per-user limit of [`OrderLimits`] is set
+    /// and the order would pass it; [`crate::Error::DuplicateRequest`] when the idempotency
+    /// key was used for another request; database, hook and strategy errors: nothing is
+    /// written on any of them.
     /// [`crate::Error::CommitOutcomeUnknown`] when the connection broke during commit: the
     /// order may exist, so retry only with the same idempotency key.
     ///
@@ -314,7 +320,9 @@ impl Commerce {
     }
 
     /// [`Commerce::cancel_order`] inside the caller's transaction; see
-    /// [`Commerce::transition_order_in`].
+    /// [`Commerce::transition_order_in`]. It cancels from any status that may be cancelled,
+    /// PROCESSING included: a sweep that found the order in a status uses
+    /// [`Commerce::cancel_order_if_in`] instead.
     ///
     /// # Errors
     /// As [`Commerce::cancel_order`].
@@ -327,6 +335,45 @@ impl Commerce {
         order::cancel_order_in(conn, &self.hooks, order, reason).await
     }
 
+    /// Cancels the order (as [`Commerce::cancel_order`]) only if it is in `expected` when its
+    /// row is locked; `None`, with nothing written, when it is in another status.
+    ///
+    /// For a sweep that lists orders waiting in a status and then cancels each, e.g. a
+    /// saga's payment timeout (CREATED) or a backorder expiry (BACKORDERED): an order that
+    /// moved on between the listing and the cancel (paid meanwhile, now PROCESSING; or
+    /// served, now CREATED) is left alone. The status is read after the order's row lock
+    /// is taken, so a racing transition either commits first (and this returns `None`) or
+    /// waits for this cancel (and then finds the order cancelled): never both.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] when `expected` is a status no order may be cancelled
+    /// from (SHIPPED, DELIVERED, CANCELLED) or the reason is blank;
+    /// [`crate::Error::OrderNotFound`]; database and hook errors.
+    pub async fn cancel_order_if(
+        &self,
+        order: OrderId,
+        expected: OrderStatus,
+        reason: &str,
+    ) -> Result<Option<Order>> {
+        order::cancel_order_if(&self.pool, &self.hooks, order, expected, reason).await
+    }
+
+    /// [`Commerce::cancel_order_if`] inside the caller's transaction; see
+    /// [`Commerce::transition_order_in`]. With `None` nothing was written, but the rows of
+    /// the order and its products stay locked until the caller's transaction ends.
+    ///
+    /// # Errors
+    /// As [`Commerce::cancel_order_if`].
+    pub async fn cancel_order_if_in(
+        &self,
+        conn: &mut PgConnection,
+        order: OrderId,
+        expected: OrderStatus,
+        reason: &str,
+    ) -> Result<Option<Order>> {
+        order::cancel_order_if_in(conn, &self.hooks, order, expected, reason).await
+    }
+
     /// The order with its lines, read on the caller's connection (e.g. inside its
     /// transaction).
     ///
@@ -336,9 +383,42 @@ impl Commerce {
         order::load_order(conn, order).await
     }
 
+    /// What each of `orders` costs (with who placed it), read on the caller's connection, in
+    /// ascending order id; ids of no order are left out, and an empty slice costs no round
+    /// trip.
+    ///
+    /// Read inside the caller's transaction, it sees that transaction's own writes: a
+    /// [`TransactionHook`] learns what to charge for the orders its transaction is placing
+    /// or making CREATED (the events carry the ids), and writes the charge request with
+    /// them. An associated function, not a method, because such a hook is built before the
+    /// [`Commerce`] it is added to and has none to call it on.
+    ///
+    /// ```no_run
+    /// # async fn demo(tx: &mut sqlx::PgConnection, id: commerce_core::OrderId) -> commerce_core::Result<()> {
+    /// use commerce_core::Commerce;
+    /// for total in Commerce::order_totals_in(tx, &[id]).await? {
+    ///     println!("charge {} {} for {}", total.user_id, total.total, total.order);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn order_totals_in(
+        conn: &mut PgConnection,
+        orders: &[OrderId],
+    ) -> Result<Vec<OrderTotal>> {
+        order::order_totals(conn, orders).await
+    }
+
     /// Orders that have been in `status` for longer than `older_than` since their last status
     /// change, oldest first, at most `limit` (clamped to 1..=1000): e.g. CREATED orders whose
-    /// payment never answered, for a saga's timeout.
+    /// payment never answered, for a saga's timeout, or BACKORDERED orders waiting too long
+    /// for stock (serving part of a backorder is not a status change, so it keeps its age).
+    ///
+    /// The list is a snapshot: cancel what it found with [`Commerce::cancel_order_if`] (or
+    /// `_in`) and the status it was listed in, so an order that moved on meanwhile is left
+    /// alone. A cancelled backorder's allocated units go to the next backorders at once.
     ///
     /// # Errors
     /// Database errors.
@@ -349,6 +429,26 @@ impl Commerce {
         limit: u32,
     ) -> Result<Vec<OrderId>> {
         order::orders_stuck_in(&self.pool, status, older_than, limit).await
+    }
+
+    /// Forgets the idempotency keys of orders placed more than `older_than` ago, at most
+    /// `limit` of them (clamped to 1..=10,000), oldest first; returns how many it forgot.
+    /// Call it periodically (until it returns less than `limit`) so kept keys do not pile up
+    /// for ever.
+    ///
+    /// The orders stay as they are, only without their key (`Order::idempotency_key` reads
+    /// `None`). A request that repeats a forgotten key afterwards is **a new request**: it
+    /// places a new order. So choose `older_than` well beyond the longest time a client may
+    /// retry (its retry window, plus clock skew), e.g. a day or a week.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn forget_idempotency_keys(
+        &self,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> Result<u64> {
+        order::forget_keys(&self.pool, older_than, limit).await
     }
 
     /// A page of `user`'s orders, newest first: pass the previous page's `next` as `after`
@@ -367,12 +467,14 @@ impl Commerce {
 }
 
 /// Whether a keyed request that failed with `e` may have lost to a repeat of itself that
-/// placed the order (the stock or the lock went to the repeat), so the key is worth a look.
+/// placed the order (the stock, the lock or the user's last open slot went to the repeat),
+/// so the key is worth a look.
 fn may_hide_a_repeat(e: &crate::Error) -> bool {
     use crate::Error;
     matches!(
         e,
         Error::InsufficientStock { .. }
+            | Error::UserLimitExceeded { .. }
             | Error::StockChanged { .. }
             | Error::Strategy(_)
             | Error::Conflict(_)

@@ -1,7 +1,7 @@
 //! The crate's one error type.
 
 use crate::ids::{OrderId, ProductId};
-use crate::order::OrderStatus;
+use crate::order::{OrderStatus, UserLimit};
 
 /// Everything that can go wrong in commerce-core, as something a caller can act on.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,28 @@ pub enum Error {
         field: &'static str,
         /// Why it was rejected.
         reason: &'static str,
+    },
+    /// Placing the order would take its user past a per-user limit of
+    /// [`crate::OrderLimits`]; nothing was written.
+    ///
+    /// Not retryable as such: the same order is refused until the user has less open
+    /// (orders paid, served or cancelled), or it asks for less.
+    #[error(
+        "user {user} may have at most {max} {limit}: has {current}, asked for {requested} more"
+    )]
+    UserLimitExceeded {
+        /// The user.
+        user: String,
+        /// Which limit.
+        limit: UserLimit,
+        /// What the user had when the order was tried (with the earlier orders of the same
+        /// batch, under batching).
+        current: i64,
+        /// What the order would have added: 1 for open orders, its shortfall for
+        /// backordered units.
+        requested: i64,
+        /// The configured limit.
+        max: i64,
     },
     /// The order's state machine does not allow this move.
     #[error("order {order} cannot go from {from} to {to}")]

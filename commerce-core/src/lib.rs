@@ -35,10 +35,16 @@
 //! - A multi-line order is all or nothing; rows are locked in ascending product id, so
 //!   concurrent multi-line orders cannot deadlock.
 //! - With an idempotency key, repeats of a request (also racing ones, also when the first
-//!   took the last units) return the first order.
+//!   took the last units) return the first order, until the key is forgotten
+//!   ([`Commerce::forget_idempotency_keys`]).
 //! - No deadlocks by construction, also with the outbox hook on: rows are locked products
 //!   first (ascending id), then orders (ascending id), then the outbox's sequence rows
-//!   (sorted); a conflict Postgres still reports is [`Error::Conflict`], retryable.
+//!   (sorted), and with a per-user limit set a placement takes its users' advisory locks
+//!   before all of them; a conflict Postgres still reports is [`Error::Conflict`], retryable.
+//! - Per-user limits of [`OrderLimits`] (off by default) hold under concurrent placements on
+//!   every strategy: a refused order ([`Error::UserLimitExceeded`]) writes nothing.
+//! - [`Commerce::cancel_order_if`] decides under the order's row lock: a sweep never cancels
+//!   an order that moved on after it was listed.
 //! - An error means nothing was written, except [`Error::CommitOutcomeUnknown`] (the
 //!   connection broke during commit): retry those only with an idempotency key.
 //! - Events reach [`TransactionHook`]s inside the transaction: none for a rolled-back one.
@@ -82,7 +88,7 @@ pub use inventory::{
 };
 pub use order::{
     LineRequest, NewOrder, Order, OrderCursor, OrderLimits, OrderLine, OrderPage, OrderStatus,
-    PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus,
+    OrderTotal, PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus, UserLimit,
 };
 #[cfg(feature = "outbox")]
 pub use outbox_hook::{OutboxHook, CORE_EVENT_SCHEMA_VERSION};

@@ -586,3 +586,101 @@ async fn orders_queued_behind_the_sell_out_are_turned_away_without_the_database(
     assert_eq!(commerce.stock_of(&[hot]).await.unwrap()[0].available, 0);
     assert_consistent(&commerce).await;
 }
+
+/// The per-user limit scenarios (tests/common/user_limits.rs) under batching, and several
+/// instances batching one user's orders at once.
+mod user_limits {
+    use super::*;
+    use commerce_core::{OrderLimits, UserLimit};
+    use common::setup_with_limits;
+    use common::user_limits::{self as scenario, backordered_units, open_orders, MAX_UNITS};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backordered_units_are_capped() {
+        let (_db, commerce) = setup_with_limits(10, Batching::new(), backordered_units()).await;
+        scenario::backordered_units_are_capped(&commerce).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_orders_are_capped() {
+        let (_db, commerce) = setup_with_limits(10, Batching::new(), open_orders()).await;
+        scenario::open_orders_are_capped(&commerce).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_backorders_stay_within_the_limit() {
+        let (_db, commerce) = setup_with_limits(20, Batching::new(), backordered_units()).await;
+        scenario::concurrent_backorders_stay_within_the_limit(&commerce).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_orders_stay_within_the_open_limit() {
+        let (_db, commerce) = setup_with_limits(20, Batching::new(), open_orders()).await;
+        scenario::concurrent_orders_stay_within_the_open_limit(&commerce).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn repeats_of_a_keyed_request_at_the_limit_get_the_first_order() {
+        let (_db, commerce) = setup_with_limits(20, Batching::new(), open_orders()).await;
+        scenario::repeats_of_a_keyed_request_at_the_limit_get_the_first_order(&commerce).await;
+    }
+
+    /// Three instances, each batching its own share of one user's backorders for two
+    /// products (single-line orders of each, and orders of both): the user still ends at
+    /// the limit, never above it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_instances_batching_one_users_backorders_never_pass_the_limit() {
+        let db = TestDb::with_pool_size(&[&MIGRATOR], 15).await;
+        let instances: Vec<Commerce> = (0..3)
+            .map(|_| {
+                Commerce::builder(db.pool().clone())
+                    .strategy(Batching::new())
+                    .limits(OrderLimits {
+                        max_backordered_units_per_user: Some(MAX_UNITS),
+                        ..OrderLimits::default()
+                    })
+                    .build()
+            })
+            .collect();
+        product(&instances[0], 1, 0).await;
+        product(&instances[0], 2, 0).await;
+        let start = Arc::new(Barrier::new(60));
+        let tasks: Vec<_> = (0..60)
+            .map(|n: usize| {
+                let (commerce, start) = (instances[n % 3].clone(), Arc::clone(&start));
+                tokio::spawn(async move {
+                    let order = match n % 3 {
+                        0 => NewOrder::new("u").line(1, 1),
+                        1 => NewOrder::new("u").line(2, 1),
+                        _ => NewOrder::new("u").line(1, 1).line(2, 1),
+                    };
+                    start.wait().await;
+                    commerce
+                        .place_order(order.policy(ShortagePolicy::Backorder))
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            match within(Duration::from_secs(60), task).await.unwrap() {
+                Ok(_)
+                | Err(Error::UserLimitExceeded {
+                    limit: UserLimit::BackorderedUnits,
+                    ..
+                }) => {}
+                Err(e) => panic!("unexpected error: {e:?}"),
+            }
+        }
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(outstanding), 0)::bigint FROM commerce.backorders",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert!(
+            (MAX_UNITS - 1..=MAX_UNITS).contains(&waiting),
+            "{waiting} units waiting"
+        );
+        assert_consistent(&instances[0]).await;
+    }
+}

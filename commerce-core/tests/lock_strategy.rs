@@ -235,3 +235,47 @@ async fn an_unbounded_wait_does_not_panic() {
         .unwrap();
     assert_eq!(commerce.stock(ProductId(1)).await.unwrap().available, 4);
 }
+
+/// The per-user limit scenarios (tests/common/user_limits.rs) under the lock strategy.
+mod user_limits {
+    use super::*;
+    use common::setup_with_limits;
+    use common::user_limits::{self as scenario, backordered_units, open_orders};
+
+    fn local() -> DistributedLockStrategy {
+        DistributedLockStrategy::new(LocalLock::new())
+            .options(options())
+            .fencing(true)
+    }
+
+    #[tokio::test]
+    async fn backordered_units_are_capped() {
+        let (_db, commerce) = setup_with_limits(10, local(), backordered_units()).await;
+        scenario::backordered_units_are_capped(&commerce).await;
+    }
+
+    #[tokio::test]
+    async fn open_orders_are_capped() {
+        let (_db, commerce) = setup_with_limits(10, local(), open_orders()).await;
+        scenario::open_orders_are_capped(&commerce).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_backorders_stay_within_the_limit() {
+        let strategy = redis_strategy().await;
+        let (_db, commerce) = setup_with_limits(20, strategy, backordered_units()).await;
+        scenario::concurrent_backorders_stay_within_the_limit(&commerce).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_orders_stay_within_the_open_limit() {
+        let (_db, commerce) = setup_with_limits(20, local(), open_orders()).await;
+        scenario::concurrent_orders_stay_within_the_open_limit(&commerce).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn repeats_of_a_keyed_request_at_the_limit_get_the_first_order() {
+        let (_db, commerce) = setup_with_limits(20, local(), open_orders()).await;
+        scenario::repeats_of_a_keyed_request_at_the_limit_get_the_first_order(&commerce).await;
+    }
+}

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use commerce_core::{Commerce, DistributedLockStrategy, OutboxHook};
-use commerce_lock::{LocalLock, RedisLock};
+use commerce_core::{Commerce, DistributedLockStrategy, OrderLimits, OutboxHook};
+use commerce_lock::{LocalLock, LockOptions, RedisLock};
+use commerce_outbox::EventHandler;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
@@ -21,6 +22,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, PaymentGateway, SecretUrl, StockStrategyKind};
 use crate::events::EventBus;
 use crate::http::{self, Limits};
+use crate::services::admin::Consumers;
 use crate::services::contracts::Topics;
 use crate::services::ops::{OpsState, ReadinessCheck};
 use crate::services::order::saga::{spawn_timeout_sweep, PaymentAnswers, SagaStart};
@@ -109,13 +111,17 @@ impl Application {
         )
         .await
         .context("event transport")?;
+        // A request waits for a product's lock as long as it may take in all; the HTTP layer's
+        // timeout ends it then.
+        let lock_options =
+            LockOptions::new(config.http.request_timeout, LockOptions::DEFAULT_LEASE);
         let commerce = match config.stock.strategy {
             StockStrategyKind::ConditionalUpdate => Commerce::builder(pool.clone()),
             StockStrategyKind::Batching => Commerce::builder(pool.clone()).strategy(
                 commerce_core::strategy::Batching::with_settings(config.stock.batch),
             ),
             StockStrategyKind::LocalLock => Commerce::builder(pool.clone())
-                .strategy(DistributedLockStrategy::new(LocalLock::new())),
+                .strategy(DistributedLockStrategy::new(LocalLock::new()).options(lock_options)),
             StockStrategyKind::RedisLock => {
                 let url = config
                     .redis_url
@@ -124,10 +130,16 @@ impl Application {
                 let lock = RedisLock::connect(url.expose().to_owned())
                     .await
                     .with_context(|| format!("REDIS_URL {url} (lock)"))?;
-                Commerce::builder(pool.clone()).strategy(DistributedLockStrategy::new(lock))
+                Commerce::builder(pool.clone())
+                    .strategy(DistributedLockStrategy::new(lock).options(lock_options))
             }
         };
         let commerce = commerce
+            .limits(OrderLimits {
+                max_backordered_units_per_user: config.orders.max_backordered_units_per_user,
+                max_open_orders_per_user: config.orders.max_open_orders_per_user,
+                ..OrderLimits::default()
+            })
             .hook(OutboxHook::with_topics(&topics.orders, &topics.stock))
             .hook(SagaStart::new(
                 config.payment.currency.clone(),
@@ -173,17 +185,26 @@ impl Application {
             config.payment.worker,
             Arc::new(Notify::new()),
         );
-        bus.consume(
-            &topics.group("payment-service"),
-            &[&topics.orders],
-            OrderEvents::new(worker.wake(), topics.payments.clone()),
-        )?;
+        let order_events = OrderEvents::new(worker.wake(), topics.payments.clone());
+        let payment_answers = PaymentAnswers::new(commerce.clone());
+        let (payment_service, order_service) = (
+            topics.group("payment-service"),
+            topics.group("order-service"),
+        );
+        bus.consume(&payment_service, &[&topics.orders], order_events.clone())?;
         // The order service's side of the saga.
-        bus.consume(
-            &topics.group("order-service"),
-            &[&topics.payments],
-            PaymentAnswers::new(commerce.clone()),
-        )?;
+        bus.consume(&order_service, &[&topics.payments], payment_answers.clone())?;
+        // Their dead letters are replayed through the same handlers.
+        let consumers = Consumers::new([
+            (
+                payment_service,
+                Arc::new(order_events) as Arc<dyn EventHandler>,
+            ),
+            (
+                order_service,
+                Arc::new(payment_answers) as Arc<dyn EventHandler>,
+            ),
+        ]);
         // Consumers first: in-process, a message reaches the groups subscribed when it is
         // published.
         bus.start_relay()?;
@@ -194,6 +215,7 @@ impl Application {
             shutdown.clone(),
             &tasks,
         );
+        order::spawn_housekeeping(commerce.clone(), &config.orders, shutdown.clone(), &tasks);
         let feed = StatusFeed::new();
         feed.listen(background.clone(), shutdown.clone(), &tasks);
 
@@ -220,6 +242,7 @@ impl Application {
                 pool: pool.clone(),
                 commerce: commerce.clone(),
                 auth,
+                consumers,
             }))
             .merge(ops::router(OpsState {
                 pool: pool.clone(),

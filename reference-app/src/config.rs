@@ -174,6 +174,8 @@ pub struct Config {
     pub saga: SagaSettings,
     /// How orders take stock.
     pub stock: StockSettings,
+    /// What one customer may hold, and how long things are kept.
+    pub orders: OrderSettings,
 }
 
 /// The HTTP server's settings.
@@ -378,6 +380,36 @@ impl Default for SagaSettings {
     }
 }
 
+/// What one customer may hold, and how long things are kept.
+#[derive(Debug, Clone)]
+pub struct OrderSettings {
+    /// `MAX_BACKORDERED_UNITS_PER_USER` (default 1000; 0 turns the limit off): units one
+    /// customer may have waiting for stock across their BACKORDERED orders; an order that
+    /// would go beyond it is refused (409 `user_limit_exceeded`).
+    pub max_backordered_units_per_user: Option<i64>,
+    /// `MAX_OPEN_ORDERS_PER_USER` (default 20; 0 turns the limit off): orders one customer may
+    /// have BACKORDERED or CREATED (not yet paid) at once.
+    pub max_open_orders_per_user: Option<i64>,
+    /// `BACKORDER_TIMEOUT_SECS` (default 3600, above 0): a BACKORDERED order still waiting this
+    /// long is cancelled and the units it held go back to stock (and the next backorders).
+    pub backorder_timeout: Duration,
+    /// `IDEMPOTENCY_KEY_RETENTION_HOURS` (default 24, above 0): how long an `Idempotency-Key`
+    /// answers a repeat with its first order; after that it is forgotten and a repeat places a
+    /// new order.
+    pub idempotency_key_retention: Duration,
+}
+
+impl Default for OrderSettings {
+    fn default() -> Self {
+        Self {
+            max_backordered_units_per_user: Some(1_000),
+            max_open_orders_per_user: Some(20),
+            backorder_timeout: Duration::from_secs(3_600),
+            idempotency_key_retention: Duration::from_secs(24 * 3_600),
+        }
+    }
+}
+
 /// How orders take stock.
 #[derive(Debug, Clone, Default)]
 pub struct StockSettings {
@@ -433,6 +465,21 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 .parse()
                 .map_err(|e: T::Err| ConfigError::new(name, &value, e.to_string()))?;
         }
+        Ok(())
+    }
+
+    /// As [`Env::read`], for a limit where 0 means none.
+    fn limit(&self, name: &'static str, slot: &mut Option<i64>) -> Result<(), ConfigError> {
+        let mut value = slot.unwrap_or(0);
+        self.read(name, &mut value)?;
+        if value < 0 {
+            return Err(ConfigError::new(
+                name,
+                value.to_string(),
+                "must be 0 (no limit) or more",
+            ));
+        }
+        *slot = (value > 0).then_some(value);
         Ok(())
     }
 
@@ -537,6 +584,24 @@ impl Config {
 
         env.duration("SAGA_TIMEOUT_SECS", seconds, &mut c.saga.timeout)?;
         env.read("STOCK_STRATEGY", &mut c.stock.strategy)?;
+        env.limit(
+            "MAX_BACKORDERED_UNITS_PER_USER",
+            &mut c.orders.max_backordered_units_per_user,
+        )?;
+        env.limit(
+            "MAX_OPEN_ORDERS_PER_USER",
+            &mut c.orders.max_open_orders_per_user,
+        )?;
+        env.duration(
+            "BACKORDER_TIMEOUT_SECS",
+            seconds,
+            &mut c.orders.backorder_timeout,
+        )?;
+        env.duration(
+            "IDEMPOTENCY_KEY_RETENTION_HOURS",
+            Duration::from_secs(3_600),
+            &mut c.orders.idempotency_key_retention,
+        )?;
         c.validate()?;
         Ok(c)
     }
@@ -573,6 +638,14 @@ impl Config {
         positive("MAX_IN_FLIGHT", self.http.max_in_flight == 0)?;
         positive("DB_MAX_CONNECTIONS", self.database.max_connections == 0)?;
         positive("SAGA_TIMEOUT_SECS", self.saga.timeout.is_zero())?;
+        positive(
+            "BACKORDER_TIMEOUT_SECS",
+            self.orders.backorder_timeout.is_zero(),
+        )?;
+        positive(
+            "IDEMPOTENCY_KEY_RETENTION_HOURS",
+            self.orders.idempotency_key_retention.is_zero(),
+        )?;
         if self.database.background_connections < 4 {
             return Err(ConfigError::new(
                 "DB_BACKGROUND_CONNECTIONS",
@@ -787,6 +860,21 @@ mod tests {
                 "DB_MAX_CONNECTIONS",
             ),
             ("zero in flight", &[("MAX_IN_FLIGHT", "0")], "MAX_IN_FLIGHT"),
+            (
+                "negative limit",
+                &[("MAX_OPEN_ORDERS_PER_USER", "-1")],
+                "MAX_OPEN_ORDERS_PER_USER",
+            ),
+            (
+                "zero backorder timeout",
+                &[("BACKORDER_TIMEOUT_SECS", "0")],
+                "BACKORDER_TIMEOUT_SECS",
+            ),
+            (
+                "zero key retention",
+                &[("IDEMPOTENCY_KEY_RETENTION_HOURS", "0")],
+                "IDEMPOTENCY_KEY_RETENTION_HOURS",
+            ),
             ("lower-case currency", &[("CURRENCY", "eur")], "CURRENCY"),
             ("long currency", &[("CURRENCY", "EURO")], "CURRENCY"),
             (
@@ -873,6 +961,17 @@ mod tests {
             c.payment.gateway,
             Some(PaymentGateway::Url(SecretUrl::new("http://127.0.0.1:8090")))
         );
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_no_limit() {
+        let c = config(&with_secret_and_gateway(&[
+            ("MAX_OPEN_ORDERS_PER_USER", "0"),
+            ("MAX_BACKORDERED_UNITS_PER_USER", "50"),
+        ]))
+        .unwrap();
+        assert_eq!(c.orders.max_open_orders_per_user, None);
+        assert_eq!(c.orders.max_backordered_units_per_user, Some(50));
     }
 
     #[test]

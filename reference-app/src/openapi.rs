@@ -37,6 +37,7 @@ use crate::services::{admin, ops, order, store};
         order::routes::place, order::routes::list, order::routes::order, order::routes::watch,
         order::routes::cancel, order::routes::ship, order::routes::deliver,
         admin::dead_letters, admin::replay, admin::audit,
+        admin::consumer_dead_letters, admin::replay_consumer, admin::discard_consumer,
         ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, ErrorObject)),

@@ -1,5 +1,11 @@
 //! Idempotent placement: a request repeated with the same idempotency key (per user) gets
 //! the first order back instead of a second one.
+//!
+//! The (user, key) → order mapping is the order's own `idempotency_key` column, unique per
+//! user among the keys kept (a partial unique index). Keys are kept until
+//! [`forget_keys`] clears them after a retention; a repeat after that is a new request.
+
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -57,4 +63,32 @@ pub(crate) fn is_same_request(existing: &Order, order: &ValidatedOrder) -> bool 
             .iter()
             .zip(order.lines())
             .all(|(a, b)| a.product == b.product && a.quantity == b.quantity)
+}
+
+/// Most keys one call of [`forget_keys`] clears: one short transaction, whatever the backlog.
+const MAX_FORGET: u32 = 10_000;
+
+/// Clears the idempotency key of at most `limit` (clamped to 1..=10,000) orders placed more
+/// than `older_than` ago, oldest first; returns how many it cleared.
+///
+/// Orders locked by another transaction at that moment (being cancelled, say) are skipped,
+/// not waited for: the next call takes them. So no lock is waited for, and the crate's lock
+/// order cannot be crossed.
+pub(crate) async fn forget_keys(pool: &PgPool, older_than: Duration, limit: u32) -> Result<u64> {
+    let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    let cleared = sqlx::query(
+        "WITH old AS ( \
+           SELECT id FROM commerce.orders \
+           WHERE idempotency_key IS NOT NULL \
+             AND created_at < now() - make_interval(secs => $1::float8 / 1000000) \
+           ORDER BY created_at LIMIT $2 \
+           FOR UPDATE SKIP LOCKED \
+         ) \
+         UPDATE commerce.orders o SET idempotency_key = NULL FROM old WHERE o.id = old.id",
+    )
+    .bind(micros)
+    .bind(i64::from(limit.clamp(1, MAX_FORGET)))
+    .execute(pool)
+    .await?;
+    Ok(cleared.rows_affected())
 }

@@ -14,7 +14,7 @@ use crate::inventory::{
 
 use super::idempotency::{self, KeyTaken};
 use super::lines::insert_lines;
-use super::{Order, OrderLine, OrderStatus, ShortagePolicy, ValidatedOrder};
+use super::{Exposures, Order, OrderLine, OrderStatus, ShortagePolicy, UserLimits, ValidatedOrder};
 
 /// How the stock of the lines is taken inside the order transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,16 +45,28 @@ pub struct PlacedOrder {
 /// The building blocks a [`crate::StockStrategy`] uses to write orders.
 ///
 /// Cheap to clone. Every method writes the order, its lines, its first history row, the
-/// ledger rows, the backorder queue entries and the hook's rows in one transaction.
+/// ledger rows, the backorder queue entries and the hook's rows in one transaction, and
+/// enforces the per-user limits of the [`crate::Commerce`]'s [`crate::OrderLimits`] in it.
 #[derive(Debug, Clone)]
 pub struct OrderWriter {
     pool: PgPool,
     hooks: Hooks,
+    limits: UserLimits,
 }
 
 impl OrderWriter {
-    pub(crate) fn new(pool: PgPool, hooks: Hooks) -> Self {
-        Self { pool, hooks }
+    pub(crate) fn new(pool: PgPool, hooks: Hooks, limits: UserLimits) -> Self {
+        Self {
+            pool,
+            hooks,
+            limits,
+        }
+    }
+
+    /// The per-user limits every order write enforces.
+    #[cfg(feature = "batching")]
+    pub(crate) fn user_limits(&self) -> UserLimits {
+        self.limits
     }
 
     /// The transaction hooks every order write runs before commit.
@@ -179,7 +191,19 @@ impl OrderWriter {
     ) -> Result<Result<PlacedOrder, KeyTaken>> {
         let id = OrderId::new();
         let mut effects = TxEffects::default();
+        // The user's lock comes before any row (the crate's lock order), and only with a
+        // per-user limit that concerns this order: without one this costs nothing.
+        let mut exposures = if self.limits.apply_to(order.policy()) {
+            Some(Exposures::lock_and_count(conn, self.limits, &[order.user_id()]).await?)
+        } else {
+            None
+        };
         let (allocations, created_at) = if order.policy() == ShortagePolicy::Reject {
+            // Nothing of a reject-policy order waits: only its count can be over a limit,
+            // and that is known before the hot product row is touched.
+            if let Some(exposures) = &mut exposures {
+                exposures.admit(order.user_id(), 0)?;
+            }
             // The order's own rows go first and the contended stock update last, so the hot
             // product row stays locked for as short a time as possible: one statement per
             // line (stock, line and ledger row together), the hooks, the commit.
@@ -190,6 +214,12 @@ impl OrderWriter {
             (allocations, created_at)
         } else {
             let allocations = take_stock(conn, order, mode, fences).await?;
+            // Its shortfall is known once its stock is taken; refused, the transaction is
+            // rolled back and the stock taken goes back with it.
+            if let Some(exposures) = &mut exposures {
+                let shortfall = allocations.iter().map(Allocation::shortfall).sum();
+                exposures.admit(order.user_id(), shortfall)?;
+            }
             let status = status_for(&allocations);
             let Ok(created_at) = insert_order(conn, id, order, status).await? else {
                 return Ok(Err(KeyTaken));

@@ -187,3 +187,46 @@ pub(crate) async fn orders_stuck_in(
     .await?;
     Ok(ids.into_iter().map(OrderId).collect())
 }
+
+/// What one order costs, for a caller that charges for it (e.g. a payment saga).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OrderTotal {
+    /// The order.
+    pub order: OrderId,
+    /// Who placed it (who is charged).
+    pub user_id: String,
+    /// The sum of its lines' `quantity × unit_price` at the prices it was placed at, in
+    /// minor units: [`Order::total`], without reading the lines.
+    pub total: i64,
+}
+
+/// The totals of `orders` that exist, in ascending order id, read on `conn`.
+pub(crate) async fn order_totals(
+    conn: &mut PgConnection,
+    orders: &[OrderId],
+) -> Result<Vec<OrderTotal>> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.0).collect();
+    // Summed in numeric and capped, so it saturates as `Order::total` does instead of
+    // failing on a bigint overflow.
+    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+        "SELECT o.id, o.user_id, \
+                LEAST(COALESCE(sum(l.quantity::numeric * l.unit_price), 0), \
+                      9223372036854775807)::bigint \
+         FROM commerce.orders o LEFT JOIN commerce.order_lines l ON l.order_id = o.id \
+         WHERE o.id = ANY($1) GROUP BY o.id ORDER BY o.id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, user_id, total)| OrderTotal {
+            order: OrderId(id),
+            user_id,
+            total,
+        })
+        .collect())
+}

@@ -104,6 +104,66 @@ pub(crate) async fn cancel_order_in(
     order: OrderId,
     reason: &str,
 ) -> Result<Order> {
+    let cancelled = cancel_locked(conn, hooks, order, None, reason).await?;
+    // Without an expected status nothing turns the cancel down but an error.
+    cancelled.ok_or(Error::OrderNotFound { order })
+}
+
+/// [`cancel_order`] only if the order is in `expected` when its row is locked; `None`, with
+/// nothing written, when it is not.
+pub(crate) async fn cancel_order_if(
+    pool: &PgPool,
+    hooks: &Hooks,
+    order: OrderId,
+    expected: OrderStatus,
+    reason: &str,
+) -> Result<Option<Order>> {
+    check_expected(expected)?;
+    check_reason(reason)?;
+    let mut tx = pool.begin().await?;
+    let cancelled = cancel_locked(&mut tx, hooks, order, Some(expected), reason).await?;
+    if cancelled.is_some() {
+        commit(tx).await?;
+    }
+    Ok(cancelled)
+}
+
+/// [`cancel_order_if`] inside the caller's transaction (which commits or rolls back).
+pub(crate) async fn cancel_order_if_in(
+    conn: &mut PgConnection,
+    hooks: &Hooks,
+    order: OrderId,
+    expected: OrderStatus,
+    reason: &str,
+) -> Result<Option<Order>> {
+    check_expected(expected)?;
+    cancel_locked(conn, hooks, order, Some(expected), reason).await
+}
+
+/// An expected status no order can be cancelled from is a mistake of the caller's, not a
+/// condition that is merely false today.
+fn check_expected(expected: OrderStatus) -> Result<()> {
+    if expected.can_transition_to(OrderStatus::Cancelled) {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput {
+            field: "expected",
+            reason: "no order in this status may be cancelled",
+        })
+    }
+}
+
+/// Cancels the order under its row lock: returns its allocated stock (a `cancel` ledger row
+/// per product), leaves the backorder queue, and hands the returned stock to the oldest
+/// backorders waiting for it. With `expected`, does nothing and returns `None` unless the
+/// locked order is in that status.
+async fn cancel_locked(
+    conn: &mut PgConnection,
+    hooks: &Hooks,
+    order: OrderId,
+    expected: Option<OrderStatus>,
+    reason: &str,
+) -> Result<Option<Order>> {
     check_reason(reason)?;
     // Product rows before the order row: the lock order receipts use too (product, then the
     // orders they serve), so a cancel and a receipt cannot deadlock.
@@ -115,7 +175,12 @@ pub(crate) async fn cancel_order_in(
     .await?;
     let products: Vec<ProductId> = products.into_iter().map(ProductId).collect();
     let mut stock = lock_products(conn, &products).await?;
+    // The status is read only now, under the order's row lock: a payment that moved the
+    // order on while this waited for the lock has committed and is seen.
     let current = load_order_for_update(conn, order).await?;
+    if expected.is_some_and(|expected| current.status != expected) {
+        return Ok(None);
+    }
     if !current.status.can_transition_to(OrderStatus::Cancelled) {
         return Err(Error::IllegalTransition {
             order,
@@ -163,7 +228,7 @@ pub(crate) async fn cancel_order_in(
         store_stock(conn, *level).await?;
     }
     effects.flush(conn, hooks).await?;
-    load_order(conn, order).await
+    load_order(conn, order).await.map(Some)
 }
 
 async fn load_order_for_update(conn: &mut PgConnection, order: OrderId) -> Result<Order> {

@@ -5,7 +5,23 @@ use crate::ids::ProductId;
 
 use super::{LineRequest, NewOrder, ShortagePolicy};
 
-/// Bounds on what one order may ask for; anything outside is rejected before any write.
+/// Bounds on what one order may ask for, and (optionally) on what one user may have open.
+///
+/// The first four are checked before anything touches the database. The per-user limits
+/// are off by default; when one is set, every placement path checks it inside the
+/// placement transaction, under a per-user lock, so concurrent placements of one user
+/// cannot pass it together, and a refused order ([`crate::Error::UserLimitExceeded`])
+/// writes nothing.
+///
+/// ```
+/// use commerce_core::OrderLimits;
+/// let limits = OrderLimits {
+///     max_backordered_units_per_user: Some(20),
+///     max_open_orders_per_user: Some(5),
+///     ..OrderLimits::default()
+/// };
+/// # let _ = limits;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderLimits {
     /// Most lines in one order. Default 100.
@@ -16,6 +32,17 @@ pub struct OrderLimits {
     pub max_user_id_len: usize,
     /// Longest idempotency key, in bytes. Default 200.
     pub max_idempotency_key_len: usize,
+    /// Most units one user may have waiting for stock, across their BACKORDERED orders and
+    /// counting the new order's shortfall (the units it cannot take now). An order that
+    /// leaves nothing waiting is not held to it. Default `None`: no limit.
+    ///
+    /// Counting costs the placement transaction a lock and a read of the user's orders
+    /// (through the `(user_id, created_at)` index), so it grows with a user's history.
+    pub max_backordered_units_per_user: Option<i64>,
+    /// Most orders one user may have BACKORDERED or CREATED (placed, not yet paid or
+    /// cancelled), the new order included: every placement counts, whatever its policy.
+    /// Default `None`: no limit.
+    pub max_open_orders_per_user: Option<i64>,
 }
 
 impl Default for OrderLimits {
@@ -25,6 +52,8 @@ impl Default for OrderLimits {
             max_quantity: 10_000,
             max_user_id_len: 200,
             max_idempotency_key_len: 200,
+            max_backordered_units_per_user: None,
+            max_open_orders_per_user: None,
         }
     }
 }

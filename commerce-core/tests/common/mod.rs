@@ -3,8 +3,9 @@
 
 pub mod flash_sale;
 pub mod gate;
+pub mod user_limits;
 
-use commerce_core::{Commerce, NewProduct, ProductId, StockStrategy, MIGRATOR};
+use commerce_core::{Commerce, NewProduct, OrderLimits, ProductId, StockStrategy, MIGRATOR};
 use commerce_testkit::TestDb;
 
 /// A fresh database and a `Commerce` on it.
@@ -27,6 +28,20 @@ pub async fn setup_with_strategy(
     let db = TestDb::with_pool_size(&[&MIGRATOR], connections).await;
     let commerce = Commerce::builder(db.pool().clone())
         .strategy(strategy)
+        .build();
+    (db, commerce)
+}
+
+/// A fresh database and a `Commerce` on it using `strategy` under `limits`.
+pub async fn setup_with_limits(
+    connections: u32,
+    strategy: impl StockStrategy,
+    limits: OrderLimits,
+) -> (TestDb, Commerce) {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], connections).await;
+    let commerce = Commerce::builder(db.pool().clone())
+        .strategy(strategy)
+        .limits(limits)
         .build();
     (db, commerce)
 }

@@ -68,6 +68,10 @@ pub(crate) async fn start(
     config.events.prefix = commerce_testkit::unique_name("load");
     // Payments queue behind a surge; the run measures ordering, not the saga's patience.
     config.saga.timeout = Duration::from_secs(3_600);
+    // Each client orders again and again as one user: per-user limits on open orders would
+    // turn the run into a test of the limits (409 `user_limit_exceeded`), not of ordering.
+    config.orders.max_open_orders_per_user = None;
+    config.orders.max_backordered_units_per_user = None;
     let app = Application::build(config)
         .await
         .context("start the reference app")?;

@@ -61,3 +61,40 @@ pub struct AuditView {
     /// One line per broken rule (empty when consistent).
     pub violations: Vec<String>,
 }
+
+/// Which consumer's dead letters, and how many
+/// (`GET /api/v1/admin/consumer-dead-letters` query).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+pub struct ConsumerDeadLetterQuery {
+    /// The consumer (its group, e.g. `commerce.order-service`); an unknown one has none.
+    pub consumer: String,
+    /// At most this many, 1 to 500 (default 100), oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 500))]
+    pub limit: Option<u32>,
+}
+
+/// An event a consumer set aside because it can never be applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConsumerDeadLetterView {
+    /// The consumer.
+    pub consumer: String,
+    /// The event id.
+    pub event_id: Uuid,
+    /// Its topic.
+    pub topic: String,
+    /// Its type.
+    pub event_type: String,
+    /// Its aggregate (`order`, `payment`, ...) and id.
+    pub aggregate: String,
+    /// Its payload.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: serde_json::Value,
+    /// Why it cannot be applied.
+    pub error: String,
+    /// When it was set aside.
+    pub dead_at: chrono::DateTime<chrono::Utc>,
+}

@@ -11,7 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::admin::{AuditView, DeadLetterQuery, DeadLetterView, Replayed};
+use crate::admin::{
+    AuditView, ConsumerDeadLetterQuery, ConsumerDeadLetterView, DeadLetterQuery, DeadLetterView,
+    Replayed,
+};
 use crate::error::{Error, ErrorBody, Result};
 use crate::events::StatusStream;
 use crate::ops::Health;
@@ -402,6 +405,52 @@ impl ApiClient {
         self.read("/api/v1/admin/audit", None::<&()>).await
     }
 
+    /// `GET /api/v1/admin/consumer-dead-letters` (admin): events a consumer set aside
+    /// because they can never be applied, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Api`] `forbidden` (403), `invalid_query` (400); [`Error::Transport`].
+    pub async fn consumer_dead_letters(
+        &self,
+        query: &ConsumerDeadLetterQuery,
+    ) -> Result<Vec<ConsumerDeadLetterView>> {
+        self.read("/api/v1/admin/consumer-dead-letters", Some(query))
+            .await
+    }
+
+    /// `POST /api/v1/admin/consumer-dead-letters/{consumer}/{event_id}/replay` (admin):
+    /// applies the event again through its consumer (after a fix); it stays a dead letter if
+    /// it still cannot be applied.
+    ///
+    /// # Errors
+    /// [`Error::Api`] `consumer_not_found` / `dead_letter_not_found` (404), `replay_failed`
+    /// (409); [`Error::Transport`].
+    pub async fn replay_consumer_dead_letter(
+        &self,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> Result<Replayed> {
+        let path = format!(
+            "/api/v1/admin/consumer-dead-letters/{}/{event_id}/replay",
+            path_segment(consumer)
+        );
+        Ok(self.send(self.request(Method::POST, &path)).await?.1)
+    }
+
+    /// `DELETE /api/v1/admin/consumer-dead-letters/{consumer}/{event_id}` (admin): drops the
+    /// dead letter for good.
+    ///
+    /// # Errors
+    /// [`Error::Api`] `dead_letter_not_found` (404); [`Error::Transport`].
+    pub async fn discard_consumer_dead_letter(&self, consumer: &str, event_id: Uuid) -> Result<()> {
+        let path = format!(
+            "/api/v1/admin/consumer-dead-letters/{}/{event_id}",
+            path_segment(consumer)
+        );
+        let response = self.execute(self.request(Method::DELETE, &path)).await?;
+        error_for_status(response).await.map(drop)
+    }
+
     // --- ops ---
 
     /// `GET /health`: the process serves requests.
@@ -486,6 +535,15 @@ impl ApiClient {
         let response = error_for_status(self.execute(request).await?).await?;
         decode(response).await
     }
+}
+
+/// `text` as one path segment (percent-encoded where a URL path would read it otherwise).
+fn path_segment(text: &str) -> String {
+    let mut url = reqwest::Url::parse("http://x/").expect("a valid URL");
+    url.path_segments_mut()
+        .expect("an http URL has path segments")
+        .push(text);
+    url.path()[1..].to_owned()
 }
 
 fn is_replayed(headers: &HeaderMap) -> bool {

@@ -14,7 +14,10 @@
 //!   [`order_events`](ApiClient::order_events), the live status stream as a
 //!   [`futures::Stream`] of [`StatusEvent`]s;
 //! - **admin**: [`dead_letters`](ApiClient::dead_letters),
-//!   [`replay_dead_letter`](ApiClient::replay_dead_letter), [`audit`](ApiClient::audit);
+//!   [`replay_dead_letter`](ApiClient::replay_dead_letter), [`audit`](ApiClient::audit),
+//!   [`consumer_dead_letters`](ApiClient::consumer_dead_letters),
+//!   [`replay_consumer_dead_letter`](ApiClient::replay_consumer_dead_letter),
+//!   [`discard_consumer_dead_letter`](ApiClient::discard_consumer_dead_letter);
 //! - **ops**: [`health`](ApiClient::health), [`ready`](ApiClient::ready),
 //!   [`metrics`](ApiClient::metrics).
 //!
@@ -78,7 +81,10 @@ mod order;
 mod retry;
 mod store;
 
-pub use admin::{AuditView, DeadLetterQuery, DeadLetterView, Replayed};
+pub use admin::{
+    AuditView, ConsumerDeadLetterQuery, ConsumerDeadLetterView, DeadLetterQuery, DeadLetterView,
+    Replayed,
+};
 pub use client::{
     ApiClient, ApiClientBuilder, Placed, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, REQUEST_ID,
 };

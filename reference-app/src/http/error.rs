@@ -201,6 +201,18 @@ impl From<commerce_core::Error> for ApiError {
                     "to": to.as_str(),
                 }))
             }
+            E::UserLimitExceeded {
+                limit,
+                current,
+                requested,
+                max,
+                ..
+            } => Self::new(StatusCode::CONFLICT, "user_limit_exceeded", message).details(json!({
+                "limit": limit.as_str(),
+                "current": current,
+                "requested": requested,
+                "max": max,
+            })),
             E::DuplicateRequest { key, existing, .. } => {
                 Self::new(StatusCode::CONFLICT, "idempotency_key_reused", message)
                     .details(json!({ "idempotency_key": key, "order_id": existing.0 }))

@@ -1,13 +1,24 @@
-//! Operations routes for admins: dead letters of the outbox, and the audit.
+//! Operations routes for admins: dead letters of the outbox and of the consumers, and the
+//! audit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
-use commerce_client::{AuditView, DeadLetterQuery, DeadLetterView, Replayed};
+use commerce_client::{
+    AuditView, ConsumerDeadLetterQuery, ConsumerDeadLetterView, DeadLetterQuery, DeadLetterView,
+    Replayed,
+};
 use commerce_core::Commerce;
-use commerce_outbox::dead_letter::{list_dead_letters, replay_dead_letter, OutboxEvent};
-use commerce_outbox::EventId;
+use commerce_outbox::dead_letter::{
+    discard_consumer_dead_letter, list_consumer_dead_letters, list_dead_letters,
+    replay_consumer_dead_letter, replay_dead_letter, OutboxEvent,
+};
+use commerce_outbox::{EventHandler, EventId};
+use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -24,6 +35,37 @@ pub struct AdminState {
     pub commerce: Commerce,
     /// Token checks.
     pub auth: Auth,
+    /// This process's event consumers by name, to replay their dead letters through.
+    pub consumers: Consumers,
+}
+
+/// The event consumers of a process by name (their inbox and consumer group), each with the
+/// handler its dead letters are replayed through.
+#[derive(Clone, Default)]
+pub struct Consumers(Arc<BTreeMap<String, Arc<dyn EventHandler>>>);
+
+impl Consumers {
+    /// The consumers `handlers` (name, handler).
+    #[must_use]
+    pub fn new(handlers: impl IntoIterator<Item = (String, Arc<dyn EventHandler>)>) -> Self {
+        Self(Arc::new(handlers.into_iter().collect()))
+    }
+
+    fn handler(&self, consumer: &str) -> ApiResult<&dyn EventHandler> {
+        self.0.get(consumer).map(AsRef::as_ref).ok_or_else(|| {
+            ApiError::not_found(
+                "consumer_not_found",
+                format!("no consumer {consumer:?} runs in this process"),
+            )
+            .details(json!({ "consumer": consumer, "known": self.0.keys().collect::<Vec<_>>() }))
+        })
+    }
+}
+
+impl std::fmt::Debug for Consumers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// The admin routes.
@@ -32,6 +74,18 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/admin/dead-letters", get(dead_letters))
         .route("/api/v1/admin/dead-letters/{id}/replay", post(replay))
         .route("/api/v1/admin/audit", get(audit))
+        .route(
+            "/api/v1/admin/consumer-dead-letters",
+            get(consumer_dead_letters),
+        )
+        .route(
+            "/api/v1/admin/consumer-dead-letters/{consumer}/{event_id}/replay",
+            post(replay_consumer),
+        )
+        .route(
+            "/api/v1/admin/consumer-dead-letters/{consumer}/{event_id}",
+            delete(discard_consumer),
+        )
         .with_state(state)
 }
 
@@ -53,6 +107,21 @@ fn dead_letter_view(e: OutboxEvent) -> DeadLetterView {
 /// Most dead letters on one page.
 const MAX_DEAD_LETTERS: u32 = 500;
 
+/// `limit` (default 100) if it is 1 to [`MAX_DEAD_LETTERS`], else 400 `invalid_query`.
+fn page_limit(limit: Option<u32>) -> ApiResult<i64> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_DEAD_LETTERS).contains(&limit) {
+        Ok(i64::from(limit))
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to {MAX_DEAD_LETTERS}"),
+        )
+        .details(json!({ "field": "limit" })))
+    }
+}
+
 fn outbox_error(e: commerce_outbox::Error) -> ApiError {
     match e {
         commerce_outbox::Error::EventNotFound(id) => {
@@ -63,6 +132,24 @@ fn outbox_error(e: commerce_outbox::Error) -> ApiError {
             "not_a_dead_letter",
             format!("event {id} is {status}, not a dead letter"),
         ),
+        commerce_outbox::Error::ConsumerDeadLetterNotFound { consumer, event_id } => {
+            ApiError::not_found(
+                "dead_letter_not_found",
+                format!("consumer {consumer} has no dead letter {event_id}"),
+            )
+        }
+        commerce_outbox::Error::ReplayFailed {
+            consumer,
+            event_id,
+            source,
+        } => ApiError::new(
+            StatusCode::CONFLICT,
+            "replay_failed",
+            format!(
+                "consumer {consumer} still cannot apply event {event_id}; it stays a dead letter"
+            ),
+        )
+        .cause(source),
         other => ApiError::unavailable(other),
     }
 }
@@ -82,16 +169,7 @@ pub async fn dead_letters(
     _admin: Admin,
     Query(query): Query<DeadLetterQuery>,
 ) -> ApiResult<Json<Vec<DeadLetterView>>> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_DEAD_LETTERS).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be 1 to {MAX_DEAD_LETTERS}"),
-        )
-        .details(serde_json::json!({ "field": "limit" })));
-    }
-    let letters = list_dead_letters(&state.pool, i64::from(limit))
+    let letters = list_dead_letters(&state.pool, page_limit(query.limit)?)
         .await
         .map_err(outbox_error)?;
     Ok(Json(letters.into_iter().map(dead_letter_view).collect()))
@@ -137,4 +215,96 @@ pub async fn audit(State(state): State<AdminState>, _admin: Admin) -> ApiResult<
         orders: report.orders,
         violations: report.violations,
     }))
+}
+
+/// Events a consumer set aside because they can never be applied, oldest first (admin).
+#[utoipa::path(
+    get, path = "/api/v1/admin/consumer-dead-letters", tag = "admin",
+    params(ConsumerDeadLetterQuery),
+    responses(
+        (status = 200, body = [ConsumerDeadLetterView]),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn consumer_dead_letters(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Query(query): Query<ConsumerDeadLetterQuery>,
+) -> ApiResult<Json<Vec<ConsumerDeadLetterView>>> {
+    let limit = page_limit(query.limit)?;
+    let letters = list_consumer_dead_letters(&state.pool, &query.consumer, limit)
+        .await
+        .map_err(outbox_error)?;
+    Ok(Json(
+        letters
+            .into_iter()
+            .map(|letter| ConsumerDeadLetterView {
+                consumer: letter.consumer,
+                event_id: letter.envelope.id.0,
+                topic: letter.topic,
+                event_type: letter.envelope.event_type,
+                aggregate: format!(
+                    "{} {}",
+                    letter.envelope.aggregate_type, letter.envelope.aggregate_id
+                ),
+                payload: letter.envelope.payload,
+                error: letter.error,
+                dead_at: letter.dead_at,
+            })
+            .collect(),
+    ))
+}
+
+/// Applies a consumer dead letter again through its consumer's handler (after a fix); it
+/// stays a dead letter if it still cannot be applied (admin).
+#[utoipa::path(
+    post, path = "/api/v1/admin/consumer-dead-letters/{consumer}/{event_id}/replay", tag = "admin",
+    params(
+        ("consumer" = String, Path, description = "the consumer"),
+        ("event_id" = Uuid, Path, description = "event id"),
+    ),
+    responses(
+        (status = 200, body = Replayed),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`consumer_not_found`, `dead_letter_not_found`", body = ErrorBody),
+        (status = 409, description = "`replay_failed`: still cannot be applied", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn replay_consumer(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path((consumer, event_id)): Path<(String, Uuid)>,
+) -> ApiResult<Json<Replayed>> {
+    let handler = state.consumers.handler(&consumer)?;
+    replay_consumer_dead_letter(&state.pool, &consumer, EventId(event_id), handler)
+        .await
+        .map_err(outbox_error)?;
+    Ok(Json(Replayed { replayed: event_id }))
+}
+
+/// Drops a consumer dead letter for good (admin).
+#[utoipa::path(
+    delete, path = "/api/v1/admin/consumer-dead-letters/{consumer}/{event_id}", tag = "admin",
+    params(
+        ("consumer" = String, Path, description = "the consumer"),
+        ("event_id" = Uuid, Path, description = "event id"),
+    ),
+    responses(
+        (status = 204, description = "discarded"),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`dead_letter_not_found`", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn discard_consumer(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path((consumer, event_id)): Path<(String, Uuid)>,
+) -> ApiResult<StatusCode> {
+    discard_consumer_dead_letter(&state.pool, &consumer, EventId(event_id))
+        .await
+        .map_err(outbox_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }

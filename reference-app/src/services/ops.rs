@@ -157,6 +157,7 @@ pub async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         Ok(stats) => {
             metrics::gauge!("outbox_pending_events").set(stats.pending as f64);
             metrics::gauge!("outbox_dead_letters").set(stats.dead_letters as f64);
+            metrics::gauge!("outbox_consumer_dead_letters").set(stats.consumer_dead_letters as f64);
             metrics::gauge!("outbox_oldest_pending_seconds").set(
                 stats
                     .oldest_pending_age

@@ -3,6 +3,8 @@
 //! send: malformed bodies, wrong content types, missing or forged tokens).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gateway;
+
 use std::time::Duration;
 
 use commerce_client::{ApiClient, CreateProduct, ErrorObject, OrderStatus, PlaceOrder, Placed};
@@ -24,6 +26,31 @@ pub enum Transport {
     InProcess,
     /// The Kafka-protocol broker (`KAFKA_BROKERS`, default 127.0.0.1:9092).
     Kafka,
+}
+
+/// One `#[tokio::test]` per transport for each scenario, an `async fn(Transport)` beside the
+/// call (`#[macro_use] mod common;`): `mod in_process { fn scenario }` and
+/// `mod kafka { fn scenario }`.
+#[allow(unused_macros)]
+macro_rules! on_both_transports {
+    ($($scenario:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::common::Transport::InProcess).await;
+                }
+            )*
+        }
+        mod kafka {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::common::Transport::Kafka).await;
+                }
+            )*
+        }
+    };
 }
 
 /// A saga timeout of `timeout` (a few seconds), with the payment timings scaled down so the

@@ -27,7 +27,8 @@ use crate::error::{violated_constraint, Error, Result};
 use crate::event::CoreEvent;
 use crate::ids::{OrderId, ProductId};
 use crate::order::{
-    is_same_request, OrderLine, OrderStatus, OrderWriter, PlacedOrder, ShortagePolicy,
+    is_same_request, Exposures, OrderLine, OrderStatus, OrderWriter, OverLimit, PlacedOrder,
+    ShortagePolicy,
 };
 
 /// A product row as a batch saw it.
@@ -65,6 +66,8 @@ enum Decision {
     },
     /// A line names a product that does not exist.
     Missing(ProductId),
+    /// It would take its user past a per-user limit.
+    OverLimit(OverLimit),
     /// Repeats the idempotency key of an earlier request of this batch: answered with that
     /// order after the commit.
     SameKeyAs(usize),
@@ -153,7 +156,7 @@ pub(super) fn predict(
     {
         return None;
     }
-    let plan = allocate(requests, &Stock::from([(home, known)]));
+    let plan = allocate(requests, &Stock::from([(home, known)]), None);
     let (taken, queued) = plan.changes.get(&home).copied().unwrap_or_default();
     Some(Figures {
         available: known.available - taken,
@@ -190,7 +193,9 @@ async fn attempt_batch(
         // write, the write takes the locks and plans again.
         None => stock_rows(pool, &products, generation, false).await?,
     };
-    let plan = allocate(requests, &stock);
+    // Per-user limits can only turn more requests away, never fewer: a batch with nothing
+    // to write without them has nothing to write with them, and needs no user's lock.
+    let plan = allocate(requests, &stock, None);
     if plan.writes_nothing() {
         // Every request is turned away (or repeats one that is). The figures must be current
         // for that: confirm them unless they were just read.
@@ -212,7 +217,7 @@ async fn attempt_batch(
                     .await
                 }
                 None => {
-                    let plan = allocate(requests, &fresh);
+                    let plan = allocate(requests, &fresh, None);
                     Ok(Ok((answer_rejections(writer, requests, &plan).await, None)))
                 }
             };
@@ -224,13 +229,25 @@ async fn attempt_batch(
     }
 
     let mut tx = pool.begin().await?;
+    let mut exposures = lock_and_count_users(&mut tx, writer, requests).await?;
     let optimistic = known.is_some();
     let (stock, plan) = if optimistic {
-        (stock, plan)
+        match exposures.as_mut() {
+            None => (stock, plan),
+            Some(exposures) => {
+                let plan = allocate(requests, &stock, Some(exposures));
+                if plan.writes_nothing() {
+                    // Every request over a limit or short on the previous batch's figures,
+                    // which are not confirmed: decide again with the rows locked.
+                    return Ok(Err(Retry::Stale));
+                }
+                (stock, plan)
+            }
+        }
     } else {
         // Pessimistic: lock every product (ascending), then plan on what the locks show.
         let stock = stock_rows(&mut *tx, &products, generation, true).await?;
-        let plan = allocate(requests, &stock);
+        let plan = allocate(requests, &stock, exposures.as_mut());
         if plan.writes_nothing() {
             drop(tx);
             let home_figures = stock.get(&home).copied();
@@ -296,6 +313,25 @@ async fn attempt_batch(
     Ok(Ok((answers, home_after)))
 }
 
+/// With a per-user limit that concerns an order of the batch: takes the advisory locks of the
+/// batch's users and counts what each has open, first thing in the batch's transaction (the
+/// crate's lock order puts users before products). `None`, without a round trip, otherwise
+/// (no limit set, or only the units limit and only reject-policy orders).
+async fn lock_and_count_users(
+    conn: &mut PgConnection,
+    writer: &OrderWriter,
+    requests: &[Request],
+) -> Result<Option<Exposures>> {
+    let limits = writer.user_limits();
+    if !requests.iter().any(|r| limits.apply_to(r.order.policy())) {
+        return Ok(None);
+    }
+    let users: Vec<&str> = requests.iter().map(|r| r.order.user_id()).collect();
+    Exposures::lock_and_count(conn, limits, &users)
+        .await
+        .map(Some)
+}
+
 /// The error of a request turned away.
 fn refusal(decision: &Decision) -> Option<Result<PlacedOrder>> {
     match decision {
@@ -309,6 +345,7 @@ fn refusal(decision: &Decision) -> Option<Result<PlacedOrder>> {
             available: *available,
         })),
         Decision::Missing(product) => Some(Err(Error::ProductNotFound { product: *product })),
+        Decision::OverLimit(over) => Some(Err(over.clone().into())),
         Decision::Place { .. } | Decision::SameKeyAs(_) => None,
     }
 }
@@ -340,7 +377,9 @@ fn same_request(first: &PlacedOrder, request: &Request) -> Result<PlacedOrder> {
 
 /// First come first served: each request in arrival order takes what it asks for if every
 /// line fits (reject policy) or what is left of each line (backorder policy, the rest queued).
-fn allocate(requests: &[Request], stock: &Stock) -> Plan {
+/// With `exposures` (per-user limits on), a request that would take its user past a limit
+/// is refused and takes nothing, so what it would have taken goes to the requests after it.
+fn allocate(requests: &[Request], stock: &Stock, mut exposures: Option<&mut Exposures>) -> Plan {
     let mut left: BTreeMap<ProductId, i64> = stock.iter().map(|(p, f)| (*p, f.available)).collect();
     let mut changes: BTreeMap<ProductId, (i64, i64)> = BTreeMap::new();
     let mut keys: HashMap<(&str, &str), usize> = HashMap::new();
@@ -367,24 +406,34 @@ fn allocate(requests: &[Request], stock: &Stock) -> Plan {
                     };
                 }
             }
-            let lines = order
+            // Each product appears once per order, so every line can be planned on `left`
+            // before any is taken from it.
+            let lines: Vec<Take> = order
                 .lines()
                 .iter()
                 .map(|line| {
-                    let available = left.entry(line.product).or_default();
-                    let allocated = line.quantity.min(*available);
-                    *available -= allocated;
-                    let change = changes.entry(line.product).or_default();
-                    change.0 += allocated;
-                    change.1 += line.quantity - allocated;
+                    let available = left.get(&line.product).copied().unwrap_or_default();
+                    let allocated = line.quantity.min(available);
                     Take {
                         product: line.product,
                         quantity: line.quantity,
                         allocated,
-                        available_after: *available,
+                        available_after: available - allocated,
                     }
                 })
                 .collect();
+            if let Some(exposures) = exposures.as_deref_mut() {
+                let shortfall = lines.iter().map(|t| t.quantity - t.allocated).sum();
+                if let Err(over) = exposures.admit(order.user_id(), shortfall) {
+                    return Decision::OverLimit(over);
+                }
+            }
+            for take in &lines {
+                left.insert(take.product, take.available_after);
+                let change = changes.entry(take.product).or_default();
+                change.0 += take.allocated;
+                change.1 += take.quantity - take.allocated;
+            }
             Decision::Place {
                 id: OrderId::new(),
                 lines,
@@ -657,6 +706,19 @@ fn replicate(e: &Error) -> Error {
         Error::Strategy(_) => Error::Strategy(text.into()),
         Error::ProductNotFound { product } => Error::ProductNotFound { product: *product },
         Error::StockChanged { product } => Error::StockChanged { product: *product },
+        Error::UserLimitExceeded {
+            user,
+            limit,
+            current,
+            requested,
+            max,
+        } => Error::UserLimitExceeded {
+            user: user.clone(),
+            limit: *limit,
+            current: *current,
+            requested: *requested,
+            max: *max,
+        },
         _ => Error::Database(source()),
     }
 }
@@ -704,6 +766,7 @@ mod tests {
                 .join(", "),
             Decision::Reject { available, .. } => format!("reject at {available}"),
             Decision::Missing(p) => format!("missing {p}"),
+            Decision::OverLimit(over) => format!("over limit {over:?}"),
             Decision::SameKeyAs(i) => format!("same as {i}"),
         }
     }
@@ -726,7 +789,7 @@ mod tests {
             order("b", 1, 3, ShortagePolicy::Reject), // product 2 has 2 left
             order("c", 1, 3, ShortagePolicy::Backorder),
         ];
-        let plan = allocate(&requests, &stock(&[(1, 5), (2, 5)]));
+        let plan = allocate(&requests, &stock(&[(1, 5), (2, 5)]), None);
         let summary: Vec<String> = plan.decisions.iter().map(describe).collect();
         assert_eq!(
             summary,
@@ -750,7 +813,7 @@ mod tests {
             request("d", 1, Backorder, None),
             request("e", 1, Reject, None),
         ];
-        let plan = allocate(&requests, &stock(&[(1, 5)]));
+        let plan = allocate(&requests, &stock(&[(1, 5)]), None);
         let summary: Vec<String> = plan.decisions.iter().map(describe).collect();
         assert_eq!(
             summary,
@@ -774,16 +837,56 @@ mod tests {
             request("b", 1, Reject, Some("k")),
             request("a", 1, Reject, Some("k")),
         ];
-        let plan = allocate(&requests, &stock(&[(1, 10)]));
+        let plan = allocate(&requests, &stock(&[(1, 10)]), None);
         assert!(matches!(plan.decisions[2], Decision::SameKeyAs(0)));
         assert_eq!(plan.changes[&ProductId(1)], (2, 0));
     }
 
     #[test]
+    fn a_request_over_its_users_limit_takes_nothing_and_the_next_gets_the_stock() {
+        use ShortagePolicy::{Backorder, Reject};
+        // At most 1 open order per user; "a" has one already.
+        let mut open = Exposures::counted(None, Some(1), &[("a", 1, 0)]);
+        let requests = [
+            request("a", 2, Reject, None),
+            request("b", 2, Reject, None),
+            request("b", 1, Backorder, None), // b's second order
+            request("c", 1, Backorder, None),
+        ];
+        let plan = allocate(&requests, &stock(&[(1, 2)]), Some(&mut open));
+        let summary: Vec<String> = plan.decisions.iter().map(describe).collect();
+        assert!(summary[0].starts_with("over limit"), "{summary:?}");
+        assert_eq!(
+            summary[1..],
+            ["place 2 -> 0", summary[2].as_str(), "place 0 -> 0"]
+        );
+        assert!(summary[2].contains("OpenOrders"), "{summary:?}");
+        assert_eq!(plan.changes[&ProductId(1)], (2, 1));
+
+        // At most 3 units waiting per user: the shortfall counts, in arrival order.
+        let mut waiting = Exposures::counted(Some(3), None, &[]);
+        let requests = [
+            request("a", 4, Backorder, None), // takes 2, waits for 2
+            request("a", 2, Backorder, None), // would wait for 4
+            request("a", 1, Backorder, None), // waits for 3: at the limit
+        ];
+        let plan = allocate(&requests, &stock(&[(1, 2)]), Some(&mut waiting));
+        let summary: Vec<String> = plan.decisions.iter().map(describe).collect();
+        assert_eq!(summary[0], "place 2 -> 0");
+        assert!(
+            summary[1].contains("BackorderedUnits")
+                && summary[1].contains("current: 2, requested: 2"),
+            "{summary:?}"
+        );
+        assert_eq!(summary[2], "place 0 -> 0");
+        assert_eq!(plan.changes[&ProductId(1)], (2, 3));
+    }
+
+    #[test]
     fn a_batch_of_rejections_writes_nothing() {
         let requests = [request("a", 2, ShortagePolicy::Reject, None)];
-        assert!(allocate(&requests, &stock(&[(1, 1)])).writes_nothing());
-        let missing = allocate(&requests, &stock(&[]));
+        assert!(allocate(&requests, &stock(&[(1, 1)]), None).writes_nothing());
+        let missing = allocate(&requests, &stock(&[]), None);
         assert!(matches!(
             missing.decisions[0],
             Decision::Missing(ProductId(1))

@@ -2,6 +2,7 @@
 //! commerce-core), shows them, streams their status, moves them through fulfilment, and runs
 //! the order side of the payment saga (start it, react to the payment's answer, time it out).
 
+mod expiry;
 pub mod routes;
 pub mod saga;
 pub mod watch;
@@ -39,6 +40,29 @@ pub struct OrderState {
 /// The currency all prices and totals are in.
 #[derive(Debug, Clone)]
 pub struct Currency(pub String);
+
+/// Starts the order service's background housekeeping until `shutdown`: BACKORDERED orders
+/// past `settings.backorder_timeout` are cancelled (their stock returns), idempotency keys past
+/// their retention are forgotten. (The saga's own timeout is [`saga::spawn_timeout_sweep`].)
+pub fn spawn_housekeeping(
+    commerce: Commerce,
+    settings: &crate::config::OrderSettings,
+    shutdown: CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) {
+    expiry::spawn_expiry(
+        commerce.clone(),
+        expiry::backorder_expiry(settings.backorder_timeout),
+        shutdown.clone(),
+        tasks,
+    );
+    expiry::spawn_key_purge(
+        commerce,
+        settings.idempotency_key_retention,
+        shutdown,
+        tasks,
+    );
+}
 
 /// The order service's routes.
 pub fn router(state: OrderState) -> Router {

@@ -68,7 +68,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
         (status = 202, description = "BACKORDERED: waiting for stock", body = OrderView,
             headers(("Idempotent-Replayed" = String, description = "`true` when a repeat of a keyed request answers with the first order"))),
         (status = 404, description = "`product_not_found`: a line's product does not exist", body = ErrorBody),
-        (status = 409, description = "`insufficient_stock` (details: product_id, requested, available) or `idempotency_key_reused` (details: idempotency_key, order_id)", body = ErrorBody),
+        (status = 409, description = "`insufficient_stock` (details: product_id, requested, available), `idempotency_key_reused` (details: idempotency_key, order_id) or `user_limit_exceeded` (details: limit, current, requested, max)", body = ErrorBody),
         (status = 422, description = "`validation_failed`: the JSON has the wrong shape or types, no lines or more than 100, a quantity outside 1..=10000, a product twice, or an idempotency key that is blank, too long or holds control characters", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -13,13 +13,18 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use commerce_core::{Commerce, CoreEvent, Error, OrderId, OrderStatus, TransactionHook};
+use commerce_core::{
+    Commerce, CoreEvent, Error, OrderId, OrderStatus, OrderTotal, TransactionHook,
+};
 use commerce_outbox::saga::{record_saga_step, SagaStatus};
-use commerce_outbox::{enqueue_all, Envelope, EventHandler, HandlerError, NewEvent};
+use commerce_outbox::{
+    enqueue_all, Envelope, EventHandler, HandlerError, NewEvent, UnprocessableEvent,
+};
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
+
+use super::expiry::{spawn_expiry, Expiry};
 
 use crate::services::contracts::{
     reason_text, OrderCreated, PaymentOutcome, ORDER_CREATED, PAYMENT_APPROVED, PAYMENT_FAILED,
@@ -53,20 +58,19 @@ impl TransactionHook for SagaStart {
         conn: &mut PgConnection,
         events: &[CoreEvent],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let mut created: Vec<(Uuid, String)> = events
+        let mut created: Vec<OrderId> = events
             .iter()
             .filter_map(|event| match event {
                 CoreEvent::OrderPlaced {
                     order,
-                    user_id,
                     status: OrderStatus::Created,
                     ..
-                } => Some((order.0, user_id.clone())),
-                CoreEvent::OrderStatusChanged {
+                }
+                | CoreEvent::OrderStatusChanged {
                     order,
                     to: OrderStatus::Created,
                     ..
-                } => Some((order.0, String::new())),
+                } => Some(*order),
                 _ => None,
             })
             .collect();
@@ -74,18 +78,16 @@ impl TransactionHook for SagaStart {
             return Ok(());
         }
         // One sorted order of aggregates, as commerce-core's outbox hook takes them.
-        created.sort();
-        let ids: Vec<Uuid> = created.iter().map(|(id, _)| *id).collect();
-        let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-            "SELECT o.id, o.user_id, COALESCE(sum(l.quantity * l.unit_price), 0)::bigint \
-             FROM commerce.orders o JOIN commerce.order_lines l ON l.order_id = o.id \
-             WHERE o.id = ANY($1) GROUP BY o.id, o.user_id ORDER BY o.id",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut outgoing = Vec::with_capacity(rows.len());
-        for (order_id, user_id, amount) in rows {
+        created.sort_unstable();
+        let totals = Commerce::order_totals_in(conn, &created).await?;
+        let mut outgoing = Vec::with_capacity(totals.len());
+        for OrderTotal {
+            order,
+            user_id,
+            total: amount,
+        } in totals
+        {
+            let order_id = order.0;
             let payload = serde_json::to_value(OrderCreated {
                 order_id,
                 user_id,
@@ -140,7 +142,9 @@ impl EventHandler for PaymentAnswers {
         if ![PAYMENT_APPROVED, PAYMENT_FAILED, PAYMENT_REFUNDED].contains(&kind) {
             return Ok(());
         }
-        let outcome: PaymentOutcome = serde_json::from_value(envelope.payload.clone())?;
+        // A payload that does not parse never will: set aside, not retried (commerce-outbox's
+        // consumer dead letters).
+        let outcome: PaymentOutcome = envelope.decode_payload()?;
         let order = OrderId(outcome.order_id);
         let saga_id = order.to_string();
         let (step, applied) = match kind {
@@ -180,7 +184,8 @@ impl EventHandler for PaymentAnswers {
                 } else {
                     SagaStatus::Compensated
                 };
-                (status, outcome.reason.clone())
+                // The cleaned text: the event's own may hold what Postgres refuses (a NUL).
+                (status, outcome.reason.as_deref().map(reason_text))
             }
             // The order moved on meanwhile (cancelled by its owner or by the saga's timeout):
             // nothing to do here; the payment service refunds a charge for a cancelled order
@@ -189,8 +194,7 @@ impl EventHandler for PaymentAnswers {
                 SagaStatus::Failed,
                 Some(format!("ignored: the order is already {from}")),
             ),
-            // Anything else (the database) is retried: the whole transaction rolls back.
-            Err(e) => return Err(Box::new(e)),
+            Err(e) => return Err(retry_or_set_aside(e)),
         };
         record_saga_step(
             conn,
@@ -206,71 +210,132 @@ impl EventHandler for PaymentAnswers {
     }
 }
 
+/// What a consumer does with commerce-core's error: trouble that passes (the database, a
+/// concurrent change) is retried, the whole transaction rolled back; an answer the domain
+/// refuses for good (an unknown order, input it rejects) would be refused on every retry, in
+/// front of every answer behind it, so it is set aside as a consumer dead letter.
+fn retry_or_set_aside(e: Error) -> HandlerError {
+    match e {
+        Error::DatabaseUnavailable(_)
+        | Error::CommitOutcomeUnknown(_)
+        | Error::Database(_)
+        | Error::Conflict(_)
+        | Error::StockChanged { .. }
+        | Error::Hook(_)
+        | Error::Strategy(_) => Box::new(e),
+        refused => {
+            count_saga("unprocessable");
+            UnprocessableEvent::because(refused).into()
+        }
+    }
+}
+
 /// Cancels orders that stayed CREATED longer than `timeout` (no payment answer): the saga's
 /// compensation when the payment side is silent. Runs every `timeout / 4` (at most every 5
-/// s) until `shutdown`. Several instances may sweep at once: a cancellation that lost the
-/// race is refused as an illegal transition and skipped.
+/// s) until `shutdown`, each round going on while full pages come back (a gateway outage in a
+/// flash sale leaves thousands of orders to time out at once). Several instances may sweep at
+/// once: each cancellation re-checks, under the order's row lock, that it is still CREATED.
 pub fn spawn_timeout_sweep(
     commerce: Commerce,
     timeout: Duration,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) {
-    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-            }
-            let stuck = match commerce
-                .orders_stuck_in(OrderStatus::Created, timeout, 100)
-                .await
-            {
-                Ok(stuck) => stuck,
-                Err(error) => {
-                    tracing::warn!(%error, "saga timeout sweep failed; next round retries");
-                    continue;
-                }
-            };
-            for order in stuck {
-                match time_out(&commerce, order, timeout).await {
-                    Ok(true) => {
-                        count_saga("timed_out");
-                        tracing::info!(%order, "order cancelled: its payment timed out");
-                    }
-                    Ok(false) => {}
-                    Err(error) => tracing::warn!(%error, %order, "saga timeout cancel failed"),
-                }
-            }
-        }
-    });
+    spawn_expiry(commerce, payment_timeout(timeout), shutdown, tasks);
 }
 
-/// Cancels one timed-out order and logs the compensation, in one transaction; `false` when
-/// the order moved on meanwhile.
-async fn time_out(
-    commerce: &Commerce,
-    order: OrderId,
-    timeout: Duration,
-) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-    let reason = format!("payment timed out after {}s", timeout.as_secs());
-    let mut tx = commerce.pool().begin().await?;
-    match commerce.cancel_order_in(&mut tx, order, &reason).await {
-        Ok(_) => {}
-        Err(Error::IllegalTransition { .. }) => return Ok(false),
-        Err(e) => return Err(Box::new(e)),
+/// The saga's timeout as an [`Expiry`]: CREATED for longer than `timeout`.
+pub(crate) fn payment_timeout(timeout: Duration) -> Expiry {
+    Expiry {
+        status: OrderStatus::Created,
+        after: timeout,
+        reason: format!("payment timed out after {}s", timeout.as_secs()),
+        saga_step: Some("payment_timed_out"),
+        counter: "timed_out",
     }
-    record_saga_step(
-        &mut tx,
-        SAGA,
-        &order.to_string(),
-        "payment_timed_out",
-        SagaStatus::Compensated,
-        None,
-        Some(&reason),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use commerce_core::{NewOrder, NewProduct, ProductId};
+    use commerce_testkit::TestDb;
+
+    use super::*;
+
+    async fn shop(stock: i64) -> (TestDb, Commerce) {
+        let db = TestDb::new(&[&commerce_core::MIGRATOR, &commerce_outbox::MIGRATOR]).await;
+        let commerce = Commerce::builder(db.pool().clone()).build();
+        commerce
+            .create_product(NewProduct::new(ProductId(1), "mug").price(450).stock(stock))
+            .await
+            .unwrap();
+        (db, commerce)
+    }
+
+    async fn place(commerce: &Commerce, user: &str) -> OrderId {
+        commerce
+            .place_order(NewOrder::new(user).line(1, 1))
+            .await
+            .unwrap()
+            .order
+            .id
+    }
+
+    fn answer(event_type: &str, payload: serde_json::Value) -> Envelope {
+        Envelope {
+            id: commerce_outbox::EventId(uuid::Uuid::now_v7()),
+            event_type: event_type.into(),
+            aggregate_type: "payment".into(),
+            aggregate_id: "any".into(),
+            aggregate_seq: 1,
+            occurred_at: chrono::Utc::now(),
+            schema_version: 1,
+            payload,
+        }
+    }
+
+    /// Review C1: a decline reason from the gateway with a newline, or of 600 characters, is
+    /// applied (cleaned and bounded), not refused by commerce-core on every retry.
+    #[tokio::test]
+    async fn a_payment_failure_with_any_reason_cancels_the_order() {
+        let (db, commerce) = shop(5).await;
+        let answers = PaymentAnswers::new(commerce.clone());
+        for raw in [
+            "declined: do_not_honor\nretry later".to_owned(),
+            format!("declined: {}", "x".repeat(600)),
+            "<html>\r\n<head><title>403 Forbidden</title></head>\u{0}".to_owned(),
+        ] {
+            let order = place(&commerce, "alice").await;
+            let envelope = answer(
+                PAYMENT_FAILED,
+                serde_json::json!({ "order_id": order.0, "amount": 450, "charge_id": null, "reason": raw }),
+            );
+            let mut tx = db.pool().begin().await.unwrap();
+            answers.handle(&mut tx, &envelope).await.unwrap();
+            tx.commit().await.unwrap();
+            let cancelled = commerce.order(order).await.unwrap();
+            assert_eq!(cancelled.status, OrderStatus::Cancelled, "{raw:?}");
+            let history = commerce.order_history(order).await.unwrap();
+            let reason = &history.last().unwrap().reason;
+            assert!(reason.chars().count() <= 220, "{reason}");
+            assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        }
+    }
+
+    /// An answer for an order that does not exist is refused for good: set aside, not retried.
+    #[tokio::test]
+    async fn an_answer_the_domain_refuses_for_good_is_unprocessable() {
+        let (db, commerce) = shop(5).await;
+        let answers = PaymentAnswers::new(commerce);
+        let envelope = answer(
+            PAYMENT_APPROVED,
+            serde_json::json!({ "order_id": uuid::Uuid::now_v7(), "amount": 450, "charge_id": "ch_1", "reason": null }),
+        );
+        let mut tx = db.pool().begin().await.unwrap();
+        let error = answers.handle(&mut tx, &envelope).await.unwrap_err();
+        assert!(
+            UnprocessableEvent::find(error.as_ref()).is_some(),
+            "{error}"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use commerce_outbox::saga::{record_saga_step, SagaStatus};
-use commerce_outbox::{Envelope, EventHandler, HandlerError};
+use commerce_outbox::{Envelope, EventHandler, HandlerError, UnprocessableEvent};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
@@ -42,7 +42,15 @@ impl OrderEvents {
         conn: &mut PgConnection,
         envelope: &Envelope,
     ) -> Result<(), HandlerError> {
-        let order: OrderCreated = serde_json::from_value(envelope.payload.clone())?;
+        let order: OrderCreated = envelope.decode_payload()?;
+        if order.amount < 0 {
+            // Never chargeable: set aside (a consumer dead letter), not retried.
+            return Err(UnprocessableEvent::new(format!(
+                "order.created {} with a negative amount {}",
+                order.order_id, order.amount
+            ))
+            .into());
+        }
         let saga_id = order.order_id.to_string();
         if !store::record(conn, order.order_id, order.amount, &order.currency).await? {
             return Ok(());
@@ -88,7 +96,7 @@ impl OrderEvents {
         conn: &mut PgConnection,
         envelope: &Envelope,
     ) -> Result<(), HandlerError> {
-        let cancelled: OrderCancelled = serde_json::from_value(envelope.payload.clone())?;
+        let cancelled: OrderCancelled = envelope.decode_payload()?;
         // No payment: the order never became CREATED (cancelled while backordered).
         let Some(status) = store::request_cancel(conn, cancelled.order).await? else {
             return Ok(());
