@@ -133,7 +133,7 @@ impl Caller {
     /// 403 unless the caller is an admin.
     ///
     /// # Errors
-    /// [`ApiError`] 403 `forbidden`.
+    /// The API's error 403 `forbidden`.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         if self.is_admin() {
             Ok(())
@@ -145,7 +145,7 @@ impl Caller {
     /// 403 unless the caller is an admin or `owner`.
     ///
     /// # Errors
-    /// [`ApiError`] 403 `forbidden`.
+    /// The API's error 403 `forbidden`.
     pub fn require_owner_or_admin(&self, owner: &str) -> Result<(), ApiError> {
         if self.is_admin() || self.user_id == owner {
             Ok(())

@@ -9,7 +9,8 @@
 //!   answers with events.
 //! - **Store service** ([`services::store`]): catalogue (read through commerce-cache), stock,
 //!   inbound stock, the ledger.
-//! - [`fake_pg`]: a stand-in payment gateway (also its own binary, `stand-in-gateway`).
+//! - [`services::payment::stand_in`]: the stand-in payment gateway, for local runs and tests
+//!   (also its own binary, `stand-in-gateway`).
 //!
 //! The services talk only through events (commerce-outbox: Kafka when configured, in-process
 //! otherwise) and HTTP. [`Application`] assembles them in one process (the all-in-one mode,

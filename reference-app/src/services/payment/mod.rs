@@ -2,7 +2,7 @@
 //!
 //! - [`gateway`]: what the service asks of the external payment gateway and what it answers
 //!   (one set of types), the resilient client that asks it, and the outcome rules;
-//! - [`store`]: the `payment.payments` table and its [`PaymentStatus`] state machine (the only
+//! - `store`: the `payment.payments` table and its [`PaymentStatus`] state machine (the only
 //!   module with SQL on it);
 //! - the consumer ([`OrderEvents`]) records a payment for every `order.created` (exactly once,
 //!   through the inbox; an amount of 0 is settled at once) and reacts to `order.cancelled`;

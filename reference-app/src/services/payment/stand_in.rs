@@ -20,7 +20,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
-//! use reference_app::stand_in::{self, StandInConfig};
+//! use reference_app::services::payment::stand_in::{self, StandInConfig};
 //!
 //! let (router, control) = stand_in::router(&StandInConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -129,7 +129,7 @@ pub trait GatewayTransport: Send + Sync + 'static {
 }
 
 /// The payment gateway client: charges and refunds through the resilience stack described in
-/// the [module docs](self). Cheap to share behind an `Arc`; calls may run concurrently.
+/// the [module docs](super). Cheap to share behind an `Arc`; calls may run concurrently.
 pub struct GatewayClient<T> {
     stack: Stack<T>,
     breaker: BreakerMonitor,
