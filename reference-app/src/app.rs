@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::catalog::Catalog;
 use crate::config::{Config, PaymentGateway, SecretUrl, StockStrategyKind};
 use crate::events::EventBus;
 use crate::http::{self, Limits};
@@ -31,6 +30,7 @@ use crate::services::order::{Currency, OrderState, StatusFeed};
 use crate::services::payment::gateway::GatewayClient;
 use crate::services::payment::stand_in::{self, StandInConfig, StandInControl};
 use crate::services::payment::{OrderEvents, PaymentWorker};
+use crate::services::store::catalog::Catalog;
 use crate::services::store::StoreState;
 use crate::services::{admin, ops, order, store};
 
@@ -229,7 +229,6 @@ impl Application {
                 commerce: commerce.clone(),
                 catalog: catalog.clone(),
                 auth: auth.clone(),
-                pool: pool.clone(),
             }))
             .merge(order::router(OrderState {
                 commerce: commerce.clone(),

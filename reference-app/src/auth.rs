@@ -176,9 +176,7 @@ where
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or(TokenError::Missing);
-        let claims = token.and_then(|token| auth.verify(token)).map_err(|e| {
-            ApiError::unauthorized(format!("{e}: send `Authorization: Bearer <token>`"))
-        })?;
+        let claims = token.and_then(|token| auth.verify(token))?;
         Ok(Self {
             user_id: claims.sub,
             role: claims.role,

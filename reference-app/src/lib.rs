@@ -32,7 +32,6 @@
 // the rest is the app's own, so the dead-code lint sees it.
 mod app;
 pub mod auth;
-pub mod catalog;
 pub mod config;
 mod events;
 mod http;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use commerce_core::{Commerce, NewProduct, ProductId, MIGRATOR};
 use commerce_testkit::{redis_url, unique_name, TestDb};
-use reference_app::catalog::Catalog;
+use reference_app::services::store::catalog::Catalog;
 
 async fn instance(db: &TestDb, prefix: &str) -> Catalog {
     let commerce = Commerce::builder(db.pool().clone()).build();

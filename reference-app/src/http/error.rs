@@ -139,6 +139,78 @@ impl ApiError {
             "too many requests in flight; retry shortly",
         )
     }
+
+    /// 400 `invalid_query` for the query parameter `field`.
+    #[must_use]
+    pub fn invalid_query(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+            .details(json!({ "field": field }))
+    }
+
+    /// 404 `consumer_not_found`: no event consumer of that name runs in this process.
+    #[must_use]
+    pub fn consumer_not_found(consumer: &str, known: &[&str]) -> Self {
+        Self::not_found(
+            "consumer_not_found",
+            format!("no consumer {consumer:?} runs in this process"),
+        )
+        .details(json!({ "consumer": consumer, "known": known }))
+    }
+}
+
+/// `limit` (`default` when absent) if it is 1 to `max`, else 400 `invalid_query`.
+///
+/// # Errors
+/// The 400 when `limit` is out of range.
+pub fn page_limit(limit: Option<u32>, default: u32, max: u32) -> ApiResult<u32> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid_query(
+            "limit",
+            format!("limit must be 1 to {max}"),
+        ))
+    }
+}
+
+impl From<crate::auth::TokenError> for ApiError {
+    fn from(e: crate::auth::TokenError) -> Self {
+        Self::unauthorized(format!("{e}: send `Authorization: Bearer <token>`"))
+    }
+}
+
+impl From<commerce_outbox::Error> for ApiError {
+    fn from(e: commerce_outbox::Error) -> Self {
+        use commerce_outbox::Error as E;
+        match e {
+            E::EventNotFound(id) => {
+                Self::not_found("event_not_found", format!("no outbox event {id}"))
+            }
+            E::NotDeadLetter { id, status } => Self::new(
+                StatusCode::CONFLICT,
+                "not_a_dead_letter",
+                format!("event {id} is {status}, not a dead letter"),
+            ),
+            E::ConsumerDeadLetterNotFound { consumer, event_id } => Self::not_found(
+                "dead_letter_not_found",
+                format!("consumer {consumer} has no dead letter {event_id}"),
+            ),
+            E::ReplayFailed {
+                consumer,
+                event_id,
+                source,
+            } => Self::new(
+                StatusCode::CONFLICT,
+                "replay_failed",
+                format!(
+                    "consumer {consumer} still cannot apply event {event_id}; it stays a dead letter"
+                ),
+            )
+            .cause(source),
+            other => Self::unavailable(e_chain(&other)),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

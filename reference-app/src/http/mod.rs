@@ -20,7 +20,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use error::{ApiError, ApiResult, ErrorBody, ErrorObject};
+pub use error::{page_limit, ApiError, ApiResult, ErrorBody, ErrorObject};
 
 /// The request id header: set when the client sends none, echoed on every response, and
 /// carried by every log line of the request.

@@ -18,13 +18,12 @@ use commerce_outbox::dead_letter::{
     replay_consumer_dead_letter, replay_dead_letter, OutboxEvent,
 };
 use commerce_outbox::{EventHandler, EventId};
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::{Admin, Auth};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::{ApiError, ApiResult, ErrorBody};
+use crate::http::{page_limit, ApiError, ApiResult, ErrorBody};
 
 /// What the admin routes need.
 #[derive(Debug, Clone, FromRef)]
@@ -53,11 +52,8 @@ impl Consumers {
 
     fn handler(&self, consumer: &str) -> ApiResult<&dyn EventHandler> {
         self.0.get(consumer).map(AsRef::as_ref).ok_or_else(|| {
-            ApiError::not_found(
-                "consumer_not_found",
-                format!("no consumer {consumer:?} runs in this process"),
-            )
-            .details(json!({ "consumer": consumer, "known": self.0.keys().collect::<Vec<_>>() }))
+            let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
+            ApiError::consumer_not_found(consumer, &known)
         })
     }
 }
@@ -107,53 +103,6 @@ fn dead_letter_view(e: OutboxEvent) -> DeadLetterView {
 /// Most dead letters on one page.
 const MAX_DEAD_LETTERS: u32 = 500;
 
-/// `limit` (default 100) if it is 1 to [`MAX_DEAD_LETTERS`], else 400 `invalid_query`.
-fn page_limit(limit: Option<u32>) -> ApiResult<i64> {
-    let limit = limit.unwrap_or(100);
-    if (1..=MAX_DEAD_LETTERS).contains(&limit) {
-        Ok(i64::from(limit))
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be 1 to {MAX_DEAD_LETTERS}"),
-        )
-        .details(json!({ "field": "limit" })))
-    }
-}
-
-fn outbox_error(e: commerce_outbox::Error) -> ApiError {
-    match e {
-        commerce_outbox::Error::EventNotFound(id) => {
-            ApiError::not_found("event_not_found", format!("no outbox event {id}"))
-        }
-        commerce_outbox::Error::NotDeadLetter { id, status } => ApiError::new(
-            StatusCode::CONFLICT,
-            "not_a_dead_letter",
-            format!("event {id} is {status}, not a dead letter"),
-        ),
-        commerce_outbox::Error::ConsumerDeadLetterNotFound { consumer, event_id } => {
-            ApiError::not_found(
-                "dead_letter_not_found",
-                format!("consumer {consumer} has no dead letter {event_id}"),
-            )
-        }
-        commerce_outbox::Error::ReplayFailed {
-            consumer,
-            event_id,
-            source,
-        } => ApiError::new(
-            StatusCode::CONFLICT,
-            "replay_failed",
-            format!(
-                "consumer {consumer} still cannot apply event {event_id}; it stays a dead letter"
-            ),
-        )
-        .cause(source),
-        other => ApiError::unavailable(other),
-    }
-}
-
 /// Dead letters, oldest first (admin).
 #[utoipa::path(
     get, path = "/api/v1/admin/dead-letters", tag = "admin",
@@ -169,9 +118,11 @@ pub async fn dead_letters(
     _admin: Admin,
     Query(query): Query<DeadLetterQuery>,
 ) -> ApiResult<Json<Vec<DeadLetterView>>> {
-    let letters = list_dead_letters(&state.pool, page_limit(query.limit)?)
-        .await
-        .map_err(outbox_error)?;
+    let letters = list_dead_letters(
+        &state.pool,
+        i64::from(page_limit(query.limit, 100, MAX_DEAD_LETTERS)?),
+    )
+    .await?;
     Ok(Json(letters.into_iter().map(dead_letter_view).collect()))
 }
 
@@ -192,9 +143,7 @@ pub async fn replay(
     _admin: Admin,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Replayed>> {
-    replay_dead_letter(&state.pool, EventId(id))
-        .await
-        .map_err(outbox_error)?;
+    replay_dead_letter(&state.pool, EventId(id)).await?;
     Ok(Json(Replayed { replayed: id }))
 }
 
@@ -232,10 +181,8 @@ pub async fn consumer_dead_letters(
     _admin: Admin,
     Query(query): Query<ConsumerDeadLetterQuery>,
 ) -> ApiResult<Json<Vec<ConsumerDeadLetterView>>> {
-    let limit = page_limit(query.limit)?;
-    let letters = list_consumer_dead_letters(&state.pool, &query.consumer, limit)
-        .await
-        .map_err(outbox_error)?;
+    let limit = i64::from(page_limit(query.limit, 100, MAX_DEAD_LETTERS)?);
+    let letters = list_consumer_dead_letters(&state.pool, &query.consumer, limit).await?;
     Ok(Json(
         letters
             .into_iter()
@@ -278,9 +225,7 @@ pub async fn replay_consumer(
     Path((consumer, event_id)): Path<(String, Uuid)>,
 ) -> ApiResult<Json<Replayed>> {
     let handler = state.consumers.handler(&consumer)?;
-    replay_consumer_dead_letter(&state.pool, &consumer, EventId(event_id), handler)
-        .await
-        .map_err(outbox_error)?;
+    replay_consumer_dead_letter(&state.pool, &consumer, EventId(event_id), handler).await?;
     Ok(Json(Replayed { replayed: event_id }))
 }
 
@@ -303,8 +248,6 @@ pub async fn discard_consumer(
     _admin: Admin,
     Path((consumer, event_id)): Path<(String, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    discard_consumer_dead_letter(&state.pool, &consumer, EventId(event_id))
-        .await
-        .map_err(outbox_error)?;
+    discard_consumer_dead_letter(&state.pool, &consumer, EventId(event_id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

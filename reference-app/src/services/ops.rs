@@ -13,10 +13,10 @@ use axum::Router;
 use commerce_client::{Health, HealthStatus};
 use sqlx::PgPool;
 
-use crate::catalog::Catalog;
 use crate::http::extract::Json;
 use crate::services::payment::gateway::BreakerState;
 use crate::services::payment::PaymentWorker;
+use crate::services::store::catalog::Catalog;
 
 /// A probe's answer: `Err(reason)` when the dependency is down.
 type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;

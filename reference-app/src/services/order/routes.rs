@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{order_view, ListQuery, OrderList, OrderState, OrderView, PlaceOrder, Shortage};
 use crate::auth::{Admin, Caller};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::{ApiError, ApiResult, ErrorBody};
+use crate::http::{page_limit, ApiError, ApiResult, ErrorBody};
 use crate::telemetry::count_order;
 
 pub use commerce_client::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
@@ -170,20 +170,13 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<OrderList>> {
     let after = match query.cursor.as_deref() {
-        Some(text) => Some(decode_cursor(text).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "unknown cursor")
-        })?),
+        Some(text) => Some(
+            decode_cursor(text)
+                .ok_or_else(|| ApiError::invalid_query("cursor", "unknown cursor"))?,
+        ),
         None => None,
     };
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be 1 to {MAX_PAGE}"),
-        )
-        .details(serde_json::json!({ "field": "limit" })));
-    }
+    let limit = page_limit(query.limit, 20, MAX_PAGE)?;
     let page = state
         .commerce
         .orders_of_user(&caller.user_id, limit, after.as_ref())

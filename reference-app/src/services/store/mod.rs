@@ -1,6 +1,8 @@
 //! The store service: the catalogue (read through the two-level cache), stock, inbound stock
 //! and the stock ledger.
 
+pub mod catalog;
+
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -9,13 +11,12 @@ use commerce_client::{
     CreateProduct, Inbound, InboundView, MovementKind, MovementView, MovementsPage, MovementsQuery,
     ProductView, StockView, MAX_SKU_LEN, MAX_TEXT_CHARS,
 };
-use commerce_core::{Commerce, NewProduct, Product, ProductId, StockLevel};
-use sqlx::PgPool;
+use commerce_core::{Commerce, Product, ProductId, StockLevel};
 
+use self::catalog::Catalog;
 use crate::auth::{Admin, Auth, Caller};
-use crate::catalog::Catalog;
 use crate::http::extract::{Json, Path, Query};
-use crate::http::{ApiError, ApiResult, ErrorBody};
+use crate::http::{page_limit, ApiError, ApiResult, ErrorBody};
 
 /// What the store service needs.
 #[derive(Debug, Clone, FromRef)]
@@ -26,8 +27,6 @@ pub struct StoreState {
     pub catalog: Catalog,
     /// Token checks.
     pub auth: Auth,
-    /// For product ids.
-    pub pool: PgPool,
 }
 
 /// Most ledger entries on one page.
@@ -111,27 +110,12 @@ pub async fn create_product(
 ) -> ApiResult<(StatusCode, Json<ProductView>)> {
     check_text("sku", &body.sku, true)?;
     check_text("name", &body.name, false)?;
-    // Ids come from the store's own sequence; one already taken (created outside this
-    // service) is skipped.
-    for _ in 0..5 {
-        let id: i64 = sqlx::query_scalar("SELECT nextval('store.product_ids')")
-            .fetch_one(&state.pool)
-            .await
-            .map_err(commerce_core::Error::from)?;
-        let new = NewProduct::new(ProductId(id), body.name.clone())
-            .sku(body.sku.clone())
-            .price(body.price)
-            .stock(body.initial_stock);
-        match state.catalog.create(new).await {
-            Ok(stock) => {
-                let product = product_or_404(&state.catalog, id).await?;
-                return Ok((StatusCode::CREATED, Json(product_view(&product, stock))));
-            }
-            Err(commerce_core::Error::ProductAlreadyExists { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::internal("no free product id after 5 tries"))
+    let (id, stock) = state
+        .catalog
+        .create_with_new_id(&body.name, &body.sku, body.price, body.initial_stock)
+        .await?;
+    let product = product_or_404(&state.catalog, id.0).await?;
+    Ok((StatusCode::CREATED, Json(product_view(&product, stock))))
 }
 
 /// A product with its current stock (catalogue facts cached, stock always fresh).
@@ -229,15 +213,7 @@ pub async fn movements(
     Path(id): Path<i64>,
     Query(query): Query<MovementsQuery>,
 ) -> ApiResult<Json<MovementsPage>> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_LEDGER_PAGE).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be 1 to {MAX_LEDGER_PAGE}"),
-        )
-        .details(serde_json::json!({ "field": "limit" })));
-    }
+    let limit = page_limit(query.limit, 50, MAX_LEDGER_PAGE)?;
     // The ledger of an unknown product is a 404, not an empty page.
     state.commerce.stock(ProductId(id)).await?;
     let page = state

@@ -1,4 +1,5 @@
-//! Product reads through the two-level cache.
+//! The catalogue: product reads through the two-level cache, and product creation under the
+//! store's own ids.
 //!
 //! Catalogue facts (name) are read far more often than they change, and the same on every
 //! instance: they go through [`TwoLevelCache`] (moka L1 per instance, Redis L2 shared when
@@ -50,6 +51,41 @@ impl Catalog {
     #[cached(cache = self.products, key = "product:{id}", ttl = "5m")]
     pub async fn product(&self, id: ProductId) -> Result<Option<Product>, commerce_core::Error> {
         self.commerce.product(id).await
+    }
+
+    /// Creates a product under the next id of the store's own sequence (`store.product_ids`),
+    /// with its initial stock; an id already taken (a product created outside this service)
+    /// is skipped.
+    ///
+    /// # Errors
+    /// [`commerce_core::Error::SkuAlreadyExists`], bad input, database errors; a conflict
+    /// when five ids in a row were taken.
+    pub async fn create_with_new_id(
+        &self,
+        name: &str,
+        sku: &str,
+        price: i64,
+        initial_stock: i64,
+    ) -> Result<(ProductId, StockLevel), commerce_core::Error> {
+        for _ in 0..5 {
+            let id = ProductId(
+                sqlx::query_scalar("SELECT nextval('store.product_ids')")
+                    .fetch_one(self.commerce.pool())
+                    .await?,
+            );
+            let new = NewProduct::new(id, name)
+                .sku(sku)
+                .price(price)
+                .stock(initial_stock);
+            match self.create(new).await {
+                Ok(stock) => return Ok((id, stock)),
+                Err(commerce_core::Error::ProductAlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(commerce_core::Error::Conflict(
+            "five product ids in a row were already taken".into(),
+        ))
     }
 
     /// Creates the product, then evicts its id on every instance (a lookup of the id before
