@@ -299,6 +299,35 @@ async fn a_parked_charge_that_may_have_been_taken_is_asked_again_when_its_order_
     rig.stop().await;
 }
 
+/// A crash between two steps: a worker claimed a payment (its lease in `next_attempt_at`)
+/// and died before the gateway answered. Once the lease runs out another worker takes it up,
+/// counting it as maybe charged (the dead one may have called), and finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_claimed_by_a_worker_that_died_is_taken_up_after_its_lease() {
+    let mut rig = Rig::start().await;
+    let order = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO payment.payments (order_id, amount, currency, status, attempts, \
+         next_attempt_at) VALUES ($1, 1000, 'KRW', 'charging', 1, now() + interval '300 ms')",
+    )
+    .bind(order)
+    .execute(rig.db.pool())
+    .await
+    .unwrap();
+    // The order is cancelled while the dead worker's claim stands ...
+    rig.cancel(order).await;
+    // ... so the worker that takes it up after the lease asks the gateway (same key) and
+    // refunds what it approved, instead of voiding blind.
+    rig.next_charge().await.send(turned_away()).unwrap();
+    rig.wait_for(order, "void_pending").await;
+    rig.next_charge().await.send(approved("ch_dead")).unwrap();
+    let (charge, refund) = rig.next_refund().await;
+    assert_eq!(charge, "ch_dead");
+    refund.send(receipt("ch_dead")).unwrap();
+    rig.wait_for(order, "refunded").await;
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_approved_after_the_order_was_cancelled_is_refunded() {
     let mut rig = Rig::start().await;
