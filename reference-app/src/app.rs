@@ -1,5 +1,6 @@
 //! Assembling the services into one running system (the all-in-one mode).
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +24,10 @@ use crate::events::EventBus;
 use crate::http::{self, Limits};
 use crate::services::admin::Consumers;
 use crate::services::contracts::Topics;
-use crate::services::ops::{OpsState, ReadinessCheck};
+use crate::services::ops::{OpsState, ProbeState, ReadinessCheck};
 use crate::services::order::saga::{spawn_timeout_sweep, PaymentAnswers, SagaStart};
 use crate::services::order::watch::NotifyStatusChanges;
-use crate::services::order::{Currency, OrderState, StatusFeed};
+use crate::services::order::{Currency, OrderState, PlacementRate, StatusFeed, Streams};
 use crate::services::payment::gateway::GatewayClient;
 use crate::services::payment::stand_in::{self, StandInConfig, StandInControl};
 use crate::services::payment::{OrderEvents, PaymentWorker};
@@ -54,10 +55,18 @@ impl std::fmt::Debug for Application {
 struct Parts {
     pool: PgPool,
     background: PgPool,
+    /// The event streams' pool.
+    streams: PgPool,
+    /// `/ready`'s connection.
+    probe: PgPool,
     catalog: Catalog,
     bus: EventBus,
+    /// Cancelled at the shutdown signal: `/ready` answers 503.
+    draining: CancellationToken,
+    /// Cancelled once drained: the server stops accepting, streams and background work end.
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    drain: Duration,
     grace: Duration,
     stand_in: Option<(String, StandInControl)>,
 }
@@ -94,12 +103,25 @@ impl Application {
         let pool = connect(&config).await?;
         // Background work (relay, consumers, payment worker) has a pool of its own: a surge of
         // requests cannot starve the saga, nor the saga the requests.
-        let background = PgPoolOptions::new()
-            .max_connections(config.database.background_connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(config.database.url.expose())
-            .await
-            .context("background pool")?;
+        let background = side_pool(
+            &config,
+            config.database.background_connections,
+            Duration::from_secs(30),
+            "background pool",
+        )
+        .await?;
+        // So do the event streams: however many poll, requests and the saga keep theirs.
+        let streams = side_pool(
+            &config,
+            config.database.stream_connections,
+            Duration::from_secs(30),
+            "event streams' pool",
+        )
+        .await?;
+        // And `/ready`: one connection, so a saturated request pool does not take the instance
+        // out of rotation (and the load onto the others).
+        let probe = side_pool(&config, 1, Duration::from_secs(2), "readiness pool").await?;
+        let draining = CancellationToken::new();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -219,12 +241,15 @@ impl Application {
         let feed = StatusFeed::new();
         feed.listen(background.clone(), shutdown.clone(), &tasks);
 
-        let mut checks = vec![ReadinessCheck::postgres(pool.clone())];
+        let placement_rate = PlacementRate::new(&config.orders);
+        placement_rate.spawn_forgetting(shutdown.clone(), &tasks);
+
+        let mut checks = vec![ReadinessCheck::postgres(probe.clone())];
         if let Some(client) = redis {
             checks.push(ReadinessCheck::redis(client));
         }
         checks.extend(bus.readiness());
-        let router = Router::new()
+        let api = Router::new()
             .merge(store::router(StoreState {
                 commerce: commerce.clone(),
                 catalog: catalog.clone(),
@@ -234,6 +259,8 @@ impl Application {
                 commerce: commerce.clone(),
                 auth: auth.clone(),
                 feed,
+                streams: Streams::new(streams.clone(), &config.streams),
+                placement_rate,
                 shutdown: shutdown.clone(),
                 currency: Currency(config.payment.currency.clone()),
             }))
@@ -247,11 +274,15 @@ impl Application {
                 pool: pool.clone(),
                 catalog: catalog.clone(),
                 payments: Some(worker),
-                checks,
             }))
             .merge(crate::openapi::router());
+        let probes = ops::probes(ProbeState {
+            checks,
+            draining: draining.clone(),
+        });
         let router = http::layered(
-            router,
+            api,
+            probes,
             Limits {
                 request_timeout: config.http.request_timeout,
                 body_limit: config.http.body_limit,
@@ -274,10 +305,14 @@ impl Application {
             parts: Parts {
                 pool,
                 background,
+                streams,
+                probe,
                 catalog,
                 bus,
+                draining,
                 shutdown,
                 tasks,
+                drain: config.http.shutdown_drain,
                 grace: config.http.shutdown_grace,
                 stand_in,
             },
@@ -315,9 +350,12 @@ impl Application {
         self.parts.stand_in.as_ref()
     }
 
-    /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully: in-flight requests
-    /// finish, event streams end, consumers stop after their current event, the relay and
-    /// the payment worker after their current round.
+    /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully: `/ready` answers 503 for
+    /// the drain (`SHUTDOWN_DRAIN_SECS`) while the server still serves; then it stops
+    /// accepting, in-flight requests finish, event streams end, consumers stop after their
+    /// current event, the relay and the payment worker after their current round, and the
+    /// pools close, all within the grace period (`SHUTDOWN_GRACE_SECS`): what is still running
+    /// then is abandoned and logged, so shutdown never hangs.
     ///
     /// # Errors
     /// When the server fails.
@@ -350,41 +388,75 @@ impl Application {
             router,
             parts,
         } = self;
-        let shutdown = parts.shutdown.clone();
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                signal.await;
-                tracing::info!("shutting down: finishing in-flight requests");
-                // Event streams end now; otherwise they would hold the shutdown open.
-                shutdown.cancel();
-            })
-            .await;
-        parts.shutdown.cancel();
-        let Parts {
-            pool,
-            background,
-            catalog,
-            bus,
-            tasks,
-            grace,
-            ..
-        } = parts;
-        let stopped = async {
-            bus.shutdown().await;
-            tasks.close();
-            tasks.wait().await;
-            catalog.shutdown().await;
+        let (draining, shutdown, drain) =
+            (parts.draining.clone(), parts.shutdown.clone(), parts.drain);
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+            signal.await;
+            draining.cancel();
+            if !drain.is_zero() {
+                tracing::info!(
+                    ?drain,
+                    "shutting down: /ready answers 503 while load balancers take this instance out"
+                );
+                tokio::time::sleep(drain).await;
+            }
+            tracing::info!("shutting down: finishing in-flight requests");
+            // Event streams end now; otherwise they would hold the shutdown open.
+            shutdown.cancel();
+        });
+        let mut serving = std::pin::pin!(served.into_future());
+        let failed = tokio::select! {
+            outcome = &mut serving => Some(outcome),
+            () = parts.shutdown.cancelled() => None,
         };
-        if tokio::time::timeout(grace, stopped).await.is_err() {
-            tracing::warn!(
-                ?grace,
-                "background work did not stop within the grace period"
-            );
-        }
-        background.close().await;
-        pool.close().await;
+        // From here on every step shares one deadline.
+        parts.draining.cancel();
+        parts.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + parts.grace;
+        let served = match failed {
+            Some(outcome) => outcome,
+            None => tokio::time::timeout_at(deadline, serving)
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!("requests still in flight after the grace period are abandoned");
+                    Ok(())
+                }),
+        };
+        parts.stop(deadline).await;
         tracing::info!("stopped");
         served.context("HTTP server")
+    }
+}
+
+impl Parts {
+    /// Stops the background work, then closes the pools, both by `deadline`: what has not
+    /// finished then is abandoned and logged rather than waited for.
+    async fn stop(self, deadline: tokio::time::Instant) {
+        let stopped = async {
+            self.bus.shutdown().await;
+            self.tasks.close();
+            self.tasks.wait().await;
+            self.catalog.shutdown().await;
+        };
+        if tokio::time::timeout_at(deadline, stopped).await.is_err() {
+            tracing::warn!("background work did not stop within the grace period; abandoned");
+        }
+        // A pool's close waits for every connection it lent, and work abandoned above may
+        // never give one back.
+        let closed = async {
+            futures::join!(
+                self.background.close(),
+                self.pool.close(),
+                self.streams.close(),
+                self.probe.close()
+            );
+        };
+        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+            tracing::warn!(
+                "database connections still held by unfinished work when the grace period \
+                 ended; not waiting for them"
+            );
+        }
     }
 }
 
@@ -459,6 +531,22 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .await
         .context("migrate reference-app")?;
     Ok(pool)
+}
+
+/// A pool of `max` connections to the configured database beside the requests' own, for work
+/// that must not compete with requests for connections (nor they with it).
+async fn side_pool(
+    config: &Config,
+    max: u32,
+    acquire_timeout: Duration,
+    what: &'static str,
+) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire_timeout)
+        .connect(config.database.url.expose())
+        .await
+        .context(what)
 }
 
 /// Starts the stand-in payment gateway on a free loopback port until `shutdown`.

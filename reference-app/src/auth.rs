@@ -84,10 +84,7 @@ impl Auth {
     /// # Errors
     /// When signing fails (it does not with an HMAC key).
     pub fn issue(&self, sub: &str, role: Role, ttl: Duration) -> Result<String, TokenError> {
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |now| now.as_secs())
-            .saturating_add(ttl.as_secs());
+        let exp = now_secs().saturating_add(ttl.as_secs());
         let claims = Claims {
             sub: sub.to_owned(),
             role,
@@ -107,11 +104,21 @@ impl Auth {
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match jsonwebtoken::decode::<Claims>(token, &self.keys.1, &validation) {
+            // RFC 7519 §4.1.4: not accepted *on or after* `exp` (the library accepts the
+            // second of `exp` itself); what a token opened ends at `exp`, so must the token.
+            Ok(data) if data.claims.exp <= now_secs() => Err(TokenError::Expired),
             Ok(data) if !data.claims.sub.is_empty() => Ok(data.claims),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Ok(_) | Err(_) => Err(TokenError::Invalid),
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |now| now.as_secs())
 }
 
 /// The authenticated caller of a request (extractor: 401 without a valid token).
@@ -121,6 +128,9 @@ pub struct Caller {
     pub user_id: String,
     /// The role.
     pub role: Role,
+    /// When the token expires (its `exp`): what the caller opened with it (an event stream)
+    /// ends then.
+    pub expires_at: SystemTime,
 }
 
 impl Caller {
@@ -180,6 +190,7 @@ where
         Ok(Self {
             user_id: claims.sub,
             role: claims.role,
+            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
         })
     }
 }
@@ -241,6 +252,14 @@ mod tests {
             sub: "alice".into(),
             role: Role::Customer,
             exp: 1,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.keys.0).unwrap();
+        assert_eq!(auth.verify(&token), Err(TokenError::Expired));
+        // On `exp` itself the token is expired already (RFC 7519 §4.1.4).
+        let claims = Claims {
+            exp: now_secs(),
+            ..claims
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.keys.0).unwrap();

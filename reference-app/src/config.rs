@@ -174,8 +174,11 @@ pub struct Config {
     pub saga: SagaSettings,
     /// How orders take stock.
     pub stock: StockSettings,
-    /// What one customer may hold, and how long things are kept.
+    /// What one customer may hold and how fast they may order, and how long things are
+    /// kept.
     pub orders: OrderSettings,
+    /// Order status event streams (SSE).
+    pub streams: StreamSettings,
 }
 
 /// The HTTP server's settings.
@@ -190,8 +193,13 @@ pub struct HttpSettings {
     /// `MAX_IN_FLIGHT` (default 10000, above 0): requests in flight beyond this get 429 at
     /// once.
     pub max_in_flight: usize,
-    /// `SHUTDOWN_GRACE_SECS` (default 20, above 0): how long in-flight work may take to finish
-    /// on Ctrl-C / SIGTERM.
+    /// `SHUTDOWN_DRAIN_SECS` (default 5; 0 for none): on Ctrl-C / SIGTERM, how long the
+    /// server goes on serving with `/ready` answering 503, so load balancers take the instance
+    /// out of rotation before it stops accepting connections.
+    pub shutdown_drain: Duration,
+    /// `SHUTDOWN_GRACE_SECS` (default 20, above 0): after the drain, how long in-flight
+    /// requests, background work and the database pools together may take to finish; what
+    /// is still running then is abandoned (and logged).
     pub shutdown_grace: Duration,
 }
 
@@ -202,6 +210,7 @@ impl Default for HttpSettings {
             request_timeout: Duration::from_secs(10),
             body_limit: 64 * 1024,
             max_in_flight: 10_000,
+            shutdown_drain: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -218,6 +227,9 @@ pub struct DatabaseSettings {
     /// `DB_BACKGROUND_CONNECTIONS` (default 10, at least 4): the pool of the relay, the
     /// consumers and the payment worker.
     pub background_connections: u32,
+    /// `DB_STREAM_CONNECTIONS` (default 4, above 0): the pool the open event streams read
+    /// their orders' history on, so streams cannot starve requests nor the saga.
+    pub stream_connections: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -226,6 +238,7 @@ impl Default for DatabaseSettings {
             url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/commerce"),
             max_connections: 20,
             background_connections: 10,
+            stream_connections: 4,
         }
     }
 }
@@ -397,6 +410,13 @@ pub struct OrderSettings {
     /// answers a repeat with its first order; after that it is forgotten and a repeat places a
     /// new order.
     pub idempotency_key_retention: Duration,
+    /// `ORDER_RATE_PER_MINUTE` (default 60; 0 turns the limit off): orders one customer may
+    /// place per minute in the long run; beyond it `POST /api/v1/orders` gets 429
+    /// `rate_limited`.
+    pub rate_per_minute: Option<u32>,
+    /// `ORDER_BURST` (default 10, above 0): orders one customer may place at once before the
+    /// rate applies.
+    pub burst: u32,
 }
 
 impl Default for OrderSettings {
@@ -406,6 +426,33 @@ impl Default for OrderSettings {
             max_open_orders_per_user: Some(20),
             backorder_timeout: Duration::from_secs(3_600),
             idempotency_key_retention: Duration::from_secs(24 * 3_600),
+            rate_per_minute: Some(60),
+            burst: 10,
+        }
+    }
+}
+
+/// Order status event streams (`GET /api/v1/orders/{id}/events`).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// `SSE_MAX_STREAMS_PER_USER` (default 5, above 0): open streams one user may hold; beyond
+    /// it a new one gets 429 `too_many_streams`.
+    pub max_per_user: usize,
+    /// `SSE_MAX_STREAMS` (default 1000, at least `SSE_MAX_STREAMS_PER_USER`): open streams in
+    /// this process; beyond it a new one gets 429 `too_many_streams`.
+    pub max_total: usize,
+    /// `SSE_MAX_LIFETIME_SECS` (default 300, above 0): a stream ends cleanly after this (or
+    /// when the token that opened it expires, if sooner); the client reconnects with
+    /// `Last-Event-ID` and misses nothing.
+    pub max_lifetime: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            max_per_user: 5,
+            max_total: 1_000,
+            max_lifetime: Duration::from_secs(300),
         }
     }
 }
@@ -530,6 +577,7 @@ impl Config {
         env.duration("REQUEST_TIMEOUT_SECS", seconds, &mut c.http.request_timeout)?;
         env.read("BODY_LIMIT_BYTES", &mut c.http.body_limit)?;
         env.read("MAX_IN_FLIGHT", &mut c.http.max_in_flight)?;
+        env.duration("SHUTDOWN_DRAIN_SECS", seconds, &mut c.http.shutdown_drain)?;
         env.duration("SHUTDOWN_GRACE_SECS", seconds, &mut c.http.shutdown_grace)?;
 
         if let Some(url) = env.text("DATABASE_URL") {
@@ -540,6 +588,7 @@ impl Config {
             "DB_BACKGROUND_CONNECTIONS",
             &mut c.database.background_connections,
         )?;
+        env.read("DB_STREAM_CONNECTIONS", &mut c.database.stream_connections)?;
         c.redis_url = env.text("REDIS_URL").map(SecretUrl::new);
         c.events.kafka_brokers = env.text("KAFKA_BROKERS");
         env.read("EVENT_PREFIX", &mut c.events.prefix)?;
@@ -602,17 +651,31 @@ impl Config {
             Duration::from_secs(3_600),
             &mut c.orders.idempotency_key_retention,
         )?;
+        let mut rate = c.orders.rate_per_minute.unwrap_or(0);
+        env.read("ORDER_RATE_PER_MINUTE", &mut rate)?;
+        c.orders.rate_per_minute = (rate > 0).then_some(rate);
+        env.read("ORDER_BURST", &mut c.orders.burst)?;
+
+        env.read("SSE_MAX_STREAMS_PER_USER", &mut c.streams.max_per_user)?;
+        env.read("SSE_MAX_STREAMS", &mut c.streams.max_total)?;
+        env.duration(
+            "SSE_MAX_LIFETIME_SECS",
+            seconds,
+            &mut c.streams.max_lifetime,
+        )?;
         c.validate()?;
         Ok(c)
     }
 
     /// Settings for a test or an embedding: `database_url`, a free port on localhost, the
-    /// given secret, the stand-in payment gateway chosen explicitly, everything else at its
-    /// default (in-process transport and cache).
+    /// given secret, the stand-in payment gateway chosen explicitly, no drain at shutdown (no
+    /// load balancer to leave), everything else at its default (in-process transport and
+    /// cache).
     #[must_use]
     pub fn local(database_url: impl Into<String>, jwt_secret: impl Into<String>) -> Self {
         let mut config = Self::default();
         config.http.listen.set_port(0);
+        config.http.shutdown_drain = Duration::ZERO;
         config.database.url = SecretUrl::new(database_url);
         config.auth.jwt_secret = Secret::new(jwt_secret);
         config.payment.gateway = Some(PaymentGateway::StandIn);
@@ -646,6 +709,24 @@ impl Config {
             "IDEMPOTENCY_KEY_RETENTION_HOURS",
             self.orders.idempotency_key_retention.is_zero(),
         )?;
+        positive("ORDER_BURST", self.orders.burst == 0)?;
+        positive(
+            "DB_STREAM_CONNECTIONS",
+            self.database.stream_connections == 0,
+        )?;
+        positive("SSE_MAX_STREAMS_PER_USER", self.streams.max_per_user == 0)?;
+        positive("SSE_MAX_LIFETIME_SECS", self.streams.max_lifetime.is_zero())?;
+        if self.streams.max_total < self.streams.max_per_user {
+            return Err(ConfigError::new(
+                "SSE_MAX_STREAMS",
+                self.streams.max_total.to_string(),
+                format!(
+                    "must be at least SSE_MAX_STREAMS_PER_USER ({}): one user could never \
+                     open their share",
+                    self.streams.max_per_user
+                ),
+            ));
+        }
         if self.database.background_connections < 4 {
             return Err(ConfigError::new(
                 "DB_BACKGROUND_CONNECTIONS",
@@ -794,6 +875,12 @@ mod tests {
         assert!(c.events.kafka_brokers.is_none() && c.redis_url.is_none());
         assert_eq!(c.saga.timeout, Duration::from_secs(30));
         assert_eq!(c.payment.gateway, Some(PaymentGateway::StandIn));
+        assert_eq!((c.streams.max_per_user, c.streams.max_total), (5, 1_000));
+        assert_eq!(c.streams.max_lifetime, Duration::from_secs(300));
+        assert_eq!((c.orders.rate_per_minute, c.orders.burst), (Some(60), 10));
+        assert_eq!(c.http.shutdown_drain, Duration::from_secs(5));
+        let off = config(&with_secret_and_gateway(&[("ORDER_RATE_PER_MINUTE", "0")])).unwrap();
+        assert_eq!(off.orders.rate_per_minute, None);
         assert!(!format!("{c:?}").contains(SECRET), "secret in Debug");
     }
 
@@ -921,6 +1008,42 @@ mod tests {
                 "both gateway settings",
                 &[("PAYMENT_GATEWAY_URL", "http://127.0.0.1:1")],
                 "PAYMENT_GATEWAY",
+            ),
+            (
+                "zero stream pool",
+                &[("DB_STREAM_CONNECTIONS", "0")],
+                "DB_STREAM_CONNECTIONS",
+            ),
+            (
+                "no streams per user",
+                &[("SSE_MAX_STREAMS_PER_USER", "0")],
+                "SSE_MAX_STREAMS_PER_USER",
+            ),
+            (
+                "fewer streams overall than one user may open",
+                &[("SSE_MAX_STREAMS", "3")],
+                "SSE_MAX_STREAMS",
+            ),
+            (
+                "negative stream cap",
+                &[("SSE_MAX_STREAMS", "-1")],
+                "SSE_MAX_STREAMS",
+            ),
+            (
+                "zero stream lifetime",
+                &[("SSE_MAX_LIFETIME_SECS", "0")],
+                "SSE_MAX_LIFETIME_SECS",
+            ),
+            ("zero order burst", &[("ORDER_BURST", "0")], "ORDER_BURST"),
+            (
+                "order rate not a number",
+                &[("ORDER_RATE_PER_MINUTE", "lots")],
+                "ORDER_RATE_PER_MINUTE",
+            ),
+            (
+                "drain not a number",
+                &[("SHUTDOWN_DRAIN_SECS", "5s")],
+                "SHUTDOWN_DRAIN_SECS",
             ),
         ];
         let mut failures = Vec::new();

@@ -6,8 +6,9 @@
 //! 400/422); a modifier adds those that come from the shared layers and extractors,
 //! by what the operation has: 401 on routes with a token, 400 `invalid_path` /
 //! `invalid_query` with path or query parameters, 400 / 413 / 415 / 422 with a JSON body, and
-//! 429 and 503 everywhere. Its unit tests and `scripts/contract.sh` (schemathesis) hold
-//! the document to what the server answers.
+//! 429 and 503 everywhere but on the probes (`/health`, `/ready`), which sit outside the load
+//! shedder and the request timeout. Its unit tests and `scripts/contract.sh` (schemathesis)
+//! hold the document to what the server answers.
 
 use axum::Router;
 use utoipa::openapi::path::{Operation, ParameterIn};
@@ -27,8 +28,9 @@ use crate::services::{admin, ops, order, store};
         description = "Orders, stock and payments over HTTP. Authenticate with `Authorization: Bearer <JWT>` \
                        (HS256; `reference-app token --sub alice --role customer` prints one). Every error \
                        is `{\"error\": {\"code\", \"message\", \"details\"}}`; money is integer minor units. \
-                       Any route answers 429 `too_many_requests` when the server sheds load and 503 `timeout` \
-                       when a request outlasts the limit (both with `Retry-After`); a method a path does not \
+                       Any route but `/health` and `/ready` answers 429 `too_many_requests` when the server \
+                       sheds load and 503 `timeout` when a request outlasts the limit (both with \
+                       `Retry-After`); a method a path does not \
                        have answers 405 `method_not_allowed`, an unknown path 404 `route_not_found`. \
                        Integers may be sent as JSON numbers with a zero fraction (`2.0`)."
     ),
@@ -74,7 +76,9 @@ struct SharedAnswers;
 impl Modify for SharedAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         unique_order_lines(openapi);
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in &mut openapi.paths.paths {
+            // The probes are mounted outside the load shedder and the request timeout.
+            let layered = !PROBES.contains(&path.as_str());
             for operation in [
                 &mut item.get,
                 &mut item.post,
@@ -85,11 +89,14 @@ impl Modify for SharedAnswers {
             .into_iter()
             .flatten()
             {
-                add_shared_answers(operation);
+                add_shared_answers(operation, layered);
             }
         }
     }
 }
+
+/// The paths outside the load shedder and the request timeout (`crate::http::layered`).
+const PROBES: [&str; 2] = ["/health", "/ready"];
 
 /// `uniqueItems` on `PlaceOrder.items` (no derive attribute sets it on a `Vec`): two equal
 /// lines are refused like any two lines of one product.
@@ -143,7 +150,9 @@ fn bad_request_codes(operation: &Operation) -> Vec<&'static str> {
     codes
 }
 
-fn add_shared_answers(operation: &mut Operation) {
+/// Adds the shared layers' and extractors' answers to `operation`; `layered`: behind the load
+/// shedder and the request timeout (429, 503).
+fn add_shared_answers(operation: &mut Operation, layered: bool) {
     let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
     let has_body = operation.request_body.is_some();
     let bad_request = bad_request_codes(operation);
@@ -172,10 +181,19 @@ fn add_shared_answers(operation: &mut Operation) {
             error_answer("`validation_failed`: the JSON has the wrong shape, types or values")
         });
     }
-    answers.insert(
-        "429".into(),
-        error_answer("`too_many_requests`: the server is at its limit of requests in flight; retry after `Retry-After` seconds"),
-    );
+    if !layered {
+        return;
+    }
+    let shed =
+        "`too_many_requests`: the server is at its limit of requests in flight; retry after \
+                `Retry-After` seconds";
+    match answers.get_mut("429") {
+        // A route with a limit of its own (a rate, a cap on streams) documents it.
+        Some(RefOr::T(own)) => own.description = format!("{}; or {shed}", own.description),
+        _ => {
+            answers.insert("429".into(), error_answer(shed));
+        }
+    }
     let unavailable = "`timeout`: the request outlasted the limit (it may still complete; a placement is safe to \
                        repeat with its idempotency key); `unavailable`: a dependency is down; `conflict_retry`: \
                        the request met a concurrent change and wrote nothing; `outcome_unknown`: the connection \
@@ -227,8 +245,14 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
                 let answers = operation["responses"].as_object().unwrap();
-                for status in ["429", "503"] {
-                    assert!(answers.contains_key(status), "{method} {path}: no {status}");
+                if super::PROBES.contains(&path.as_str()) {
+                    // Never shed, never timed out: `/ready`'s 503 is its own.
+                    assert!(!answers.contains_key("429"), "{method} {path}: 429");
+                    assert_eq!(answers.contains_key("503"), path == "/ready", "{path}: 503");
+                } else {
+                    for status in ["429", "503"] {
+                        assert!(answers.contains_key(status), "{method} {path}: no {status}");
+                    }
                 }
                 let secured = operation["security"]
                     .as_array()
@@ -240,6 +264,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_route_with_a_limit_of_its_own_keeps_it_beside_the_shedders_429() {
+        let doc = document();
+        for (path, method, own) in [
+            ("/api/v1/orders", "post", "rate_limited"),
+            ("/api/v1/orders/{id}/events", "get", "too_many_streams"),
+        ] {
+            let answer = &doc["paths"][path][method]["responses"]["429"];
+            let description = answer["description"].as_str().unwrap();
+            for code in [own, "too_many_requests"] {
+                assert!(description.contains(code), "{method} {path}: {description}");
+            }
+            assert!(answer["headers"]["Retry-After"].is_object(), "{answer}");
+        }
+        let events = &doc["paths"]["/api/v1/orders/{id}/events"]["get"]["responses"];
+        for status in ["204", "400"] {
+            assert!(events[status].is_object(), "events: no {status}");
         }
     }
 

@@ -75,7 +75,7 @@ pub fn count_error(code: &'static str) {
 }
 
 /// Counts an order placement by outcome (`created`, `backordered`, `replayed`,
-/// `insufficient_stock`, `error`).
+/// `insufficient_stock`, `rate_limited`, `error`).
 pub fn count_order(outcome: &'static str) {
     metrics::counter!("orders_total", "outcome" => outcome).increment(1);
 }

@@ -13,6 +13,8 @@ use common::{TestApp, Transport};
 async fn an_idempotency_key_is_forgotten_after_its_retention() {
     let app = TestApp::start_with(Transport::InProcess, |config| {
         config.orders.idempotency_key_retention = Duration::from_secs(1);
+        // The same customer repeats her request in a loop: the placement rate is not under test.
+        config.orders.rate_per_minute = None;
     })
     .await;
     let product = app.product("KEYS-1", 300, 10).await;

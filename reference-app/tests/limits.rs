@@ -28,6 +28,8 @@ async fn one_customer_cannot_hold_a_products_stock() {
     let app = TestApp::start_with(Transport::InProcess, |config| {
         config.orders.max_open_orders_per_user = Some(3);
         config.orders.backorder_timeout = Duration::from_secs(2);
+        // The holding limits, not the placement rate, are under test: she sends 25 orders.
+        config.orders.rate_per_minute = None;
     })
     .await;
     let product = app.product("HOARD-1", 700, 500).await;

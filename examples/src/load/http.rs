@@ -65,6 +65,9 @@ pub(crate) async fn start(
     // Like the clients' pool: waiting is part of the latency measured, not a failure.
     config.http.request_timeout = Duration::from_secs(600);
     config.http.max_in_flight = clients.saturating_mul(2).max(1);
+    // Each client is one user ordering back to back: the run measures the system's
+    // throughput, not the per-user rate limit.
+    config.orders.rate_per_minute = None;
     config.events.prefix = commerce_testkit::unique_name("load");
     // Payments queue behind a surge; the run measures ordering, not the saga's patience.
     config.saga.timeout = Duration::from_secs(3_600);

@@ -21,6 +21,7 @@ pub enum HealthStatus {
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: HealthStatus,
-    /// Per dependency (for `/ready`; empty for `/health`): `ok` or why not.
+    /// Per dependency (for `/ready`; empty for `/health`): `ok` or `unavailable` (the server
+    /// logs why); `shutdown: draining` while the server shuts down.
     pub checks: BTreeMap<String, String>,
 }

@@ -17,6 +17,8 @@ pub struct ApiError {
     details: Value,
     /// Logged, never sent: what went wrong inside.
     cause: Option<String>,
+    /// `Retry-After`, seconds (429 and 503 only; 1 when not given).
+    retry_after: Option<u64>,
 }
 
 pub use commerce_client::{ErrorBody, ErrorObject};
@@ -31,6 +33,7 @@ impl ApiError {
             message: message.into(),
             details: json!({}),
             cause: None,
+            retry_after: None,
         }
     }
 
@@ -45,6 +48,14 @@ impl ApiError {
     #[must_use]
     pub fn cause(mut self, cause: impl std::fmt::Display) -> Self {
         self.cause = Some(cause.to_string());
+        self
+    }
+
+    /// Sets `Retry-After` to `wait` rounded up to whole seconds (at least 1); for 429 and
+    /// 503 answers.
+    #[must_use]
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(whole_seconds(wait));
         self
     }
 
@@ -156,6 +167,32 @@ impl ApiError {
         )
         .details(json!({ "consumer": consumer, "known": known }))
     }
+
+    /// 429 `rate_limited`: the caller placed orders faster than their allowance; `wait` is
+    /// how long until the next is allowed (`Retry-After`).
+    #[must_use]
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many orders in a short time; retry after the time in Retry-After",
+        )
+        .details(json!({ "retry_after_seconds": whole_seconds(wait) }))
+        .retry_after(wait)
+    }
+
+    /// 429 `too_many_streams`: `limit` (`per_user` or `overall`) open event streams, `max`,
+    /// are open already.
+    #[must_use]
+    pub fn too_many_streams(limit: &'static str, max: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            "too many event streams open; close one, or retry later",
+        )
+        .details(json!({ "limit": limit, "max": max }))
+        .retry_after(STREAM_RETRY)
+    }
 }
 
 /// `limit` (`default` when absent) if it is 1 to `max`, else 400 `invalid_query`.
@@ -213,6 +250,15 @@ impl From<commerce_outbox::Error> for ApiError {
     }
 }
 
+/// `wait` rounded up to whole seconds, at least 1 (what `Retry-After` can say).
+fn whole_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// When to try again for a stream refused at a cap: streams end within their lifetime, and
+/// a client that closes one of its own may open another at once.
+const STREAM_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -232,9 +278,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::TOO_MANY_REQUESTS
             || self.status == StatusCode::SERVICE_UNAVAILABLE
         {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after.unwrap_or(1)),
+            );
         }
         response
     }

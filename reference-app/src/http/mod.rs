@@ -1,6 +1,10 @@
 //! What every route shares: the error type, the extractors, and the layers around the whole
 //! router (request ids, logging, metrics, timeouts, load shedding, body limits, panics, and
 //! JSON bodies for unknown routes and wrong methods).
+//!
+//! From the outside in: panics caught, request id (a client's own kept only when it is a sane
+//! token), logging, body limit, metrics (so every answer is counted, the shedder's 429s
+//! too); then, for the API but not the probes, load shedding and the request timeout.
 
 mod error;
 pub mod extract;
@@ -10,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, Method, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -22,9 +26,12 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{page_limit, ApiError, ApiResult, ErrorBody, ErrorObject};
 
-/// The request id header: set when the client sends none, echoed on every response, and
-/// carried by every log line of the request.
+/// The request id header: set when the client sends none (or one that is not a sane token),
+/// echoed on every response, and carried by every log line of the request.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client request id kept (a W3C `traceparent` is 55 characters).
+const MAX_REQUEST_ID: usize = 128;
 
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone, Copy)]
@@ -37,21 +44,24 @@ pub struct Limits {
     pub max_in_flight: usize,
 }
 
-/// Wraps `router` in the shared layers and JSON fallbacks.
-pub fn layered(router: Router, limits: Limits) -> Router {
+/// Wraps `api` in the shared layers and JSON fallbacks, and mounts `probes` (liveness and
+/// readiness) beside it outside the load shedder and the request timeout: a busy instance
+/// still answers its orchestrator.
+pub fn layered(api: Router, probes: Router, limits: Limits) -> Router {
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let timeout = limits.request_timeout;
-    router
-        .fallback(route_not_found)
+    api.fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |request, next| {
             within_timeout(timeout, request, next)
         }))
-        .layer(middleware::from_fn(crate::telemetry::track_requests))
         .layer(middleware::from_fn_with_state(in_flight, shed_load))
+        .merge(probes.method_not_allowed_fallback(method_not_allowed))
+        .layer(middleware::from_fn(crate::telemetry::track_requests))
         .layer(DefaultBodyLimit::max(limits.body_limit))
         .layer(
             ServiceBuilder::new()
+                .map_request(drop_insane_request_id)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -71,6 +81,28 @@ pub fn layered(router: Router, limits: Limits) -> Router {
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
+}
+
+/// Removes a client's request id unless it is a sane token (1 to [`MAX_REQUEST_ID`] ASCII
+/// letters, digits, `-`, `_`, `.`, `:`), so a fresh one is made: the id goes into every log
+/// line of the request, and a client must not be able to flood or forge those.
+fn drop_insane_request_id(mut request: Request) -> Request {
+    if request
+        .headers()
+        .get(REQUEST_ID)
+        .is_some_and(|id| !is_sane_request_id(id))
+    {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
+}
+
+fn is_sane_request_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    (1..=MAX_REQUEST_ID).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
 async fn route_not_found(uri: Uri) -> ApiError {
@@ -108,4 +140,34 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".to_owned());
     ApiError::internal(format!("handler panicked: {what}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_only_when_they_are_short_plain_tokens() {
+        let sane = |text: &str| is_sane_request_id(&HeaderValue::from_str(text).unwrap());
+        for kept in [
+            "trace-me-42",
+            "0192f0c4-7f3a-7c1e-9b2a-1d2e3f4a5b6c",
+            "svc.a:1_2",
+            &"x".repeat(MAX_REQUEST_ID),
+        ] {
+            assert!(sane(kept), "{kept}");
+        }
+        for replaced in [
+            "",
+            "two words",
+            "a\tb",
+            "<script>",
+            "quote\"d",
+            &"x".repeat(MAX_REQUEST_ID + 1),
+        ] {
+            assert!(!sane(replaced), "{replaced}");
+        }
+        let non_ascii = HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap();
+        assert!(!is_sane_request_id(&non_ascii));
+    }
 }

@@ -1,5 +1,10 @@
 //! Liveness, readiness and metrics.
+//!
+//! The probes (`/health`, `/ready`) have a router of their own, mounted outside the load
+//! shedder and the request timeout (an orchestrator must hear from a busy instance), and
+//! `/ready` checks Postgres on a connection of its own, not the request pool.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,13 +17,15 @@ use axum::routing::get;
 use axum::Router;
 use commerce_client::{Health, HealthStatus};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::http::extract::Json;
 use crate::services::payment::gateway::BreakerState;
 use crate::services::payment::PaymentWorker;
 use crate::services::store::catalog::Catalog;
 
-/// A probe's answer: `Err(reason)` when the dependency is down.
+/// A probe's answer: `Err(cause)` when the dependency is down (the cause is logged, never
+/// answered).
 type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// A dependency `/ready` checks: its name and a probe.
@@ -49,7 +56,8 @@ impl ReadinessCheck {
         }
     }
 
-    /// Postgres answers a query.
+    /// Postgres answers a query on `pool`: give it a pool of its own (one connection), so a
+    /// saturated request pool does not take the instance out of rotation.
     #[must_use]
     pub fn postgres(pool: PgPool) -> Self {
         Self::new("postgres", move || {
@@ -84,7 +92,7 @@ impl ReadinessCheck {
     }
 }
 
-/// What the ops routes need.
+/// What `/metrics` needs.
 #[derive(Debug, Clone)]
 pub struct OpsState {
     /// The database (outbox lag).
@@ -93,16 +101,31 @@ pub struct OpsState {
     pub catalog: Catalog,
     /// The payment worker (its gateway breaker), when this process runs the payment service.
     pub payments: Option<PaymentWorker>,
-    /// What `/ready` checks.
-    pub checks: Vec<ReadinessCheck>,
 }
 
-/// The ops routes (no token needed).
+/// What the probes need.
+#[derive(Debug, Clone)]
+pub struct ProbeState {
+    /// What `/ready` checks.
+    pub checks: Vec<ReadinessCheck>,
+    /// Cancelled when the instance starts shutting down: `/ready` answers 503 from then on,
+    /// while the server still serves, so load balancers stop sending it requests.
+    pub draining: CancellationToken,
+}
+
+/// `/metrics` (no token needed; behind the load shedder like the API).
 pub fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// `/health` and `/ready` (no token needed): mount them outside the load shedder and the
+/// request timeout (`http::layered` does).
+pub fn probes(state: ProbeState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -115,38 +138,58 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness: Postgres, and Redis and the broker when configured, answer (503 otherwise).
+/// Readiness: Postgres, and Redis and the broker when configured, answer (503 otherwise),
+/// and the instance is not shutting down (503 `shutdown: draining`). A failing check says
+/// only `unavailable`; its cause goes to the log.
 #[utoipa::path(get, path = "/ready", tag = "ops", responses(
     (status = 200, body = Health),
-    (status = 503, description = "a dependency is down", body = Health),
+    (status = 503, description = "a dependency is down (`unavailable`), or the instance is shutting down (`shutdown: draining`)", body = Health),
 ))]
-pub async fn ready(State(state): State<OpsState>) -> (StatusCode, Json<Health>) {
-    let mut checks = std::collections::BTreeMap::new();
+pub async fn ready(State(state): State<ProbeState>) -> (StatusCode, Json<Health>) {
+    let mut checks = BTreeMap::new();
+    if state.draining.is_cancelled() {
+        checks.insert("shutdown".to_owned(), "draining".to_owned());
+        return unavailable(checks);
+    }
     let mut all_ok = true;
     for check in &state.checks {
-        let outcome = tokio::time::timeout(Duration::from_secs(2), (check.probe)())
+        let outcome = tokio::time::timeout(PROBE_TIMEOUT, (check.probe)())
             .await
-            .unwrap_or_else(|_| Err("no answer within 2 s".into()));
-        all_ok &= outcome.is_ok();
-        checks.insert(
-            check.name.to_owned(),
-            outcome.err().unwrap_or_else(|| "ok".into()),
-        );
+            .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
+        let verdict = match outcome {
+            Ok(()) => "ok",
+            Err(cause) => {
+                all_ok = false;
+                tracing::warn!(check = check.name, %cause, "readiness check failed");
+                "unavailable"
+            }
+        };
+        checks.insert(check.name.to_owned(), verdict.to_owned());
     }
-    let status = if all_ok {
-        StatusCode::OK
+    if all_ok {
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: HealthStatus::Ok,
+                checks,
+            }),
+        )
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = Health {
-        status: if all_ok {
-            HealthStatus::Ok
-        } else {
-            HealthStatus::Unavailable
-        },
-        checks,
-    };
-    (status, Json(body))
+        unavailable(checks)
+    }
+}
+
+/// How long a readiness check may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn unavailable(checks: BTreeMap<String, String>) -> (StatusCode, Json<Health>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Health {
+            status: HealthStatus::Unavailable,
+            checks,
+        }),
+    )
 }
 
 /// Prometheus text: request latency by route, orders by outcome, saga outcomes, errors by

@@ -3,7 +3,9 @@
 //! send: malformed bodies, wrong content types, missing or forged tokens).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod faults;
 pub mod gateway;
+pub mod sse;
 
 use std::time::Duration;
 

@@ -3,8 +3,10 @@
 //! the order side of the payment saga (start it, react to the payment's answer, time it out).
 
 mod expiry;
+mod placement_rate;
 pub mod routes;
 pub mod saga;
+mod stream_admission;
 pub mod watch;
 
 use axum::extract::FromRef;
@@ -19,8 +21,9 @@ pub use commerce_client::{
     HistoryView, ItemView, ListQuery, OrderItem, OrderList, OrderStatus, OrderView, PlaceOrder,
     Shortage,
 };
+pub use placement_rate::PlacementRate;
 pub use routes::{cancel, deliver, list, order, place, ship, watch as events};
-pub use watch::StatusFeed;
+pub use watch::{StatusFeed, Streams};
 
 /// What the order service needs.
 #[derive(Debug, Clone, FromRef)]
@@ -31,6 +34,10 @@ pub struct OrderState {
     pub auth: Auth,
     /// Status changes as they commit (for the event streams).
     pub feed: StatusFeed,
+    /// The event streams' reader, caps and lifetime.
+    pub streams: Streams,
+    /// Each user's allowance of order placements.
+    pub placement_rate: PlacementRate,
     /// Cancelled when the process shuts down: open event streams end.
     pub shutdown: CancellationToken,
     /// The currency of the prices.

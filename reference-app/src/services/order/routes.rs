@@ -1,11 +1,12 @@
 //! The order service's HTTP handlers.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use commerce_core::{NewOrder, OrderCursor, OrderId, OrderStatus, ShortagePolicy};
 use uuid::Uuid;
 
+use super::watch::{Opened, Resume};
 use super::{order_view, ListQuery, OrderList, OrderState, OrderView, PlaceOrder, Shortage};
 use crate::auth::{Admin, Caller};
 use crate::http::extract::{Json, Path, Query};
@@ -13,6 +14,8 @@ use crate::http::{page_limit, ApiError, ApiResult, ErrorBody};
 use crate::telemetry::count_order;
 
 pub use commerce_client::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+/// Sent by a reconnecting event-stream client: the id of the last event it received.
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// Most orders on one page of `GET /api/v1/orders`.
 const MAX_PAGE: u32 = 100;
@@ -70,6 +73,8 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
         (status = 404, description = "`product_not_found`: a line's product does not exist", body = ErrorBody),
         (status = 409, description = "`insufficient_stock` (details: product_id, requested, available), `idempotency_key_reused` (details: idempotency_key, order_id) or `user_limit_exceeded` (details: limit, current, requested, max)", body = ErrorBody),
         (status = 422, description = "`validation_failed`: the JSON has the wrong shape or types, no lines or more than 100, a quantity outside 1..=10000, a product twice, or an idempotency key that is blank, too long or holds control characters", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the caller placed orders faster than `ORDER_RATE_PER_MINUTE` (after a burst of `ORDER_BURST`; details: retry_after_seconds); `Retry-After` says in how many seconds the next is allowed", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until a retry may succeed"))),
     ),
     security(("bearer" = []))
 )]
@@ -79,6 +84,13 @@ pub async fn place(
     headers: HeaderMap,
     Json(body): Json<PlaceOrder>,
 ) -> ApiResult<Response> {
+    state
+        .placement_rate
+        .check(&caller.user_id)
+        .map_err(|wait| {
+            count_order("rate_limited");
+            ApiError::rate_limited(wait)
+        })?;
     let mut request = NewOrder::new(caller.user_id.clone()).policy(match body.on_shortage {
         Shortage::Reject => ShortagePolicy::Reject,
         Shortage::Backorder => ShortagePolicy::Backorder,
@@ -99,7 +111,20 @@ pub async fn place(
             return Err(e.into());
         }
     };
-    let history = state.commerce.order_history(placed.order.id).await?;
+    // The order is committed: a failed read of its history must not make the client think
+    // otherwise (and place it again), so the answer then goes without the history.
+    let history = state
+        .commerce
+        .order_history(placed.order.id)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(
+                %error,
+                order = %placed.order.id,
+                "placed, but its history cannot be read: answered without it"
+            );
+            Vec::new()
+        });
     // A repeat answers as the first request did, whatever the order went through since.
     let placed_as = history.first().map_or(placed.order.status, |h| h.to);
     let status = if placed_as == OrderStatus::Backordered {
@@ -211,11 +236,11 @@ pub async fn cancel(
 ) -> ApiResult<Json<OrderView>> {
     let order = owned_order(&state, &caller, id).await?;
     let reason = if caller.is_admin() && caller.user_id != order.user_id {
-        "cancelled by an admin"
+        format!("cancelled by admin {}", caller.user_id)
     } else {
-        "cancelled by the customer"
+        "cancelled by the customer".to_owned()
     };
-    let order = state.commerce.cancel_order(order.id, reason).await?;
+    let order = state.commerce.cancel_order(order.id, &reason).await?;
     let history = state.commerce.order_history(order.id).await?;
     Ok(Json(order_view(&order, &history, &state.currency)))
 }
@@ -248,10 +273,11 @@ async fn advance(
 )]
 pub async fn ship(
     State(state): State<OrderState>,
-    _admin: Admin,
+    Admin(admin): Admin,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<OrderView>> {
-    advance(&state, id, OrderStatus::Shipped, "handed to the carrier").await
+    let reason = format!("handed to the carrier (by admin {})", admin.user_id);
+    advance(&state, id, OrderStatus::Shipped, &reason).await
 }
 
 /// Marks a SHIPPED order as delivered (admin).
@@ -268,21 +294,33 @@ pub async fn ship(
 )]
 pub async fn deliver(
     State(state): State<OrderState>,
-    _admin: Admin,
+    Admin(admin): Admin,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<OrderView>> {
-    advance(&state, id, OrderStatus::Delivered, "delivered").await
+    let reason = format!("delivered (marked by admin {})", admin.user_id);
+    advance(&state, id, OrderStatus::Delivered, &reason).await
 }
 
 /// Server-Sent Events of an order's status: the current status first, then one event per
 /// change, until a final status (DELIVERED or CANCELLED). Its owner or an admin.
+///
+/// Each event's id is the position of its change in the order's history (1 for the first
+/// status); a client reconnecting with `Last-Event-ID` gets exactly the changes after it. A
+/// stream ends after `SSE_MAX_LIFETIME_SECS` or when the caller's token expires (reconnect).
 #[utoipa::path(
     get, path = "/api/v1/orders/{id}/events", tag = "orders",
-    params(("id" = Uuid, Path, description = "order id")),
+    params(
+        ("id" = Uuid, Path, description = "order id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event received: resume after it"),
+    ),
     responses(
-        (status = 200, description = "`text/event-stream`: events named `status`, data a HistoryView", content_type = "text/event-stream", body = super::HistoryView),
+        (status = 200, description = "`text/event-stream`: events named `status`, data a HistoryView, id the change's position in the order's history", content_type = "text/event-stream", body = super::HistoryView),
+        (status = 204, description = "`Last-Event-ID` is the final event: nothing will follow (an EventSource stops reconnecting)"),
+        (status = 400, description = "`invalid_path`: the id is not a UUID; `bad_request`: a `Last-Event-ID` this stream never gave out", body = ErrorBody),
         (status = 403, description = "`forbidden`: another user's order", body = ErrorBody),
         (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 429, description = "`too_many_streams`: the caller has `SSE_MAX_STREAMS_PER_USER` streams open, or the server `SSE_MAX_STREAMS` (`details.limit`: `per_user` or `overall`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until a retry may succeed"))),
     ),
     security(("bearer" = []))
 )]
@@ -290,9 +328,16 @@ pub async fn watch(
     State(state): State<OrderState>,
     caller: Caller,
     Path(id): Path<Uuid>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let resume = Resume::from_header(headers.get(LAST_EVENT_ID))?;
     let order = owned_order(&state, &caller, id).await?;
-    Ok(super::watch::stream(&state, order.id).into_response())
+    let opened =
+        super::watch::open(&state, order.id, &caller.user_id, caller.expires_at, resume).await?;
+    Ok(match opened {
+        Opened::Stream(stream) => stream.into_response(),
+        Opened::Finished => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 #[cfg(test)]

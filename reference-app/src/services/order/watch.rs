@@ -1,29 +1,39 @@
 //! Live order status: a transaction hook notifies Postgres of every status change (delivered
 //! at commit, to every instance), one listener per process fans the notifications out, and
-//! each event stream reads the order's new history rows when told (or every second, so a
-//! lost notification only delays an event).
+//! each event stream reads the order's new history rows when told, and at least every second
+//! whatever else is notified, so a lost notification only delays an event.
+//!
+//! An event's id is the position of its change in the order's history (1 for the first
+//! status), which only ever grows: a client that reconnects with `Last-Event-ID` gets exactly
+//! the changes after it. Streams are admitted up to caps per user and overall, read on a pool
+//! of their own, and end after a maximum lifetime or when the token that opened them expires,
+//! whichever comes first (the client reconnects).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use commerce_core::{Commerce, CoreEvent, OrderId, TransactionHook};
+use commerce_core::{Commerce, CoreEvent, OrderId, StatusChange, TransactionHook};
 use futures::Stream;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::stream_admission::{StreamAdmission, StreamPermit};
 use super::OrderState;
+use crate::config::StreamSettings;
+use crate::http::{ApiError, ApiResult};
 
 /// The Postgres channel status changes are announced on (payload: the order id).
 pub const CHANNEL: &str = "commerce_order_status";
 
-/// How often a stream re-reads the history when no notification came.
+/// The longest a stream goes without reading its order's history, notified or not.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Status changes of orders as they commit, fanned out to this process's event streams.
@@ -130,89 +140,199 @@ impl TransactionHook for NotifyStatusChanges {
     }
 }
 
+/// What the event streams share: the history reader on a pool of their own, the caps, the
+/// lifetime. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    /// Reads the history on the streams' own pool: a thousand streams polling cannot take
+    /// the connections requests need.
+    history: Commerce,
+    admission: StreamAdmission,
+    max_lifetime: Duration,
+}
+
+impl Streams {
+    /// Streams reading on `pool`, limited by `settings`.
+    #[must_use]
+    pub fn new(pool: PgPool, settings: &StreamSettings) -> Self {
+        Self {
+            history: Commerce::builder(pool).build(),
+            admission: StreamAdmission::new(settings.max_per_user, settings.max_total),
+            max_lifetime: settings.max_lifetime,
+        }
+    }
+}
+
+/// Where a stream starts: the event ids a client has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// A new client: the current status first.
+    Current,
+    /// A client that saw the events up to this id (`Last-Event-ID`).
+    After(usize),
+}
+
+impl Resume {
+    /// From the `Last-Event-ID` header's value, if any.
+    ///
+    /// # Errors
+    /// 400 `bad_request` for a value that is not an id this API gives out.
+    pub fn from_header(value: Option<&axum::http::HeaderValue>) -> ApiResult<Self> {
+        let Some(value) = value else {
+            return Ok(Self::Current);
+        };
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .map(Self::After)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "Last-Event-ID must be the id of an event this stream sent (a number)",
+                )
+            })
+    }
+}
+
+/// What to answer a request for an order's events.
+#[derive(Debug)]
+pub enum Opened<S> {
+    /// The stream.
+    Stream(Sse<S>),
+    /// The client has seen the final event: nothing will follow (204 tells an `EventSource`
+    /// to stop reconnecting).
+    Finished,
+}
+
+/// Opens the event stream of `order` for `user`, whose token expires at `token_expires`.
+///
+/// # Errors
+/// 429 `too_many_streams` beyond a cap; 400 `bad_request` for a `Last-Event-ID` beyond the
+/// order's history; the history read's errors.
+pub(super) async fn open(
+    state: &OrderState,
+    order: OrderId,
+    user: &str,
+    token_expires: SystemTime,
+    resume: Resume,
+) -> ApiResult<Opened<impl Stream<Item = Result<Event, Infallible>>>> {
+    let permit = state
+        .streams
+        .admission
+        .admit(user)
+        .map_err(|refused| ApiError::too_many_streams(refused.limit(), refused.max()))?;
+    // Subscribed before the first read, so no change between the two is missed.
+    let updates = state.feed.subscribe();
+    let history = state.commerce.order_history(order).await?;
+    let sent = match resume {
+        Resume::Current => history.len().saturating_sub(1),
+        Resume::After(seen) if seen <= history.len() => seen,
+        Resume::After(_) => {
+            return Err(ApiError::bad_request(
+                "Last-Event-ID is beyond this order's history: not an id of this stream",
+            ))
+        }
+    };
+    if sent == history.len() && history.last().is_some_and(|last| last.to.is_final()) {
+        return Ok(Opened::Finished);
+    }
+    let token_left = token_expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let now = Instant::now();
+    let mut watch = Watch {
+        history: state.streams.history.clone(),
+        order,
+        updates,
+        shutdown: state.shutdown.clone(),
+        ends_at: now + state.streams.max_lifetime.min(token_left),
+        next_poll: now + POLL,
+        sent,
+        pending: VecDeque::new(),
+        finished: false,
+        _permit: permit,
+    };
+    watch.take(history);
+    let events = futures::stream::unfold(watch, |mut watch| async move {
+        let event = watch.next().await?;
+        Some((Ok(event), watch))
+    });
+    Ok(Opened::Stream(
+        Sse::new(events).keep_alive(KeepAlive::default()),
+    ))
+}
+
 /// Where one event stream stands.
 struct Watch {
-    commerce: Commerce,
+    /// The reader on the streams' pool.
+    history: Commerce,
     order: OrderId,
     updates: broadcast::Receiver<OrderId>,
     shutdown: CancellationToken,
-    /// History rows already sent.
+    /// The end of its lifetime, or of its token's.
+    ends_at: Instant,
+    /// The next read whatever is notified: notifications of other orders do not move it.
+    next_poll: Instant,
+    /// History rows queued or sent (the next event's id is one more).
     sent: usize,
-    started: bool,
-    pending: VecDeque<commerce_core::StatusChange>,
+    /// Changes to send, with their positions (ids).
+    pending: VecDeque<(usize, StatusChange)>,
     finished: bool,
+    /// Its place among the open streams, given back when the stream is dropped.
+    _permit: StreamPermit,
 }
 
 impl Watch {
-    /// The next event, or `None` when the stream ends (final status, shutdown, or a
-    /// database error, which is logged).
+    /// The next event, or `None` when the stream ends (final status, lifetime or token over,
+    /// shutdown, or a database error, which is logged).
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(change) = self.pending.pop_front() {
+            if let Some((position, change)) = self.pending.pop_front() {
                 if change.to.is_final() {
                     self.finished = true;
                     self.pending.clear();
                 }
-                let view = super::history_view(&change);
                 return Event::default()
                     .event("status")
-                    .id(self.sent.to_string())
-                    .json_data(view)
+                    .id(position.to_string())
+                    .json_data(super::history_view(&change))
                     .ok();
             }
             if self.finished {
                 return None;
             }
-            if self.started {
-                tokio::select! {
-                    () = self.shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(POLL) => {}
-                    update = self.updates.recv() => match update {
-                        Ok(order) if order != self.order => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                        // Ours, or missed some (lagged): read the history either way.
-                        _ => {}
-                    },
-                }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep_until(self.ends_at) => return None,
+                () = tokio::time::sleep_until(self.next_poll) => {}
+                update = self.updates.recv() => match update {
+                    Ok(order) if order != self.order => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                    // Ours, or missed some (lagged): read the history either way.
+                    _ => {}
+                },
             }
-            let history = match self.commerce.order_history(self.order).await {
-                Ok(history) => history,
+            self.next_poll = Instant::now() + POLL;
+            match self.history.order_history(self.order).await {
+                Ok(history) => self.take(history),
                 Err(error) => {
                     tracing::warn!(%error, order = %self.order, "order event stream ends");
                     return None;
                 }
-            };
-            if self.started {
-                self.pending.extend(history.iter().skip(self.sent).cloned());
-            } else {
-                // The current status first.
-                self.started = true;
-                self.pending.extend(history.last().cloned());
             }
-            self.sent = history.len();
         }
     }
-}
 
-/// The event stream of `order`.
-pub(super) fn stream(
-    state: &OrderState,
-    order: OrderId,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    // Subscribed before the first read, so no change between the two is missed.
-    let watch = Watch {
-        commerce: state.commerce.clone(),
-        order,
-        updates: state.feed.subscribe(),
-        shutdown: state.shutdown.clone(),
-        sent: 0,
-        started: false,
-        pending: VecDeque::new(),
-        finished: false,
-    };
-    let events = futures::stream::unfold(watch, |mut watch| async move {
-        let event = watch.next().await?;
-        Some((Ok(event), watch))
-    });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    /// Queues the rows of `history` not queued yet, each with its position as its id.
+    fn take(&mut self, history: Vec<StatusChange>) {
+        let known = self.sent;
+        self.sent = self.sent.max(history.len());
+        self.pending.extend(
+            history
+                .into_iter()
+                .enumerate()
+                .skip(known)
+                .map(|(index, change)| (index + 1, change)),
+        );
+    }
 }

@@ -1,0 +1,178 @@
+//! Order placement and fulfilment details: a per-user rate limit, an answer after commit
+//! even when the history cannot be read, the admin who acted in the history, and request ids
+//! kept only when sane.
+
+mod common;
+
+use std::time::Duration;
+
+use commerce_client::{OrderStatus, OrderView};
+use common::{Answer, TestApp, Transport};
+use reference_app::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+/// `POST /api/v1/orders` of one unit of `product` for `token`, sent once, as it is.
+async fn order_once(app: &TestApp, token: &str, product: i64) -> Answer {
+    let body = json!({"items": [{"product_id": product, "quantity": 1}]});
+    app.raw_request(Method::POST, "/api/v1/orders", token, Some(body), &[])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_beyond_the_rate_gets_429_while_another_is_served() {
+    let app = TestApp::start_with(Transport::InProcess, |config| {
+        config.orders.rate_per_minute = Some(1);
+        config.orders.burst = 3;
+    })
+    .await;
+    let product = app.product("RATE-1", 100, 100).await;
+    let (alice, bob) = (
+        app.token("alice", Role::Customer),
+        app.token("bob", Role::Customer),
+    );
+    for n in 0..3 {
+        let placed = order_once(&app, &alice, product).await;
+        assert_eq!(placed.status, StatusCode::CREATED, "order {n}: {placed:?}");
+    }
+    for n in 3..6 {
+        let refused = order_once(&app, &alice, product).await;
+        refused.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+        let wait: u64 = refused.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "order {n}: Retry-After {wait}");
+    }
+    let served = order_once(&app, &bob, product).await;
+    assert_eq!(served.status, StatusCode::CREATED, "{served:?}");
+    let stock = app.admin.stock(product).await.unwrap();
+    assert_eq!(stock.available, 96, "refused orders took no stock");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_answered_after_commit_even_when_its_history_cannot_be_read() {
+    let app = TestApp::start(Transport::InProcess).await;
+    let product = app.product("HIST-1", 100, 10).await;
+    // A fault in the database: every new order gets a history row no reader understands.
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_unreadable_history() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason)
+             VALUES (NEW.order_id, NEW.to_status, 'UNREADABLE', 'fault injected by the test');
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER test_unreadable_history AFTER INSERT ON commerce.order_status_history
+         FOR EACH ROW WHEN (NEW.from_status IS NULL) EXECUTE FUNCTION test_unreadable_history();",
+    )
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    let alice = app.token("alice", Role::Customer);
+    let body = json!({"items": [{"product_id": product, "quantity": 2}]});
+    let placed = app
+        .raw_request(Method::POST, "/api/v1/orders", &alice, Some(body), &[])
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
+    assert_eq!(placed.body["status"], "CREATED");
+    assert_eq!(placed.body["total"], 200);
+    assert_eq!(placed.body["history"], json!([]));
+    let id = placed.body["id"].as_str().unwrap();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM commerce.orders WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(app.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, 1);
+    app.stop().await;
+}
+
+/// `(status, reason)` of each history row of `order`.
+fn reasons(order: &OrderView) -> Vec<(OrderStatus, String)> {
+    order
+        .history
+        .iter()
+        .map(|h| (h.status, h.reason.clone()))
+        .collect()
+}
+
+/// The reason of the history row that entered `status`.
+fn reason_for(order: &OrderView, status: OrderStatus) -> String {
+    reasons(order)
+        .into_iter()
+        .find(|(s, _)| *s == status)
+        .map(|(_, reason)| reason)
+        .unwrap_or_else(|| panic!("no {status} in {order:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_names_the_admin_who_acted() {
+    let app = TestApp::start(Transport::InProcess).await;
+    let product = app.product("ADMIN-1", 100, 10).await;
+    let alice = app.customer("alice");
+    let jane = app.admin.with_token(app.token("ops-jane", Role::Admin));
+    let shipped = app.order(&alice, product, 1).await.unwrap().order.id;
+    let cancelled = app.order(&alice, product, 1).await.unwrap().order.id;
+    app.wait_for_status(shipped, OrderStatus::Processing, Duration::from_secs(30))
+        .await;
+    jane.ship_order(shipped).await.unwrap();
+    jane.deliver_order(shipped).await.unwrap();
+    jane.cancel_order(cancelled).await.unwrap();
+
+    let order = alice.order(shipped).await.unwrap();
+    for status in [OrderStatus::Shipped, OrderStatus::Delivered] {
+        let reason = reason_for(&order, status);
+        assert!(reason.contains("ops-jane"), "{status}: {reason:?}");
+    }
+    let reason = reason_for(
+        &alice.order(cancelled).await.unwrap(),
+        OrderStatus::Cancelled,
+    );
+    assert!(reason.contains("ops-jane"), "CANCELLED: {reason:?}");
+    // A customer cancelling their own order is not named as an admin.
+    let own = app.order(&alice, product, 1).await.unwrap().order.id;
+    let mine = alice.cancel_order(own).await.unwrap();
+    assert_eq!(
+        reason_for(&mine, OrderStatus::Cancelled),
+        "cancelled by the customer"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_request_id_is_kept_only_when_it_is_a_sane_token() {
+    let app = TestApp::start(Transport::InProcess).await;
+    let echoed = |id: String| {
+        let app = &app;
+        async move {
+            let answer = app
+                .raw_request(Method::GET, "/health", "", None, &[("x-request-id", &id)])
+                .await;
+            answer.headers["x-request-id"].to_str().unwrap().to_owned()
+        }
+    };
+    for kept in [
+        "trace-me-42",
+        "0192f0c4-7f3a-7c1e-9b2a-1d2e3f4a5b6c",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ] {
+        assert_eq!(echoed(kept.to_owned()).await, kept);
+    }
+    for replaced in [
+        "x".repeat(200),
+        "two words".to_owned(),
+        "<script>alert(1)</script>".to_owned(),
+        "line\tbreak".to_owned(),
+    ] {
+        let got = echoed(replaced.clone()).await;
+        assert_ne!(got, replaced, "an insane request id was kept");
+        assert!(
+            uuid::Uuid::parse_str(&got).is_ok(),
+            "the replacement is not a fresh id: {got:?}"
+        );
+    }
+    app.stop().await;
+}
