@@ -37,6 +37,8 @@ else
 fi
 
 export PORT=${PORT:-8080}
+# No load balancer to take a local run out of rotation: Ctrl-C stops without the drain.
+export SHUTDOWN_DRAIN_SECS=${SHUTDOWN_DRAIN_SECS:-0}
 # A secret of this checkout's own, kept between runs so tokens printed earlier stay valid.
 secret_hint='COMMERCE_JWT_SECRET=<yours>'
 if [ -z "${COMMERCE_JWT_SECRET:-}" ]; then
