@@ -273,7 +273,7 @@ impl Application {
             .merge(ops::router(OpsState {
                 pool: pool.clone(),
                 catalog: catalog.clone(),
-                payments: Some(worker),
+                payments: worker,
             }))
             .merge(crate::openapi::router());
         let probes = ops::probes(ProbeState {

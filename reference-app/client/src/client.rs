@@ -264,6 +264,7 @@ impl ApiClient {
         let (status, order, headers) = attempt
             .retry(self.retry.backoff())
             .when(Error::is_transient)
+            .adjust(|error, planned| self.retry.wait(error, planned))
             .await?;
         Ok(Placed {
             order,
@@ -473,7 +474,7 @@ impl ApiClient {
             let bytes = response.bytes().await.map_err(Error::Transport)?;
             return match serde_json::from_slice::<Health>(&bytes) {
                 Ok(health) => Ok(health),
-                Err(_) => Err(api_error(status, None, &bytes)),
+                Err(_) => Err(api_error(status, None, None, &bytes)),
             };
         }
         Ok(decode(error_for_status(response).await?).await?.1)
@@ -519,6 +520,7 @@ impl ApiClient {
         let (_, body, _) = attempt
             .retry(self.retry.backoff())
             .when(Error::is_transient)
+            .adjust(|error, planned| self.retry.wait(error, planned))
             .await?;
         Ok(body)
     }
@@ -558,21 +560,33 @@ async fn error_for_status(response: Response) -> Result<Response> {
     if status.is_success() {
         return Ok(response);
     }
-    let request_id = response
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name: HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let request_id = header(REQUEST_ID);
+    let retry_after = header(reqwest::header::RETRY_AFTER)
+        .and_then(|seconds| seconds.trim().parse().ok())
+        .map(std::time::Duration::from_secs);
     let bytes = response.bytes().await.map_err(Error::Transport)?;
-    Err(api_error(status, request_id, &bytes))
+    Err(api_error(status, request_id, retry_after, &bytes))
 }
 
-fn api_error(status: StatusCode, request_id: Option<String>, bytes: &[u8]) -> Error {
+fn api_error(
+    status: StatusCode,
+    request_id: Option<String>,
+    retry_after: Option<std::time::Duration>,
+    bytes: &[u8],
+) -> Error {
     match serde_json::from_slice::<ErrorBody>(bytes) {
         Ok(body) => Error::Api {
             status,
             error: body.error,
             request_id,
+            retry_after,
         },
         Err(_) => Error::UnexpectedResponse {
             status,

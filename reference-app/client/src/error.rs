@@ -39,6 +39,8 @@ pub enum Error {
         error: ErrorObject,
         /// The request id the server logged the request under (`x-request-id`).
         request_id: Option<String>,
+        /// The server's `Retry-After` (whole seconds), with a 429 or a 503.
+        retry_after: Option<std::time::Duration>,
     },
     /// The request did not get an answer: no connection, a broken connection, a timeout.
     #[error("no answer from the API: {0}")]
@@ -73,6 +75,15 @@ impl Error {
             Self::Api { status, .. } | Self::UnexpectedResponse { status, .. } => Some(*status),
             Self::Transport(e) => e.status(),
             Self::Stream(_) | Self::InvalidBaseUrl { .. } => None,
+        }
+    }
+
+    /// How long the server asked the client to wait before trying again (`Retry-After`).
+    #[must_use]
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Api { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

@@ -8,8 +8,9 @@ use backon::ExponentialBuilder;
 /// repeat cannot place a second order). Other writes are sent once.
 ///
 /// A request is repeated after a transport error (no connection, a broken connection, a
-/// timeout), 429 `too_many_requests` or a 503 (`timeout`, `unavailable`, `conflict_retry`,
-/// `outcome_unknown`), waiting an exponentially growing, jittered delay in between.
+/// timeout), a 429 or a 503 (`timeout`, `unavailable`, `conflict_retry`, `outcome_unknown`),
+/// waiting an exponentially growing, jittered delay in between, or the server's `Retry-After`
+/// when that is longer; a `Retry-After` beyond the longest delay ends the retries.
 ///
 /// The default: 3 attempts in all, delays from 100 ms doubling up to 2 s, with jitter.
 ///
@@ -79,6 +80,19 @@ impl RetryPolicy {
     #[must_use]
     pub fn max_attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The wait before the next attempt after `error`, the backoff having planned `planned`
+    /// (`None`: no attempt left). A server's `Retry-After` is honoured when it is longer; one
+    /// beyond the policy's longest delay ends the retries (the caller gets the error and
+    /// decides whether to wait that long).
+    pub(crate) fn wait(&self, error: &crate::Error, planned: Option<Duration>) -> Option<Duration> {
+        let planned = planned?;
+        match error.retry_after() {
+            Some(asked) if asked > self.max_delay => None,
+            Some(asked) => Some(asked.max(planned)),
+            None => Some(planned),
+        }
     }
 
     pub(crate) fn backoff(&self) -> ExponentialBuilder {

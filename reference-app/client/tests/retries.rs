@@ -35,7 +35,14 @@ async fn place(State(script): State<Shared>, headers: HeaderMap) -> Response {
     if !script.failures.is_empty() {
         let (status, code) = script.failures.remove(0);
         let body = json!({"error": {"code": code, "message": "scripted", "details": {}}});
-        return (status, Json(body)).into_response();
+        let mut response = (status, Json(body)).into_response();
+        // `rate_limited` names its wait, in seconds, as the server does.
+        if let Some(seconds) = code.strip_prefix("rate_limited_") {
+            response
+                .headers_mut()
+                .insert("retry-after", seconds.parse().unwrap());
+        }
+        return response;
     }
     script.placed += 1;
     let order = json!({
@@ -185,4 +192,41 @@ fn base_urls_are_checked() {
         .build()
         .unwrap();
     assert_eq!(client.base_url(), "http://127.0.0.1:8080/prefix");
+}
+
+/// A 429 with a short `Retry-After` is waited out (longer than the client's own backoff) and
+/// retried with the same key; one beyond the policy's longest delay ends the retries at once,
+/// so the caller decides whether to wait that long.
+#[tokio::test]
+async fn a_retry_after_is_honoured_or_ends_the_retries() {
+    let (client, script) = stand_in(vec![(StatusCode::TOO_MANY_REQUESTS, "rate_limited_1")]).await;
+    // Delays of 10 ms up to 2 s: the server's second is longer than the first delay.
+    let client = client.with_retry(
+        RetryPolicy::default().delays(Duration::from_millis(10), Duration::from_secs(2)),
+    );
+    let started = std::time::Instant::now();
+    let placed = client
+        .place_order(&PlaceOrder::one(1, 2))
+        .await
+        .expect("placed");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(placed.attempts, 2);
+    let keys = script.lock().unwrap().keys.clone();
+    assert_eq!(keys[0], keys[1]);
+
+    let (client, script) = stand_in(vec![(StatusCode::TOO_MANY_REQUESTS, "rate_limited_60")]).await;
+    let error = client
+        .place_order(&PlaceOrder::one(1, 2))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.retry_after(),
+        Some(Duration::from_secs(60)),
+        "{error:?}"
+    );
+    assert_eq!(script.lock().unwrap().keys.len(), 1);
 }

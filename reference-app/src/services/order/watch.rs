@@ -69,20 +69,24 @@ impl StatusFeed {
         let sender = self.sender.clone();
         tasks.spawn(async move {
             while !shutdown.is_cancelled() {
-                let mut listener = match PgListener::connect_with(&pool).await {
+                let listening = async {
+                    let mut listener = PgListener::connect_with(&pool).await?;
+                    listener.listen(CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                }
+                .await;
+                let mut listener = match listening {
                     Ok(listener) => listener,
                     Err(error) => {
-                        tracing::warn!(%error, "order status listener cannot connect; retrying");
+                        // A second before the next try: a database that refuses us is not
+                        // hammered in a loop.
+                        tracing::warn!(%error, "order status listener cannot LISTEN {CHANNEL}; retrying");
                         tokio::select! {
                             () = shutdown.cancelled() => return,
                             () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                         }
                     }
                 };
-                if let Err(error) = listener.listen(CHANNEL).await {
-                    tracing::warn!(%error, "LISTEN {CHANNEL} failed; retrying");
-                    continue;
-                }
                 loop {
                     let notification = tokio::select! {
                         () = shutdown.cancelled() => return,
