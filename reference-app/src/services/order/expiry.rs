@@ -164,7 +164,7 @@ pub(crate) fn spawn_key_purge(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use commerce_core::{NewOrder, NewProduct, ProductId, ShortagePolicy};
     use commerce_testkit::TestDb;
 
@@ -174,7 +174,8 @@ mod tests {
     /// Orders expire as soon as they enter the status: any age is over this.
     const AT_ONCE: Duration = Duration::ZERO;
 
-    async fn shop(stock: i64) -> (TestDb, Commerce) {
+    /// A fresh database with product 1 (`stock` units at 450) and a plain `Commerce`.
+    pub(in crate::services::order) async fn shop(stock: i64) -> (TestDb, Commerce) {
         let db = TestDb::new(&[&commerce_core::MIGRATOR, &commerce_outbox::MIGRATOR]).await;
         let commerce = Commerce::builder(db.pool().clone()).build();
         commerce
@@ -184,7 +185,12 @@ mod tests {
         (db, commerce)
     }
 
-    async fn place(commerce: &Commerce, user: &str, quantity: i64) -> OrderId {
+    /// `quantity` of product 1 for `user`, backordering what is short.
+    pub(in crate::services::order) async fn place(
+        commerce: &Commerce,
+        user: &str,
+        quantity: i64,
+    ) -> OrderId {
         commerce
             .place_order(
                 NewOrder::new(user)

@@ -257,28 +257,11 @@ pub(crate) fn payment_timeout(timeout: Duration) -> Expiry {
 
 #[cfg(test)]
 mod tests {
-    use commerce_core::{NewOrder, NewProduct, ProductId};
-    use commerce_testkit::TestDb;
-
     use super::*;
-
-    async fn shop(stock: i64) -> (TestDb, Commerce) {
-        let db = TestDb::new(&[&commerce_core::MIGRATOR, &commerce_outbox::MIGRATOR]).await;
-        let commerce = Commerce::builder(db.pool().clone()).build();
-        commerce
-            .create_product(NewProduct::new(ProductId(1), "mug").price(450).stock(stock))
-            .await
-            .unwrap();
-        (db, commerce)
-    }
+    use crate::services::order::expiry::tests::shop;
 
     async fn place(commerce: &Commerce, user: &str) -> OrderId {
-        commerce
-            .place_order(NewOrder::new(user).line(1, 1))
-            .await
-            .unwrap()
-            .order
-            .id
+        crate::services::order::expiry::tests::place(commerce, user, 1).await
     }
 
     fn answer(event_type: &str, payload: serde_json::Value) -> Envelope {
