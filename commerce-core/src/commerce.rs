@@ -244,6 +244,9 @@ impl Commerce {
             Err(e) if order.idempotency_key().is_some() && may_hide_a_repeat(&e) => {
                 match self.writer.replay(&order).await {
                     Ok(Some(first)) => Ok(first),
+                    // The key belongs to another request: that is the answer, whatever
+                    // refused this one.
+                    Err(duplicate @ crate::Error::DuplicateRequest { .. }) => Err(duplicate),
                     _ => Err(e),
                 }
             }
@@ -476,6 +479,7 @@ fn may_hide_a_repeat(e: &crate::Error) -> bool {
         Error::InsufficientStock { .. }
             | Error::UserLimitExceeded { .. }
             | Error::StockChanged { .. }
+            | Error::Overloaded { .. }
             | Error::Strategy(_)
             | Error::Conflict(_)
     )

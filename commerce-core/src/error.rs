@@ -147,6 +147,15 @@ pub enum Error {
     /// lock service is unreachable); nothing was written and retrying is safe.
     #[error("stock strategy unavailable: {0}")]
     Strategy(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Too many orders wait for this product (a surge beyond what the strategy queues, or
+    /// orders waited longer than its bound): nothing was written; retry after `retry_after`.
+    #[error("too many orders wait for product {product}: retry in {retry_after:?}")]
+    Overloaded {
+        /// The product whose queue is full.
+        product: ProductId,
+        /// A hint for when to try again.
+        retry_after: std::time::Duration,
+    },
     /// A stock write that relies on the figures it read was refused because they changed
     /// before the write (another writer, or a newer lock holder with a higher fencing
     /// token, got there first); nothing was written and retrying is safe.
@@ -169,6 +178,7 @@ impl Error {
                 | Self::Conflict(_)
                 | Self::Strategy(_)
                 | Self::StockChanged { .. }
+                | Self::Overloaded { .. }
         )
     }
 

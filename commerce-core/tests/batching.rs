@@ -339,15 +339,18 @@ async fn settings_are_clamped_and_reported() {
         max_attempts: 0,
         sold_out_fast_path: false,
         in_flight: 0,
+        max_queue: 0,
+        max_wait: Duration::from_millis(10),
     });
     let settings = strategy.settings();
     assert_eq!(
         (
             settings.max_batch,
             settings.max_attempts,
-            settings.in_flight
+            settings.in_flight,
+            settings.max_queue,
         ),
-        (1, 1, 1)
+        (1, 1, 1, 1)
     );
     assert_eq!(commerce_core::StockStrategy::name(&strategy), "batching");
 }

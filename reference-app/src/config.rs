@@ -463,7 +463,10 @@ pub struct StockSettings {
     /// `STOCK_STRATEGY`: `conditional-update` (the default), `redis-lock`, `local-lock` or
     /// `batching`.
     pub strategy: StockStrategyKind,
-    /// The batching strategy's settings (its defaults).
+    /// The batching strategy's settings: its defaults, with `BATCH_MAX_QUEUE` (orders waiting
+    /// per product, default 10,000) and `BATCH_MAX_WAIT_MS` (longest wait for a batch,
+    /// default 5,000); an order beyond either is answered 503 `overloaded` with
+    /// `Retry-After`.
     pub batch: BatchSettings,
 }
 
@@ -633,6 +636,8 @@ impl Config {
 
         env.duration("SAGA_TIMEOUT_SECS", seconds, &mut c.saga.timeout)?;
         env.read("STOCK_STRATEGY", &mut c.stock.strategy)?;
+        env.read("BATCH_MAX_QUEUE", &mut c.stock.batch.max_queue)?;
+        env.duration("BATCH_MAX_WAIT_MS", millis, &mut c.stock.batch.max_wait)?;
         env.limit(
             "MAX_BACKORDERED_UNITS_PER_USER",
             &mut c.orders.max_backordered_units_per_user,
@@ -710,6 +715,8 @@ impl Config {
             self.orders.idempotency_key_retention.is_zero(),
         )?;
         positive("ORDER_BURST", self.orders.burst == 0)?;
+        positive("BATCH_MAX_QUEUE", self.stock.batch.max_queue == 0)?;
+        positive("BATCH_MAX_WAIT_MS", self.stock.batch.max_wait.is_zero())?;
         positive(
             "DB_STREAM_CONNECTIONS",
             self.database.stream_connections == 0,

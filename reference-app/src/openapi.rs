@@ -196,8 +196,8 @@ fn add_shared_answers(operation: &mut Operation, layered: bool) {
     }
     let unavailable = "`timeout`: the request outlasted the limit (it may still complete; a placement is safe to \
                        repeat with its idempotency key); `unavailable`: a dependency is down; `conflict_retry`: \
-                       the request met a concurrent change and wrote nothing; `outcome_unknown`: the connection \
-                       broke while committing. Retry after `Retry-After` seconds";
+                       the request met a concurrent change and wrote nothing; `overloaded`: too many orders wait for \
+                       the product (nothing written); `outcome_unknown`: the connection broke while committing. Retry after `Retry-After` seconds";
     match answers.get_mut("503") {
         // `/ready` answers 503 with its checks; the shared layers with an error body.
         Some(RefOr::T(own)) => {

@@ -356,6 +356,17 @@ impl From<commerce_core::Error> for ApiError {
                 "the request met a concurrent change and wrote nothing; retry it",
             )
             .cause(e_chain(&e)),
+            E::Overloaded {
+                product,
+                retry_after,
+            } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many orders wait for this product; nothing was written: retry after the \
+                 time in Retry-After",
+            )
+            .details(json!({ "product_id": product.0, "retry_after_seconds": whole_seconds(retry_after) }))
+            .retry_after(retry_after),
             E::CommitOutcomeUnknown(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "outcome_unknown",

@@ -1,10 +1,14 @@
 //! The batching strategy: group commit per product (see [`Batching`]).
 
+mod plan;
+mod queue;
+mod sql;
 mod watch;
 mod write;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
@@ -15,11 +19,15 @@ use crate::ids::ProductId;
 use crate::order::{OrderWriter, PlacedOrder, ShortagePolicy, ValidatedOrder};
 
 use super::StockStrategy;
+use plan::{predict, Figures};
+use queue::{next_step, overloaded, ProductQueue, Request, Scene, Step};
 use watch::StockWatch;
-use write::{predict, run_batch, Figures};
+use write::{run_batch, Outcome, Turn};
 
-/// Waiting orders needed before a product's next batch starts while one is still in flight.
-const PIPELINE_DEPTH: usize = 100;
+/// Batches planned on locked rows, one at a time, after a compare-and-set failed: an
+/// outside write (a receipt, a cancellation, another instance) costs a few wasted batches,
+/// not every batch of the surge.
+const PESSIMISTIC_SPELL: u32 = 8;
 
 /// How [`Batching`] forms its batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +46,13 @@ pub struct BatchSettings {
     /// stock updates still apply one after the other, each a compare-and-set on what the
     /// previous one left.
     pub in_flight: usize,
+    /// The most orders of one product waiting for a batch (default 10,000): an order beyond
+    /// it is refused at once with [`Error::Overloaded`] (retryable; nothing written).
+    pub max_queue: usize,
+    /// The longest an order waits for its batch to start (default 5 s): an order that waited
+    /// longer is refused with [`Error::Overloaded`] instead of being written for a caller
+    /// that has most likely given up.
+    pub max_wait: std::time::Duration,
 }
 
 impl Default for BatchSettings {
@@ -47,6 +62,8 @@ impl Default for BatchSettings {
             max_attempts: 8,
             sold_out_fast_path: true,
             in_flight: 2,
+            max_queue: 10_000,
+            max_wait: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -68,6 +85,17 @@ impl Default for BatchSettings {
 /// second batch starts before the first has committed ([`BatchSettings::in_flight`]): its
 /// rows go in meanwhile, and its stock update is a compare-and-set on what the first one
 /// leaves.
+///
+/// **Back-pressure.** At most [`BatchSettings::max_queue`] orders wait per product; one
+/// more is refused at once with [`Error::Overloaded`] (retryable, nothing written), and so is
+/// an order that waited longer than [`BatchSettings::max_wait`] for its batch to start. A
+/// caller that gives up (drops the future) before its batch's transaction starts is not
+/// written; after that it is written like everyone else of its batch.
+///
+/// **Failures.** A conflict is tried again (with a short growing pause) up to
+/// [`BatchSettings::max_attempts`] attempts; any other failure of one order (its hook
+/// refusing it, say) is isolated by writing the batch in halves, so the others commit and
+/// each caller gets its own error.
 ///
 /// **What goes in a batch.** Every order joins the queue of its lowest product, so the orders
 /// of several lines go in batches too. A batch of one product's single-line orders takes the
@@ -102,24 +130,10 @@ pub struct Batching {
 
 struct Inner {
     settings: BatchSettings,
-    products: Mutex<HashMap<ProductId, ProductQueue>>,
+    /// One queue per product with orders waiting or a sold-out figure worth keeping; each
+    /// behind its own lock (the map's lock is only held to find or add an entry).
+    products: RwLock<HashMap<ProductId, Arc<Mutex<ProductQueue>>>>,
     watch: OnceLock<StockWatch>,
-}
-
-/// One product's waiting orders and what the last batch learned about it.
-#[derive(Default)]
-struct ProductQueue {
-    pending: VecDeque<Request>,
-    /// A writer task is working this queue.
-    writing: bool,
-    /// The product's row as the last batch committed or read it.
-    known: Option<Figures>,
-}
-
-/// A caller waiting for its order.
-struct Request {
-    order: ValidatedOrder,
-    reply: oneshot::Sender<Result<PlacedOrder>>,
 }
 
 impl std::fmt::Debug for Batching {
@@ -143,7 +157,8 @@ impl Batching {
         Self::with_settings(BatchSettings::default())
     }
 
-    /// Batching with `settings` (a `max_batch` of 0 counts as 1).
+    /// Batching with `settings` (a `max_batch`, `max_attempts`, `in_flight` or `max_queue` of
+    /// 0 counts as 1).
     #[must_use]
     pub fn with_settings(settings: BatchSettings) -> Self {
         Self {
@@ -152,9 +167,10 @@ impl Batching {
                     max_batch: settings.max_batch.max(1),
                     max_attempts: settings.max_attempts.max(1),
                     in_flight: settings.in_flight.max(1),
+                    max_queue: settings.max_queue.max(1),
                     ..settings
                 },
-                products: Mutex::new(HashMap::new()),
+                products: RwLock::new(HashMap::new()),
                 watch: OnceLock::new(),
             }),
         }
@@ -183,9 +199,9 @@ impl Batching {
         if order.policy() != ShortagePolicy::Reject {
             return None;
         }
-        let products = lock(&self.inner.products);
         order.lines().iter().find_map(|line| {
-            let known = products.get(&line.product).and_then(|q| q.known)?;
+            let queue = self.inner.existing(line.product)?;
+            let known = lock(&queue).known?;
             watch
                 .still_sold_out(known)
                 .then_some(Error::InsufficientStock {
@@ -196,28 +212,71 @@ impl Batching {
         })
     }
 
-    /// Queues `order` for its product's next batch; starts the product's writer if idle.
+    /// Queues `order` for its product's next batch (refused when the queue is full); starts
+    /// the product's writer if idle.
     fn enqueue(
         &self,
         writer: &OrderWriter,
         product: ProductId,
         order: &ValidatedOrder,
-    ) -> oneshot::Receiver<Result<PlacedOrder>> {
+    ) -> Result<oneshot::Receiver<Result<PlacedOrder>>> {
+        let settings = &self.inner.settings;
         let (reply, answer) = oneshot::channel();
-        let start = {
-            let mut products = lock(&self.inner.products);
-            let queue = products.entry(product).or_default();
-            queue.pending.push_back(Request {
-                order: order.clone(),
-                reply,
-            });
-            !std::mem::replace(&mut queue.writing, true)
+        let request = Request {
+            order: order.clone(),
+            reply,
+            queued_at: Instant::now(),
+        };
+        let (queue, start) = loop {
+            let queue = self.inner.entry(product);
+            let mut waiting = lock(&queue);
+            if waiting.retired {
+                // Its writer just took it out of the map: add a new entry.
+                continue;
+            }
+            if waiting.pending.len() >= settings.max_queue {
+                return Err(overloaded(product, settings.max_wait));
+            }
+            waiting.pending.push_back(request);
+            let start = !std::mem::replace(&mut waiting.writing, true);
+            drop(waiting);
+            break (queue, start);
         };
         if start {
             let (inner, writer) = (Arc::clone(&self.inner), writer.clone());
-            tokio::spawn(async move { write_queue(inner, writer, product).await });
+            tokio::spawn(async move { write_queue(inner, writer, product, queue).await });
         }
-        answer
+        Ok(answer)
+    }
+}
+
+impl Inner {
+    /// The queue of `product`, if it has one.
+    fn existing(&self, product: ProductId) -> Option<Arc<Mutex<ProductQueue>>> {
+        read(&self.products).get(&product).cloned()
+    }
+
+    /// The queue of `product`, added if missing.
+    fn entry(&self, product: ProductId) -> Arc<Mutex<ProductQueue>> {
+        if let Some(queue) = self.existing(product) {
+            return queue;
+        }
+        Arc::clone(write(&self.products).entry(product).or_default())
+    }
+
+    /// Takes the queue of `product` out of the map when it holds nothing worth keeping (so
+    /// that ids of products that do not exist, or that are not sold out, take no memory once
+    /// their orders are answered).
+    fn retire_if_useless(&self, product: ProductId, queue: &Arc<Mutex<ProductQueue>>) {
+        let mut products = write(&self.products);
+        let mut waiting = lock(queue);
+        let same = products
+            .get(&product)
+            .is_some_and(|entry| Arc::ptr_eq(entry, queue));
+        if same && waiting.is_idle_and_useless() {
+            waiting.retired = true;
+            products.remove(&product);
+        }
     }
 }
 
@@ -227,11 +286,11 @@ impl StockStrategy for Batching {
         "batching"
     }
 
+    /// Repeats of an idempotency key are found by the batch (one query for all its keyed
+    /// orders), not by a query per order here; a keyed order turned away is looked up again
+    /// by [`crate::Commerce::place_order`], which finds a repeat placed through any instance.
     async fn place(&self, writer: &OrderWriter, order: &ValidatedOrder) -> Result<PlacedOrder> {
         let watch = self.watch(writer);
-        if let Some(replayed) = writer.replay(order).await? {
-            return Ok(replayed);
-        }
         if let Some(short) = watch.and_then(|watch| self.known_sold_out(watch, order)) {
             // Answered without waiting on anything: a caller looping on it goes to the back
             // of the run queue each time, so that the batch writers and the callers woken by
@@ -245,140 +304,157 @@ impl StockStrategy for Batching {
         let Some(home) = order.lines().first().map(|line| line.product) else {
             return Err(Error::EmptyOrder);
         };
-        self.enqueue(writer, home, order)
+        self.enqueue(writer, home, order)?
             .await
             .unwrap_or_else(|_| Err(Error::Strategy("the batch writer stopped".into())))
     }
 }
 
-/// The writer task of one product: writes batches while orders wait, then stops.
-async fn write_queue(inner: Arc<Inner>, writer: OrderWriter, product: ProductId) {
+/// The writer task of one product: starts batches while orders wait (as [`next_step`]
+/// says), refuses orders that waited too long, then stops.
+async fn write_queue(
+    inner: Arc<Inner>,
+    writer: OrderWriter,
+    product: ProductId,
+    queue: Arc<Mutex<ProductQueue>>,
+) {
     // If a batch panics, the guard fails the waiting callers and frees the queue, so the
     // next order starts a new writer instead of waiting forever.
-    let guard = WriterGuard {
-        inner: &inner,
-        product,
-    };
-    let mut running: JoinSet<Option<Figures>> = JoinSet::new();
+    let guard = WriterGuard { queue: &queue };
+    let settings = inner.settings;
+    let mut running: JoinSet<(Outcome, Option<Figures>)> = JoinSet::new();
     // The product's figures once every batch started so far has committed as planned: the
-    // next batch is planned on them (its compare-and-set fails, and it re-plans, if one of
-    // them did not).
+    // next batch in flight is planned on them (its compare-and-set fails, and it re-plans,
+    // if one of them did not).
     let mut predicted: Option<Figures> = None;
+    let mut spell: u32 = 0;
+    // Closes when the latest batch started has committed (or ended).
+    let mut latest: Option<tokio::sync::oneshot::Receiver<()>> = None;
     loop {
-        while running.len() < inner.settings.in_flight {
-            let (batch, known, surge) = {
-                let mut products = lock(&inner.products);
-                let Some(queue) = products.get_mut(&product) else {
-                    return;
-                };
-                // Callers that gave up before their batch started are not written.
-                queue.pending.retain(|r| !r.reply.is_closed());
+        let deadline = loop {
+            let (batch, planned_on) = {
+                let mut waiting = lock(&queue);
+                let deadline = waiting.sweep(product, settings.max_wait, Instant::now());
                 // Orders that queued before the product was seen sold out are turned away
                 // as later arrivals are, from memory (with one batch at a time a crowd
                 // queued behind the sell-out would otherwise wait for a read per batch).
                 if running.is_empty() {
-                    if let (Some(watch), Some(known)) = (inner.watch.get(), queue.known) {
+                    if let (Some(watch), Some(known)) = (inner.watch.get(), waiting.known) {
                         if watch.still_sold_out(known) {
-                            turn_away(&mut queue.pending, product);
+                            waiting.turn_away(product);
                         }
                     }
                 }
-                if queue.pending.is_empty() {
-                    if running.is_empty() {
-                        queue.writing = false;
+                let scene = Scene {
+                    waiting: waiting.pending.len(),
+                    running: running.len(),
+                    in_flight: settings.in_flight,
+                    max_batch: settings.max_batch,
+                    predicted,
+                    pessimistic: spell > 0,
+                };
+                match next_step(scene) {
+                    Step::Stop => {
+                        waiting.writing = false;
+                        drop(waiting);
                         std::mem::forget(guard);
+                        inner.retire_if_useless(product, &queue);
                         return;
                     }
-                    break;
+                    Step::Wait => break deadline,
+                    Step::Start(n) => {
+                        let planned_on = if spell > 0 {
+                            None
+                        } else if running.is_empty() {
+                            waiting.known
+                        } else {
+                            predicted
+                        };
+                        (waiting.take(n), planned_on)
+                    }
                 }
-                // A second batch in flight pays only when the queue is deep: with a few
-                // callers it would split one batch in two and add a commit.
-                if !running.is_empty() && queue.pending.len() < PIPELINE_DEPTH {
-                    break;
-                }
-                let n = queue.pending.len().min(inner.settings.max_batch);
-                let known = if running.is_empty() {
-                    queue.known
-                } else {
-                    predicted
-                };
-                let batch: Vec<Request> = queue.pending.drain(..n).collect();
-                let surge = queue.pending.len() >= PIPELINE_DEPTH;
-                (batch, known, surge)
             };
-            if running.is_empty() && !surge {
-                // No surge: write it here, without a task hop (what most batches do when
-                // callers are few).
-                let watch = inner.watch.get();
-                let after = run_batch(&writer, product, batch, known, &inner.settings, watch).await;
-                predicted = None;
-                if let Some(queue) = lock(&inner.products).get_mut(&product) {
-                    queue.known = after;
-                }
+            if batch.is_empty() {
                 continue;
             }
-            predicted = predict(&batch, product, known);
+            spell = spell.saturating_sub(1);
+            let prediction = predict(&batch, product, planned_on);
+            predicted = prediction;
+            let (mine, next) = tokio::sync::oneshot::channel();
+            let turn = Turn {
+                after: if running.is_empty() {
+                    None
+                } else {
+                    latest.take()
+                },
+                mine: Some(mine),
+            };
+            latest = Some(next);
             let (inner, writer) = (Arc::clone(&inner), writer.clone());
             running.spawn(async move {
                 let watch = inner.watch.get();
-                run_batch(&writer, product, batch, known, &inner.settings, watch).await
+                let settings = &inner.settings;
+                let outcome =
+                    run_batch(&writer, product, batch, planned_on, settings, watch, turn).await;
+                (outcome, prediction)
             });
-        }
-        let after = match running.join_next().await {
-            Some(Ok(after)) => after,
+        };
+        let joined = match deadline {
+            Some(deadline) => tokio::select! {
+                joined = running.join_next() => joined,
+                () = tokio::time::sleep_until(deadline.into()) => continue,
+            },
+            None => running.join_next().await,
+        };
+        let after = match joined {
+            Some(Ok((outcome, prediction))) => {
+                if outcome.conflicted {
+                    spell = PESSIMISTIC_SPELL;
+                }
+                if outcome.conflicted || !same_figures(outcome.after, prediction) {
+                    // The batches still in flight were planned on figures that did not come
+                    // true: the next one plans on what they commit.
+                    predicted = None;
+                }
+                outcome.after
+            }
             // A batch task panicked: its callers were answered with an error when their
             // replies dropped; plan the next batch on a fresh read.
-            Some(Err(_)) | None => None,
-        };
-        if after.is_none() {
-            predicted = None;
-        }
-        if running.is_empty() {
-            if let Some(queue) = lock(&inner.products).get_mut(&product) {
-                queue.known = after;
+            Some(Err(_)) | None => {
+                predicted = None;
+                None
             }
+        };
+        if running.is_empty() {
+            predicted = after;
+            lock(&queue).known = after;
         }
     }
 }
 
-/// Answers the reject-policy requests in `pending` (all of which have a line for `product`,
-/// the queue's product) with `InsufficientStock`, leaving the backorder-policy ones queued.
-fn turn_away(pending: &mut VecDeque<Request>, product: ProductId) {
-    let (kept, refused): (VecDeque<Request>, VecDeque<Request>) = pending
-        .drain(..)
-        .partition(|request| request.order.policy() != ShortagePolicy::Reject);
-    *pending = kept;
-    for request in refused {
-        let requested = request
-            .order
-            .lines()
-            .iter()
-            .find(|line| line.product == product)
-            .map_or(0, |line| line.quantity);
-        let _ = request.reply.send(Err(Error::InsufficientStock {
-            product,
-            requested,
-            available: 0,
-        }));
+/// Whether two figures of a product agree on what a plan depends on.
+fn same_figures(a: Option<Figures>, b: Option<Figures>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            (a.available, a.backordered, a.price) == (b.available, b.backordered, b.price)
+        }
+        _ => false,
     }
 }
 
 struct WriterGuard<'a> {
-    inner: &'a Inner,
-    product: ProductId,
+    queue: &'a Mutex<ProductQueue>,
 }
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
-        let mut products = lock(&self.inner.products);
-        if let Some(queue) = products.get_mut(&self.product) {
-            queue.writing = false;
-            queue.known = None;
-            for request in queue.pending.drain(..) {
-                let _ = request.reply.send(Err(Error::Strategy(
-                    "the batch writer of this product failed".into(),
-                )));
-            }
+        let mut waiting = lock(self.queue);
+        waiting.writing = false;
+        waiting.known = None;
+        for request in waiting.pending.drain(..) {
+            let _ = request.reply.send(Err(Error::Strategy(
+                "the batch writer of this product failed".into(),
+            )));
         }
     }
 }
@@ -388,5 +464,15 @@ impl Drop for WriterGuard<'_> {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

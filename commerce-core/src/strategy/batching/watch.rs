@@ -18,7 +18,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
-use super::write::Figures;
+use super::plan::Figures;
 
 /// The channel the migration's trigger notifies.
 const CHANNEL: &str = "commerce_stock";

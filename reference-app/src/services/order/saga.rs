@@ -221,6 +221,7 @@ fn retry_or_set_aside(e: Error) -> HandlerError {
         | Error::Database(_)
         | Error::Conflict(_)
         | Error::StockChanged { .. }
+        | Error::Overloaded { .. }
         | Error::Hook(_)
         | Error::Strategy(_) => Box::new(e),
         refused => {
