@@ -339,6 +339,7 @@ async fn settings_are_clamped_and_reported() {
         max_attempts: 0,
         sold_out_fast_path: false,
         in_flight: 0,
+        ..BatchSettings::default()
     });
     let settings = strategy.settings();
     assert_eq!(

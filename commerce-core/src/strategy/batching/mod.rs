@@ -5,6 +5,7 @@ mod write;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
@@ -38,6 +39,17 @@ pub struct BatchSettings {
     /// stock updates still apply one after the other, each a compare-and-set on what the
     /// previous one left.
     pub in_flight: usize,
+    /// How long the stock listener's connection may stay quiet before it is asked a
+    /// `SELECT 1` (default 1 s). A connection that does not answer within
+    /// [`BatchSettings::listener_timeout`] counts as lost: the sold-out fast path is off
+    /// until a new one listens.
+    pub listener_heartbeat: Duration,
+    /// How long the stock listener waits for the answer to its heartbeat (default 1 s).
+    pub listener_timeout: Duration,
+    /// The longest a batch's sold-out figure turns orders away from memory (default 5 s):
+    /// after that the next order reads the product again, so even a listener that looks
+    /// alive but hears nothing costs at most one read per product per this interval.
+    pub sold_out_max_age: Duration,
 }
 
 impl Default for BatchSettings {
@@ -47,6 +59,9 @@ impl Default for BatchSettings {
             max_attempts: 8,
             sold_out_fast_path: true,
             in_flight: 2,
+            listener_heartbeat: Duration::from_secs(1),
+            listener_timeout: Duration::from_secs(1),
+            sold_out_max_age: Duration::from_secs(5),
         }
     }
 }
