@@ -141,6 +141,39 @@ async fn a_sold_out_figure_expires_even_while_the_listener_looks_alive() {
     a_partitioned_instance_stops_trusting_its_figures(settings, Duration::from_millis(800)).await;
 }
 
+#[test]
+fn listener_durations_under_ten_milliseconds_count_as_ten() {
+    let shortest = Duration::from_millis(10);
+    let settings = batching(BatchSettings {
+        listener_heartbeat: Duration::ZERO,
+        listener_timeout: Duration::from_millis(1),
+        sold_out_max_age: Duration::ZERO,
+        ..BatchSettings::default()
+    })
+    .settings();
+    assert_eq!(
+        (
+            settings.listener_heartbeat,
+            settings.listener_timeout,
+            settings.sold_out_max_age
+        ),
+        (shortest, shortest, shortest)
+    );
+    let defaults = BatchSettings::default();
+    assert_eq!(
+        (
+            defaults.listener_heartbeat,
+            defaults.listener_timeout,
+            defaults.sold_out_max_age
+        ),
+        (
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::from_secs(5)
+        )
+    );
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

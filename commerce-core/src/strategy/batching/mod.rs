@@ -93,9 +93,23 @@ impl Default for BatchSettings {
 /// **Sold-out fast path.** Once a batch has seen a product with no stock left, reject-policy
 /// orders for it are turned away in memory, without a database round trip, until Postgres
 /// announces that its stock went up again (a trigger on `commerce.products` notifies channel
-/// `commerce_stock` on every increase, from any instance). The fast path is only used while
-/// the listener is connected: a figure counts only if no notification arrived and the
-/// connection did not drop since the batch that saw it noted the listener's generation.
+/// `commerce_stock` on every increase, from any instance). A figure counts only while the
+/// generation the batch noted before its read is current: every notification moves it on,
+/// and so does every loss of the listener's connection. The rule that keeps a figure from
+/// being wrong for long:
+/// - **The listener proves it is alive.** After [`BatchSettings::listener_heartbeat`] without
+///   a notification it sends `SELECT 1` on its connection; no answer within
+///   [`BatchSettings::listener_timeout`] (a half-open connection, a black-holed failover), a
+///   lost connection (reported at once, not after reconnecting) or the end of its task (its
+///   runtime shut down) turns the fast path off until a new connection listens; the next
+///   batch on a running runtime starts a new listener if its task is gone.
+/// - **Figures age out.** No figure turns orders away longer than
+///   [`BatchSettings::sold_out_max_age`] after its generation began, whatever the listener
+///   says: at worst one database read per sold-out product per that interval.
+///
+/// So after stock comes back on another instance, this one may refuse it from memory for the
+/// notification's few milliseconds, for at most heartbeat plus timeout if the notification
+/// is lost on a silent connection, and never beyond the age limit.
 /// Orders already queued for the product when it is seen sold out are turned away the same
 /// way, all at once, rather than batch by batch.
 ///
@@ -158,7 +172,9 @@ impl Batching {
         Self::with_settings(BatchSettings::default())
     }
 
-    /// Batching with `settings` (a `max_batch` of 0 counts as 1).
+    /// Batching with `settings` (a `max_batch`, `max_attempts` or `in_flight` of 0 counts as
+    /// 1; a listener heartbeat, listener timeout or sold-out age limit under 10 ms counts as
+    /// 10 ms).
     #[must_use]
     pub fn with_settings(settings: BatchSettings) -> Self {
         Self {
@@ -167,6 +183,9 @@ impl Batching {
                     max_batch: settings.max_batch.max(1),
                     max_attempts: settings.max_attempts.max(1),
                     in_flight: settings.in_flight.max(1),
+                    listener_heartbeat: settings.listener_heartbeat.max(watch::SHORTEST),
+                    listener_timeout: settings.listener_timeout.max(watch::SHORTEST),
+                    sold_out_max_age: settings.sold_out_max_age.max(watch::SHORTEST),
                     ..settings
                 },
                 products: Mutex::new(HashMap::new()),
@@ -188,7 +207,7 @@ impl Batching {
         Some(
             self.inner
                 .watch
-                .get_or_init(|| StockWatch::start(writer.pool().clone())),
+                .get_or_init(|| StockWatch::start(writer.pool().clone(), &self.inner.settings)),
         )
     }
 
