@@ -234,14 +234,18 @@ enum Raise {
     Cancel,
     CancelIf,
     TransitionToCancelled,
+    /// `cancel_order_in` in a transaction of the test's, committed, then passed on with
+    /// `Commerce::stock_raised` as its documentation asks.
+    CancelInThenTold,
 }
 
-const RAISES: [Raise; 5] = [
+const RAISES: [Raise; 6] = [
     Raise::Receipt,
     Raise::Adjustment,
     Raise::Cancel,
     Raise::CancelIf,
     Raise::TransitionToCancelled,
+    Raise::CancelInThenTold,
 ];
 
 impl Raise {
@@ -270,6 +274,17 @@ impl Raise {
                     .await
                     .unwrap(),
             ),
+            Raise::CancelInThenTold => {
+                let mut tx = commerce.pool().begin().await.unwrap();
+                let cancelled = commerce
+                    .cancel_order_in(&mut tx, placed, "payment declined")
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                for line in &cancelled.lines {
+                    commerce.stock_raised(line.product);
+                }
+            }
         }
     }
 }

@@ -107,6 +107,11 @@ impl Default for BatchSettings {
 ///   [`BatchSettings::sold_out_max_age`] after its generation began, whatever the listener
 ///   says: at worst one database read per sold-out product per that interval.
 ///
+/// - **Read your own writes.** Stock raised through the same [`crate::Commerce`] (a receipt,
+///   an upward adjustment, a cancellation) moves the generation on as soon as its
+///   transaction commits ([`StockStrategy::stock_raised`]): the next order reads the product
+///   again.
+///
 /// So after stock comes back on another instance, this one may refuse it from memory for the
 /// notification's few milliseconds, for at most heartbeat plus timeout if the notification
 /// is lost on a silent connection, and never beyond the age limit.
@@ -282,6 +287,14 @@ impl StockStrategy for Batching {
         self.enqueue(writer, home, order)
             .await
             .unwrap_or_else(|_| Err(Error::Strategy("the batch writer stopped".into())))
+    }
+
+    /// Every figure noted before is dead (the generation moves on): the next order for any
+    /// product seen sold out reads it again.
+    fn stock_raised(&self, _product: ProductId) {
+        if let Some(watch) = self.inner.watch.get() {
+            watch.stock_raised();
+        }
     }
 }
 

@@ -7,6 +7,9 @@
 //! counts only while the generation is unchanged and the listener is connected. The
 //! generation moves on:
 //! - every notification (any product: increases are rare next to orders);
+//! - every stock increase this process committed itself ([`StockWatch::stock_raised`], told
+//!   by `Commerce` after the commit), so the next order on the same instance reads the
+//!   product again without waiting for the notification (read your own writes);
 //! - every loss of the listener's connection, including one the heartbeat finds (a `SELECT 1`
 //!   after [`BatchSettings::listener_heartbeat`] of quiet, answered within
 //!   [`BatchSettings::listener_timeout`]) and the end of the listener task for any reason
@@ -15,10 +18,13 @@
 //!   is never used longer than that after its generation began, whatever the listener does.
 //!
 //! A raise that commits after the batch's read therefore either moves the generation before
-//! the figure is used, or is seen by the next batch, never lost. Between another instance's
-//! commit and the notification's arrival (a few milliseconds) an order may still be turned
-//! away, as it could have been a moment earlier; if the notification is lost with a silent
-//! connection, for at most the heartbeat and its timeout, and never beyond the age limit.
+//! the figure is used, or is seen by the next batch, never lost. In particular a batch that
+//! read "0 available" just before this process's receipt committed, and stores its figure
+//! after the receipt's bump, stores a figure that is dead already: it carries the generation
+//! noted before its read. Between another instance's commit and the notification's arrival
+//! (a few milliseconds) an order may still be turned away, as it could have been a moment
+//! earlier; if the notification is lost with a silent connection, for at most the heartbeat
+//! and its timeout, and never beyond the age limit.
 //!
 //! The listener is a task of the runtime that first needed it. When it ends (its runtime
 //! dropped), the next batch starts a new one on its own runtime.
@@ -189,6 +195,12 @@ impl StockWatch {
             && state.now().saturating_sub(began) < millis(self.timing.max_age)
             && state.generation.load(Ordering::SeqCst) == seen
             && state.connected.load(Ordering::SeqCst)
+    }
+
+    /// Stock went up in a transaction of this process that has committed: figures noted
+    /// before are dead, without waiting for the notification.
+    pub(super) fn stock_raised(&self) {
+        self.state.bump();
     }
 }
 
