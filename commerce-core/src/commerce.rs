@@ -183,7 +183,10 @@ impl Commerce {
         quantity: i64,
         reference: Option<&str>,
     ) -> Result<Receipt> {
-        inventory::receive_stock(&self.pool, &self.hooks, product, quantity, reference).await
+        let receipt =
+            inventory::receive_stock(&self.pool, &self.hooks, product, quantity, reference).await?;
+        self.strategy.stock_raised(product);
+        Ok(receipt)
     }
 
     /// Corrects stock by `delta` (a count, damage, shrinkage) with a reason; a positive
@@ -197,7 +200,12 @@ impl Commerce {
         delta: i64,
         reason: &str,
     ) -> Result<StockLevel> {
-        inventory::adjust_stock(&self.pool, &self.hooks, product, delta, reason).await
+        let level =
+            inventory::adjust_stock(&self.pool, &self.hooks, product, delta, reason).await?;
+        if delta > 0 {
+            self.strategy.stock_raised(product);
+        }
+        Ok(level)
     }
 
     /// A page of the product's ledger, newest first: pass the previous page's
@@ -281,7 +289,11 @@ impl Commerce {
         to: OrderStatus,
         reason: &str,
     ) -> Result<Order> {
-        order::transition_order(&self.pool, &self.hooks, order, to, reason).await
+        let updated = order::transition_order(&self.pool, &self.hooks, order, to, reason).await?;
+        if to == OrderStatus::Cancelled {
+            self.units_returned(&updated);
+        }
+        Ok(updated)
     }
 
     /// Checks that stock, ledger, orders and the backorder queue agree (one snapshot).
@@ -298,7 +310,9 @@ impl Commerce {
     /// [`crate::Error::IllegalTransition`] once shipped, [`crate::Error::OrderNotFound`],
     /// database errors.
     pub async fn cancel_order(&self, order: OrderId, reason: &str) -> Result<Order> {
-        order::cancel_order(&self.pool, &self.hooks, order, reason).await
+        let cancelled = order::cancel_order(&self.pool, &self.hooks, order, reason).await?;
+        self.units_returned(&cancelled);
+        Ok(cancelled)
     }
 
     /// [`Commerce::transition_order`] inside the caller's transaction: `conn` is a connection
@@ -309,6 +323,14 @@ impl Commerce {
     /// hooks, on the same connection) and the step's outgoing events all commit at once, so a
     /// redelivered event finds the step done. After an error the transaction must be rolled
     /// back.
+    ///
+    /// Moving to CANCELLED returns the order's units when the caller's transaction commits,
+    /// which this method cannot see: after the commit, call [`Commerce::stock_raised`] for
+    /// each product of the returned order's lines, so that the next order on this
+    /// `Commerce` sees the units (as after [`Commerce::cancel_order`]). Without that call a
+    /// strategy that remembers sold-out products (`Batching`) may turn such orders away until
+    /// the database's notification reaches it (usually milliseconds, at most its
+    /// `sold_out_max_age`).
     ///
     /// # Errors
     /// As [`Commerce::transition_order`].
@@ -325,7 +347,8 @@ impl Commerce {
     /// [`Commerce::cancel_order`] inside the caller's transaction; see
     /// [`Commerce::transition_order_in`]. It cancels from any status that may be cancelled,
     /// PROCESSING included: a sweep that found the order in a status uses
-    /// [`Commerce::cancel_order_if_in`] instead.
+    /// [`Commerce::cancel_order_if_in`] instead. After the caller's commit, pass the returned
+    /// units on with [`Commerce::stock_raised`] (see [`Commerce::transition_order_in`]).
     ///
     /// # Errors
     /// As [`Commerce::cancel_order`].
@@ -358,12 +381,19 @@ impl Commerce {
         expected: OrderStatus,
         reason: &str,
     ) -> Result<Option<Order>> {
-        order::cancel_order_if(&self.pool, &self.hooks, order, expected, reason).await
+        let cancelled =
+            order::cancel_order_if(&self.pool, &self.hooks, order, expected, reason).await?;
+        if let Some(cancelled) = &cancelled {
+            self.units_returned(cancelled);
+        }
+        Ok(cancelled)
     }
 
     /// [`Commerce::cancel_order_if`] inside the caller's transaction; see
     /// [`Commerce::transition_order_in`]. With `None` nothing was written, but the rows of
-    /// the order and its products stay locked until the caller's transaction ends.
+    /// the order and its products stay locked until the caller's transaction ends. With
+    /// `Some`, after the caller's commit, pass the returned units on with
+    /// [`Commerce::stock_raised`] (see [`Commerce::transition_order_in`]).
     ///
     /// # Errors
     /// As [`Commerce::cancel_order_if`].
@@ -375,6 +405,37 @@ impl Commerce {
         reason: &str,
     ) -> Result<Option<Order>> {
         order::cancel_order_if_in(conn, &self.hooks, order, expected, reason).await
+    }
+
+    /// Tells the stock strategy that `product`'s available stock went up in a transaction
+    /// that has committed, so that the next order on this `Commerce` sees the units (read
+    /// your own writes). The methods that raise stock in a transaction of their own do it
+    /// themselves; call it after committing a transaction in which
+    /// [`Commerce::cancel_order_in`], [`Commerce::cancel_order_if_in`] or
+    /// [`Commerce::transition_order_in`] cancelled an order, once per product of the
+    /// order's lines (or after raising stock with SQL of your own). Calling it when nothing
+    /// was raised only costs the strategy a fresh read. Cheap and non-blocking.
+    ///
+    /// ```no_run
+    /// # async fn demo(commerce: &commerce_core::Commerce, id: commerce_core::OrderId) -> commerce_core::Result<()> {
+    /// let mut tx = commerce.pool().begin().await?;
+    /// let cancelled = commerce.cancel_order_in(&mut tx, id, "payment declined").await?;
+    /// // ... the step's other writes ...
+    /// tx.commit().await?;
+    /// for line in &cancelled.lines {
+    ///     commerce.stock_raised(line.product);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stock_raised(&self, product: ProductId) {
+        self.strategy.stock_raised(product);
+    }
+
+    /// A cancelled order's units are back: tells the strategy for each of its products.
+    fn units_returned(&self, cancelled: &Order) {
+        for line in &cancelled.lines {
+            self.strategy.stock_raised(line.product);
+        }
     }
 
     /// The order with its lines, read on the caller's connection (e.g. inside its

@@ -341,6 +341,7 @@ async fn settings_are_clamped_and_reported() {
         in_flight: 0,
         max_queue: 0,
         max_wait: Duration::from_millis(10),
+        ..BatchSettings::default()
     });
     let settings = strategy.settings();
     assert_eq!(

@@ -25,6 +25,7 @@ pub use batching::{BatchSettings, Batching};
 pub use crate::order::{OrderWriter, ReserveMode, ValidatedOrder};
 
 use crate::error::Result;
+use crate::ids::ProductId;
 use crate::order::PlacedOrder;
 
 /// Decides how an order's stock is taken and in which transaction the order is written.
@@ -37,6 +38,22 @@ pub trait StockStrategy: Send + Sync + 'static {
     /// [`OrderWriter::place`] (the stock, the order and its ledger rows commit together or
     /// not at all) and should call [`OrderWriter::screen`] first.
     async fn place(&self, writer: &OrderWriter, order: &ValidatedOrder) -> Result<PlacedOrder>;
+
+    /// Told by [`crate::Commerce`] after a transaction of its own that raised `product`'s
+    /// available stock has committed: a receipt, an upward adjustment, a cancellation that
+    /// returned the order's units (called once per product of its lines, whether or not
+    /// units were allocated). A strategy that answers from what it remembers of the stock
+    /// (the batching strategy's sold-out fast path) must stop trusting what it noted before
+    /// this call, so that the caller's next order sees the units (read your own writes).
+    ///
+    /// Not told: raises committed elsewhere (another instance, the caller's own transaction
+    /// around a `*_in` method until the caller passes them on with
+    /// [`crate::Commerce::stock_raised`], plain SQL), nor one whose commit outcome is unknown;
+    /// the batching strategy learns of those from the database's notification. Must not
+    /// block. Does nothing by default.
+    fn stock_raised(&self, product: ProductId) {
+        let _ = product;
+    }
 }
 
 /// The conditional update: `UPDATE products SET available = available - q WHERE id = p AND

@@ -8,7 +8,7 @@ mod write;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
@@ -52,7 +52,18 @@ pub struct BatchSettings {
     /// The longest an order waits for its batch to start (default 5 s): an order that waited
     /// longer is refused with [`Error::Overloaded`] instead of being written for a caller
     /// that has most likely given up.
-    pub max_wait: std::time::Duration,
+    pub max_wait: Duration,
+    /// How long the stock listener's connection may stay quiet before it is asked a
+    /// `SELECT 1` (default 1 s). A connection that does not answer within
+    /// [`BatchSettings::listener_timeout`] counts as lost: the sold-out fast path is off
+    /// until a new one listens.
+    pub listener_heartbeat: Duration,
+    /// How long the stock listener waits for the answer to its heartbeat (default 1 s).
+    pub listener_timeout: Duration,
+    /// The longest a batch's sold-out figure turns orders away from memory (default 5 s):
+    /// after that the next order reads the product again, so even a listener that looks
+    /// alive but hears nothing costs at most one read per product per this interval.
+    pub sold_out_max_age: Duration,
 }
 
 impl Default for BatchSettings {
@@ -63,7 +74,10 @@ impl Default for BatchSettings {
             sold_out_fast_path: true,
             in_flight: 2,
             max_queue: 10_000,
-            max_wait: std::time::Duration::from_secs(5),
+            max_wait: Duration::from_secs(5),
+            listener_heartbeat: Duration::from_secs(1),
+            listener_timeout: Duration::from_secs(1),
+            sold_out_max_age: Duration::from_secs(5),
         }
     }
 }
@@ -106,9 +120,28 @@ impl Default for BatchSettings {
 /// **Sold-out fast path.** Once a batch has seen a product with no stock left, reject-policy
 /// orders for it are turned away in memory, without a database round trip, until Postgres
 /// announces that its stock went up again (a trigger on `commerce.products` notifies channel
-/// `commerce_stock` on every increase, from any instance). The fast path is only used while
-/// the listener is connected: a figure counts only if no notification arrived and the
-/// connection did not drop since the batch that saw it noted the listener's generation.
+/// `commerce_stock` on every increase, from any instance). A figure counts only while the
+/// generation the batch noted before its read is current: every notification moves it on,
+/// and so does every loss of the listener's connection. The rule that keeps a figure from
+/// being wrong for long:
+/// - **The listener proves it is alive.** After [`BatchSettings::listener_heartbeat`] without
+///   a notification it sends `SELECT 1` on its connection; no answer within
+///   [`BatchSettings::listener_timeout`] (a half-open connection, a black-holed failover), a
+///   lost connection (reported at once, not after reconnecting) or the end of its task (its
+///   runtime shut down) turns the fast path off until a new connection listens; the next
+///   batch on a running runtime starts a new listener if its task is gone.
+/// - **Figures age out.** No figure turns orders away longer than
+///   [`BatchSettings::sold_out_max_age`] after its generation began, whatever the listener
+///   says: at worst one database read per sold-out product per that interval.
+///
+/// - **Read your own writes.** Stock raised through the same [`crate::Commerce`] (a receipt,
+///   an upward adjustment, a cancellation) moves the generation on as soon as its
+///   transaction commits ([`StockStrategy::stock_raised`]): the next order reads the product
+///   again.
+///
+/// So after stock comes back on another instance, this one may refuse it from memory for the
+/// notification's few milliseconds, for at most heartbeat plus timeout if the notification
+/// is lost on a silent connection, and never beyond the age limit.
 /// Orders already queued for the product when it is seen sold out are turned away the same
 /// way, all at once, rather than batch by batch.
 ///
@@ -158,7 +191,8 @@ impl Batching {
     }
 
     /// Batching with `settings` (a `max_batch`, `max_attempts`, `in_flight` or `max_queue` of
-    /// 0 counts as 1).
+    /// 0 counts as 1; a listener heartbeat, listener timeout or sold-out age limit under 10 ms
+    /// counts as 10 ms).
     #[must_use]
     pub fn with_settings(settings: BatchSettings) -> Self {
         Self {
@@ -168,6 +202,9 @@ impl Batching {
                     max_attempts: settings.max_attempts.max(1),
                     in_flight: settings.in_flight.max(1),
                     max_queue: settings.max_queue.max(1),
+                    listener_heartbeat: settings.listener_heartbeat.max(watch::SHORTEST),
+                    listener_timeout: settings.listener_timeout.max(watch::SHORTEST),
+                    sold_out_max_age: settings.sold_out_max_age.max(watch::SHORTEST),
                     ..settings
                 },
                 products: RwLock::new(HashMap::new()),
@@ -189,7 +226,7 @@ impl Batching {
         Some(
             self.inner
                 .watch
-                .get_or_init(|| StockWatch::start(writer.pool().clone())),
+                .get_or_init(|| StockWatch::start(writer.pool().clone(), &self.inner.settings)),
         )
     }
 
@@ -307,6 +344,14 @@ impl StockStrategy for Batching {
         self.enqueue(writer, home, order)?
             .await
             .unwrap_or_else(|_| Err(Error::Strategy("the batch writer stopped".into())))
+    }
+
+    /// Every figure noted before is dead (the generation moves on): the next order for any
+    /// product seen sold out reads it again.
+    fn stock_raised(&self, _product: ProductId) {
+        if let Some(watch) = self.inner.watch.get() {
+            watch.stock_raised();
+        }
     }
 }
 
