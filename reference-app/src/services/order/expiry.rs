@@ -111,9 +111,9 @@ pub(crate) async fn expire_one(
     let cancelled = commerce
         .cancel_order_if_in(&mut tx, order, expiry.status, &expiry.reason)
         .await?;
-    if cancelled.is_none() {
+    let Some(cancelled) = cancelled else {
         return Ok(false);
-    }
+    };
     if let Some(step) = expiry.saga_step {
         record_saga_step(
             &mut tx,
@@ -127,6 +127,11 @@ pub(crate) async fn expire_one(
         .await?;
     }
     tx.commit().await?;
+    // The units it held are for sale again: tell this instance's stock strategy now (the
+    // others hear it from the database's notification).
+    for line in &cancelled.lines {
+        commerce.stock_raised(line.product);
+    }
     Ok(true)
 }
 
