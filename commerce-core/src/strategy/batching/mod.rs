@@ -1,5 +1,6 @@
 //! The batching strategy: group commit per product (see [`Batching`]).
 
+mod group;
 mod plan;
 mod queue;
 mod sql;
@@ -19,8 +20,8 @@ use crate::ids::ProductId;
 use crate::order::{OrderWriter, PlacedOrder, ShortagePolicy, ValidatedOrder};
 
 use super::StockStrategy;
-use plan::{predict, Figures};
-use queue::{next_step, overloaded, ProductQueue, Request, Scene, Step};
+use plan::{predict, Figures, Stock};
+use queue::{next_step, overloaded, ProductQueue, Request, Scene, Step, PIPELINE_DEPTH};
 use watch::StockWatch;
 use write::{run_batch, Outcome, Turn};
 
@@ -64,6 +65,11 @@ pub struct BatchSettings {
     /// after that the next order reads the product again, so even a listener that looks
     /// alive but hears nothing costs at most one read per product per this interval.
     pub sold_out_max_age: Duration,
+    /// Whether the batches of products that are not under a surge share transactions
+    /// (default `true`): under a broad sale, the orders of many products arriving together
+    /// are written in one transaction (their products locked in ascending id), as a hot
+    /// product's orders are.
+    pub group_commit: bool,
 }
 
 impl Default for BatchSettings {
@@ -78,6 +84,7 @@ impl Default for BatchSettings {
             listener_heartbeat: Duration::from_secs(1),
             listener_timeout: Duration::from_secs(1),
             sold_out_max_age: Duration::from_secs(5),
+            group_commit: true,
         }
     }
 }
@@ -110,6 +117,13 @@ impl Default for BatchSettings {
 /// [`BatchSettings::max_attempts`] attempts; any other failure of one order (its hook
 /// refusing it, say) is isolated by writing the batch in halves, so the others commit and
 /// each caller gets its own error.
+///
+/// **Group commit across products.** A product that is not under a surge (nothing of it in
+/// flight, fewer than 100 orders waiting) hands its batch to a group writer shared by all
+/// products, which writes every batch handed in meanwhile in one transaction (its products
+/// locked in ascending id), so a broad sale over many products gets the gain too
+/// ([`BatchSettings::group_commit`], on by default). A hot product's second batch in flight
+/// is written on its own, as before.
 ///
 /// **What goes in a batch.** Every order joins the queue of its lowest product, so the orders
 /// of several lines go in batches too. A batch of one product's single-line orders takes the
@@ -167,6 +181,8 @@ struct Inner {
     /// behind its own lock (the map's lock is only held to find or add an entry).
     products: RwLock<HashMap<ProductId, Arc<Mutex<ProductQueue>>>>,
     watch: OnceLock<StockWatch>,
+    /// Batches of products not under a surge, waiting to share a transaction.
+    groups: group::Groups,
 }
 
 impl std::fmt::Debug for Batching {
@@ -209,6 +225,7 @@ impl Batching {
                 },
                 products: RwLock::new(HashMap::new()),
                 watch: OnceLock::new(),
+                groups: group::Groups::default(),
             }),
         }
     }
@@ -377,7 +394,7 @@ async fn write_queue(
     let mut latest: Option<tokio::sync::oneshot::Receiver<()>> = None;
     loop {
         let deadline = loop {
-            let (batch, planned_on) = {
+            let (batch, planned_on, grouped) = {
                 let mut waiting = lock(&queue);
                 let deadline = waiting.sweep(product, settings.max_wait, Instant::now());
                 // Orders that queued before the product was seen sold out are turned away
@@ -415,7 +432,13 @@ async fn write_queue(
                         } else {
                             predicted
                         };
-                        (waiting.take(n), planned_on)
+                        let batch = waiting.take(n);
+                        // A product that is not under a surge shares a transaction with the
+                        // other products' orders of the moment (group commit).
+                        let grouped = settings.group_commit
+                            && running.is_empty()
+                            && waiting.pending.len() < PIPELINE_DEPTH;
+                        (batch, planned_on, grouped)
                     }
                 }
             };
@@ -432,15 +455,18 @@ async fn write_queue(
                 } else {
                     latest.take()
                 },
-                mine: Some(mine),
+                mine: vec![mine],
             };
             latest = Some(next);
             let (inner, writer) = (Arc::clone(&inner), writer.clone());
+            let known: Stock = planned_on.map(|f| (product, f)).into_iter().collect();
             running.spawn(async move {
-                let watch = inner.watch.get();
-                let settings = &inner.settings;
-                let outcome =
-                    run_batch(&writer, product, batch, planned_on, settings, watch, turn).await;
+                let outcome = if grouped {
+                    group::write(&inner, &writer, batch, known, turn).await
+                } else {
+                    let watch = inner.watch.get();
+                    run_batch(&writer, batch, known, &inner.settings, watch, turn).await
+                };
                 (outcome, prediction)
             });
         };
@@ -453,15 +479,16 @@ async fn write_queue(
         };
         let after = match joined {
             Some(Ok((outcome, prediction))) => {
+                let after = outcome.after.get(&product).copied();
                 if outcome.conflicted {
                     spell = PESSIMISTIC_SPELL;
                 }
-                if outcome.conflicted || !same_figures(outcome.after, prediction) {
+                if outcome.conflicted || !same_figures(after, prediction) {
                     // The batches still in flight were planned on figures that did not come
                     // true: the next one plans on what they commit.
                     predicted = None;
                 }
-                outcome.after
+                after
             }
             // A batch task panicked: its callers were answered with an error when their
             // replies dropped; plan the next batch on a fresh read.

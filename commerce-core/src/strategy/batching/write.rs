@@ -47,8 +47,9 @@ use crate::order::{is_same_request, load_order, Exposures, OrderLine, OrderWrite
 
 /// How a batch ended, for its product's writer.
 pub(super) struct Outcome {
-    /// The figures of the batch's product after it (`None`: read them again).
-    pub(super) after: Option<Figures>,
+    /// The figures of the products the batch read or wrote, as it left them (a product
+    /// missing here: read it again).
+    pub(super) after: Stock,
     /// A compare-and-set failed: the product changed under the batch.
     pub(super) conflicted: bool,
 }
@@ -60,7 +61,7 @@ enum Retry {
     /// Another transaction holds or committed one of the batch's idempotency keys.
     KeyTaken,
     /// The figures planned on were not current; these are (nothing was written).
-    Replan(Figures),
+    Replan(Stock),
 }
 
 /// The order of the stock updates of a product's batches in flight: a batch planned on what
@@ -73,8 +74,8 @@ enum Retry {
 pub(super) struct Turn {
     /// Resolves (or closes) once the previous batch committed or ended.
     pub(super) after: Option<tokio::sync::oneshot::Receiver<()>>,
-    /// Dropped once this batch committed or ended.
-    pub(super) mine: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Dropped once this batch committed or ended (several in a group of products' batches).
+    pub(super) mine: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Turn {
@@ -85,24 +86,25 @@ impl Turn {
     }
 
     fn done(&mut self) {
-        self.mine.take();
+        self.mine.clear();
     }
 }
 
 /// How one group of a batch ended.
 enum GroupEnd {
-    /// Every caller answered; the product's figures after it.
-    Done(Option<Figures>),
+    /// Every caller answered; the figures of the products it read or wrote.
+    Done(Stock),
     /// A failure that may be one order's: write the group in halves.
     Split(Vec<Request>),
 }
 
-/// Writes `requests` (orders whose lowest product is `home`) and answers every caller.
+/// Writes `requests` and answers every caller. `known`: figures of the batch's products that
+/// earlier batches left (a batch of one product whose figures are known is written
+/// optimistically; any other locks its products first).
 pub(super) async fn run_batch(
     writer: &OrderWriter,
-    home: ProductId,
     requests: Vec<Request>,
-    known: Option<Figures>,
+    known: Stock,
     settings: &BatchSettings,
     watch: Option<&StockWatch>,
     mut turn: Turn,
@@ -112,30 +114,33 @@ pub(super) async fn run_batch(
     let mut splits = 2 * (usize::BITS - requests.len().leading_zeros()) + 2;
     let mut groups = vec![requests];
     let mut known = known;
+    let mut left = Stock::new();
     let mut conflicted = false;
     while let Some(group) = groups.pop() {
         let isolate = splits > 0;
         let context = Context {
             writer,
-            home,
             settings,
             watch,
             isolate,
         };
         match write_group(&context, group, known, &mut turn, &mut conflicted).await {
-            GroupEnd::Done(after) => known = after,
+            GroupEnd::Done(after) => {
+                left.extend(after.iter().map(|(product, figures)| (*product, *figures)));
+                known = after;
+            }
             GroupEnd::Split(mut first) => {
                 splits -= 1;
                 let second = first.split_off(first.len() / 2);
                 // The earlier half first: first come, first served.
                 groups.push(second);
                 groups.push(first);
-                known = None;
+                known = Stock::new();
             }
         }
     }
     Outcome {
-        after: known,
+        after: left,
         conflicted,
     }
 }
@@ -143,7 +148,6 @@ pub(super) async fn run_batch(
 /// What every group of a batch shares.
 struct Context<'a> {
     writer: &'a OrderWriter,
-    home: ProductId,
     settings: &'a BatchSettings,
     watch: Option<&'a StockWatch>,
     /// Whether a failure that may be one order's splits the group.
@@ -155,13 +159,12 @@ struct Context<'a> {
 async fn write_group(
     context: &Context<'_>,
     mut requests: Vec<Request>,
-    mut known: Option<Figures>,
+    mut known: Stock,
     turn: &mut Turn,
     conflicted: &mut bool,
 ) -> GroupEnd {
     let Context {
         writer,
-        home,
         settings,
         watch,
         isolate,
@@ -174,10 +177,10 @@ async fn write_group(
             requests.retain(|request| !request.is_abandoned());
             answer_repeats(&mut conn, &mut requests).await?;
             if requests.is_empty() {
-                return Ok(Ok((Vec::new(), known)));
+                return Ok(Ok((Vec::new(), known.clone())));
             }
             let generation = watch.and_then(StockWatch::generation);
-            attempt_batch(&mut conn, writer, home, &requests, known, generation, turn).await
+            attempt_batch(&mut conn, writer, &requests, &known, generation, turn).await
         }
         .await;
         let error = match result {
@@ -190,20 +193,20 @@ async fn write_group(
             Ok(Err(Retry::Replan(now))) => {
                 // Not a failed attempt: the batch wrote nothing and knows the row now.
                 attempt -= 1;
-                known = Some(now);
+                known = now;
                 continue;
             }
             Ok(Err(Retry::Stale)) => {
                 *conflicted = true;
-                known = None;
+                known = Stock::new();
                 Error::Conflict("the product changed under the batch at every attempt".into())
             }
             Ok(Err(Retry::KeyTaken)) => {
-                known = None;
+                known = Stock::new();
                 Error::Conflict("idempotency keys of the batch were taken at every attempt".into())
             }
             Err(e) => {
-                known = None;
+                known = Stock::new();
                 e
             }
         };
@@ -219,7 +222,7 @@ async fn write_group(
             return GroupEnd::Split(requests);
         }
         fail_all(requests, error);
-        return GroupEnd::Done(None);
+        return GroupEnd::Done(Stock::new());
     }
 }
 
@@ -286,19 +289,19 @@ async fn answer_repeats(conn: &mut PgConnection, requests: &mut Vec<Request>) ->
 }
 
 type Answers = Vec<Result<PlacedOrder>>;
-type Attempted = Result<std::result::Result<(Answers, Option<Figures>), Retry>>;
+type Attempted = Result<std::result::Result<(Answers, Stock), Retry>>;
 
 /// One try on `conn`: `Ok(Ok(..))` committed (or nothing to write) with every caller's
-/// answer.
+/// answer and the figures of the products it read or wrote.
 ///
-/// Optimistic only when every order is for `home` alone and its figures are known; a batch
-/// with orders of several lines locks all its products (ascending) first.
+/// Optimistic only when every order is for one product whose figures are known; a batch
+/// touching several products (orders of several lines, or a group of several products'
+/// orders) locks all of them (ascending) first.
 async fn attempt_batch(
     conn: &mut PgConnection,
     writer: &OrderWriter,
-    home: ProductId,
     requests: &[Request],
-    known: Option<Figures>,
+    known: &Stock,
     generation: Option<u64>,
     turn: &mut Turn,
 ) -> Attempted {
@@ -308,9 +311,12 @@ async fn attempt_batch(
         all.dedup();
         all
     };
-    let known = known.filter(|_| products == [home]);
+    let known = match products.as_slice() {
+        [only] => known.get(only).map(|figures| (*only, *figures)),
+        _ => None,
+    };
     let stock = match known {
-        Some(figures) => Stock::from([(home, figures)]),
+        Some((product, figures)) => Stock::from([(product, figures)]),
         // Nothing written yet: plan on a plain read; if it turns out there is something to
         // write, the write takes the locks and plans again.
         None => stock_rows(&mut *conn, &products, generation, false).await?,
@@ -321,17 +327,17 @@ async fn attempt_batch(
     if plan.writes_nothing() {
         // Every request is turned away. The figures must be current for that: confirm them
         // unless they were just read.
-        if let Some(figures) = known {
-            let fresh = stock_rows(&mut *conn, &[home], generation, false).await?;
-            return Ok(match fresh.get(&home) {
+        if let Some((product, figures)) = known {
+            let fresh = stock_rows(&mut *conn, &[product], generation, false).await?;
+            return Ok(match fresh.get(&product) {
                 Some(now) if now.available == figures.available => {
-                    Ok((answer_rejections(&plan), Some(*now)))
+                    Ok((answer_rejections(&plan), fresh))
                 }
-                Some(now) => Err(Retry::Replan(*now)),
-                None => Ok((answer_rejections(&allocate(requests, &fresh, None)), None)),
+                Some(_) => Err(Retry::Replan(fresh)),
+                None => Ok((answer_rejections(&allocate(requests, &fresh, None)), fresh)),
             });
         }
-        return Ok(Ok((answer_rejections(&plan), stock.get(&home).copied())));
+        return Ok(Ok((answer_rejections(&plan), stock)));
     }
 
     let mut tx = conn.begin().await?;
@@ -356,8 +362,7 @@ async fn attempt_batch(
         let plan = allocate(requests, &stock, exposures.as_mut());
         if plan.writes_nothing() {
             drop(tx);
-            let home_figures = stock.get(&home).copied();
-            return Ok(Ok((answer_rejections(&plan), home_figures)));
+            return Ok(Ok((answer_rejections(&plan), stock)));
         }
         (stock, plan)
     };
@@ -395,13 +400,14 @@ async fn attempt_batch(
     turn.done();
     committed?;
 
-    let home_after = after
-        .get(&home)
-        .or_else(|| stock.get(&home))
-        .map(|figures| Figures {
-            generation,
-            ..*figures
-        });
+    // Every product the batch read, as the batch left it (the update returns those it changed).
+    let left: Stock = stock
+        .iter()
+        .map(|(product, figures)| {
+            let now = after.get(product).unwrap_or(figures);
+            (*product, Figures { generation, ..*now })
+        })
+        .collect();
     let mut answers: Answers = Vec::with_capacity(requests.len());
     let mut placed: HashMap<usize, PlacedOrder> = HashMap::new();
     for (index, (request, decision)) in requests.iter().zip(&plan.decisions).enumerate() {
@@ -428,7 +434,7 @@ async fn attempt_batch(
         };
         answers.push(answer);
     }
-    Ok(Ok((answers, home_after)))
+    Ok(Ok((answers, left)))
 }
 
 /// The error of a request turned away.
