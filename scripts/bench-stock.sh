@@ -12,12 +12,16 @@ load=target/release/stock-load
 mkdir -p docs/img
 echo "== $(date -u +%FT%TZ) $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 psql "${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" -Atc \
-    "SELECT 'postgres ' || version(); SHOW synchronous_commit; SHOW shared_buffers; SHOW max_connections;" \
+    "SELECT 'postgres ' || version(); SELECT 'synchronous_commit ' || current_setting('synchronous_commit'); SELECT 'fsync ' || current_setting('fsync'); SELECT 'shared_buffers ' || current_setting('shared_buffers'); SELECT 'max_connections ' || current_setting('max_connections');" \
     2>/dev/null || true
 echo "== 32 clients, every strategy, every scenario"
 $load --strategies conditional-update,redis-lock,local-lock,batching,bare-update \
     --scenarios hot,spread,sellout,flash \
     --json docs/img/stock-load.json --plot docs/img/stock-load.svg "$@"
+echo "== 32 clients, what a deployment runs (--realistic): two instances with their own pools,"
+echo "   the outbox hook, an idempotency key on every order, 50 cancellations and 10 receipts a second"
+$load --realistic --strategies conditional-update,redis-lock,batching,bare-update \
+    --scenarios hot,spread --json docs/img/stock-load-realistic.json "$@"
 echo "== 5,000 clients on the hot product, closed loop"
 $load --clients 5000 --strategies conditional-update,redis-lock,batching,bare-update \
     --scenarios hot "$@"

@@ -156,3 +156,66 @@ async fn groups_sell_each_product_out_exactly() {
     assert!(levels.iter().all(|level| level.available == 0));
     assert_consistent(&commerce).await;
 }
+
+/// A group that turns an order away rests that refusal on figures it checks at its commit:
+/// stock that came back through another instance is sold, not refused on the figure an
+/// earlier batch left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_a_group_rests_on_current_figures() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
+    let commerce = Commerce::builder(db.pool().clone())
+        .strategy(Batching::with_settings(BatchSettings {
+            sold_out_fast_path: false,
+            ..BatchSettings::default()
+        }))
+        .build();
+    let other = Commerce::builder(db.pool().clone()).build();
+    let scarce = product(&commerce, 1, 1).await;
+    let plenty: Vec<ProductId> = other_products(&commerce).await;
+    for round in 0..20 {
+        // The batching instance sells the last unit, and so knows the product at 0.
+        commerce
+            .place_order(NewOrder::new(format!("first-{round}")).line(scarce, 1))
+            .await
+            .unwrap();
+        other
+            .receive_stock(scarce, 1, Some("found one"))
+            .await
+            .unwrap();
+        // The scarce order goes with orders of other products at once: in a group or not,
+        // it must be placed.
+        let mut tasks = Vec::new();
+        for (n, id) in plenty.iter().enumerate() {
+            let commerce = commerce.clone();
+            let id = *id;
+            tasks.push(tokio::spawn(async move {
+                commerce
+                    .place_order(NewOrder::new(format!("p-{round}-{n}")).line(id, 1))
+                    .await
+            }));
+        }
+        let scarce_order = commerce
+            .place_order(NewOrder::new(format!("second-{round}")).line(scarce, 1))
+            .await;
+        assert!(scarce_order.is_ok(), "round {round}: {scarce_order:?}");
+        for task in tasks {
+            within(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        other
+            .receive_stock(scarce, 1, Some("another"))
+            .await
+            .unwrap();
+    }
+    assert_consistent(&commerce).await;
+}
+
+async fn other_products(commerce: &Commerce) -> Vec<ProductId> {
+    let mut ids = Vec::new();
+    for id in 2..=9 {
+        ids.push(product(commerce, id, 10_000).await);
+    }
+    ids
+}

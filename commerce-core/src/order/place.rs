@@ -287,11 +287,7 @@ impl PlacedOrder {
 }
 
 fn status_for(allocations: &[Allocation]) -> OrderStatus {
-    if allocations.iter().all(|a| a.shortfall() == 0) {
-        OrderStatus::Created
-    } else {
-        OrderStatus::Backordered
-    }
+    OrderStatus::on_placement(allocations.iter().all(|a| a.shortfall() == 0))
 }
 
 /// The first line (in product order) that `stock` cannot cover.

@@ -30,6 +30,16 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// The status an order is placed in: CREATED when every line got all its units,
+    /// BACKORDERED when one waits for stock (the one rule of every way to place an order).
+    pub(crate) fn on_placement(every_line_complete: bool) -> Self {
+        if every_line_complete {
+            Self::Created
+        } else {
+            Self::Backordered
+        }
+    }
+
     /// Every status, in lifecycle order.
     pub const ALL: [Self; 6] = [
         Self::Backordered,

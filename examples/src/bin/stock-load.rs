@@ -11,6 +11,7 @@
 //! cargo run --release -p commerce-examples --bin stock-load -- --rate 500 --clients 1000 --scenarios hot
 //! cargo run --release -p commerce-examples --bin stock-load -- --json load.json --plot load.svg
 //! cargo run --release -p commerce-examples --bin stock-load -- --strategies batching --scenarios hot --clients 5000 --batch-in-flight 3
+//! cargo run --release -p commerce-examples --bin stock-load -- --realistic --strategies redis-lock,batching --scenarios hot,spread
 //! ```
 //!
 //! Scenarios (each on a freshly created database, `--database`, default `commerce_load`):
@@ -86,6 +87,11 @@ struct Args {
     /// on each run's database); `bare-update` still runs directly, as the ceiling.
     #[arg(long)]
     http: bool,
+    /// Runs what a deployment runs (crate API): two instances of each strategy with their
+    /// own pools, the outbox hook on, an idempotency key on every order, and a trickle of
+    /// cancellations (50/s) and receipts (10/s); rows are labelled `<strategy>+real`.
+    #[arg(long)]
+    realistic: bool,
     /// The `batching` strategy's largest batch, in orders (crate API only).
     #[arg(long, default_value_t = BatchSettings::default().max_batch)]
     batch_max: usize,
@@ -121,6 +127,7 @@ impl Args {
             mode: self.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
             database: self.database,
             http: self.http,
+            realistic: self.realistic,
             batch: BatchSettings {
                 max_batch: self.batch_max,
                 in_flight: self.batch_in_flight,

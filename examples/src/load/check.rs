@@ -32,7 +32,8 @@ pub(crate) async fn ledger_sums(pool: &PgPool) -> sqlx::Result<Vec<(i64, i64)>> 
 }
 
 /// Checks the database after a run in which every product started with `stock` units and
-/// `totals` were recorded; `ledger_before` is [`ledger_sums`] from before the run.
+/// `totals` were recorded; `ledger_before` is [`ledger_sums`] from before the run; `received`
+/// the units received during the run per product id (empty: none).
 ///
 /// For every target: per product, available == stock − units confirmed and >= 0, and the
 /// units taken in total == requests confirmed. With orders: orders stored == confirmed, the
@@ -47,6 +48,7 @@ pub(crate) async fn verify(
     stock: i64,
     totals: &Totals,
     ledger_before: &[(i64, i64)],
+    received: &[i64],
 ) -> anyhow::Result<Verdict> {
     let mut problems = Vec::new();
     let levels: Vec<(i64, i64)> =
@@ -77,12 +79,18 @@ pub(crate) async fn verify(
             .copied()
             .unwrap_or_default();
         let back = returned_of(product);
-        taken += stock - available;
+        let arrived = usize::try_from(product)
+            .ok()
+            .and_then(|p| received.get(p))
+            .copied()
+            .unwrap_or_default();
+        taken += stock + arrived - available;
         given_back += back;
-        if available < 0 || available != stock - sold + back {
+        let expected = stock + arrived - sold + back;
+        if available < 0 || available != expected {
             wrong.push(format!(
-                "product {product}: available {available} but start - confirmed + cancelled = {}",
-                stock - sold + back
+                "product {product}: available {available} but start + received - confirmed + \
+                 cancelled = {expected}"
             ));
         }
     }

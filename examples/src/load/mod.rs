@@ -28,7 +28,10 @@ pub use http::HttpTarget;
 pub use plot::write_svg;
 pub use profile::{CpuSplit, Profile};
 pub use report::{header, line, write_json, Report, Row};
-pub use target::{build, Attempt, Target, BARE_UPDATE, STRATEGIES};
+pub use target::{
+    build, build_realistic, Attempt, Realistic, Target, BARE_UPDATE, CANCELS_PER_SECOND,
+    RECEIPTS_PER_SECOND, STRATEGIES,
+};
 
 use drive::Recorder;
 use report::Measured;
@@ -106,6 +109,11 @@ pub struct Settings {
     /// How `batching` forms its batches (through the crate API; over HTTP the app's
     /// defaults apply).
     pub batch: BatchSettings,
+    /// Run what a deployment runs: two instances (own pools, the connections split between
+    /// them), the outbox hook, an idempotency key on every order, and a trickle of
+    /// cancellations and receipts (rows labelled `<strategy>+real`; the bare update runs as
+    /// usual).
+    pub realistic: bool,
 }
 
 /// One scenario with its numbers filled in.
@@ -172,6 +180,9 @@ impl Settings {
         }
         if self.batch.in_flight == 0 {
             bail!("--batch-in-flight must be at least 1");
+        }
+        if self.http && self.realistic {
+            bail!("--realistic runs through the crate API, not with --http");
         }
         if self.http && self.batch != BatchSettings::default() {
             bail!("--batch-max and --batch-in-flight apply through the crate API, not with --http");
@@ -281,6 +292,14 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
         let (target, app) =
             http::start(strategy, &settings.database, connections, plan.clients).await?;
         (Target::Http(target), Some(app))
+    } else if settings.realistic && strategy != BARE_UPDATE {
+        let half = (connections / 2).max(1);
+        let pools = [
+            load_pool(&settings.database, half).await?,
+            load_pool(&settings.database, half).await?,
+        ];
+        let target = build_realistic(strategy, pools, settings.batch, plan.products).await?;
+        (target, None)
     } else {
         (build(strategy, pool.clone(), settings.batch).await?, None)
     };
@@ -301,6 +320,15 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
     let before = profile::Sample::take(&pool).await?;
     let recorder = Arc::new(Recorder::new(plan.products)?);
     let deadline = recorder.start() + settings.duration;
+    let trickle = match &target {
+        Target::Realistic(realistic) => {
+            let (realistic, products) = (Arc::clone(realistic), plan.products);
+            Some(tokio::spawn(async move {
+                realistic.trickle(products, deadline.into()).await
+            }))
+        }
+        _ => None,
+    };
     match settings.mode {
         Mode::Closed => {
             drive::closed_loop(&target, &recorder, plan.clients, plan.products, deadline).await?;
@@ -317,6 +345,10 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
             .await?;
         }
     }
+    let trickle_failed = match trickle {
+        Some(trickle) => trickle.await.context("the cancel and receipt trickle")?,
+        None => 0,
+    };
     let elapsed = recorder.start().elapsed();
     let after = profile::Sample::take(&pool).await?;
     let totals = recorder.totals()?;
@@ -326,19 +358,29 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
         app.stop().await.context("stop the reference app")?;
     }
 
-    let verdict = check::verify(
+    let received = match &target {
+        Target::Realistic(realistic) => realistic.received(),
+        _ => Vec::new(),
+    };
+    let mut verdict = check::verify(
         &pool,
         target.writes_orders(),
         plan.stock,
         &totals,
         &ledger_before,
+        &received,
     )
     .await?;
+    if trickle_failed > 0 {
+        verdict
+            .problems
+            .push(format!("{trickle_failed} cancellations or receipts failed"));
+    }
     pool.close().await;
-    let label = if matches!(target, Target::Http(_)) {
-        format!("{strategy}+http")
-    } else {
-        strategy.to_owned()
+    let label = match target {
+        Target::Http(_) => format!("{strategy}+http"),
+        Target::Realistic(_) => format!("{strategy}+real"),
+        _ => strategy.to_owned(),
     };
     Ok(Row::new(
         &label,

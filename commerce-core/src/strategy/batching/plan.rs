@@ -101,11 +101,7 @@ impl Plan {
 
 /// The status a placed order starts in: CREATED when every line got all its units.
 pub(super) fn status_of(lines: &[OrderLine]) -> OrderStatus {
-    if lines.iter().all(|line| line.allocated == line.quantity) {
-        OrderStatus::Created
-    } else {
-        OrderStatus::Backordered
-    }
+    OrderStatus::on_placement(lines.iter().all(|line| line.allocated == line.quantity))
 }
 
 /// First come first served: each request in arrival order takes what it asks for if every

@@ -173,9 +173,10 @@ impl ProductQueue {
     }
 
     /// Whether the entry holds nothing worth keeping once its writer stops: no order waits
-    /// and no sold-out figure would spare a later order its batch.
+    /// and no figures of the product are known (a product that does not exist, or whose
+    /// figures were lost), so entries are bounded by the products of the catalogue.
     pub(super) fn is_idle_and_useless(&self) -> bool {
-        !self.writing && self.pending.is_empty() && self.known.is_none_or(|k| k.available > 0)
+        !self.writing && self.pending.is_empty() && self.known.is_none()
     }
 }
 

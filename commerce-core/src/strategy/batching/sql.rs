@@ -74,11 +74,7 @@ pub(super) async fn insert_rows(
         users.push(order.user_id());
         keys.push(order.idempotency_key());
         let complete = lines.iter().all(|take| take.allocated == take.quantity);
-        statuses.push(if complete {
-            OrderStatus::Created.as_str()
-        } else {
-            OrderStatus::Backordered.as_str()
-        });
+        statuses.push(OrderStatus::on_placement(complete).as_str());
         policies.push(order.policy().as_str());
         for take in lines {
             line_orders.push(id.0);
@@ -140,13 +136,14 @@ pub(super) async fn take_stock(
 ) -> Result<Option<Stock>> {
     let (mut ids, mut taken, mut queued) = (Vec::new(), Vec::new(), Vec::new());
     let (mut available, mut backordered, mut price) = (Vec::new(), Vec::new(), Vec::new());
-    for (product, (t, q)) in &plan.changes {
-        if *t == 0 && *q == 0 {
+    for (product, figures) in stock {
+        let (t, q) = plan.changes.get(product).copied().unwrap_or_default();
+        // Optimistic, every product planned on is checked, those the batch only turned
+        // orders away from too (their refusals rest on the same figures).
+        if t == 0 && q == 0 && !optimistic {
             continue;
         }
-        let Some(figures) = stock.get(product) else {
-            continue;
-        };
+        let (t, q) = (&t, &q);
         ids.push(product.0);
         taken.push(*t);
         queued.push(*q);
@@ -154,24 +151,40 @@ pub(super) async fn take_stock(
         backordered.push(figures.backordered);
         price.push(figures.price);
     }
-    let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+    // Several rows are locked first in ascending id (the crate's lock order) by an init plan,
+    // so that the update cannot lock them in another order; the update then checks each on
+    // its newest version.
+    let sql = if ids.len() > 1 {
+        "WITH locked AS MATERIALIZED ( \
+           SELECT id FROM commerce.products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE \
+         ) \
+         UPDATE commerce.products p SET available = p.available - t.taken, \
+         backordered = p.backordered + t.queued, updated_at = now() \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                     $6::bigint[]) AS t(id, taken, queued, available, backordered, price) \
+         WHERE p.id = t.id AND p.id = ANY(ARRAY(SELECT id FROM locked)) \
+           AND (NOT $7 OR (p.available = t.available \
+               AND p.backordered = t.backordered AND p.price = t.price)) \
+         RETURNING p.id, p.available, p.backordered, p.price"
+    } else {
         "UPDATE commerce.products p SET available = p.available - t.taken, \
          backordered = p.backordered + t.queued, updated_at = now() \
          FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
                      $6::bigint[]) AS t(id, taken, queued, available, backordered, price) \
          WHERE p.id = t.id AND (NOT $7 OR (p.available = t.available \
                AND p.backordered = t.backordered AND p.price = t.price)) \
-         RETURNING p.id, p.available, p.backordered, p.price",
-    )
-    .bind(&ids)
-    .bind(&taken)
-    .bind(&queued)
-    .bind(&available)
-    .bind(&backordered)
-    .bind(&price)
-    .bind(optimistic)
-    .fetch_all(conn)
-    .await?;
+         RETURNING p.id, p.available, p.backordered, p.price"
+    };
+    let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(sql)
+        .bind(&ids)
+        .bind(&taken)
+        .bind(&queued)
+        .bind(&available)
+        .bind(&backordered)
+        .bind(&price)
+        .bind(optimistic)
+        .fetch_all(conn)
+        .await?;
     if rows.len() != ids.len() {
         return Ok(None);
     }

@@ -311,12 +311,14 @@ async fn attempt_batch(
         all.dedup();
         all
     };
-    let known = match products.as_slice() {
-        [only] => known.get(only).map(|figures| (*only, *figures)),
-        _ => None,
-    };
-    let stock = match known {
-        Some((product, figures)) => Stock::from([(product, figures)]),
+    // Optimistic when the figures of every product are known (left by earlier batches).
+    let known: Option<Stock> = products
+        .iter()
+        .map(|product| known.get(product).map(|figures| (*product, *figures)))
+        .collect();
+    let known = known.filter(|figures| !figures.is_empty());
+    let stock = match &known {
+        Some(figures) => figures.clone(),
         // Nothing written yet: plan on a plain read; if it turns out there is something to
         // write, the write takes the locks and plans again.
         None => stock_rows(&mut *conn, &products, generation, false).await?,
@@ -327,14 +329,15 @@ async fn attempt_batch(
     if plan.writes_nothing() {
         // Every request is turned away. The figures must be current for that: confirm them
         // unless they were just read.
-        if let Some((product, figures)) = known {
-            let fresh = stock_rows(&mut *conn, &[product], generation, false).await?;
-            return Ok(match fresh.get(&product) {
-                Some(now) if now.available == figures.available => {
-                    Ok((answer_rejections(&plan), fresh))
-                }
-                Some(_) => Err(Retry::Replan(fresh)),
-                None => Ok((answer_rejections(&allocate(requests, &fresh, None)), fresh)),
+        if let Some(figures) = &known {
+            let fresh = stock_rows(&mut *conn, &products, generation, false).await?;
+            let same = figures.iter().all(|(product, f)| {
+                fresh.get(product).map(|now| now.available) == Some(f.available)
+            });
+            return Ok(if same || fresh.len() < figures.len() {
+                Ok((answer_rejections(&allocate(requests, &fresh, None)), fresh))
+            } else {
+                Err(Retry::Replan(fresh))
             });
         }
         return Ok(Ok((answer_rejections(&plan), stock)));
