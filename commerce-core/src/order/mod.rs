@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{OrderId, ProductId};
 
 pub(crate) use completion::promote_completed;
-pub(crate) use idempotency::{forget_keys, is_same_request};
+pub(crate) use idempotency::forget_keys;
+// The batching strategy's own checks, compiled only with it.
+#[cfg(feature = "batching")]
+pub(crate) use idempotency::is_same_request;
 pub(crate) use lines::allocate_line;
 pub use place::{OrderWriter, PlacedOrder, ReserveMode};
 pub(crate) use read::{load_order, order_totals, orders_of_user, orders_stuck_in, status_history};
@@ -28,7 +31,9 @@ pub(crate) use transition::{
     transition_order_in,
 };
 pub use user_limits::UserLimit;
-pub(crate) use user_limits::{Exposures, OverLimit, UserLimits};
+#[cfg(feature = "batching")]
+pub(crate) use user_limits::OverLimit;
+pub(crate) use user_limits::{Exposures, UserLimits};
 pub(crate) use validate::{check_quantity, check_text, MAX_TEXT};
 pub use validate::{OrderLimits, ValidatedOrder};
 
