@@ -30,9 +30,9 @@ pub(crate) use transition::{
     cancel_order, cancel_order_if, cancel_order_if_in, cancel_order_in, transition_order,
     transition_order_in,
 };
-pub use user_limits::UserLimit;
 #[cfg(feature = "batching")]
 pub(crate) use user_limits::OverLimit;
+pub use user_limits::UserLimit;
 pub(crate) use user_limits::{Exposures, UserLimits};
 pub(crate) use validate::{check_quantity, check_text, MAX_TEXT};
 pub use validate::{OrderLimits, ValidatedOrder};
