@@ -2,13 +2,16 @@
 # The stock strategies side by side, as in docs/performance.md: every strategy (the bare
 # one-row UPDATE ceiling included) on the hot, spread, sell-out and flash-sale scenarios, then
 # 5,000 clients on the hot product in closed and open loop, then the same through the
-# reference app over HTTP. Prints the tables and writes JSON and SVG plots to docs/img/.
-# Extra arguments go to every stock-load run (e.g. --duration 5). Takes about 15 minutes.
+# reference app over HTTP; then the outbox relay's throughput and its commit-to-publish
+# latency at 1,000 events/s (short runs of outbox-load). Prints the tables and writes JSON and
+# SVG plots to docs/img/. Extra arguments go to every stock-load run (e.g. --duration 5), not
+# to the relay's. Takes about 16 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/services.sh up postgres redis
-cargo build --release --locked -p commerce-examples --bin stock-load
+scripts/services.sh up postgres redis kafka
+cargo build --release --locked -p commerce-examples --bin stock-load --bin outbox-load
 load=target/release/stock-load
+relay=target/release/outbox-load
 mkdir -p docs/img
 echo "== $(date -u +%FT%TZ) $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 psql "${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" -Atc \
@@ -40,3 +43,8 @@ echo "== through the reference app over HTTP"
 $load --http --strategies conditional-update,redis-lock,batching,bare-update \
     --scenarios hot,flash --flash-clients 2000 \
     --json docs/img/stock-load-http.json --plot docs/img/stock-load-http.svg "$@"
+echo "== the outbox relay: throughput (200,000 prefilled events, batch 1,000, 2 workers), then"
+echo "   commit-to-publish at 1,000 events/s (4 writers, 2 workers, 10 s after a 2 s warm-up);"
+echo "   docs/outbox.md's bars: at least 20,000 events/s, p99 at most 10 ms"
+$relay throughput --events 200000 --aggregates 10000 --batch 1000 --workers 2
+$relay latency --rate 1000 --seconds 10 --writers 4 --workers 2

@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{OrderId, ProductId};
 
 pub(crate) use completion::promote_completed;
-pub(crate) use idempotency::{forget_keys, is_same_request};
+pub(crate) use idempotency::forget_keys;
+// The batching strategy's own checks, compiled only with it.
+#[cfg(feature = "batching")]
+pub(crate) use idempotency::is_same_request;
 pub(crate) use lines::allocate_line;
 pub use place::{OrderWriter, PlacedOrder, ReserveMode};
 pub(crate) use read::{load_order, order_totals, orders_of_user, orders_stuck_in, status_history};
@@ -27,8 +30,10 @@ pub(crate) use transition::{
     cancel_order, cancel_order_if, cancel_order_if_in, cancel_order_in, transition_order,
     transition_order_in,
 };
+#[cfg(feature = "batching")]
+pub(crate) use user_limits::OverLimit;
 pub use user_limits::UserLimit;
-pub(crate) use user_limits::{Exposures, OverLimit, UserLimits};
+pub(crate) use user_limits::{Exposures, UserLimits};
 pub(crate) use validate::{check_quantity, check_text, MAX_TEXT};
 pub use validate::{OrderLimits, ValidatedOrder};
 
