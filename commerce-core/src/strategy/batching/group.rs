@@ -34,7 +34,9 @@ use crate::order::OrderWriter;
 use super::BatchSettings;
 
 /// Orders waiting before a second group starts while one is in flight.
-pub(super) const GROUP_DEPTH: usize = 16;
+pub(super) const GROUP_DEPTH: usize = 8;
+/// Groups in flight at once.
+pub(super) const GROUPS_IN_FLIGHT: usize = 4;
 
 /// The batches waiting for a group, and whether the group writer runs.
 #[derive(Default)]
@@ -107,7 +109,7 @@ async fn write_groups(inner: Arc<Inner>, writer: OrderWriter) {
                     }
                     break;
                 }
-                let busy = running.len() >= settings.in_flight
+                let busy = running.len() >= GROUPS_IN_FLIGHT
                     || (!running.is_empty() && waiting.orders < GROUP_DEPTH);
                 if busy {
                     break;
