@@ -7,8 +7,8 @@
 //! writer takes every batch handed in meanwhile (up to [`BatchSettings::max_batch`] orders)
 //! and writes them as one batch of several products: it locks them in ascending id, plans,
 //! inserts every row in bulk and updates every product in one statement. As for one product,
-//! there is no timer: a group starts at once when the writer is idle, and a second group
-//! starts while one is in flight only once [`GROUP_DEPTH`] orders wait. Each product's
+//! there is no timer: a group starts at once when the writer is idle, and another one
+//! starts while some are in flight (up to [`GROUPS_IN_FLIGHT`]) once [`GROUP_DEPTH`] orders wait. Each product's
 //! writer then gets the figures the group left for its product.
 //!
 //! A product is in at most one group at a time (its writer hands in a batch only when
