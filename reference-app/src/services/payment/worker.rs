@@ -9,6 +9,7 @@ use std::time::Duration;
 use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
 use commerce_outbox::{enqueue, enqueue_all, Backoff, NewEvent};
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::gateway::{
-    BreakerState, ChargeOutcome, ChargeRequest, Gateway, GatewayError, RefundRequest,
+    BreakerState, ChargeOutcome, ChargeRequest, Gateway, GatewayError, RefundReceipt, RefundRequest,
 };
 use super::store::{self, Current, Due, PaymentStatus, Settle, StoreError};
 use crate::services::contracts::{
@@ -74,6 +75,14 @@ impl std::fmt::Debug for PaymentWorker {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// A claimed payment with the gateway's answer, to record.
+enum Answered {
+    /// A charge, or asking about a cancelled order's charge.
+    Charge(Due, Result<ChargeOutcome, GatewayError>),
+    /// A refund.
+    Refund(Due, Result<RefundReceipt, GatewayError>),
 }
 
 /// What to write for a claimed payment once the gateway has answered.
@@ -231,46 +240,72 @@ impl PaymentWorker {
         let claim = i64::try_from(concurrency).unwrap_or(i64::MAX);
         let due = store::claim_due(&self.pool, claim, self.settings.lease).await?;
         let worked = due.len();
-        stream::iter(due)
+        // The buffered futures only call the gateway: they are not polled while an answer is
+        // being recorded, so one holding a database transaction would hold its connection
+        // (and its row lock) until then.
+        let mut calls = stream::iter(due)
             .map(|payment| async move {
                 if payment.status == PaymentStatus::Refunding {
-                    if let Err(error) = self.refund(&payment).await {
+                    let refunded = if payment.charge_id.is_some() {
+                        self.call_refund(&payment).await
+                    } else {
+                        // Recorded as the error it is, below.
+                        Err(GatewayError::BreakerOpen { retry_after: None })
+                    };
+                    Answered::Refund(payment, refunded)
+                } else {
+                    let answer = self.gateway.charge(&charge_request(&payment)).await;
+                    Answered::Charge(payment, answer)
+                }
+            })
+            .buffer_unordered(concurrency);
+        while let Some(first) = calls.next().await {
+            // Whatever else has been answered meanwhile goes into the same transaction.
+            let mut answered = vec![first];
+            while let Some(Some(more)) = calls.next().now_or_never() {
+                answered.push(more);
+            }
+            self.record_round(answered).await;
+        }
+        Ok(worked)
+    }
+
+    /// Records what the gateway answered: refunds one by one, charges together (tried again
+    /// at once when the transaction fails: a deadlock with a consumer's cancellations, a lost
+    /// connection; each answer is decided anew on its row as then found, so nothing is
+    /// applied twice).
+    async fn record_round(&self, answered: Vec<Answered>) {
+        let mut charges = Vec::with_capacity(answered.len());
+        for answer in answered {
+            match answer {
+                Answered::Charge(payment, answer) => charges.push((payment, answer)),
+                Answered::Refund(payment, refunded) => {
+                    if let Err(error) = self.record_refund(&payment, refunded).await {
                         let order = payment.order_id;
                         // The lease runs out and the payment is claimed again.
                         tracing::warn!(%error, %order, "refund failed; retried after its lease");
                     }
-                    None
-                } else {
-                    let answer = self.gateway.charge(&charge_request(&payment)).await;
-                    Some((payment, answer))
                 }
-            })
-            .buffer_unordered(concurrency)
-            .filter_map(std::future::ready)
-            .ready_chunks(concurrency)
-            .for_each(|answered| async move {
-                let (count, first) = (answered.len(), answered[0].0.order_id);
-                // A failed transaction (a deadlock with a consumer's cancellations, a lost
-                // connection) is tried again at once: each answer is decided anew on its row
-                // as then found, so nothing is applied twice.
-                for attempt in 1..=RECORD_ATTEMPTS {
-                    let Err(error) = self.record(&answered).await else {
-                        return;
-                    };
-                    if attempt == RECORD_ATTEMPTS {
-                        // Their leases run out and they are claimed again, asked with the
-                        // same keys (the gateway replays its answers).
-                        tracing::warn!(
-                            %error, payments = count, first_order = %first,
-                            "recording payment outcomes failed; retried after their lease"
-                        );
-                    } else {
-                        tracing::debug!(%error, attempt, "recording payment outcomes failed; trying again");
-                    }
-                }
-            })
-            .await;
-        Ok(worked)
+            }
+        }
+        if charges.is_empty() {
+            return;
+        }
+        for attempt in 1..=RECORD_ATTEMPTS {
+            let Err(error) = self.record(&charges).await else {
+                return;
+            };
+            if attempt == RECORD_ATTEMPTS {
+                // Their leases run out and they are claimed again, asked with the same keys
+                // (the gateway replays its answers).
+                tracing::warn!(
+                    %error, payments = charges.len(), first_order = %charges[0].0.order_id,
+                    "recording payment outcomes failed; retried after their lease"
+                );
+            } else {
+                tracing::debug!(%error, attempt, "recording payment outcomes failed; trying again");
+            }
+        }
     }
 
     fn backoff(&self, attempts: i32) -> Duration {
@@ -441,16 +476,24 @@ impl PaymentWorker {
         Ok(())
     }
 
-    /// Refunds a `refunding` payment.
-    async fn refund(&self, payment: &Due) -> Result<(), StoreError> {
+    /// Asks the gateway to refund a `refunding` payment.
+    async fn call_refund(&self, payment: &Due) -> Result<RefundReceipt, GatewayError> {
+        let request = RefundRequest {
+            charge_id: super::gateway::ChargeId(payment.charge_id.clone().unwrap_or_default()),
+            idempotency_key: format!("refund-{}", payment.order_id),
+        };
+        self.gateway.refund(&request).await
+    }
+
+    /// Records the gateway's answer to a refund of a `refunding` payment.
+    async fn record_refund(
+        &self,
+        payment: &Due,
+        refunded: Result<RefundReceipt, GatewayError>,
+    ) -> Result<(), StoreError> {
         let Some(charge_id) = payment.charge_id.clone() else {
             return Err(format!("payment {} to refund has no charge id", payment.order_id).into());
         };
-        let request = RefundRequest {
-            charge_id: super::gateway::ChargeId(charge_id.clone()),
-            idempotency_key: format!("refund-{}", payment.order_id),
-        };
-        let refunded = self.gateway.refund(&request).await;
         let order = payment.order_id;
         let from = PaymentStatus::Refunding;
         let mut tx = self.pool.begin().await?;
