@@ -449,3 +449,26 @@ impl From<QueryRejection> for ApiError {
 
 /// The result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_product_with_too_many_orders_waiting_is_503_overloaded_with_retry_after() {
+        let error = commerce_core::Error::Overloaded {
+            product: commerce_core::ProductId(7),
+            retry_after: std::time::Duration::from_millis(500),
+        };
+        let response = ApiError::from(error).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(response.into_body(), 4_096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "overloaded");
+        assert_eq!(body["error"]["details"]["product_id"], 7);
+        assert_eq!(body["error"]["details"]["retry_after_seconds"], 1);
+    }
+}
