@@ -82,7 +82,8 @@ pub(crate) async fn transition_order_in(
     load_order(conn, order).await
 }
 
-/// What [`transition_orders_in`] did with each order it was given.
+/// What [`Commerce::transition_orders_in`](crate::Commerce::transition_orders_in) did with each
+/// order it was given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchTransition {
     /// Orders that were in the expected status and moved, in ascending id.
