@@ -252,13 +252,20 @@ async fn timeouts_and_overload_are_503_and_429() {
         config.http.request_timeout = Duration::from_millis(1);
     })
     .await;
-    // The audit takes more than a millisecond.
+    // The audit waits for a lock the test holds on the products: it cannot answer within a
+    // millisecond however fast the machine.
+    let mut held = app.db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE commerce.products IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
     let once = app.admin.with_retry(RetryPolicy::none());
     expect_api_error(
         once.audit().await,
         StatusCode::SERVICE_UNAVAILABLE,
         "timeout",
     );
+    held.rollback().await.unwrap();
     app.stop().await;
 
     let app = TestApp::start_with(Transport::InProcess, |config| {
