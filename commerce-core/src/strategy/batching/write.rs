@@ -210,7 +210,7 @@ async fn write_group(
                 e
             }
         };
-        let retry = matches!(error, Error::Conflict(_)) || error.is_retryable();
+        let retry = error.is_retryable();
         if retry && attempt < settings.max_attempts {
             if !matches!(error, Error::Conflict(_)) || attempt > 1 {
                 tokio::time::sleep(backoff(attempt)).await;
