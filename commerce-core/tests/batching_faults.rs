@@ -62,29 +62,33 @@ fn commerce_with(db: &TestDb, strategy: Batching, gate: &Gate) -> Commerce {
         .build()
 }
 
+type Placing = tokio::task::JoinHandle<commerce_core::Result<commerce_core::PlacedOrder>>;
+
+/// Starts placing `new` and returns its task.
+fn place(commerce: &Commerce, new: NewOrder) -> Placing {
+    let commerce = commerce.clone();
+    tokio::spawn(async move { commerce.place_order(new).await })
+}
+
 /// Starts one order of `user` for `quantity` of `product` and returns its task.
 fn order(
     commerce: &Commerce,
     user: impl Into<String>,
     product: ProductId,
     quantity: i64,
-) -> tokio::task::JoinHandle<commerce_core::Result<commerce_core::PlacedOrder>> {
-    let (commerce, user) = (commerce.clone(), user.into());
-    tokio::spawn(async move {
-        commerce
-            .place_order(NewOrder::new(user).line(product, quantity))
-            .await
-    })
+) -> Placing {
+    place(commerce, NewOrder::new(user).line(product, quantity))
 }
 
 /// Arms the gate, starts one order and waits until its batch is held at the hook.
-async fn hold_one_batch(
-    commerce: &Commerce,
-    gate: &Gate,
-    product: ProductId,
-) -> tokio::task::JoinHandle<commerce_core::Result<commerce_core::PlacedOrder>> {
+async fn hold_one_batch(commerce: &Commerce, gate: &Gate, product: ProductId) -> Placing {
+    hold_batch_of(commerce, gate, NewOrder::new("first").line(product, 1)).await
+}
+
+/// Arms the gate, starts placing `new` and waits until its batch is held at the hook.
+async fn hold_batch_of(commerce: &Commerce, gate: &Gate, new: NewOrder) -> Placing {
     gate.armed.store(true, SeqCst);
-    let first = order(commerce, "first", product, 1);
+    let first = place(commerce, new);
     let held = eventually(Duration::from_secs(5), || async {
         gate.holding.load(SeqCst) >= 1
     })
@@ -258,12 +262,10 @@ async fn a_keyed_request_is_not_refused_for_another_requests_reason() {
     let first = hold_one_batch(&commerce, &gate, hot).await;
     gate.armed.store(false, SeqCst);
     let keyed = |quantity: i64| {
-        let commerce = commerce.clone();
-        tokio::spawn(async move {
-            commerce
-                .place_order(NewOrder::new("u").line(hot, quantity).idempotency_key("k"))
-                .await
-        })
+        place(
+            &commerce,
+            NewOrder::new("u").line(hot, quantity).idempotency_key("k"),
+        )
     };
     let too_many = keyed(5);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -305,38 +307,23 @@ async fn sums_that_would_overflow_refuse_only_the_order_that_overflows() {
         .limits(limits)
         .build();
     let hot = product(&commerce, 1, 0).await;
-    let first = {
-        gate.armed.store(true, SeqCst);
-        let commerce = commerce.clone();
-        let task = tokio::spawn(async move {
-            commerce
-                .place_order(
-                    NewOrder::new("first")
-                        .line(hot, 1)
-                        .policy(ShortagePolicy::Backorder),
-                )
-                .await
-        });
-        let held = eventually(Duration::from_secs(5), || async {
-            gate.holding.load(SeqCst) >= 1
-        })
-        .await;
-        assert!(held, "the first batch never reached its hook");
-        task
-    };
+    let first = hold_batch_of(
+        &commerce,
+        &gate,
+        NewOrder::new("first")
+            .line(hot, 1)
+            .policy(ShortagePolicy::Backorder),
+    )
+    .await;
     gate.armed.store(false, SeqCst);
     let huge = i64::MAX / 2 + 1;
     let backorder = |user: &'static str, quantity: i64| {
-        let commerce = commerce.clone();
-        tokio::spawn(async move {
-            commerce
-                .place_order(
-                    NewOrder::new(user)
-                        .line(hot, quantity)
-                        .policy(ShortagePolicy::Backorder),
-                )
-                .await
-        })
+        place(
+            &commerce,
+            NewOrder::new(user)
+                .line(hot, quantity)
+                .policy(ShortagePolicy::Backorder),
+        )
     };
     let a = backorder("a", huge);
     tokio::time::sleep(Duration::from_millis(50)).await;
