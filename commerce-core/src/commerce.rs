@@ -10,8 +10,8 @@ use crate::event::TransactionHook;
 use crate::ids::{OrderId, ProductId};
 use crate::inventory::{self, Backorder, LedgerPage, NewProduct, Product, Receipt, StockLevel};
 use crate::order::{
-    self, NewOrder, Order, OrderCursor, OrderLimits, OrderPage, OrderStatus, OrderTotal,
-    OrderWriter, PlacedOrder, StatusChange, UserLimits, ValidatedOrder,
+    self, BatchTransition, NewOrder, Order, OrderCursor, OrderLimits, OrderPage, OrderStatus,
+    OrderTotal, OrderWriter, PlacedOrder, StatusChange, UserLimits, ValidatedOrder,
 };
 use crate::strategy::{ConditionalUpdate, StockStrategy};
 
@@ -342,6 +342,33 @@ impl Commerce {
         reason: &str,
     ) -> Result<Order> {
         order::transition_order_in(conn, &self.hooks, order, to, reason).await
+    }
+
+    /// Moves every order of `orders` that is in `from` to `to` inside the caller's
+    /// transaction (see [`Commerce::transition_order_in`]): the rows are locked in ascending
+    /// id, and the status update, the history rows and the hooks (the outbox's events) are
+    /// written once for all of them. An order found in another status is left alone and
+    /// reported in [`BatchTransition::skipped`], an unknown one in
+    /// [`BatchTransition::missing`]; neither fails the batch.
+    ///
+    /// For a consumer applying many answers at once (e.g. a payment saga moving the orders
+    /// paid in one round from CREATED to PROCESSING): one transaction instead of one per
+    /// order, with the same conditional effect.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] when `to` is CANCELLED (a cancellation returns stock:
+    /// use [`Commerce::cancel_order_in`]), when no order may move from `from` to `to`, or when
+    /// the reason is blank or too long; database and hook errors (the transaction must then
+    /// be rolled back).
+    pub async fn transition_orders_in(
+        &self,
+        conn: &mut PgConnection,
+        orders: &[OrderId],
+        from: OrderStatus,
+        to: OrderStatus,
+        reason: &str,
+    ) -> Result<BatchTransition> {
+        order::transition_orders_in(conn, &self.hooks, orders, from, to, reason).await
     }
 
     /// [`Commerce::cancel_order`] inside the caller's transaction; see

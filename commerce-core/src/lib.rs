@@ -87,8 +87,8 @@ pub use inventory::{
     StockLedgerEntry, StockLevel,
 };
 pub use order::{
-    LineRequest, NewOrder, Order, OrderCursor, OrderLimits, OrderLine, OrderPage, OrderStatus,
-    OrderTotal, PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus, UserLimit,
+    BatchTransition, LineRequest, NewOrder, Order, OrderCursor, OrderLimits, OrderLine, OrderPage,
+    OrderStatus, OrderTotal, PlacedOrder, ShortagePolicy, StatusChange, UnknownStatus, UserLimit,
 };
 #[cfg(feature = "outbox")]
 pub use outbox_hook::{OutboxHook, CORE_EVENT_SCHEMA_VERSION};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +16,8 @@ use crate::backoff::Backoff;
 use crate::dead_letter::set_aside;
 use crate::error::{Error, Result};
 use crate::event::Envelope;
-use crate::inbox::record_once;
+use crate::event::EventId;
+use crate::inbox::{record_all_once, record_once};
 use crate::shutdown::sleep_or_shutdown;
 use crate::transport::{kafka_subscribe, Delivery, DeliveryContent, EventTransport, Subscription};
 use crate::unprocessable::UnprocessableEvent;
@@ -56,6 +58,23 @@ pub trait EventHandler: Send + Sync + 'static {
         conn: &mut PgConnection,
         envelope: &Envelope,
     ) -> std::result::Result<(), HandlerError>;
+
+    /// Handles several first deliveries, in delivery order, on `conn` inside one
+    /// transaction (a consumer built with [`InboxConsumerBuilder::max_batch`] above 1). The
+    /// default handles each in turn with [`EventHandler::handle`]; override it to write many
+    /// effects in one statement. Any error rolls the whole batch back, and the runner then
+    /// applies the events one by one with [`EventHandler::handle`] (so an unprocessable event
+    /// is set aside alone, and the others still apply).
+    async fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> std::result::Result<(), HandlerError> {
+        for envelope in envelopes {
+            self.handle(conn, envelope).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Where the consumer receives from.
@@ -79,6 +98,7 @@ pub struct InboxConsumerBuilder {
     consumer_overrides: Vec<(String, String)>,
     retry_backoff: Backoff,
     handler_attempts: u32,
+    max_batch: usize,
 }
 
 impl InboxConsumerBuilder {
@@ -92,6 +112,7 @@ impl InboxConsumerBuilder {
             consumer_overrides: Vec::new(),
             retry_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             handler_attempts: 3,
+            max_batch: 1,
         }
     }
 
@@ -128,6 +149,17 @@ impl InboxConsumerBuilder {
     /// [`UnprocessableEvent`] is set aside at the first try (see [`EventHandler`]).
     pub fn handler_attempts(mut self, attempts: u32) -> Self {
         self.handler_attempts = attempts.max(1);
+        self
+    }
+
+    /// Deliveries applied in one transaction, at most (default 1: one transaction per
+    /// event). Above 1, the consumer takes the deliveries already waiting when one arrives
+    /// (it never waits to fill a batch), records them in the inbox at once and hands the
+    /// first deliveries to [`EventHandler::handle_batch`]; a batch that fails is applied
+    /// again one event at a time, with the usual retries and dead letters. Order within the
+    /// batch is delivery order.
+    pub fn max_batch(mut self, deliveries: usize) -> Self {
+        self.max_batch = deliveries.max(1);
         self
     }
 
@@ -327,15 +359,51 @@ impl<H: EventHandler> InboxConsumer<H> {
                     continue;
                 }
             };
-            match applier.handle(&delivery, give_up_after, shutdown).await {
-                Handled::Done => self.subscription.acknowledge(&delivery).await?,
-                Handled::GaveUp(error) => {
-                    applier.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    self.subscription.refuse(&delivery, &error).await?;
+            let mut deliveries = vec![delivery];
+            // Only what is already waiting: a batch never delays an event.
+            while deliveries.len() < applier.settings.max_batch {
+                match self.subscription.next().now_or_never() {
+                    Some(Ok(more)) => deliveries.push(more),
+                    // Closed or failing: the next `next` reports it.
+                    Some(Err(_)) | None => break,
                 }
-                Handled::Interrupted => return Ok(()),
+            }
+            if deliveries.len() > 1 && applier.apply_batch(&deliveries).await {
+                for delivery in &deliveries {
+                    self.subscription.acknowledge(delivery).await?;
+                }
+                continue;
+            }
+            // Aggregates given back: their later deliveries in this batch are held by the
+            // transport and come again, so applying them now would overtake.
+            let mut given_back: Vec<(&str, &str)> = Vec::new();
+            for delivery in &deliveries {
+                let aggregate = aggregate_of(delivery);
+                if aggregate.is_some_and(|aggregate| given_back.contains(&aggregate)) {
+                    continue;
+                }
+                match applier.handle(delivery, give_up_after, shutdown).await {
+                    Handled::Done => self.subscription.acknowledge(delivery).await?,
+                    Handled::GaveUp(error) => {
+                        applier.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        self.subscription.refuse(delivery, &error).await?;
+                        given_back.extend(aggregate);
+                    }
+                    Handled::Interrupted => return Ok(()),
+                }
             }
         }
+    }
+}
+
+/// The aggregate (type, id) of an event delivery.
+fn aggregate_of(delivery: &Delivery) -> Option<(&str, &str)> {
+    match &delivery.content {
+        DeliveryContent::Event(envelope) => Some((
+            envelope.aggregate_type.as_str(),
+            envelope.aggregate_id.as_str(),
+        )),
+        DeliveryContent::DeadLetter(_) | DeliveryContent::Unreadable(_) => None,
     }
 }
 
@@ -407,6 +475,61 @@ impl<H: EventHandler> Applier<H> {
                 return Handled::Interrupted;
             }
         }
+    }
+
+    /// Applies `deliveries` in one transaction: every event recorded in the inbox at once,
+    /// the first deliveries handed to [`EventHandler::handle_batch`]. `false` (nothing
+    /// written) when the batch holds something other than events or anything failed: the
+    /// caller then handles each delivery alone.
+    async fn apply_batch(&self, deliveries: &[Delivery]) -> bool {
+        let mut envelopes = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match &delivery.content {
+                DeliveryContent::Event(envelope) => envelopes.push(envelope.as_ref()),
+                // Skipped with a log line by the one-by-one path.
+                DeliveryContent::DeadLetter(_) | DeliveryContent::Unreadable(_) => return false,
+            }
+        }
+        match self.try_batch(&envelopes).await {
+            Ok(applied) => {
+                let duplicates = envelopes.len() - applied;
+                self.stats
+                    .applied
+                    .fetch_add(applied as u64, Ordering::Relaxed);
+                self.stats
+                    .duplicates
+                    .fetch_add(duplicates as u64, Ordering::Relaxed);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(
+                    consumer = %self.settings.consumer_name, events = envelopes.len(), %error,
+                    "a batch of events failed; applying them one by one"
+                );
+                false
+            }
+        }
+    }
+
+    /// One transaction for the batch; returns how many events were first deliveries.
+    async fn try_batch(&self, envelopes: &[&Envelope]) -> std::result::Result<usize, HandlerError> {
+        let mut tx = self.settings.pool.begin().await?;
+        let ids: Vec<EventId> = envelopes.iter().map(|envelope| envelope.id).collect();
+        let mut fresh = record_all_once(&mut tx, &self.settings.consumer_name, &ids).await?;
+        // An event delivered twice within the batch is applied once, at its first place.
+        let firsts: Vec<&Envelope> = envelopes
+            .iter()
+            .copied()
+            .filter(|envelope| fresh.remove(&envelope.id))
+            .collect();
+        if !firsts.is_empty() {
+            if let Err(error) = self.handler.handle_batch(&mut tx, &firsts).await {
+                tx.rollback().await?;
+                return Err(error);
+            }
+        }
+        tx.commit().await?;
+        Ok(firsts.len())
     }
 
     /// One try of an event from `topic`: applied, a duplicate, or (the handler declared it

@@ -4,9 +4,11 @@
 //! A redelivered event finds its row and is skipped; two instances racing on one event
 //! serialize on the primary key, and the loser sees the winner's row once it commits.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::error::Result;
 use crate::event::EventId;
@@ -34,6 +36,31 @@ pub async fn record_once(
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// [`record_once`] for many events in one statement: returns the ids recorded now (first
+/// deliveries); the others were handled before (or appear twice in `event_ids`: once is
+/// enough).
+///
+/// # Errors
+/// [`crate::Error::Database`] when the insert fails.
+pub async fn record_all_once(
+    conn: &mut PgConnection,
+    consumer: &str,
+    event_ids: &[EventId],
+) -> Result<HashSet<EventId>> {
+    let ids: Vec<Uuid> = event_ids.iter().map(|id| id.0).collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO commerce_outbox.inbox (consumer, event_id)
+         SELECT $1, id FROM UNNEST($2::uuid[]) AS t(id)
+         ON CONFLICT (consumer, event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(consumer)
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(inserted.into_iter().map(EventId).collect())
 }
 
 /// Deletes inbox rows older than `older_than`. Keep it longer than any redelivery can be

@@ -102,6 +102,59 @@ pub async fn record_saga_step(
     Ok(())
 }
 
+/// One step of one saga instance, as [`record_saga_steps`] writes it (the arguments of
+/// [`record_saga_step`] but the saga's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaStepRecord {
+    /// The saga instance (e.g. the order id).
+    pub saga_id: String,
+    /// The step.
+    pub step: &'static str,
+    /// Where it stands.
+    pub status: SagaStatus,
+    /// The event that triggered it.
+    pub event_id: Option<EventId>,
+    /// Failure reason or note.
+    pub detail: Option<String>,
+}
+
+/// Appends many steps of saga `saga` to the log in one statement, in the order given, on
+/// `conn` (inside the caller's transaction): for a consumer or worker that settles many
+/// instances at once.
+///
+/// # Errors
+/// [`crate::Error::Database`] when the insert fails.
+pub async fn record_saga_steps(
+    conn: &mut PgConnection,
+    saga: &str,
+    steps: &[SagaStepRecord],
+) -> Result<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = steps.iter().map(|s| s.saga_id.as_str()).collect();
+    let names: Vec<&str> = steps.iter().map(|s| s.step).collect();
+    let statuses: Vec<&str> = steps.iter().map(|s| s.status.as_str()).collect();
+    let events: Vec<Option<Uuid>> = steps.iter().map(|s| s.event_id.map(|id| id.0)).collect();
+    let details: Vec<Option<&str>> = steps.iter().map(|s| s.detail.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO commerce_outbox.saga_log (saga, saga_id, step, status, event_id, detail)
+         SELECT $1, t.saga_id, t.step, t.status, t.event_id, t.detail
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[])
+              WITH ORDINALITY AS t(saga_id, step, status, event_id, detail, n)
+         ORDER BY t.n",
+    )
+    .bind(saga)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&statuses)
+    .bind(&events)
+    .bind(&details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Every log entry of saga instance `saga_id`, oldest first: where it stands.
 ///
 /// # Errors

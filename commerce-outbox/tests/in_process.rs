@@ -248,6 +248,88 @@ async fn a_failing_handler_holds_its_aggregates_later_events_and_order_is_kept()
         .unwrap();
 }
 
+/// A consumer that applies up to 16 waiting deliveries per transaction applies every event
+/// once and in order, in fewer transactions than events; a batch holding an event that keeps
+/// failing falls back to one event at a time, and that event alone is handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_consumer_applies_each_event_once_in_order_in_fewer_transactions() {
+    let db = database().await;
+    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
+    let topic = unique_name("orders");
+    transport.ensure_topics(&[&topic]).await.unwrap();
+    let failures_left = Arc::new(AtomicU32::new(4));
+    let fail_if: FailIf = {
+        let failures_left = Arc::clone(&failures_left);
+        Arc::new(move |envelope| {
+            envelope.aggregate_id == "agg-1"
+                && envelope.payload["n"] == 0
+                && failures_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+        })
+    };
+    let consumer =
+        InboxConsumer::with_transport(db.pool().clone(), Arc::clone(&transport), "stock", "stock")
+            .topics([topic.as_str()])
+            .handler_attempts(2)
+            .max_batch(16)
+            .retry_backoff(Backoff::new(
+                Duration::from_millis(10),
+                Duration::from_millis(20),
+            ))
+            .build(Recorder {
+                consumer: "stock".to_owned(),
+                fail_if,
+                delay: Duration::ZERO,
+            })
+            .unwrap()
+            .spawn();
+    let aggregates = aggregates("agg", 10);
+    commit_all(db.pool(), &topic, &aggregates, 5).await;
+    let relay = relay(&db, &transport)
+        .max_attempts(5)
+        .build()
+        .unwrap()
+        .spawn();
+
+    let pool = db.pool().clone();
+    until("every event applied", Duration::from_secs(30), async || {
+        applied_count(&pool).await == 50
+    })
+    .await;
+    let order = applied_by(db.pool(), "stock").await;
+    for aggregate in &aggregates {
+        assert_eq!(
+            order[aggregate],
+            vec![0, 1, 2, 3, 4],
+            "{aggregate} in order, once each"
+        );
+    }
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT received_at) FROM commerce_outbox.inbox WHERE consumer = 'stock'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert!(
+        transactions < 50,
+        "{transactions} transactions for 50 events"
+    );
+    let stats = consumer.stats();
+    assert_eq!(stats.applied, 50, "{stats:?}");
+    // The failed batch's try uses up one of the scripted failures too.
+    assert!(
+        (1..=2).contains(&stats.refused),
+        "the failing event handed back: {stats:?}"
+    );
+    within(Duration::from_secs(10), consumer.shutdown())
+        .await
+        .unwrap();
+    within(Duration::from_secs(10), relay.shutdown())
+        .await
+        .unwrap();
+}
+
 /// Two consumer groups on one topic each apply every event; the two members of one group
 /// share the aggregates; each group sees each aggregate in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,9 @@ use crate::services::payment::gateway::GatewayClientConfig;
 use crate::services::payment::stand_in::StandInConfig;
 use crate::services::payment::WorkerSettings;
 
+/// The most gateway calls `PAYMENT_CONCURRENCY` may allow in flight at once.
+pub const MAX_PAYMENT_CONCURRENCY: usize = 1024;
+
 /// A value that must never reach a log line or a response (the JWT secret).
 #[derive(Clone, Default)]
 pub struct Secret(String);
@@ -357,7 +360,9 @@ pub struct PaymentSettings {
     /// (default 3); the rest at [`GatewayClientConfig::default`].
     pub client: GatewayClientConfig,
     /// The payment worker: `PAYMENT_LEASE_SECS` (default 15; above the client's overall
-    /// timeout, below the saga timeout); the rest at [`WorkerSettings::default`].
+    /// timeout, below the saga timeout), `PAYMENT_CONCURRENCY` (default 64, 1 to 1024: gateway
+    /// calls in flight at once, and payments claimed per round); the rest at
+    /// [`WorkerSettings::default`].
     pub worker: WorkerSettings,
     /// The stand-in gateway's behaviour when it is chosen (`STAND_IN_GATEWAY_LATENCY_MS`,
     /// `STAND_IN_GATEWAY_FAILURE_RATE`, `STAND_IN_GATEWAY_DECLINE_ABOVE`, `STAND_IN_GATEWAY_SEED`).
@@ -631,6 +636,7 @@ impl Config {
         )?;
         env.read("PAYMENT_MAX_ATTEMPTS", &mut c.payment.client.max_attempts)?;
         env.duration("PAYMENT_LEASE_SECS", seconds, &mut c.payment.worker.lease)?;
+        env.read("PAYMENT_CONCURRENCY", &mut c.payment.worker.concurrency)?;
         c.payment.stand_in = StandInConfig::from_lookup(|name| env.text(name))
             .map_err(|e| ConfigError::new(e.setting, e.value, e.reason))?;
 
@@ -796,6 +802,17 @@ impl Config {
                     client.attempt_timeout, client.overall_timeout
                 ),
                 "the attempt and overall timeouts must be above 0",
+            ));
+        }
+        let concurrency = self.payment.worker.concurrency;
+        if !(1..=MAX_PAYMENT_CONCURRENCY).contains(&concurrency) {
+            return Err(ConfigError::new(
+                "PAYMENT_CONCURRENCY",
+                concurrency.to_string(),
+                format!(
+                    "must be 1 to {MAX_PAYMENT_CONCURRENCY}: gateway calls in flight at once \
+                     (each holds a connection to the gateway)"
+                ),
             ));
         }
         if client.max_attempts == 0 {
@@ -995,6 +1012,21 @@ mod tests {
                 "saga shorter than a call plus backoff, lease fits",
                 &[("SAGA_TIMEOUT_SECS", "19"), ("PAYMENT_LEASE_SECS", "11")],
                 "SAGA_TIMEOUT_SECS",
+            ),
+            (
+                "no payment calls at once",
+                &[("PAYMENT_CONCURRENCY", "0")],
+                "PAYMENT_CONCURRENCY",
+            ),
+            (
+                "too many payment calls at once",
+                &[("PAYMENT_CONCURRENCY", "5000")],
+                "PAYMENT_CONCURRENCY",
+            ),
+            (
+                "payment concurrency not a number",
+                &[("PAYMENT_CONCURRENCY", "many")],
+                "PAYMENT_CONCURRENCY",
             ),
             (
                 "lease within a call",

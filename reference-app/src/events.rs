@@ -14,6 +14,9 @@ use sqlx::PgPool;
 use crate::services::contracts::Topics;
 use crate::services::ops::ReadinessCheck;
 
+/// Deliveries a consumer applies in one transaction, at most (only those already waiting).
+const CONSUMER_BATCH: usize = 128;
+
 /// The transport, the relay publishing the outbox through it, and the consumers.
 #[derive(Debug)]
 pub struct EventBus {
@@ -69,6 +72,9 @@ impl EventBus {
             name,
         )
         .topics(topics.iter().copied())
+        // A burst of orders or payment answers is applied many events per transaction
+        // (the saga's handlers write a run of them in one statement).
+        .max_batch(CONSUMER_BATCH)
         .build(handler)?;
         self.consumers.push(consumer.spawn());
         Ok(())

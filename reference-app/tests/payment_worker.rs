@@ -109,7 +109,7 @@ fn settings() -> WorkerSettings {
     WorkerSettings {
         poll: Duration::from_millis(20),
         lease: Duration::from_secs(60),
-        batch: 4,
+        concurrency: 4,
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(100)),
     }
 }
@@ -398,5 +398,45 @@ async fn a_refund_refused_for_good_ends_in_a_final_state() {
     rig.wait_for(order, "refund_failed").await;
     let later = tokio::time::timeout(Duration::from_millis(500), rig.refunds.recv()).await;
     assert!(later.is_err(), "the refused refund was tried again");
+    rig.stop().await;
+}
+
+/// A round's charges are recorded together: one of four orders is cancelled while all four
+/// charges are on the wire, and all four are approved. The three live orders keep their
+/// money (`approved`, `payment.approved` each); the cancelled one's is refunded and no
+/// `payment.approved` is written for it: money is kept only for a live order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_an_order_cancelled_meanwhile_refunds_only_that_order() {
+    let mut rig = Rig::start().await;
+    // Due at once, so that one round claims all four (`concurrency: 4`).
+    let orders: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO payment.payments (order_id, amount, currency, status) \
+         SELECT id, 1000, 'KRW', 'pending' FROM UNNEST($1::uuid[]) AS t(id)",
+    )
+    .bind(&orders)
+    .execute(rig.db.pool())
+    .await
+    .unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(rig.next_charge().await);
+    }
+    let cancelled = orders[2];
+    rig.cancel(cancelled).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        answer.send(approved(&format!("ch_{i}"))).unwrap();
+    }
+    let (charge, refund) = rig.next_refund().await;
+    refund.send(receipt(&charge)).unwrap();
+    rig.wait_for(cancelled, "refunded").await;
+    for &order in &orders {
+        if order != cancelled {
+            rig.wait_for(order, "approved").await;
+        }
+    }
+    assert_eq!(rig.events_of("payment.approved").await, 3);
+    assert_eq!(rig.events_of("payment.refunded").await, 1);
+    assert_eq!(rig.gateway.charge_calls.load(Ordering::SeqCst), 4);
     rig.stop().await;
 }

@@ -26,9 +26,10 @@ pub use place::{OrderWriter, PlacedOrder, ReserveMode};
 pub(crate) use read::{load_order, order_totals, orders_of_user, orders_stuck_in, status_history};
 pub use read::{OrderCursor, OrderPage, OrderTotal};
 pub use status::{OrderStatus, UnknownStatus};
+pub use transition::BatchTransition;
 pub(crate) use transition::{
     cancel_order, cancel_order_if, cancel_order_if_in, cancel_order_in, transition_order,
-    transition_order_in,
+    transition_order_in, transition_orders_in,
 };
 #[cfg(feature = "batching")]
 pub(crate) use user_limits::OverLimit;

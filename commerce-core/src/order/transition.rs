@@ -82,6 +82,98 @@ pub(crate) async fn transition_order_in(
     load_order(conn, order).await
 }
 
+/// What [`Commerce::transition_orders_in`](crate::Commerce::transition_orders_in) did with each
+/// order it was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchTransition {
+    /// Orders that were in the expected status and moved, in ascending id.
+    pub moved: Vec<OrderId>,
+    /// Orders found in another status (left alone), with that status, in ascending id.
+    pub skipped: Vec<(OrderId, OrderStatus)>,
+    /// Orders that do not exist.
+    pub missing: Vec<OrderId>,
+}
+
+/// Moves every order of `orders` that is in `from` when its row is locked to `to`, inside the
+/// caller's transaction: one status update, one history insert, one hook run for all of them.
+/// Orders in another status are left alone and reported, as are unknown ones.
+pub(crate) async fn transition_orders_in(
+    conn: &mut PgConnection,
+    hooks: &Hooks,
+    orders: &[OrderId],
+    from: OrderStatus,
+    to: OrderStatus,
+    reason: &str,
+) -> Result<BatchTransition> {
+    check_reason(reason)?;
+    if to == OrderStatus::Cancelled {
+        // A cancellation returns stock, order by order: not a status flip.
+        return Err(Error::InvalidInput {
+            field: "to",
+            reason: "cancel orders one by one: a cancellation returns stock",
+        });
+    }
+    if !from.can_transition_to(to) {
+        return Err(Error::InvalidInput {
+            field: "from",
+            reason: "no order in this status may move to the target status",
+        });
+    }
+    let mut ids: Vec<Uuid> = orders.iter().map(|o| o.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(BatchTransition::default());
+    }
+    // Rows locked in ascending id, as every other multi-order writer takes them.
+    let found: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, status FROM commerce.orders WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut outcome = BatchTransition::default();
+    let mut seen = Vec::with_capacity(found.len());
+    for (id, status) in found {
+        let status = parse_status(&status)?;
+        seen.push(id);
+        if status == from {
+            outcome.moved.push(OrderId(id));
+        } else {
+            outcome.skipped.push((OrderId(id), status));
+        }
+    }
+    outcome.missing = ids
+        .into_iter()
+        .filter(|id| seen.binary_search(id).is_err())
+        .map(OrderId)
+        .collect();
+    if outcome.moved.is_empty() {
+        return Ok(outcome);
+    }
+    let moved: Vec<Uuid> = outcome.moved.iter().map(|o| o.0).collect();
+    sqlx::query("UPDATE commerce.orders SET status = $2, updated_at = now() WHERE id = ANY($1)")
+        .bind(&moved)
+        .bind(to.as_str())
+        .execute(&mut *conn)
+        .await?;
+    history::record_many(conn, &outcome.moved, Some(from), to, reason).await?;
+    let mut effects = TxEffects::default();
+    effects.events.extend(
+        outcome
+            .moved
+            .iter()
+            .map(|&order| CoreEvent::OrderStatusChanged {
+                order,
+                from,
+                to,
+                reason: reason.to_owned(),
+            }),
+    );
+    effects.flush(conn, hooks).await?;
+    Ok(outcome)
+}
+
 /// Cancels an order: returns its allocated stock (a `cancel` ledger row per product), leaves
 /// the backorder queue, and hands the returned stock to the oldest backorders waiting for it.
 pub(crate) async fn cancel_order(

@@ -253,7 +253,8 @@ pub trait Subscription: Send + fmt::Debug {
 
     /// Gives `delivery` back as not applicable (its handler kept failing with `error`): the
     /// relay counts a failed attempt and retries the row later; this group's later deliveries
-    /// of the same aggregate from the same publish are held.
+    /// of the same aggregate from the same publish are held, those already received included
+    /// (the caller must not apply or acknowledge those: they come again).
     ///
     /// # Errors
     /// [`Error::Unsupported`] when [`Subscription::can_refuse`] is false.

@@ -12,7 +12,12 @@
 //! cargo run --release -p commerce-examples --bin stock-load -- --json load.json --plot load.svg
 //! cargo run --release -p commerce-examples --bin stock-load -- --strategies batching --scenarios hot --clients 5000 --batch-in-flight 3
 //! cargo run --release -p commerce-examples --bin stock-load -- --realistic --strategies redis-lock,batching --scenarios hot,spread
+//! cargo run --release -p commerce-examples --bin stock-load -- --http --with-crate --strategies batching --scenarios hot --duration 5
 //! ```
+//!
+//! Over HTTP each row gets a saga line: orders paid per second, the orders still CREATED when
+//! the load stopped and how long the app took to pay them; with `--with-crate`, the ratio to
+//! the crate API's row of the same strategy, run just before.
 //!
 //! Scenarios (each on a freshly created database, `--database`, default `commerce_load`):
 //! - `hot`: every order is for one product with plenty of stock (pure contention on one row);
@@ -92,6 +97,10 @@ struct Args {
     /// cancellations (50/s) and receipts (10/s); rows are labelled `<strategy>+real`.
     #[arg(long)]
     realistic: bool,
+    /// With `--http`: each order strategy also runs through the crate API, just before its
+    /// HTTP rows, and the HTTP rows' saga line gives the ratio of the two.
+    #[arg(long, requires = "http")]
+    with_crate: bool,
     /// The `batching` strategy's largest batch, in orders (crate API only).
     #[arg(long, default_value_t = BatchSettings::default().max_batch)]
     batch_max: usize,
@@ -141,8 +150,12 @@ impl Args {
 async fn main() -> anyhow::Result<()> {
     commerce_examples::init_tracing();
     let args = Args::parse();
-    let (json, plot) = (args.json.clone(), args.plot.clone());
+    let (json, plot, with_crate) = (args.json.clone(), args.plot.clone(), args.with_crate);
     let settings = args.settings();
+    let through_crate = Settings {
+        http: false,
+        ..settings.clone()
+    };
     settings.validate()?;
     let plans = settings.plans();
 
@@ -150,8 +163,19 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for strategy in &settings.strategies {
         for plan in &plans {
+            let crate_row = if with_crate && strategy != load::BARE_UPDATE {
+                let row = load::run(&through_crate, strategy, plan).await?;
+                println!("{}", load::line(&row));
+                rows.push(row.clone());
+                Some(row)
+            } else {
+                None
+            };
             let row = load::run(&settings, strategy, plan).await?;
             println!("{}", load::line(&row));
+            if let Some(saga) = load::saga_line(&row, crate_row.as_ref()) {
+                println!("{saga}");
+            }
             rows.push(row);
         }
     }

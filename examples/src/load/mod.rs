@@ -27,7 +27,7 @@ use sqlx::{ConnectOptions, PgPool};
 pub use http::HttpTarget;
 pub use plot::write_svg;
 pub use profile::{CpuSplit, Profile};
-pub use report::{header, line, write_json, Report, Row};
+pub use report::{header, line, saga_line, write_json, Report, Row, SagaPace};
 pub use target::{
     build, build_realistic, Attempt, Realistic, Target, BARE_UPDATE, CANCELS_PER_SECOND,
     RECEIPTS_PER_SECOND, STRATEGIES,
@@ -277,6 +277,38 @@ async fn load_pool(name: &str, connections: u32) -> anyhow::Result<PgPool> {
         .with_context(|| format!("connect to database {name}"))
 }
 
+/// How long an HTTP run waits, after the load, for the saga to pay every CREATED order.
+pub const SAGA_DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Right after the load of an HTTP run: the orders paid so far per second of the run, the
+/// CREATED backlog, and how long the app takes to pay it (polled every 50 ms, at most
+/// [`SAGA_DRAIN_LIMIT`]).
+async fn saga_pace(pool: &PgPool, elapsed: Duration) -> anyhow::Result<SagaPace> {
+    let count = |status: &'static str| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM commerce.orders WHERE status = $1")
+            .bind(status)
+            .fetch_one(pool)
+            .await
+            .context("count orders by status")
+    };
+    let stopped = std::time::Instant::now();
+    let paid = count("PROCESSING").await?;
+    let created_at_stop = count("CREATED").await?;
+    let mut drained_after_s = None;
+    while stopped.elapsed() < SAGA_DRAIN_LIMIT {
+        if count("CREATED").await? == 0 {
+            drained_after_s = Some(stopped.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(SagaPace {
+        paid_per_s: report::per_second(u64::try_from(paid).unwrap_or(0), elapsed),
+        created_at_stop: u64::try_from(created_at_stop).unwrap_or(0),
+        drained_after_s,
+    })
+}
+
 /// Runs `plan` against `strategy` on a freshly created database and checks the result.
 ///
 /// # Errors
@@ -353,7 +385,9 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
     let after = profile::Sample::take(&pool).await?;
     let totals = recorder.totals()?;
     let profile = before.profile(&after, totals.ok);
+    let mut saga = None;
     if let Some(app) = app {
+        saga = Some(saga_pace(&pool, elapsed).await?);
         // Stopped before the checks: its background work (the payment saga) ends first.
         app.stop().await.context("stop the reference app")?;
     }
@@ -393,6 +427,7 @@ pub async fn run(settings: &Settings, strategy: &str, plan: &Plan) -> anyhow::Re
             verdict,
             writes_orders: target.writes_orders(),
             profile,
+            saga,
         },
     ))
 }

@@ -57,6 +57,21 @@ pub struct Row {
     /// measured).
     #[serde(default)]
     pub profile: Option<Profile>,
+    /// Over HTTP: how the payment saga kept pace (absent through the crate API).
+    #[serde(default)]
+    pub saga: Option<SagaPace>,
+}
+
+/// How the payment saga kept pace with the orders of an HTTP run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SagaPace {
+    /// Orders paid (PROCESSING) when the load stopped, per second of the run.
+    pub paid_per_s: f64,
+    /// Orders still CREATED (placed, not yet paid) when the load stopped.
+    pub created_at_stop: u64,
+    /// Seconds from the end of the load until no order was CREATED; `None` when that took
+    /// longer than the harness waits ([`SAGA_DRAIN_LIMIT`](super::SAGA_DRAIN_LIMIT)).
+    pub drained_after_s: Option<f64>,
 }
 
 /// All rows of a run, as written by [`write_json`].
@@ -86,6 +101,8 @@ pub(crate) struct Measured {
     pub(crate) writes_orders: bool,
     /// Write transactions and CPU over the same window.
     pub(crate) profile: Profile,
+    /// Over HTTP: the saga's pace.
+    pub(crate) saga: Option<SagaPace>,
 }
 
 impl Row {
@@ -102,6 +119,7 @@ impl Row {
             verdict,
             writes_orders,
             profile,
+            saga,
         } = measured;
         let sold_out_at = verdict.sold_out.then(|| totals.last_ok.unwrap_or_default());
         let (ok_per_s, rejected_per_s) = match sold_out_at {
@@ -144,6 +162,7 @@ impl Row {
             check_ok,
             check,
             profile: Some(profile),
+            saga,
         }
     }
 }
@@ -210,6 +229,32 @@ pub fn line(row: &Row) -> String {
         cores,
         row.check
     )
+}
+
+/// The saga's line under an HTTP row (`None` for a row without one): paid orders per
+/// second, the CREATED backlog when the load stopped and how long it took to drain, and,
+/// given the crate API's row of the same strategy and scenario from the same run, the ratio
+/// of orders per second over HTTP to those through the crate.
+#[must_use]
+pub fn saga_line(row: &Row, through_crate: Option<&Row>) -> Option<String> {
+    let saga = row.saga?;
+    let drained = saga.drained_after_s.map_or_else(
+        || "not drained".to_owned(),
+        |s| format!("drained in {s:.2} s"),
+    );
+    let ratio = through_crate
+        .filter(|c| c.ok_per_s > 0.0)
+        .map_or_else(String::new, |c| {
+            format!(
+                "; ok/s over HTTP / through the crate: {:.2}x, paid/s / crate ok/s: {:.2}x",
+                row.ok_per_s / c.ok_per_s,
+                saga.paid_per_s / c.ok_per_s
+            )
+        });
+    Some(format!(
+        "  saga: {:.1} paid/s, {} CREATED when the load stopped, {drained}{ratio}",
+        saga.paid_per_s, saga.created_at_stop
+    ))
 }
 
 /// Writes `rows` to `path` as a pretty-printed [`Report`].

@@ -132,6 +132,24 @@ impl Subscription for InProcessSubscription {
     async fn refuse(&mut self, delivery: &Delivery, error: &str) -> Result<()> {
         if let Some(queued) = self.take(delivery) {
             queued.batch.refuse(&queued.parcel.aggregate);
+            // Later messages of the aggregate from the same publish that this member has
+            // already taken (a batching consumer) are held too, as `next` holds those still
+            // queued: the consumer leaves them unanswered.
+            let held: Vec<i64> = self
+                .outstanding
+                .iter()
+                .filter(|(&at, later)| {
+                    at > delivery.position.offset
+                        && Arc::ptr_eq(&later.batch, &queued.batch)
+                        && later.parcel.aggregate == queued.parcel.aggregate
+                })
+                .map(|(&at, _)| at)
+                .collect();
+            for at in held {
+                if let Some(later) = self.outstanding.remove(&at) {
+                    let _ = later.reply.send(Reply::Held);
+                }
+            }
             let _ = queued.reply.send(Reply::Refused(error.to_owned()));
         }
         Ok(())

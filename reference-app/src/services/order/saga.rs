@@ -10,13 +10,14 @@
 //!
 //! Every step is written to the saga log (commerce-outbox's `saga_log`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use commerce_core::{
     Commerce, CoreEvent, Error, OrderId, OrderStatus, OrderTotal, TransactionHook,
 };
-use commerce_outbox::saga::{record_saga_step, SagaStatus};
+use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
 use commerce_outbox::{
     enqueue_all, Envelope, EventHandler, HandlerError, NewEvent, UnprocessableEvent,
 };
@@ -206,6 +207,97 @@ impl EventHandler for PaymentAnswers {
             detail.as_deref(),
         )
         .await?;
+        Ok(())
+    }
+
+    /// Runs of `payment.approved` for distinct orders are applied together; anything else
+    /// (and a second answer for an order already in the run) in delivery order.
+    async fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let mut run: Vec<&Envelope> = Vec::new();
+        for &envelope in envelopes {
+            let repeat = run
+                .iter()
+                .any(|queued| queued.aggregate_id == envelope.aggregate_id);
+            if envelope.event_type == PAYMENT_APPROVED && !repeat {
+                run.push(envelope);
+                continue;
+            }
+            self.approved_all(conn, &std::mem::take(&mut run)).await?;
+            if envelope.event_type == PAYMENT_APPROVED {
+                run.push(envelope);
+            } else {
+                self.handle(conn, envelope).await?;
+            }
+        }
+        self.approved_all(conn, &run).await
+    }
+}
+
+impl PaymentAnswers {
+    /// Applies a run of `payment.approved` answers at once: the orders still CREATED move to
+    /// PROCESSING in one transition (commerce-core's `transition_orders_in`: one update, one
+    /// history insert, one run of the outbox hook), and each answer gets its saga step. An
+    /// order found in another status is left alone, as one by one ("ignored"); an unknown
+    /// order fails the run, so that the consumer applies the events one by one and sets
+    /// that answer aside.
+    async fn approved_all(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let mut answers = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let outcome: PaymentOutcome = envelope.decode_payload()?;
+            answers.push((envelope.id, outcome));
+        }
+        let orders: Vec<OrderId> = answers.iter().map(|(_, o)| OrderId(o.order_id)).collect();
+        let moved = self
+            .commerce
+            .transition_orders_in(
+                conn,
+                &orders,
+                OrderStatus::Created,
+                OrderStatus::Processing,
+                "payment approved",
+            )
+            .await
+            .map_err(retry_or_set_aside)?;
+        if let Some(missing) = moved.missing.first() {
+            return Err(format!("payment.approved for an unknown order {missing}").into());
+        }
+        let skipped: HashMap<OrderId, OrderStatus> = moved.skipped.into_iter().collect();
+        let mut steps = Vec::with_capacity(answers.len());
+        for (event_id, outcome) in &answers {
+            let order = OrderId(outcome.order_id);
+            let (status, detail) = match skipped.get(&order) {
+                Some(from) => (
+                    SagaStatus::Failed,
+                    Some(format!("ignored: the order is already {from}")),
+                ),
+                None => {
+                    count_saga("paid");
+                    (
+                        SagaStatus::Completed,
+                        outcome.reason.as_deref().map(reason_text),
+                    )
+                }
+            };
+            steps.push(SagaStepRecord {
+                saga_id: order.to_string(),
+                step: "payment_approved",
+                status,
+                event_id: Some(*event_id),
+                detail,
+            });
+        }
+        record_saga_steps(conn, SAGA, &steps).await?;
         Ok(())
     }
 }

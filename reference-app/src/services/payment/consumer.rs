@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use commerce_outbox::saga::{record_saga_step, SagaStatus};
-use commerce_outbox::{Envelope, EventHandler, HandlerError, UnprocessableEvent};
+use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
+use commerce_outbox::{Envelope, EventHandler, EventId, HandlerError, UnprocessableEvent};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use super::store;
 use super::worker::answer_with;
@@ -56,26 +57,7 @@ impl OrderEvents {
             return Ok(());
         }
         if order.amount == 0 {
-            // Nothing to take: settled now, with no gateway call.
-            let outcome = PaymentOutcome {
-                order_id: order.order_id,
-                amount: 0,
-                charge_id: None,
-                reason: None,
-            };
-            answer_with(conn, &self.topic, PAYMENT_APPROVED, &outcome).await?;
-            count_payment("settled_without_charge");
-            record_saga_step(
-                conn,
-                SAGA,
-                &saga_id,
-                "settled_without_charge",
-                SagaStatus::Completed,
-                Some(envelope.id),
-                Some("amount 0: nothing to charge"),
-            )
-            .await?;
-            return Ok(());
+            return self.settle_free(conn, order.order_id, envelope.id).await;
         }
         record_saga_step(
             conn,
@@ -88,6 +70,34 @@ impl OrderEvents {
         )
         .await?;
         self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Nothing to take: settled now, with no gateway call.
+    async fn settle_free(
+        &self,
+        conn: &mut PgConnection,
+        order: Uuid,
+        event_id: EventId,
+    ) -> Result<(), HandlerError> {
+        let outcome = PaymentOutcome {
+            order_id: order,
+            amount: 0,
+            charge_id: None,
+            reason: None,
+        };
+        answer_with(conn, &self.topic, PAYMENT_APPROVED, &outcome).await?;
+        count_payment("settled_without_charge");
+        record_saga_step(
+            conn,
+            SAGA,
+            &order.to_string(),
+            "settled_without_charge",
+            SagaStatus::Completed,
+            Some(event_id),
+            Some("amount 0: nothing to charge"),
+        )
+        .await?;
         Ok(())
     }
 
@@ -114,6 +124,58 @@ impl OrderEvents {
         self.wake.notify_one();
         Ok(())
     }
+    /// [`OrderEvents::created`] for a run of `order.created` events at once: the payments in
+    /// one insert, their saga steps in another. An event that cannot be applied fails the
+    /// run (the consumer then applies the events one by one, and sets that one aside).
+    async fn created_all(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let mut orders = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let order: OrderCreated = envelope.decode_payload()?;
+            if order.amount < 0 {
+                return Err(
+                    format!("order.created {} with a negative amount", order.order_id).into(),
+                );
+            }
+            orders.push((envelope.id, order));
+        }
+        let rows: Vec<(Uuid, i64, &str)> = orders
+            .iter()
+            .map(|(_, o)| (o.order_id, o.amount, o.currency.as_str()))
+            .collect();
+        let recorded = store::record_all(conn, &rows).await?;
+        let mut steps = Vec::with_capacity(recorded.len());
+        let mut to_charge = false;
+        for (event_id, order) in &orders {
+            if !recorded.contains(&order.order_id) {
+                continue;
+            }
+            if order.amount == 0 {
+                // Rare: settled on its own, as `created` does.
+                self.settle_free(conn, order.order_id, *event_id).await?;
+                continue;
+            }
+            to_charge = true;
+            steps.push(SagaStepRecord {
+                saga_id: order.order_id.to_string(),
+                step: "payment_recorded",
+                status: SagaStatus::Started,
+                event_id: Some(*event_id),
+                detail: None,
+            });
+        }
+        record_saga_steps(conn, SAGA, &steps).await?;
+        if to_charge {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -128,5 +190,28 @@ impl EventHandler for OrderEvents {
             ORDER_CANCELLED => self.cancelled(conn, envelope).await,
             _ => Ok(()),
         }
+    }
+
+    /// The `order.created` events are recorded together, then the `order.cancelled` ones are
+    /// applied in order id: the payment rows are locked in the order the worker locks them,
+    /// so the two never deadlock. (An order's cancellation always follows its creation, so
+    /// taking every creation first keeps each order's own events in order.)
+    async fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let (created, mut cancelled): (Vec<&Envelope>, Vec<&Envelope>) = envelopes
+            .iter()
+            .copied()
+            .filter(|e| e.event_type == ORDER_CREATED || e.event_type == ORDER_CANCELLED)
+            .partition(|e| e.event_type == ORDER_CREATED);
+        self.created_all(conn, &created).await?;
+        // Stable: two cancellations of one order keep their order.
+        cancelled.sort_by(|a, b| a.aggregate_id.cmp(&b.aggregate_id));
+        for envelope in cancelled {
+            self.cancelled(conn, envelope).await?;
+        }
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! repeat safe. Every change below is guarded by the status it expects, so a worker whose lease
 //! ran out cannot settle a row twice (and emit its event twice).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -186,6 +187,40 @@ pub(super) async fn record(
     Ok(inserted == 1)
 }
 
+/// [`record`] for many orders (order, amount, currency) in one statement; returns the orders
+/// recorded now (the others exist already: redelivered events).
+pub(super) async fn record_all(
+    conn: &mut PgConnection,
+    payments: &[(Uuid, i64, &str)],
+) -> Result<HashSet<Uuid>, StoreError> {
+    let mut orders = Vec::with_capacity(payments.len());
+    let mut amounts = Vec::with_capacity(payments.len());
+    let mut currencies = Vec::with_capacity(payments.len());
+    let mut statuses = Vec::with_capacity(payments.len());
+    for &(order, amount, currency) in payments {
+        orders.push(order);
+        amounts.push(amount);
+        currencies.push(currency);
+        statuses.push(if amount == 0 {
+            PaymentStatus::Approved.as_str()
+        } else {
+            PaymentStatus::Pending.as_str()
+        });
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO payment.payments (order_id, amount, currency, status) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[]) \
+         ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+    )
+    .bind(&orders)
+    .bind(&amounts)
+    .bind(&currencies)
+    .bind(&statuses)
+    .fetch_all(conn)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
+
 /// The order was cancelled: marks the payment so, and moves it on. Not charged yet and no
 /// call may have taken anything: `voided`. A call may have: `void_pending` (ask again). Taken:
 /// `refund_pending` (or `voided` when nothing was charged: an amount of 0). On the wire: the
@@ -259,26 +294,56 @@ pub(super) async fn claim_due(
         .collect()
 }
 
-/// The payment, locked for the rest of the caller's transaction.
-pub(super) async fn lock(
+/// The payments of `orders`, locked in ascending order id (the order every batch writer
+/// takes them in) for the rest of the caller's transaction; a payment that is gone is absent.
+pub(super) async fn lock_all(
     conn: &mut PgConnection,
-    order: Uuid,
-) -> Result<Option<Current>, StoreError> {
-    let row: Option<(String, bool, bool)> = sqlx::query_as(
-        "SELECT status, cancel_requested, may_have_charged FROM payment.payments \
-         WHERE order_id = $1 FOR UPDATE",
+    orders: &[Uuid],
+) -> Result<HashMap<Uuid, Current>, StoreError> {
+    let rows: Vec<(Uuid, String, bool, bool)> = sqlx::query_as(
+        "SELECT order_id, status, cancel_requested, may_have_charged FROM payment.payments \
+         WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
     )
-    .bind(order)
-    .fetch_optional(conn)
+    .bind(orders)
+    .fetch_all(conn)
     .await?;
-    row.map(|(status, cancel_requested, may_have_charged)| {
-        Ok(Current {
-            status: status.parse()?,
-            cancel_requested,
-            may_have_charged,
+    rows.into_iter()
+        .map(|(order, status, cancel_requested, may_have_charged)| {
+            Ok((
+                order,
+                Current {
+                    status: status.parse()?,
+                    cancel_requested,
+                    may_have_charged,
+                },
+            ))
         })
-    })
-    .transpose()
+        .collect()
+}
+
+/// Moves every payment of `charges` (order, charge id) from `charging` to `approved` with its
+/// charge id, in one statement; returns the orders moved (a payment no longer `charging` is
+/// left alone).
+pub(super) async fn approve_all(
+    conn: &mut PgConnection,
+    charges: &[(Uuid, String)],
+) -> Result<Vec<Uuid>, StoreError> {
+    let (orders, charge_ids): (Vec<Uuid>, Vec<&str>) = charges
+        .iter()
+        .map(|(order, charge)| (*order, charge.as_str()))
+        .unzip();
+    let moved = sqlx::query_scalar(
+        "UPDATE payment.payments p SET status = 'approved', charge_id = t.charge_id, \
+         last_error = NULL, updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, charge_id) \
+         WHERE p.order_id = t.order_id AND p.status = 'charging' \
+         RETURNING p.order_id",
+    )
+    .bind(&orders)
+    .bind(&charge_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(moved)
 }
 
 /// Moves the payment from `from` to `to` with `settle`'s facts; `false` (nothing written)

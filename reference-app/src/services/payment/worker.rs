@@ -2,25 +2,32 @@
 //! records each outcome with its event in one transaction. What an answer means is decided by
 //! [`decide`], a pure function of the claim, the row and the answer (decision 0011).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use commerce_outbox::saga::{record_saga_step, SagaStatus};
-use commerce_outbox::{enqueue, Backoff, NewEvent};
+use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
+use commerce_outbox::{enqueue, enqueue_all, Backoff, NewEvent};
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 use super::gateway::{
-    BreakerState, ChargeOutcome, ChargeRequest, Gateway, GatewayError, RefundRequest,
+    BreakerState, ChargeOutcome, ChargeRequest, Gateway, GatewayError, RefundReceipt, RefundRequest,
 };
 use super::store::{self, Current, Due, PaymentStatus, Settle, StoreError};
 use crate::services::contracts::{
     reason_text, PaymentOutcome, PAYMENT_APPROVED, PAYMENT_FAILED, PAYMENT_REFUNDED, SAGA,
 };
 use crate::telemetry::count_payment;
+
+/// Tries of the transaction that records a round's answers before they are left to their
+/// leases.
+const RECORD_ATTEMPTS: u32 = 3;
 
 /// How the worker paces itself.
 #[derive(Debug, Clone, Copy)]
@@ -30,8 +37,11 @@ pub struct WorkerSettings {
     /// A claimed payment is another worker's to retry after this (a worker that died
     /// mid-call): longer than a gateway call, shorter than the saga timeout (default 15 s).
     pub lease: Duration,
-    /// Payments claimed per round, and gateway calls in flight.
-    pub batch: i64,
+    /// Gateway calls in flight at once, at most, and so payments claimed per round (in one
+    /// statement): `PAYMENT_CONCURRENCY`, default 64. Claiming no more than can be called at
+    /// once keeps every claimed call inside its lease (a payment never waits for a free slot
+    /// while its lease runs out).
+    pub concurrency: usize,
     /// Wait before a parked payment is asked again: 0.5 s doubling per claim up to 10 s,
     /// with jitter; longer when the gateway says so (`Retry-After`, the breaker's open time).
     pub backoff: Backoff,
@@ -42,7 +52,7 @@ impl Default for WorkerSettings {
         Self {
             poll: Duration::from_millis(200),
             lease: Duration::from_secs(15),
-            batch: 16,
+            concurrency: 64,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
         }
     }
@@ -65,6 +75,14 @@ impl std::fmt::Debug for PaymentWorker {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// A claimed payment with the gateway's answer, to record.
+enum Answered {
+    /// A charge, or asking about a cancelled order's charge.
+    Charge(Due, Result<ChargeOutcome, GatewayError>),
+    /// A refund.
+    Refund(Due, Result<RefundReceipt, GatewayError>),
 }
 
 /// What to write for a claimed payment once the gateway has answered.
@@ -214,26 +232,80 @@ impl PaymentWorker {
         });
     }
 
-    /// Claims due payments and works them; returns how many.
+    /// Claims due payments (as many as may be called at once) and works them; returns how
+    /// many. Charges are called concurrently and their outcomes recorded in bulk: whatever
+    /// answers are in when the recorder is free go into one transaction.
     async fn round(&self) -> Result<usize, StoreError> {
-        let due = store::claim_due(&self.pool, self.settings.batch, self.settings.lease).await?;
+        let concurrency = self.settings.concurrency.max(1);
+        let claim = i64::try_from(concurrency).unwrap_or(i64::MAX);
+        let due = store::claim_due(&self.pool, claim, self.settings.lease).await?;
         let worked = due.len();
-        let concurrency = usize::try_from(self.settings.batch).unwrap_or(1).max(1);
-        stream::iter(due)
-            .for_each_concurrent(concurrency, |payment| async move {
-                let order = payment.order_id;
-                let outcome = if payment.status == PaymentStatus::Refunding {
-                    self.refund(&payment).await
+        // The buffered futures only call the gateway: they are not polled while an answer is
+        // being recorded, so one holding a database transaction would hold its connection
+        // (and its row lock) until then.
+        let mut calls = stream::iter(due)
+            .map(|payment| async move {
+                if payment.status == PaymentStatus::Refunding {
+                    let refunded = if payment.charge_id.is_some() {
+                        self.call_refund(&payment).await
+                    } else {
+                        // Recorded as the error it is, below.
+                        Err(GatewayError::BreakerOpen { retry_after: None })
+                    };
+                    Answered::Refund(payment, refunded)
                 } else {
-                    self.charge(&payment).await
-                };
-                if let Err(error) = outcome {
-                    // The lease runs out and the payment is claimed again.
-                    tracing::warn!(%error, %order, "payment step failed; retried after its lease");
+                    let answer = self.gateway.charge(&charge_request(&payment)).await;
+                    Answered::Charge(payment, answer)
                 }
             })
-            .await;
+            .buffer_unordered(concurrency);
+        while let Some(first) = calls.next().await {
+            // Whatever else has been answered meanwhile goes into the same transaction.
+            let mut answered = vec![first];
+            while let Some(Some(more)) = calls.next().now_or_never() {
+                answered.push(more);
+            }
+            self.record_round(answered).await;
+        }
         Ok(worked)
+    }
+
+    /// Records what the gateway answered: refunds one by one, charges together (tried again
+    /// at once when the transaction fails: a deadlock with a consumer's cancellations, a lost
+    /// connection; each answer is decided anew on its row as then found, so nothing is
+    /// applied twice).
+    async fn record_round(&self, answered: Vec<Answered>) {
+        let mut charges = Vec::with_capacity(answered.len());
+        for answer in answered {
+            match answer {
+                Answered::Charge(payment, answer) => charges.push((payment, answer)),
+                Answered::Refund(payment, refunded) => {
+                    if let Err(error) = self.record_refund(&payment, refunded).await {
+                        let order = payment.order_id;
+                        // The lease runs out and the payment is claimed again.
+                        tracing::warn!(%error, %order, "refund failed; retried after its lease");
+                    }
+                }
+            }
+        }
+        if charges.is_empty() {
+            return;
+        }
+        for attempt in 1..=RECORD_ATTEMPTS {
+            let Err(error) = self.record(&charges).await else {
+                return;
+            };
+            if attempt == RECORD_ATTEMPTS {
+                // Their leases run out and they are claimed again, asked with the same keys
+                // (the gateway replays its answers).
+                tracing::warn!(
+                    %error, payments = charges.len(), first_order = %charges[0].0.order_id,
+                    "recording payment outcomes failed; retried after their lease"
+                );
+            } else {
+                tracing::debug!(%error, attempt, "recording payment outcomes failed; trying again");
+            }
+        }
     }
 
     fn backoff(&self, attempts: i32) -> Duration {
@@ -241,27 +313,79 @@ impl PaymentWorker {
         self.settings.backoff.delay_with_random_jitter(failures)
     }
 
-    /// Charges a `charging` payment, or asks about a `voiding` one (the same call: the gateway
-    /// replays the key's first answer, or takes the money now, and then it is refunded).
-    async fn charge(&self, payment: &Due) -> Result<(), StoreError> {
-        let request = ChargeRequest {
-            order_id: payment.order_id,
-            amount: payment.amount,
-            currency: payment.currency.clone(),
-            idempotency_key: format!("charge-{}", payment.order_id),
-        };
-        let answer = self.gateway.charge(&request).await;
+    /// Records the gateway's answers for `answered` (claimed `charging` or `voiding`
+    /// payments: a charge, or asking about a cancelled order's charge, the same call) in one
+    /// transaction: the rows locked at once, each answer decided on the row as found, the
+    /// approvals of live orders written with one statement and their events with one insert.
+    async fn record(
+        &self,
+        answered: &[(Due, Result<ChargeOutcome, GatewayError>)],
+    ) -> Result<(), StoreError> {
+        let orders: Vec<Uuid> = answered.iter().map(|(p, _)| p.order_id).collect();
         let mut tx = self.pool.begin().await?;
-        let Some(row) = store::lock(&mut tx, payment.order_id).await? else {
-            return Ok(());
-        };
-        if row.status != payment.status {
-            // Settled by another worker after our lease ran out.
+        let rows = store::lock_all(&mut tx, &orders).await?;
+        let mut approvals = Vec::new();
+        for (payment, answer) in answered {
+            let Some(&row) = rows.get(&payment.order_id) else {
+                continue;
+            };
+            if row.status != payment.status {
+                // Settled by another worker after our lease ran out.
+                continue;
+            }
+            let backoff = self.backoff(payment.attempts);
+            match decide(payment.status, row, answer.clone(), backoff) {
+                Decision::Approve { charge_id } => approvals.push((payment, charge_id)),
+                decision => self.apply(&mut tx, payment, decision).await?,
+            }
+        }
+        self.approve_all(&mut tx, approvals).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Approves charged payments of live orders in bulk: `approved` with the charge id,
+    /// `payment.approved` and the saga step `charged` for each.
+    async fn approve_all(
+        &self,
+        tx: &mut PgConnection,
+        approvals: Vec<(&Due, String)>,
+    ) -> Result<(), StoreError> {
+        if approvals.is_empty() {
             return Ok(());
         }
-        let decision = decide(payment.status, row, answer, self.backoff(payment.attempts));
-        self.apply(&mut tx, payment, decision).await?;
-        tx.commit().await?;
+        let charges: Vec<(Uuid, String)> = approvals
+            .iter()
+            .map(|(payment, charge_id)| (payment.order_id, charge_id.clone()))
+            .collect();
+        let moved: HashSet<Uuid> = store::approve_all(tx, &charges)
+            .await?
+            .into_iter()
+            .collect();
+        let mut events = Vec::with_capacity(moved.len());
+        let mut steps = Vec::with_capacity(moved.len());
+        for (payment, charge_id) in approvals {
+            if !moved.contains(&payment.order_id) {
+                continue;
+            }
+            let outcome = PaymentOutcome {
+                order_id: payment.order_id,
+                amount: payment.amount,
+                charge_id: Some(charge_id.clone()),
+                reason: None,
+            };
+            events.push(answer_event(&self.topic, PAYMENT_APPROVED, &outcome)?);
+            steps.push(SagaStepRecord {
+                saga_id: payment.order_id.to_string(),
+                step: "charged",
+                status: SagaStatus::Completed,
+                event_id: None,
+                detail: Some(charge_id),
+            });
+            count_payment("approved");
+        }
+        enqueue_all(tx, &events).await?;
+        record_saga_steps(tx, SAGA, &steps).await?;
         Ok(())
     }
 
@@ -352,16 +476,24 @@ impl PaymentWorker {
         Ok(())
     }
 
-    /// Refunds a `refunding` payment.
-    async fn refund(&self, payment: &Due) -> Result<(), StoreError> {
+    /// Asks the gateway to refund a `refunding` payment.
+    async fn call_refund(&self, payment: &Due) -> Result<RefundReceipt, GatewayError> {
+        let request = RefundRequest {
+            charge_id: super::gateway::ChargeId(payment.charge_id.clone().unwrap_or_default()),
+            idempotency_key: format!("refund-{}", payment.order_id),
+        };
+        self.gateway.refund(&request).await
+    }
+
+    /// Records the gateway's answer to a refund of a `refunding` payment.
+    async fn record_refund(
+        &self,
+        payment: &Due,
+        refunded: Result<RefundReceipt, GatewayError>,
+    ) -> Result<(), StoreError> {
         let Some(charge_id) = payment.charge_id.clone() else {
             return Err(format!("payment {} to refund has no charge id", payment.order_id).into());
         };
-        let request = RefundRequest {
-            charge_id: super::gateway::ChargeId(charge_id.clone()),
-            idempotency_key: format!("refund-{}", payment.order_id),
-        };
-        let refunded = self.gateway.refund(&request).await;
         let order = payment.order_id;
         let from = PaymentStatus::Refunding;
         let mut tx = self.pool.begin().await?;
@@ -448,15 +580,33 @@ pub(super) async fn answer_with(
     event_type: &str,
     outcome: &PaymentOutcome,
 ) -> Result<(), StoreError> {
-    let event = NewEvent::new(
+    enqueue(tx, &answer_event(topic, event_type, outcome)?).await?;
+    Ok(())
+}
+
+/// The payment service's answer as an outbox event (keyed by the order).
+pub(super) fn answer_event(
+    topic: &str,
+    event_type: &str,
+    outcome: &PaymentOutcome,
+) -> Result<NewEvent, StoreError> {
+    Ok(NewEvent::new(
         topic,
         event_type,
         "payment",
         outcome.order_id.to_string(),
         serde_json::to_value(outcome)?,
-    );
-    enqueue(tx, &event).await?;
-    Ok(())
+    ))
+}
+
+/// The gateway request charging `payment` (or asking about it again: the same key).
+fn charge_request(payment: &Due) -> ChargeRequest {
+    ChargeRequest {
+        order_id: payment.order_id,
+        amount: payment.amount,
+        currency: payment.currency.clone(),
+        idempotency_key: format!("charge-{}", payment.order_id),
+    }
 }
 
 #[cfg(test)]
