@@ -15,10 +15,12 @@
 #   REDIS_URL      redis://127.0.0.1:6379
 #   KAFKA_BROKERS  127.0.0.1:9092
 #   TANSU_VERSION  0.6.0
+#   SERVICES_STATE .services (where the broker's pid and log files go: give a second broker,
+#                  on another KAFKA_BROKERS port, a directory of its own)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-state="$root/.services"
+state=${SERVICES_STATE:-"$root/.services"} # pid and log files (another dir for a second broker)
 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
