@@ -58,7 +58,8 @@ pub(crate) async fn start(
         .map_or(server.as_str(), |(base, _)| base);
     let mut config = Config::local(format!("{base}/{name}"), SECRET);
     config.database.max_connections = connections;
-    config.database.background_connections = 4;
+    // The saga's pool (relay, consumers, payment worker) keeps the app's default: the rows
+    // report how fast the saga pays what is placed, so it gets what a deployment gives it.
     config.stock.strategy = kind;
     config.redis_url = (kind == StockStrategyKind::RedisLock)
         .then(|| SecretUrl::new(commerce_testkit::redis_url()));
