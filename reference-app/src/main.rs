@@ -3,6 +3,11 @@
 
 mod demo;
 
+/// mimalloc instead of glibc's malloc: under a surge glibc's allocator (its arena locks and
+/// consolidation) took about a quarter of the process's CPU (`perf`, `docs/performance.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Duration;
 
 use anyhow::Context;

@@ -35,6 +35,10 @@
 //! and orders per write transaction on the server, and the cores in use by Postgres, Redis,
 //! this process and everything else over the run (from `/proc`, on Linux).
 
+/// The allocator the reference app's binary uses (`--http` runs the app in this process).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
