@@ -49,6 +49,19 @@ async fn broad_sale(commerce: &Commerce, policy: ShortagePolicy) -> usize {
     placed
 }
 
+/// A database of its own with `PRODUCTS` products of `stock` units each, and a batching
+/// instance with `settings` on it.
+async fn catalogue(settings: BatchSettings, stock: i64) -> (TestDb, Commerce) {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
+    let commerce = Commerce::builder(db.pool().clone())
+        .strategy(Batching::with_settings(settings))
+        .build();
+    for id in 1..=PRODUCTS {
+        product(&commerce, id, stock).await;
+    }
+    (db, commerce)
+}
+
 async fn transactions(db: &TestDb) -> i64 {
     sqlx::query_scalar("SELECT count(DISTINCT created_at) FROM commerce.orders")
         .fetch_one(db.pool())
@@ -58,13 +71,7 @@ async fn transactions(db: &TestDb) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_of_many_products_share_transactions() {
-    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
-    let commerce = Commerce::builder(db.pool().clone())
-        .strategy(Batching::new())
-        .build();
-    for id in 1..=PRODUCTS {
-        product(&commerce, id, 1_000).await;
-    }
+    let (db, commerce) = catalogue(BatchSettings::default(), 1_000).await;
     let placed = broad_sale(&commerce, ShortagePolicy::Reject).await;
     assert_eq!(placed, CLIENTS * ORDERS_EACH);
     let transactions = transactions(&db).await;
@@ -79,16 +86,11 @@ async fn orders_of_many_products_share_transactions() {
 /// is the groups', not the one-product batches'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_group_commit_each_product_writes_alone() {
-    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
-    let commerce = Commerce::builder(db.pool().clone())
-        .strategy(Batching::with_settings(BatchSettings {
-            group_commit: false,
-            ..BatchSettings::default()
-        }))
-        .build();
-    for id in 1..=PRODUCTS {
-        product(&commerce, id, 1_000).await;
-    }
+    let settings = BatchSettings {
+        group_commit: false,
+        ..BatchSettings::default()
+    };
+    let (db, commerce) = catalogue(settings, 1_000).await;
     let placed = broad_sale(&commerce, ShortagePolicy::Reject).await;
     let transactions = transactions(&db).await;
     assert!(
@@ -103,13 +105,7 @@ async fn without_group_commit_each_product_writes_alone() {
 /// arrival order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_sell_out_and_backorder_exactly() {
-    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
-    let commerce = Commerce::builder(db.pool().clone())
-        .strategy(Batching::new())
-        .build();
-    for id in 1..=PRODUCTS {
-        product(&commerce, id, 3).await;
-    }
+    let (_db, commerce) = catalogue(BatchSettings::default(), 3).await;
     let placed = broad_sale(&commerce, ShortagePolicy::Backorder).await;
     assert_eq!(
         placed,
@@ -140,13 +136,7 @@ async fn groups_sell_out_and_backorder_exactly() {
 /// its stock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_sell_each_product_out_exactly() {
-    let db = TestDb::with_pool_size(&[&MIGRATOR], 10).await;
-    let commerce = Commerce::builder(db.pool().clone())
-        .strategy(Batching::new())
-        .build();
-    for id in 1..=PRODUCTS {
-        product(&commerce, id, 2).await;
-    }
+    let (_db, commerce) = catalogue(BatchSettings::default(), 2).await;
     let placed = broad_sale(&commerce, ShortagePolicy::Reject).await;
     assert_eq!(placed, 2 * usize::try_from(PRODUCTS).unwrap());
     let levels = commerce
