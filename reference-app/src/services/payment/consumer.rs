@@ -124,6 +124,7 @@ impl OrderEvents {
         self.wake.notify_one();
         Ok(())
     }
+
     /// [`OrderEvents::created`] for a run of `order.created` events at once: the payments in
     /// one insert, their saga steps in another. An event that cannot be applied fails the
     /// run (the consumer then applies the events one by one, and sets that one aside).

@@ -168,23 +168,9 @@ pub(super) async fn record(
     amount: i64,
     currency: &str,
 ) -> Result<bool, StoreError> {
-    let status = if amount == 0 {
-        PaymentStatus::Approved
-    } else {
-        PaymentStatus::Pending
-    };
-    let inserted = sqlx::query(
-        "INSERT INTO payment.payments (order_id, amount, currency, status) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(order)
-    .bind(amount)
-    .bind(currency)
-    .bind(status.as_str())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    Ok(record_all(conn, &[(order, amount, currency)])
+        .await?
+        .contains(&order))
 }
 
 /// [`record`] for many orders (order, amount, currency) in one statement; returns the orders

@@ -405,16 +405,10 @@ impl PaymentWorker {
             reason,
         };
         let (step, status, detail) = match decision {
+            // [`PaymentWorker::record`] gathers approvals for one bulk write; one alone goes
+            // the same way (a single writer of `approved`, its event and its saga step).
             Decision::Approve { charge_id } => {
-                let facts = Settle {
-                    charge_id: Some(&charge_id),
-                    ..Settle::default()
-                };
-                store::settle(tx, order, from, PaymentStatus::Approved, &facts).await?;
-                let event = outcome(Some(charge_id.clone()), None);
-                answer_with(tx, &self.topic, PAYMENT_APPROVED, &event).await?;
-                count_payment("approved");
-                ("charged", SagaStatus::Completed, charge_id)
+                return self.approve_all(tx, vec![(payment, charge_id)]).await;
             }
             Decision::RefundAfterCancel { charge_id } => {
                 let facts = Settle {
