@@ -281,33 +281,35 @@ async fn single_and_multi_line_orders_receipts_and_cancels_mix_without_deadlock(
     assert_consistent(&commerce).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sold_out_product_is_turned_away_without_the_database_until_stock_comes_back() {
-    let db = TestDb::with_pool_size(&[&MIGRATOR], 3).await;
-    let commerce = on(&db);
-    let hot = product(&commerce, 1, 3).await;
-    assert_eq!(crowd(&commerce, hot, 10).await, (3, 7));
-    // The stock listener starts with the first order: wait until a rejection needs no
-    // connection at all (every connection of the pool held meanwhile). A figure read before
-    // the listener was connected never enables the fast path, so each round first lets one
-    // rejection reach the database (as any next customer would) to learn the figure anew:
-    // without it, a crowd that sold out before the listener connected left nothing to learn
-    // from while the pool was held, and the wait was in vain (twice in full test runs).
-    let fast = eventually(Duration::from_secs(10), || async {
+/// Whether, within 10 s, an order for `product` (sold out) is refused with every one of the
+/// pool's `pool_size` connections held, that is without the database.
+///
+/// The stock listener starts with the first order. A figure read before the listener was
+/// connected never enables the fast path, so each round first lets one rejection reach the
+/// database (as any next customer would) to learn the figure anew: without it, a crowd that
+/// sold out before the listener connected left nothing to learn from while the pool was held,
+/// and the wait was in vain (in full test runs, for both tests that use this).
+async fn rejected_from_memory(
+    commerce: &Commerce,
+    db: &TestDb,
+    product: ProductId,
+    pool_size: u32,
+) -> bool {
+    eventually(Duration::from_secs(10), || async {
         let learned = commerce
-            .place_order(NewOrder::new("learner").line(hot, 1))
+            .place_order(NewOrder::new("learner").line(product, 1))
             .await;
         assert!(
             matches!(learned, Err(Error::InsufficientStock { .. })),
             "{learned:?}"
         );
         let mut held = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..pool_size {
             held.push(db.pool().acquire().await.unwrap());
         }
         let answer = tokio::time::timeout(
             Duration::from_millis(200),
-            commerce.place_order(NewOrder::new("late").line(hot, 1)),
+            commerce.place_order(NewOrder::new("late").line(product, 1)),
         )
         .await;
         matches!(
@@ -315,7 +317,16 @@ async fn a_sold_out_product_is_turned_away_without_the_database_until_stock_come
             Ok(Err(Error::InsufficientStock { available: 0, .. }))
         )
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sold_out_product_is_turned_away_without_the_database_until_stock_comes_back() {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 3).await;
+    let commerce = on(&db);
+    let hot = product(&commerce, 1, 3).await;
+    assert_eq!(crowd(&commerce, hot, 10).await, (3, 7));
+    let fast = rejected_from_memory(&commerce, &db, hot, 3).await;
     assert!(fast, "a sold-out product still needed the database");
     // Another instance (its own pool) receives stock: this one sells it.
     let other = sqlx::PgPool::connect_with(db.connect_options())
@@ -528,22 +539,9 @@ async fn orders_queued_behind_the_sell_out_are_turned_away_without_the_database(
         .build();
     let warm = product(&commerce, 1, 1).await;
     let hot = product(&commerce, 2, 1).await;
-    // The stock listener starts with the first order: wait until it is up (a sold-out product
-    // answered while every connection is held).
+    // Sold out, so that a rejection without the database shows the stock listener is up.
     assert_eq!(crowd(&commerce, warm, 2).await, (1, 1));
-    let listening = eventually(Duration::from_secs(10), || async {
-        let mut held = Vec::new();
-        for _ in 0..POOL {
-            held.push(db.pool().acquire().await.unwrap());
-        }
-        let answer = tokio::time::timeout(
-            Duration::from_millis(200),
-            commerce.place_order(NewOrder::new("late").line(warm, 1)),
-        )
-        .await;
-        matches!(answer, Ok(Err(Error::InsufficientStock { .. })))
-    })
-    .await;
+    let listening = rejected_from_memory(&commerce, &db, warm, POOL).await;
     assert!(listening, "the stock listener never came up");
 
     // The batch taking the last unit is held before its commit; 50 orders queue behind it.
