@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,8 @@ use async_trait::async_trait;
 use commerce_outbox::dead_letter::{inspect_event, replay_dead_letter};
 use commerce_outbox::{
     enqueue_all, outbox_stats, Backoff, ConsumerHandle, Envelope, Error, EventHandler,
-    EventTransport, HandlerError, InProcessTransport, InboxConsumer, NewEvent, Relay, RelayBuilder,
-    MIGRATOR,
+    EventTransport, HandlerError, InProcessTransport, InboxConsumer, InboxConsumerBuilder,
+    NewEvent, Relay, RelayBuilder, RelayHandle, MIGRATOR,
 };
 use commerce_testkit::{unique_name, within, TestDb};
 use serde_json::json;
@@ -73,8 +74,37 @@ async fn database() -> TestDb {
     db
 }
 
+/// An in-process transport with its default settings.
+fn in_process() -> Arc<dyn EventTransport> {
+    Arc::new(InProcessTransport::new())
+}
+
+/// Creates a fresh `orders` topic on `transport` and names it.
+async fn orders_topic(transport: &Arc<dyn EventTransport>) -> String {
+    let topic = unique_name("orders");
+    transport.ensure_topics(&[&topic]).await.unwrap();
+    topic
+}
+
 fn never() -> FailIf {
     Arc::new(|_| false)
+}
+
+/// Fails the first `times` deliveries of `aggregate`'s first event; returns the count left.
+fn fail_first(times: u32, aggregate: &str) -> (FailIf, Arc<AtomicU32>) {
+    let failures_left = Arc::new(AtomicU32::new(times));
+    let aggregate = aggregate.to_owned();
+    let fail_if: FailIf = {
+        let failures_left = Arc::clone(&failures_left);
+        Arc::new(move |envelope| {
+            envelope.aggregate_id == aggregate
+                && envelope.payload["n"] == 0
+                && failures_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+        })
+    };
+    (fail_if, failures_left)
 }
 
 /// A consumer (inbox `name`) of `group` on `topic`, retrying a failing handler twice quickly
@@ -87,18 +117,18 @@ fn consumer(
     topic: &str,
     fail_if: FailIf,
 ) -> ConsumerHandle {
-    consumer_with_delay(db, transport, group, name, topic, fail_if, Duration::ZERO)
+    let builder = consumer_builder(db, transport, group, name, topic);
+    spawn_consumer(builder, name, fail_if, Duration::ZERO)
 }
 
-fn consumer_with_delay(
+/// The settings `consumer` uses, for a test to add to.
+fn consumer_builder(
     db: &TestDb,
     transport: &Arc<dyn EventTransport>,
     group: &str,
     name: &str,
     topic: &str,
-    fail_if: FailIf,
-    delay: Duration,
-) -> ConsumerHandle {
+) -> InboxConsumerBuilder {
     InboxConsumer::with_transport(db.pool().clone(), Arc::clone(transport), group, name)
         .topics([topic])
         .handler_attempts(2)
@@ -106,6 +136,16 @@ fn consumer_with_delay(
             Duration::from_millis(10),
             Duration::from_millis(20),
         ))
+}
+
+/// Spawns `builder` with a `Recorder` for consumer `name` that waits `delay` per event.
+fn spawn_consumer(
+    builder: InboxConsumerBuilder,
+    name: &str,
+    fail_if: FailIf,
+    delay: Duration,
+) -> ConsumerHandle {
+    builder
         .build(Recorder {
             consumer: name.to_owned(),
             fail_if,
@@ -126,6 +166,11 @@ fn relay(db: &TestDb, transport: &Arc<dyn EventTransport>) -> RelayBuilder {
             Duration::from_millis(50),
             Duration::from_millis(100),
         ))
+}
+
+/// Builds and spawns the relay `builder` describes.
+fn spawn_relay(builder: RelayBuilder) -> RelayHandle {
+    builder.build().unwrap().spawn()
 }
 
 /// Commits `per_aggregate` events `{n: 0..}` for each aggregate, one transaction per
@@ -181,49 +226,65 @@ async fn until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bo
     );
 }
 
+/// Waits (up to 30 s, naming `what`) until `count` events are applied in all.
+async fn until_applied(pool: &PgPool, what: &str, count: i64) {
+    until(what, Duration::from_secs(30), async || {
+        applied_count(pool).await == count
+    })
+    .await;
+}
+
+/// Asserts `consumer` applied events 0 to 4 of exactly `aggregates`, in order, once each.
+async fn assert_each_applied_in_order_once(pool: &PgPool, consumer: &str, aggregates: &[String]) {
+    let order = applied_by(pool, consumer).await;
+    assert_eq!(
+        order.len(),
+        aggregates.len(),
+        "{consumer} saw every aggregate"
+    );
+    for aggregate in aggregates {
+        assert_eq!(
+            order.get(aggregate),
+            Some(&vec![0, 1, 2, 3, 4]),
+            "{consumer}: {aggregate} in order, once each"
+        );
+    }
+}
+
+/// Waits up to `timeout` for a consumer's or relay's `shutdown` to finish cleanly.
+async fn stop(shutdown: impl Future<Output = commerce_outbox::Result<()>>, timeout: Duration) {
+    within(timeout, shutdown).await.unwrap();
+}
+
+/// Stops the `consumers` one by one, then the `relay`, each within `timeout`.
+async fn shut_down(
+    consumers: impl IntoIterator<Item = ConsumerHandle>,
+    relay: RelayHandle,
+    timeout: Duration,
+) {
+    for consumer in consumers {
+        stop(consumer.shutdown(), timeout).await;
+    }
+    stop(relay.shutdown(), timeout).await;
+}
+
 /// An aggregate's first event fails in the handler (twice handed back to the relay, then it
 /// succeeds): its later events, published in the same batches, are held each time and
 /// applied only after it, in order; other aggregates are not held up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_handler_holds_its_aggregates_later_events_and_order_is_kept() {
     let db = database().await;
-    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
-    let topic = unique_name("orders");
-    transport.ensure_topics(&[&topic]).await.unwrap();
+    let transport = in_process();
+    let topic = orders_topic(&transport).await;
     // 2 handler tries per hand-back, so 4 failures = 2 failed relay attempts.
-    let failures_left = Arc::new(AtomicU32::new(4));
-    let fail_if: FailIf = {
-        let failures_left = Arc::clone(&failures_left);
-        Arc::new(move |envelope| {
-            envelope.aggregate_id == "agg-1"
-                && envelope.payload["n"] == 0
-                && failures_left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-        })
-    };
+    let (fail_if, failures_left) = fail_first(4, "agg-1");
     let consumer = consumer(&db, &transport, "stock", "stock", &topic, fail_if);
     let aggregates = aggregates("agg", 5);
     commit_all(db.pool(), &topic, &aggregates, 5).await;
-    let relay = relay(&db, &transport)
-        .max_attempts(5)
-        .build()
-        .unwrap()
-        .spawn();
+    let relay = spawn_relay(relay(&db, &transport).max_attempts(5));
 
-    let pool = db.pool().clone();
-    until("every event applied", Duration::from_secs(30), async || {
-        applied_count(&pool).await == 25
-    })
-    .await;
-    let order = applied_by(db.pool(), "stock").await;
-    for aggregate in &aggregates {
-        assert_eq!(
-            order[aggregate],
-            vec![0, 1, 2, 3, 4],
-            "{aggregate} in order, once each"
-        );
-    }
+    until_applied(db.pool(), "every event applied", 25).await;
+    assert_each_applied_in_order_once(db.pool(), "stock", &aggregates).await;
     assert_eq!(failures_left.load(Ordering::SeqCst), 0);
     let stats = consumer.stats();
     assert_eq!(stats.refused, 2, "handed back twice: {stats:?}");
@@ -240,12 +301,7 @@ async fn a_failing_handler_holds_its_aggregates_later_events_and_order_is_kept()
     assert_eq!(metrics.refused_total, 2);
     assert_eq!(metrics.dead_lettered_total, 0);
     assert_eq!(metrics.outbox.pending, 0);
-    within(Duration::from_secs(10), consumer.shutdown())
-        .await
-        .unwrap();
-    within(Duration::from_secs(10), relay.shutdown())
-        .await
-        .unwrap();
+    shut_down([consumer], relay, Duration::from_secs(10)).await;
 }
 
 /// A consumer that applies up to 16 waiting deliveries per transaction applies every event
@@ -254,57 +310,17 @@ async fn a_failing_handler_holds_its_aggregates_later_events_and_order_is_kept()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batching_consumer_applies_each_event_once_in_order_in_fewer_transactions() {
     let db = database().await;
-    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
-    let topic = unique_name("orders");
-    transport.ensure_topics(&[&topic]).await.unwrap();
-    let failures_left = Arc::new(AtomicU32::new(4));
-    let fail_if: FailIf = {
-        let failures_left = Arc::clone(&failures_left);
-        Arc::new(move |envelope| {
-            envelope.aggregate_id == "agg-1"
-                && envelope.payload["n"] == 0
-                && failures_left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-        })
-    };
-    let consumer =
-        InboxConsumer::with_transport(db.pool().clone(), Arc::clone(&transport), "stock", "stock")
-            .topics([topic.as_str()])
-            .handler_attempts(2)
-            .max_batch(16)
-            .retry_backoff(Backoff::new(
-                Duration::from_millis(10),
-                Duration::from_millis(20),
-            ))
-            .build(Recorder {
-                consumer: "stock".to_owned(),
-                fail_if,
-                delay: Duration::ZERO,
-            })
-            .unwrap()
-            .spawn();
+    let transport = in_process();
+    let topic = orders_topic(&transport).await;
+    let (fail_if, _) = fail_first(4, "agg-1");
+    let batching = consumer_builder(&db, &transport, "stock", "stock", &topic).max_batch(16);
+    let consumer = spawn_consumer(batching, "stock", fail_if, Duration::ZERO);
     let aggregates = aggregates("agg", 10);
     commit_all(db.pool(), &topic, &aggregates, 5).await;
-    let relay = relay(&db, &transport)
-        .max_attempts(5)
-        .build()
-        .unwrap()
-        .spawn();
+    let relay = spawn_relay(relay(&db, &transport).max_attempts(5));
 
-    let pool = db.pool().clone();
-    until("every event applied", Duration::from_secs(30), async || {
-        applied_count(&pool).await == 50
-    })
-    .await;
-    let order = applied_by(db.pool(), "stock").await;
-    for aggregate in &aggregates {
-        assert_eq!(
-            order[aggregate],
-            vec![0, 1, 2, 3, 4],
-            "{aggregate} in order, once each"
-        );
-    }
+    until_applied(db.pool(), "every event applied", 50).await;
+    assert_each_applied_in_order_once(db.pool(), "stock", &aggregates).await;
     let transactions: i64 = sqlx::query_scalar(
         "SELECT count(DISTINCT received_at) FROM commerce_outbox.inbox WHERE consumer = 'stock'",
     )
@@ -322,12 +338,7 @@ async fn a_batching_consumer_applies_each_event_once_in_order_in_fewer_transacti
         (1..=2).contains(&stats.refused),
         "the failing event handed back: {stats:?}"
     );
-    within(Duration::from_secs(10), consumer.shutdown())
-        .await
-        .unwrap();
-    within(Duration::from_secs(10), relay.shutdown())
-        .await
-        .unwrap();
+    shut_down([consumer], relay, Duration::from_secs(10)).await;
 }
 
 /// Two consumer groups on one topic each apply every event; the two members of one group
@@ -335,33 +346,18 @@ async fn a_batching_consumer_applies_each_event_once_in_order_in_fewer_transacti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_group_gets_every_event_and_members_of_a_group_share_them() {
     let db = database().await;
-    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
-    let topic = unique_name("orders");
-    transport.ensure_topics(&[&topic]).await.unwrap();
+    let transport = in_process();
+    let topic = orders_topic(&transport).await;
     let billing_1 = consumer(&db, &transport, "billing", "billing", &topic, never());
     let billing_2 = consumer(&db, &transport, "billing", "billing", &topic, never());
     let shipping = consumer(&db, &transport, "shipping", "shipping", &topic, never());
     let aggregates = aggregates("order", 20);
     commit_all(db.pool(), &topic, &aggregates, 5).await;
-    let relay = relay(&db, &transport).build().unwrap().spawn();
+    let relay = spawn_relay(relay(&db, &transport));
 
-    let pool = db.pool().clone();
-    until(
-        "both groups to apply everything",
-        Duration::from_secs(30),
-        async || applied_count(&pool).await == 200,
-    )
-    .await;
+    until_applied(db.pool(), "both groups to apply everything", 200).await;
     for group in ["billing", "shipping"] {
-        let order = applied_by(db.pool(), group).await;
-        assert_eq!(order.len(), 20, "{group} saw every aggregate");
-        for (aggregate, ns) in &order {
-            assert_eq!(
-                ns,
-                &vec![0, 1, 2, 3, 4],
-                "{group}: {aggregate} in order, once each"
-            );
-        }
+        assert_each_applied_in_order_once(db.pool(), group, &aggregates).await;
     }
     let (one, two) = (billing_1.stats(), billing_2.stats());
     assert_eq!(one.applied + two.applied, 100);
@@ -370,14 +366,12 @@ async fn every_group_gets_every_event_and_members_of_a_group_share_them() {
         "both members work: {one:?} {two:?}"
     );
     assert_eq!(shipping.stats().applied, 100);
-    for handle in [billing_1, billing_2, shipping] {
-        within(Duration::from_secs(10), handle.shutdown())
-            .await
-            .unwrap();
-    }
-    within(Duration::from_secs(10), relay.shutdown())
-        .await
-        .unwrap();
+    shut_down(
+        [billing_1, billing_2, shipping],
+        relay,
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 /// A handler that keeps failing for one aggregate: the event is handed back each time, dead
@@ -386,9 +380,8 @@ async fn every_group_gets_every_event_and_members_of_a_group_share_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_handler_is_dead_lettered_while_the_others_flow_and_a_replay_applies_it() {
     let db = database().await;
-    let transport: Arc<dyn EventTransport> = Arc::new(InProcessTransport::new());
-    let topic = unique_name("orders");
-    transport.ensure_topics(&[&topic]).await.unwrap();
+    let transport = in_process();
+    let topic = orders_topic(&transport).await;
     let broken = Arc::new(AtomicBool::new(true));
     let fail_if: FailIf = {
         let broken = Arc::clone(&broken);
@@ -398,19 +391,10 @@ async fn a_failing_handler_is_dead_lettered_while_the_others_flow_and_a_replay_a
     let consumer = consumer(&db, &transport, &group, "stock", &topic, fail_if);
     commit_all(db.pool(), &topic, &["lost".to_owned()], 3).await;
     commit_all(db.pool(), &topic, &aggregates("good", 50), 4).await;
-    let relay = relay(&db, &transport)
-        .max_attempts(3)
-        .build()
-        .unwrap()
-        .spawn();
+    let relay = spawn_relay(relay(&db, &transport).max_attempts(3));
 
     let pool = db.pool().clone();
-    until(
-        "the good events applied",
-        Duration::from_secs(30),
-        async || applied_count(&pool).await == 200,
-    )
-    .await;
+    until_applied(&pool, "the good events applied", 200).await;
     until(
         "the failing event to be dead",
         Duration::from_secs(30),
@@ -437,20 +421,10 @@ async fn a_failing_handler_is_dead_lettered_while_the_others_flow_and_a_replay_a
 
     broken.store(false, Ordering::SeqCst);
     replay_dead_letter(db.pool(), dead.id).await.unwrap();
-    until(
-        "the replayed aggregate applied",
-        Duration::from_secs(30),
-        async || applied_count(&pool).await == 203,
-    )
-    .await;
+    until_applied(&pool, "the replayed aggregate applied", 203).await;
     assert_eq!(applied_by(db.pool(), "stock").await["lost"], vec![0, 1, 2]);
     assert_eq!(outbox_stats(db.pool()).await.unwrap().pending, 0);
-    within(Duration::from_secs(10), consumer.shutdown())
-        .await
-        .unwrap();
-    within(Duration::from_secs(10), relay.shutdown())
-        .await
-        .unwrap();
+    shut_down([consumer], relay, Duration::from_secs(10)).await;
 }
 
 /// A group whose member never reads (a subscription nobody drives): its events are applied
@@ -466,12 +440,11 @@ async fn a_group_that_never_answers_costs_no_attempt_and_everything_shuts_down_i
             .build(),
     );
     let transport: Arc<dyn EventTransport> = in_process.clone();
-    let topic = unique_name("orders");
-    transport.ensure_topics(&[&topic]).await.unwrap();
+    let topic = orders_topic(&transport).await;
     let sleeper = transport.subscribe("sleeper", &[&topic]).unwrap();
     let effects = consumer(&db, &transport, "effects", "effects", &topic, never());
     commit_all(db.pool(), &topic, &aggregates("order", 5), 2).await;
-    let first = relay(&db, &transport).build().unwrap().spawn();
+    let first = spawn_relay(relay(&db, &transport));
 
     let pool = db.pool().clone();
     until(
@@ -499,16 +472,14 @@ async fn a_group_that_never_answers_costs_no_attempt_and_everything_shuts_down_i
         attempted, 0,
         "an unanswering group is not the events' fault"
     );
-    within(Duration::from_secs(5), first.shutdown())
-        .await
-        .unwrap();
+    stop(first.shutdown(), Duration::from_secs(5)).await;
 
     drop(sleeper);
     assert_eq!(
         in_process.subscribers(&topic),
         vec![("effects".to_owned(), 1)]
     );
-    let second = relay(&db, &transport).build().unwrap().spawn();
+    let second = spawn_relay(relay(&db, &transport));
     until(
         "the rows to be published",
         Duration::from_secs(30),
@@ -518,13 +489,9 @@ async fn a_group_that_never_answers_costs_no_attempt_and_everything_shuts_down_i
     let stats = effects.stats();
     assert_eq!((stats.applied, stats.duplicates), (10, 10), "{stats:?}");
     assert_eq!(applied_count(db.pool()).await, 10, "each effect once");
-    within(Duration::from_secs(5), effects.shutdown())
-        .await
-        .unwrap();
+    stop(effects.shutdown(), Duration::from_secs(5)).await;
     assert!(in_process.subscribers(&topic).is_empty());
-    within(Duration::from_secs(5), second.shutdown())
-        .await
-        .unwrap();
+    stop(second.shutdown(), Duration::from_secs(5)).await;
 }
 
 /// A consumer stopped while the relay waits for it: its queued events come back at once as
@@ -538,19 +505,16 @@ async fn a_consumer_stopped_mid_batch_hands_its_events_back_and_a_restart_applie
             .ack_timeout(Duration::from_secs(60))
             .build(),
     );
-    let topic = unique_name("orders");
-    transport.ensure_topics(&[&topic]).await.unwrap();
-    let slow = consumer_with_delay(
-        &db,
-        &transport,
+    let topic = orders_topic(&transport).await;
+    let slow = spawn_consumer(
+        consumer_builder(&db, &transport, "effects", "effects", &topic),
         "effects",
-        "effects",
-        &topic,
         never(),
         Duration::from_millis(100),
     );
-    commit_all(db.pool(), &topic, &aggregates("order", 4), 5).await;
-    let first = relay(&db, &transport).build().unwrap().spawn();
+    let aggregates = aggregates("order", 4);
+    commit_all(db.pool(), &topic, &aggregates, 5).await;
+    let first = spawn_relay(relay(&db, &transport));
     let pool = db.pool().clone();
     until(
         "a few events applied",
@@ -558,38 +522,25 @@ async fn a_consumer_stopped_mid_batch_hands_its_events_back_and_a_restart_applie
         async || applied_count(&pool).await >= 3,
     )
     .await;
-    within(Duration::from_secs(5), slow.shutdown())
-        .await
-        .unwrap();
+    stop(slow.shutdown(), Duration::from_secs(5)).await;
     until(
         "the relay to get the events back",
         Duration::from_secs(5),
         async || first.metrics().await.unwrap().unavailable_total > 0,
     )
     .await;
-    within(Duration::from_secs(5), first.shutdown())
-        .await
-        .unwrap();
+    stop(first.shutdown(), Duration::from_secs(5)).await;
     let applied_before = applied_count(db.pool()).await;
     assert!(applied_before < 20, "stopped mid-batch: {applied_before}");
 
     let restarted = consumer(&db, &transport, "effects", "effects", &topic, never());
-    let second = relay(&db, &transport).build().unwrap().spawn();
+    let second = spawn_relay(relay(&db, &transport));
     until("every event applied", Duration::from_secs(30), async || {
         outbox_stats(&pool).await.unwrap().pending == 0
     })
     .await;
-    let order = applied_by(db.pool(), "effects").await;
-    assert_eq!(order.len(), 4);
-    for (aggregate, ns) in &order {
-        assert_eq!(ns, &vec![0, 1, 2, 3, 4], "{aggregate} in order, once each");
-    }
-    within(Duration::from_secs(5), restarted.shutdown())
-        .await
-        .unwrap();
-    within(Duration::from_secs(5), second.shutdown())
-        .await
-        .unwrap();
+    assert_each_applied_in_order_once(db.pool(), "effects", &aggregates).await;
+    shut_down([restarted], second, Duration::from_secs(5)).await;
 }
 
 /// librdkafka settings belong on the `KafkaTransport`: a relay or consumer given its
