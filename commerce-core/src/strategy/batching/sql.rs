@@ -126,6 +126,26 @@ pub(super) async fn insert_rows(
     .await
 }
 
+/// The batch's stock update of every product in `$1`, with the compare-and-set on its planned
+/// figures when `$7` (optimistic); its `WHERE` clause may take more conditions.
+macro_rules! take_update {
+    () => {
+        "UPDATE commerce.products p SET available = p.available - t.taken, \
+         backordered = p.backordered + t.queued, updated_at = now() \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                     $6::bigint[]) AS t(id, taken, queued, available, backordered, price) \
+         WHERE p.id = t.id AND (NOT $7 OR (p.available = t.available \
+               AND p.backordered = t.backordered AND p.price = t.price))"
+    };
+}
+
+/// What `take_update!` returns: the rows after it.
+macro_rules! take_returning {
+    () => {
+        " RETURNING p.id, p.available, p.backordered, p.price"
+    };
+}
+
 /// The batch's one stock update (every product it changes). Optimistic: a compare-and-set
 /// on the figures planned with (`None` when any changed). Returns the rows after it.
 pub(super) async fn take_stock(
@@ -153,27 +173,18 @@ pub(super) async fn take_stock(
     }
     // Several rows are locked first in ascending id (the crate's lock order) by an init plan,
     // so that the update cannot lock them in another order; the update then checks each on
-    // its newest version.
+    // its newest version. One row needs no such step.
     let sql = if ids.len() > 1 {
-        "WITH locked AS MATERIALIZED ( \
-           SELECT id FROM commerce.products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE \
-         ) \
-         UPDATE commerce.products p SET available = p.available - t.taken, \
-         backordered = p.backordered + t.queued, updated_at = now() \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                     $6::bigint[]) AS t(id, taken, queued, available, backordered, price) \
-         WHERE p.id = t.id AND p.id = ANY(ARRAY(SELECT id FROM locked)) \
-           AND (NOT $7 OR (p.available = t.available \
-               AND p.backordered = t.backordered AND p.price = t.price)) \
-         RETURNING p.id, p.available, p.backordered, p.price"
+        concat!(
+            "WITH locked AS MATERIALIZED ( \
+               SELECT id FROM commerce.products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE \
+             ) ",
+            take_update!(),
+            " AND p.id = ANY(ARRAY(SELECT id FROM locked))",
+            take_returning!()
+        )
     } else {
-        "UPDATE commerce.products p SET available = p.available - t.taken, \
-         backordered = p.backordered + t.queued, updated_at = now() \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                     $6::bigint[]) AS t(id, taken, queued, available, backordered, price) \
-         WHERE p.id = t.id AND (NOT $7 OR (p.available = t.available \
-               AND p.backordered = t.backordered AND p.price = t.price)) \
-         RETURNING p.id, p.available, p.backordered, p.price"
+        concat!(take_update!(), take_returning!())
     };
     let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(sql)
         .bind(&ids)
