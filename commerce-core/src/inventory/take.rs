@@ -4,7 +4,7 @@ use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
 use crate::ids::{OrderId, ProductId};
-use crate::order::{ReserveMode, ValidatedOrder};
+use crate::order::{OrderStatus, ReserveMode, ValidatedOrder};
 
 use super::{lock_products, read_stock, StockLevel};
 
@@ -26,6 +26,12 @@ impl Allocation {
     /// Units still missing.
     pub(crate) fn shortfall(&self) -> i64 {
         self.quantity - self.allocated
+    }
+
+    /// The status an order with these allocations is placed in (the one rule,
+    /// [`OrderStatus::on_placement`]).
+    pub(crate) fn placement_status(allocations: &[Self]) -> OrderStatus {
+        OrderStatus::on_placement(allocations.iter().all(|a| a.shortfall() == 0))
     }
 }
 

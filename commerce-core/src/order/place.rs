@@ -220,7 +220,7 @@ impl OrderWriter {
                 let shortfall = allocations.iter().map(Allocation::shortfall).sum();
                 exposures.admit(order.user_id(), shortfall)?;
             }
-            let status = status_for(&allocations);
+            let status = Allocation::placement_status(&allocations);
             let Ok(created_at) = insert_order(conn, id, order, status).await? else {
                 return Ok(Err(KeyTaken));
             };
@@ -237,7 +237,7 @@ impl OrderWriter {
             }
             (allocations, created_at)
         };
-        let status = status_for(&allocations);
+        let status = Allocation::placement_status(&allocations);
         let lines: Vec<OrderLine> = allocations
             .iter()
             .map(|a| OrderLine {
@@ -284,10 +284,6 @@ impl PlacedOrder {
             replayed: false,
         }
     }
-}
-
-fn status_for(allocations: &[Allocation]) -> OrderStatus {
-    OrderStatus::on_placement(allocations.iter().all(|a| a.shortfall() == 0))
 }
 
 /// The first line (in product order) that `stock` cannot cover.

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use super::queue::Request;
 use crate::error::Error;
 use crate::ids::{OrderId, ProductId};
-use crate::order::{Exposures, OrderLine, OrderStatus, OverLimit, ShortagePolicy};
+use crate::inventory::Allocation;
+use crate::order::{Exposures, OverLimit, ShortagePolicy};
 
 /// A product row as a batch saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,20 +22,10 @@ pub(crate) struct Figures {
 /// The rows of the products a batch touches, by id (ascending: the lock order).
 pub(super) type Stock = BTreeMap<ProductId, Figures>;
 
-/// What a batch takes for one line of an order.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Take {
-    pub(super) product: ProductId,
-    pub(super) quantity: i64,
-    pub(super) allocated: i64,
-    /// The product's `available` after this line's units.
-    pub(super) available_after: i64,
-}
-
 /// What a batch decided for one request.
 pub(super) enum Decision {
     /// Write this order.
-    Place { id: OrderId, lines: Vec<Take> },
+    Place { id: OrderId, lines: Vec<Allocation> },
     /// Not enough stock for a line (reject policy).
     Reject {
         product: ProductId,
@@ -99,11 +90,6 @@ impl Plan {
     }
 }
 
-/// The status a placed order starts in: CREATED when every line got all its units.
-pub(super) fn status_of(lines: &[OrderLine]) -> OrderStatus {
-    OrderStatus::on_placement(lines.iter().all(|line| line.allocated == line.quantity))
-}
-
 /// First come first served: each request in arrival order takes what it asks for if every
 /// line fits (reject policy) or what is left of each line (backorder policy, the rest queued).
 /// With `exposures` (per-user limits on), a request that would take its user past a limit
@@ -131,10 +117,10 @@ pub(super) fn allocate(
             if let Some(first) = key.and_then(|key| keys.get(&key)) {
                 return Decision::SameKeyAs(*first);
             }
-            let decision = decide(order, &left, &waiting, exposures.as_deref_mut());
+            let decision = decide(order, &left, &waiting, stock, exposures.as_deref_mut());
             if let Decision::Place { lines, .. } = &decision {
                 for take in lines {
-                    let shortfall = take.quantity - take.allocated;
+                    let shortfall = take.shortfall();
                     left.insert(take.product, take.available_after);
                     *waiting.entry(take.product).or_default() += shortfall;
                     let change = changes.entry(take.product).or_default();
@@ -156,6 +142,7 @@ fn decide(
     order: &crate::order::ValidatedOrder,
     left: &BTreeMap<ProductId, i64>,
     waiting: &BTreeMap<ProductId, i64>,
+    stock: &Stock,
     exposures: Option<&mut Exposures>,
 ) -> Decision {
     for line in order.lines() {
@@ -172,17 +159,18 @@ fn decide(
     }
     // Each product appears once per order, so every line can be planned on `left` before
     // any is taken from it.
-    let lines: Vec<Take> = order
+    let lines: Vec<Allocation> = order
         .lines()
         .iter()
         .map(|line| {
             let available = left.get(&line.product).copied().unwrap_or_default();
             let allocated = line.quantity.min(available);
-            Take {
+            Allocation {
                 product: line.product,
                 quantity: line.quantity,
                 allocated,
                 available_after: available - allocated,
+                unit_price: stock.get(&line.product).map_or(0, |f| f.price),
             }
         })
         .collect();
@@ -190,7 +178,7 @@ fn decide(
     // for this order alone, rather than failing the batch's update.
     let mut shortfall: i64 = 0;
     for take in &lines {
-        let short = take.quantity - take.allocated;
+        let short = take.shortfall();
         let queued = waiting.get(&take.product).copied().unwrap_or_default();
         match (queued.checked_add(short), shortfall.checked_add(short)) {
             (Some(_), Some(sum)) => shortfall = sum,

@@ -9,7 +9,7 @@ use super::plan::{Decision, Figures, Plan, Stock};
 use super::queue::Request;
 use crate::error::Result;
 use crate::ids::{OrderId, ProductId};
-use crate::order::OrderStatus;
+use crate::inventory::Allocation;
 
 fn figures_of(rows: Vec<(i64, i64, i64, i64)>, generation: Option<u64>) -> Stock {
     rows.into_iter()
@@ -52,7 +52,6 @@ pub(super) async fn insert_rows(
     conn: &mut PgConnection,
     requests: &[Request],
     plan: &Plan,
-    stock: &Stock,
 ) -> std::result::Result<DateTime<Utc>, sqlx::Error> {
     let mut ids: Vec<Uuid> = Vec::new();
     let (mut users, mut keys, mut statuses, mut policies) =
@@ -73,15 +72,14 @@ pub(super) async fn insert_rows(
         ids.push(id.0);
         users.push(order.user_id());
         keys.push(order.idempotency_key());
-        let complete = lines.iter().all(|take| take.allocated == take.quantity);
-        statuses.push(OrderStatus::on_placement(complete).as_str());
+        statuses.push(Allocation::placement_status(lines).as_str());
         policies.push(order.policy().as_str());
         for take in lines {
             line_orders.push(id.0);
             line_products.push(take.product.0);
             quantities.push(take.quantity);
             allocated.push(take.allocated);
-            prices.push(stock.get(&take.product).map_or(0, |f| f.price));
+            prices.push(take.unit_price);
             afters.push(take.available_after);
         }
     }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
-use super::plan::{allocate, status_of, Decision, Figures, Plan, Stock};
+use super::plan::{allocate, Decision, Figures, Plan, Stock};
 use super::queue::Request;
 use super::sql::{insert_rows, stock_rows, take_stock, taken_keys};
 use super::watch::StockWatch;
@@ -43,6 +43,7 @@ use crate::effects::commit;
 use crate::error::{violated_constraint, Error, Result};
 use crate::event::CoreEvent;
 use crate::ids::ProductId;
+use crate::inventory::Allocation;
 use crate::order::{is_same_request, load_order, Exposures, OrderLine, OrderWriter, PlacedOrder};
 
 /// How a batch ended, for its product's writer.
@@ -380,14 +381,14 @@ async fn attempt_batch(
         };
         after = Some(taken);
     }
-    let created_at = match insert_rows(&mut tx, requests, &plan, &stock).await {
+    let created_at = match insert_rows(&mut tx, requests, &plan).await {
         Ok(created_at) => created_at,
         Err(e) if violated_constraint(&e) == Some("orders_user_idempotency_key") => {
             return Ok(Err(Retry::KeyTaken));
         }
         Err(e) => return Err(e.into()),
     };
-    let (events, lines) = events_and_lines(requests, &plan, &stock);
+    let (events, lines) = events_and_lines(requests, &plan);
     writer.hooks().run(&mut tx, &events).await?;
     let after = match after {
         Some(after) => after,
@@ -415,12 +416,15 @@ async fn attempt_batch(
     let mut placed: HashMap<usize, PlacedOrder> = HashMap::new();
     for (index, (request, decision)) in requests.iter().zip(&plan.decisions).enumerate() {
         let answer = match decision {
-            Decision::Place { id, .. } => {
+            Decision::Place {
+                id,
+                lines: allocations,
+            } => {
                 let lines = lines[index].clone().unwrap_or_default();
                 let first = PlacedOrder::new_order(
                     *id,
                     &request.order,
-                    status_of(&lines),
+                    Allocation::placement_status(allocations),
                     lines,
                     created_at,
                 );
@@ -493,30 +497,33 @@ fn same_request(first: &PlacedOrder, request: &Request) -> Result<PlacedOrder> {
 fn events_and_lines(
     requests: &[Request],
     plan: &Plan,
-    stock: &Stock,
 ) -> (Vec<CoreEvent>, Vec<Option<Vec<OrderLine>>>) {
     let mut events = Vec::new();
     let lines = requests
         .iter()
         .zip(&plan.decisions)
         .map(|(request, decision)| {
-            let Decision::Place { id, lines } = decision else {
+            let Decision::Place {
+                id,
+                lines: allocations,
+            } = decision
+            else {
                 return None;
             };
             let order = &request.order;
-            let lines: Vec<OrderLine> = lines
+            let lines: Vec<OrderLine> = allocations
                 .iter()
                 .map(|take| OrderLine {
                     product: take.product,
                     quantity: take.quantity,
                     allocated: take.allocated,
-                    unit_price: stock.get(&take.product).map_or(0, |f| f.price),
+                    unit_price: take.unit_price,
                 })
                 .collect();
             events.push(CoreEvent::OrderPlaced {
                 order: *id,
                 user_id: order.user_id().to_owned(),
-                status: status_of(&lines),
+                status: Allocation::placement_status(allocations),
                 policy: order.policy(),
                 lines: lines.clone(),
             });
