@@ -69,6 +69,73 @@ struct Parts {
     drain: Duration,
     grace: Duration,
     stand_in: Option<(String, StandInControl)>,
+    /// The background work's runtime: shut down last, once the pools are closed.
+    bulkhead: Bulkhead,
+}
+
+/// The runtime of its own that the background work runs on (`SAGA_THREADS` worker threads):
+/// with it, 2,000 request tasks ready at once on the server's runtime no longer stand between
+/// the saga's tasks and their next turn, and a flash crowd's orders are paid while it lasts
+/// instead of after it. With 0 threads the work runs on the server's runtime.
+struct Bulkhead {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Bulkhead {
+    /// A runtime of `threads` worker threads, or the current one for 0.
+    fn new(threads: usize) -> anyhow::Result<Self> {
+        if threads == 0 {
+            return Ok(Self {
+                runtime: None,
+                handle: tokio::runtime::Handle::current(),
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("saga")
+            .enable_all()
+            .build()
+            .context("the saga's runtime")?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Runs `work` on the bulkhead to its end: what it starts (connections, tasks) belongs
+    /// there.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.handle
+            .spawn(work)
+            .await
+            .context("start-up work on the saga's runtime")
+    }
+}
+
+impl Bulkhead {
+    /// Ends the runtime without waiting: by now its work has stopped, or was abandoned at the
+    /// grace period.
+    fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        // Dropping a runtime blocks until its tasks end, which an async context may not do.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Bulkhead {
+    /// An application built and never run, or dropped mid-way, ends its runtime too.
+    fn drop(&mut self) {
+        self.shut_down();
+    }
 }
 
 impl Application {
@@ -101,15 +168,25 @@ impl Application {
         // Metrics recorded from now on reach /metrics.
         crate::telemetry::prometheus();
         let pool = connect(&config).await?;
-        // Background work (relay, consumers, payment worker) has a pool of its own: a surge of
-        // requests cannot starve the saga, nor the saga the requests.
-        let background = side_pool(
-            &config,
-            config.database.background_connections,
-            Duration::from_secs(30),
-            "background pool",
-        )
-        .await?;
+        // Background work (relay, consumers, payment worker, timeout sweep, the stand-in
+        // gateway) runs on a runtime of its own, with a pool of its own created there: a surge
+        // of requests can starve the saga neither of connections nor of turns, nor the saga
+        // the requests.
+        let bulkhead = Bulkhead::new(config.saga.threads)?;
+        let background = bulkhead
+            .run({
+                let config = config.clone();
+                async move {
+                    side_pool(
+                        &config,
+                        config.database.background_connections,
+                        Duration::from_secs(30),
+                        "background pool",
+                    )
+                    .await
+                }
+            })
+            .await??;
         // So do the event streams: however many poll, requests and the saga keep theirs.
         let streams = side_pool(
             &config,
@@ -126,13 +203,17 @@ impl Application {
         let tasks = TaskTracker::new();
 
         let topics = Topics::new(&config.events.prefix);
-        let mut bus = EventBus::new(
-            background.clone(),
-            config.events.kafka_brokers.as_deref(),
-            &topics,
-        )
-        .await
-        .context("event transport")?;
+        let mut bus = bulkhead
+            .run({
+                let (background, brokers, topics) = (
+                    background.clone(),
+                    config.events.kafka_brokers.clone(),
+                    topics.clone(),
+                );
+                async move { EventBus::new(background, brokers.as_deref(), &topics).await }
+            })
+            .await?
+            .context("event transport")?;
         // A request waits for a product's lock as long as it may take in all; the HTTP layer's
         // timeout ends it then.
         let lock_options =
@@ -184,8 +265,16 @@ impl Application {
         let (gateway_url, stand_in) = match &config.payment.gateway {
             Some(PaymentGateway::Url(url)) => (url.clone(), None),
             Some(PaymentGateway::StandIn) => {
-                let (url, control) =
-                    start_stand_in(&config.payment.stand_in, shutdown.clone(), &tasks).await?;
+                let (url, control) = bulkhead
+                    .run({
+                        let (settings, shutdown, tasks) = (
+                            config.payment.stand_in.clone(),
+                            shutdown.clone(),
+                            tasks.clone(),
+                        );
+                        async move { start_stand_in(&settings, shutdown, &tasks).await }
+                    })
+                    .await??;
                 tracing::warn!(
                     gateway = %url,
                     "PAYMENT_GATEWAY=stand-in: payments go to the stand-in gateway inside this \
@@ -213,9 +302,26 @@ impl Application {
             topics.group("payment-service"),
             topics.group("order-service"),
         );
-        bus.consume(&payment_service, &[&topics.orders], order_events.clone())?;
-        // The order service's side of the saga.
-        bus.consume(&order_service, &[&topics.payments], payment_answers.clone())?;
+        let feed = StatusFeed::new();
+        {
+            // What these start runs on the bulkhead (no await while it is entered).
+            let _entered = bulkhead.handle.enter();
+            bus.consume(&payment_service, &[&topics.orders], order_events.clone())?;
+            // The order service's side of the saga.
+            bus.consume(&order_service, &[&topics.payments], payment_answers.clone())?;
+            // Consumers first: in-process, a message reaches the groups subscribed when it is
+            // published.
+            bus.start_relay()?;
+            worker.clone().spawn(shutdown.clone(), &tasks);
+            spawn_timeout_sweep(
+                commerce.clone(),
+                config.saga.timeout,
+                shutdown.clone(),
+                &tasks,
+            );
+            order::spawn_housekeeping(commerce.clone(), &config.orders, shutdown.clone(), &tasks);
+            feed.listen(background.clone(), shutdown.clone(), &tasks);
+        }
         // Their dead letters are replayed through the same handlers.
         let consumers = Consumers::new([
             (
@@ -227,19 +333,6 @@ impl Application {
                 Arc::new(payment_answers) as Arc<dyn EventHandler>,
             ),
         ]);
-        // Consumers first: in-process, a message reaches the groups subscribed when it is
-        // published.
-        bus.start_relay()?;
-        worker.clone().spawn(shutdown.clone(), &tasks);
-        spawn_timeout_sweep(
-            commerce.clone(),
-            config.saga.timeout,
-            shutdown.clone(),
-            &tasks,
-        );
-        order::spawn_housekeeping(commerce.clone(), &config.orders, shutdown.clone(), &tasks);
-        let feed = StatusFeed::new();
-        feed.listen(background.clone(), shutdown.clone(), &tasks);
 
         let placement_rate = PlacementRate::new(&config.orders);
         placement_rate.spawn_forgetting(shutdown.clone(), &tasks);
@@ -315,6 +408,7 @@ impl Application {
                 drain: config.http.shutdown_drain,
                 grace: config.http.shutdown_grace,
                 stand_in,
+                bulkhead,
             },
         })
     }
@@ -457,6 +551,7 @@ impl Parts {
                  ended; not waiting for them"
             );
         }
+        self.bulkhead.stop();
     }
 }
 

@@ -388,12 +388,21 @@ pub struct SagaSettings {
     /// CREATED, without a payment answer, is cancelled (the saga's compensation). Must leave
     /// room for a whole gateway call and a parked retry, and exceed the worker's lease.
     pub timeout: Duration,
+    /// `SAGA_THREADS` (default 1, 0 to 64): worker threads of the runtime of its own that the
+    /// background work runs on (relay, consumers, payment worker, timeout sweep, the stand-in
+    /// gateway), so a surge of requests cannot starve the saga of turns (a bulkhead); 0 runs
+    /// it on the server's runtime, among the requests.
+    pub threads: usize,
 }
+
+/// The most worker threads `SAGA_THREADS` may ask for.
+pub const MAX_SAGA_THREADS: usize = 64;
 
 impl Default for SagaSettings {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
+            threads: 1,
         }
     }
 }
@@ -641,6 +650,7 @@ impl Config {
             .map_err(|e| ConfigError::new(e.setting, e.value, e.reason))?;
 
         env.duration("SAGA_TIMEOUT_SECS", seconds, &mut c.saga.timeout)?;
+        env.read("SAGA_THREADS", &mut c.saga.threads)?;
         env.read("STOCK_STRATEGY", &mut c.stock.strategy)?;
         env.read("BATCH_MAX_QUEUE", &mut c.stock.batch.max_queue)?;
         env.duration("BATCH_MAX_WAIT_MS", millis, &mut c.stock.batch.max_wait)?;
@@ -712,6 +722,13 @@ impl Config {
         positive("MAX_IN_FLIGHT", self.http.max_in_flight == 0)?;
         positive("DB_MAX_CONNECTIONS", self.database.max_connections == 0)?;
         positive("SAGA_TIMEOUT_SECS", self.saga.timeout.is_zero())?;
+        if self.saga.threads > MAX_SAGA_THREADS {
+            return Err(ConfigError::new(
+                "SAGA_THREADS",
+                self.saga.threads.to_string(),
+                format!("must be 0 (the server's runtime) to {MAX_SAGA_THREADS}"),
+            ));
+        }
         positive(
             "BACKORDER_TIMEOUT_SECS",
             self.orders.backorder_timeout.is_zero(),
@@ -898,6 +915,7 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert!(c.events.kafka_brokers.is_none() && c.redis_url.is_none());
         assert_eq!(c.saga.timeout, Duration::from_secs(30));
+        assert_eq!(c.saga.threads, 1);
         assert_eq!(c.payment.gateway, Some(PaymentGateway::StandIn));
         assert_eq!((c.streams.max_per_user, c.streams.max_total), (5, 1_000));
         assert_eq!(c.streams.max_lifetime, Duration::from_secs(300));
@@ -1024,6 +1042,16 @@ mod tests {
                 "PAYMENT_CONCURRENCY",
             ),
             (
+                "too many saga threads",
+                &[("SAGA_THREADS", "65")],
+                "SAGA_THREADS",
+            ),
+            (
+                "saga threads not a number",
+                &[("SAGA_THREADS", "two")],
+                "SAGA_THREADS",
+            ),
+            (
                 "payment concurrency not a number",
                 &[("PAYMENT_CONCURRENCY", "many")],
                 "PAYMENT_CONCURRENCY",
@@ -1123,6 +1151,14 @@ mod tests {
             c.payment.gateway,
             Some(PaymentGateway::Url(SecretUrl::new("http://127.0.0.1:8090")))
         );
+    }
+
+    #[test]
+    fn saga_threads_zero_runs_the_saga_among_the_requests() {
+        let c = config(&with_secret_and_gateway(&[("SAGA_THREADS", "0")])).unwrap();
+        assert_eq!(c.saga.threads, 0);
+        let c = config(&with_secret_and_gateway(&[("SAGA_THREADS", "64")])).unwrap();
+        assert_eq!(c.saga.threads, 64);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use commerce_outbox::Backoff;
 use commerce_testkit::TestDb;
 use common::gateway::ScriptedGateway;
 use common::{TestApp, Transport};
-use reference_app::config::{PaymentGateway, SecretUrl, StockStrategyKind};
+use reference_app::config::{PaymentGateway, SagaSettings, SecretUrl, StockStrategyKind};
 use reference_app::services::payment::gateway::{
     BreakerState, ChargeId, ChargeOutcome, ChargeRequest, Gateway, GatewayError, RefundReceipt,
     RefundRequest,
@@ -157,6 +157,17 @@ async fn the_worker_charges_a_burst_concurrently_under_its_bound_and_records_in_
 async fn two_hundred_orders_placed_at_once_are_all_paid_and_processing_in_time(
     transport: Transport,
 ) {
+    two_hundred_orders_paid_in_time(transport, SagaSettings::default().threads).await;
+}
+
+/// The same with `SAGA_THREADS=0`: the saga's work on the server's runtime, among the
+/// requests, still pays every order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_runtime_of_its_own_the_saga_still_pays_every_order() {
+    two_hundred_orders_paid_in_time(Transport::InProcess, 0).await;
+}
+
+async fn two_hundred_orders_paid_in_time(transport: Transport, saga_threads: usize) {
     const ORDERS: usize = 200;
     let gateway = ScriptedGateway::start().await;
     let url = gateway.url().to_owned();
@@ -169,6 +180,7 @@ async fn two_hundred_orders_placed_at_once_are_all_paid_and_processing_in_time(
             config.database.background_connections = 6;
             config.http.request_timeout = Duration::from_secs(50);
             config.orders.rate_per_minute = None;
+            config.saga.threads = saga_threads;
         })
         .await,
     );

@@ -72,6 +72,13 @@ pub(crate) async fn start(
     config.events.prefix = commerce_testkit::unique_name("load");
     // Payments queue behind a surge; the run measures ordering, not the saga's patience.
     config.saga.timeout = Duration::from_secs(3_600);
+    // The saga's own runtime, as the app reads it (`SAGA_THREADS=0` puts the saga among the
+    // requests, to compare).
+    if let Ok(threads) = std::env::var("SAGA_THREADS") {
+        config.saga.threads = threads
+            .parse()
+            .with_context(|| format!("SAGA_THREADS={threads:?}: not a number of threads"))?;
+    }
     // Each client orders again and again as one user: per-user limits on open orders would
     // turn the run into a test of the limits (409 `user_limit_exceeded`), not of ordering.
     config.orders.max_open_orders_per_user = None;
