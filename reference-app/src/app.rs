@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::config::{Config, PaymentGateway, SecretUrl, StockStrategyKind};
+use crate::config::{Config, PaymentGateway, SecretUrl, Service, StockStrategyKind};
 use crate::events::EventBus;
 use crate::http::{self, Limits};
 use crate::services::admin::Consumers;
@@ -256,99 +256,79 @@ impl Application {
             .map(|url| redis::Client::open(url.expose()))
             .transpose()
             .context("REDIS_URL")?;
-        let catalog = Catalog::new(commerce.clone(), redis.clone(), "reference-app")
+        // The deployment's name keys its cache in Redis too: deployments (and tests) sharing a
+        // Redis server on other databases never read each other's products.
+        let catalog = Catalog::new(commerce.clone(), redis.clone(), &config.events.prefix)
             .await
             .context("product cache")?;
         let auth = Auth::new(&config.auth.jwt_secret).context("COMMERCE_JWT_SECRET")?;
 
+        let service = config.service;
         // The payment service: the gateway client, its worker and its consumer.
-        let (gateway_url, stand_in) = match &config.payment.gateway {
-            Some(PaymentGateway::Url(url)) => (url.clone(), None),
-            Some(PaymentGateway::StandIn) => {
-                let (url, control) = bulkhead
-                    .run({
-                        let (settings, shutdown, tasks) = (
-                            config.payment.stand_in.clone(),
-                            shutdown.clone(),
-                            tasks.clone(),
-                        );
-                        async move { start_stand_in(&settings, shutdown, &tasks).await }
-                    })
-                    .await??;
-                tracing::warn!(
-                    gateway = %url,
-                    "PAYMENT_GATEWAY=stand-in: payments go to the stand-in gateway inside this \
-                     process, which approves every charge up to its limit. No real money moves: \
-                     never run it like this for real orders"
-                );
-                (SecretUrl::new(url.clone()), Some((url, control)))
-            }
-            None => anyhow::bail!(
-                "no payment gateway: set PAYMENT_GATEWAY_URL, or PAYMENT_GATEWAY=stand-in"
-            ),
+        let (payment, stand_in) = if service.runs(Service::Payment) {
+            let (worker, stand_in) =
+                payment_worker(&config, &bulkhead, &background, &topics, &shutdown, &tasks).await?;
+            (Some(worker), stand_in)
+        } else {
+            (None, None)
         };
-        let gateway = GatewayClient::http(gateway_url.expose(), config.payment.client.clone())
-            .context("payment gateway client")?;
-        let worker = PaymentWorker::new(
-            background.clone(),
-            topics.payments.clone(),
-            Arc::new(gateway),
-            config.payment.worker,
-            Arc::new(Notify::new()),
-        );
-        let order_events = OrderEvents::new(worker.wake(), topics.payments.clone());
-        let payment_answers = PaymentAnswers::new(commerce.clone());
-        let (payment_service, order_service) = (
-            topics.group("payment-service"),
-            topics.group("order-service"),
-        );
+        let mut handlers: Vec<(String, Arc<dyn EventHandler>)> = Vec::new();
         let feed = StatusFeed::new();
         {
             // What these start runs on the bulkhead (no await while it is entered).
             let _entered = bulkhead.handle.enter();
-            bus.consume(&payment_service, &[&topics.orders], order_events.clone())?;
-            // The order service's side of the saga.
-            bus.consume(&order_service, &[&topics.payments], payment_answers.clone())?;
+            if let Some(worker) = &payment {
+                let order_events = OrderEvents::new(worker.wake(), topics.payments.clone());
+                let group = topics.group("payment-service");
+                bus.consume(&group, &[&topics.orders], order_events.clone())?;
+                handlers.push((group, Arc::new(order_events)));
+                worker.clone().spawn(shutdown.clone(), &tasks);
+            }
+            if service.runs(Service::Order) {
+                // The order service's side of the saga.
+                let payment_answers = PaymentAnswers::new(commerce.clone());
+                let group = topics.group("order-service");
+                bus.consume(&group, &[&topics.payments], payment_answers.clone())?;
+                handlers.push((group, Arc::new(payment_answers)));
+                spawn_timeout_sweep(
+                    commerce.clone(),
+                    config.saga.timeout,
+                    shutdown.clone(),
+                    &tasks,
+                );
+                order::spawn_housekeeping(
+                    commerce.clone(),
+                    &config.orders,
+                    shutdown.clone(),
+                    &tasks,
+                );
+                feed.listen(background.clone(), shutdown.clone(), &tasks);
+            }
             // Consumers first: in-process, a message reaches the groups subscribed when it is
-            // published.
+            // published. Every service writes events (the store's receipts too), and relays
+            // of several processes share the outbox.
             bus.start_relay()?;
-            worker.clone().spawn(shutdown.clone(), &tasks);
-            spawn_timeout_sweep(
-                commerce.clone(),
-                config.saga.timeout,
-                shutdown.clone(),
-                &tasks,
-            );
-            order::spawn_housekeeping(commerce.clone(), &config.orders, shutdown.clone(), &tasks);
-            feed.listen(background.clone(), shutdown.clone(), &tasks);
         }
         // Their dead letters are replayed through the same handlers.
-        let consumers = Consumers::new([
-            (
-                payment_service,
-                Arc::new(order_events) as Arc<dyn EventHandler>,
-            ),
-            (
-                order_service,
-                Arc::new(payment_answers) as Arc<dyn EventHandler>,
-            ),
-        ]);
-
-        let placement_rate = PlacementRate::new(&config.orders);
-        placement_rate.spawn_forgetting(shutdown.clone(), &tasks);
+        let consumers = Consumers::new(handlers);
 
         let mut checks = vec![ReadinessCheck::postgres(probe.clone())];
         if let Some(client) = redis {
             checks.push(ReadinessCheck::redis(client));
         }
         checks.extend(bus.readiness());
-        let api = Router::new()
-            .merge(store::router(StoreState {
+        let mut api = Router::new();
+        if service.runs(Service::Store) {
+            api = api.merge(store::router(StoreState {
                 commerce: commerce.clone(),
                 catalog: catalog.clone(),
                 auth: auth.clone(),
-            }))
-            .merge(order::router(OrderState {
+            }));
+        }
+        if service.runs(Service::Order) {
+            let placement_rate = PlacementRate::new(&config.orders);
+            placement_rate.spawn_forgetting(shutdown.clone(), &tasks);
+            api = api.merge(order::router(OrderState {
                 commerce: commerce.clone(),
                 auth: auth.clone(),
                 feed,
@@ -356,7 +336,9 @@ impl Application {
                 placement_rate,
                 shutdown: shutdown.clone(),
                 currency: Currency(config.payment.currency.clone()),
-            }))
+            }));
+        }
+        let api = api
             .merge(admin::router(admin::AdminState {
                 pool: pool.clone(),
                 commerce: commerce.clone(),
@@ -366,7 +348,7 @@ impl Application {
             .merge(ops::router(OpsState {
                 pool: pool.clone(),
                 catalog: catalog.clone(),
-                payments: worker,
+                payments: payment,
             }))
             .merge(crate::openapi::router());
         let probes = ops::probes(ProbeState {
@@ -389,7 +371,7 @@ impl Application {
             transport = bus.kind(),
             strategy = commerce.strategy_name(),
             cache = if config.redis_url.is_some() { "redis" } else { "in-process" },
-            payment_gateway = %gateway_url,
+            %service,
             "commerce-rs reference app ready"
         );
         Ok(Self {
@@ -642,6 +624,54 @@ async fn side_pool(
         .connect(config.database.url.expose())
         .await
         .context(what)
+}
+
+/// The payment service's worker on its gateway (the stand-in started on the bulkhead when
+/// `PAYMENT_GATEWAY=stand-in`, with its address and control).
+async fn payment_worker(
+    config: &Config,
+    bulkhead: &Bulkhead,
+    background: &PgPool,
+    topics: &Topics,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<(PaymentWorker, Option<(String, StandInControl)>)> {
+    let (gateway_url, stand_in) = match &config.payment.gateway {
+        Some(PaymentGateway::Url(url)) => (url.clone(), None),
+        Some(PaymentGateway::StandIn) => {
+            let (url, control) = bulkhead
+                .run({
+                    let (settings, shutdown, tasks) = (
+                        config.payment.stand_in.clone(),
+                        shutdown.clone(),
+                        tasks.clone(),
+                    );
+                    async move { start_stand_in(&settings, shutdown, &tasks).await }
+                })
+                .await??;
+            tracing::warn!(
+                gateway = %url,
+                "PAYMENT_GATEWAY=stand-in: payments go to the stand-in gateway inside this \
+                 process, which approves every charge up to its limit. No real money moves: \
+                 never run it like this for real orders"
+            );
+            (SecretUrl::new(url.clone()), Some((url, control)))
+        }
+        None => anyhow::bail!(
+            "no payment gateway: set PAYMENT_GATEWAY_URL, or PAYMENT_GATEWAY=stand-in"
+        ),
+    };
+    let gateway = GatewayClient::http(gateway_url.expose(), config.payment.client.clone())
+        .context("payment gateway client")?;
+    tracing::info!(payment_gateway = %gateway_url, "payment service on its gateway");
+    let worker = PaymentWorker::new(
+        background.clone(),
+        topics.payments.clone(),
+        Arc::new(gateway),
+        config.payment.worker,
+        Arc::new(Notify::new()),
+    );
+    Ok((worker, stand_in))
 }
 
 /// Starts the stand-in payment gateway on a free loopback port until `shutdown`.

@@ -89,6 +89,72 @@ impl fmt::Display for SecretUrl {
     }
 }
 
+/// Which services one process runs: `SERVICE` (or `reference-app serve --service`). `all`,
+/// the default, is the whole system in one process; `order`, `payment` and `store` are one
+/// service each, for running them apart (each instance of a service its own process, the
+/// events between them through Kafka, the product cache through Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Service {
+    /// Every service in this process (the default).
+    #[default]
+    All,
+    /// Orders: placing, reading, cancelling and streaming them, and the order side of the
+    /// saga (payment answers, the timeout sweep, housekeeping).
+    Order,
+    /// Payments: the consumer of new orders, the worker that charges and refunds at the
+    /// payment gateway.
+    Payment,
+    /// The store: products, prices and stock (the catalog and its cache).
+    Store,
+}
+
+impl Service {
+    /// Every service selection, in the order of [`Service::NAMES`].
+    pub const ALL: [Self; 4] = [Self::All, Self::Order, Self::Payment, Self::Store];
+
+    /// The names [`FromStr`] accepts.
+    pub const NAMES: [&'static str; 4] = ["all", "order", "payment", "store"];
+
+    /// The selection's name (what `SERVICE` takes).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => Self::NAMES[0],
+            Self::Order => Self::NAMES[1],
+            Self::Payment => Self::NAMES[2],
+            Self::Store => Self::NAMES[3],
+        }
+    }
+
+    /// Whether this process runs `service` (every one for [`Service::All`]).
+    #[must_use]
+    pub fn runs(self, service: Self) -> bool {
+        self == Self::All || self == service
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A service name that is none of [`Service::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown service {0:?} (known: all, order, payment, store)")]
+pub struct UnknownService(pub String);
+
+impl FromStr for Service {
+    type Err = UnknownService;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|service| service.name() == name.trim())
+            .ok_or_else(|| UnknownService(name.to_owned()))
+    }
+}
+
 /// How orders take stock: the app's `STOCK_STRATEGY` and the load harness's strategy names
 /// share this one parser ([`FromStr`], [`StockStrategyKind::NAMES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,6 +226,8 @@ impl FromStr for StockStrategyKind {
 /// environment or the embedding must give them, or [`Config::validate`] refuses.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
+    /// `SERVICE` (default `all`): which services this process runs.
+    pub service: Service,
     /// The HTTP server.
     pub http: HttpSettings,
     /// Postgres.
@@ -388,10 +456,11 @@ pub struct SagaSettings {
     /// CREATED, without a payment answer, is cancelled (the saga's compensation). Must leave
     /// room for a whole gateway call and a parked retry, and exceed the worker's lease.
     pub timeout: Duration,
-    /// `SAGA_THREADS` (default 1, 0 to 64): worker threads of the runtime of its own that the
-    /// background work runs on (relay, consumers, payment worker, timeout sweep, the stand-in
-    /// gateway), so a surge of requests cannot starve the saga of turns (a bulkhead); 0 runs
-    /// it on the server's runtime, among the requests.
+    /// `SAGA_THREADS` (default: the number of cores, as many as the server's runtime has; 0
+    /// to 64): worker threads of the runtime of its own that the background work runs on
+    /// (relay, consumers, payment worker, timeout sweep, the stand-in gateway), so a surge of
+    /// requests cannot starve the saga of turns (a bulkhead); 0 runs it on the server's
+    /// runtime, among the requests.
     pub threads: usize,
 }
 
@@ -402,7 +471,10 @@ impl Default for SagaSettings {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
-            threads: 1,
+            // Under a surge the two runtimes' threads share the cores alike.
+            threads: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_SAGA_THREADS),
         }
     }
 }
@@ -651,6 +723,7 @@ impl Config {
 
         env.duration("SAGA_TIMEOUT_SECS", seconds, &mut c.saga.timeout)?;
         env.read("SAGA_THREADS", &mut c.saga.threads)?;
+        env.read("SERVICE", &mut c.service)?;
         env.read("STOCK_STRATEGY", &mut c.stock.strategy)?;
         env.read("BATCH_MAX_QUEUE", &mut c.stock.batch.max_queue)?;
         env.duration("BATCH_MAX_WAIT_MS", millis, &mut c.stock.batch.max_wait)?;
@@ -765,7 +838,8 @@ impl Config {
             ));
         }
         self.auth.validate()?;
-        if self.payment.gateway.is_none() {
+        self.validate_service()?;
+        if self.payment.gateway.is_none() && self.service.runs(Service::Payment) {
             return Err(ConfigError::new(
                 "PAYMENT_GATEWAY_URL",
                 "",
@@ -802,6 +876,48 @@ impl Config {
             ));
         }
         self.validate_payment_timing()
+    }
+
+    /// A service run apart needs what connects it to the others and to its own other
+    /// instances: the broker for events, Redis for the product cache, and a stock strategy
+    /// that holds across processes.
+    fn validate_service(&self) -> Result<(), ConfigError> {
+        let service = self.service;
+        if service == Service::All {
+            return Ok(());
+        }
+        if self.events.kafka_brokers.is_none() {
+            return Err(ConfigError::new(
+                "KAFKA_BROKERS",
+                "",
+                format!(
+                    "required with SERVICE={service}: the services run apart exchange their \
+                     events through the broker (the in-process transport reaches only this \
+                     process)"
+                ),
+            ));
+        }
+        if self.redis_url.is_none() {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "",
+                format!(
+                    "required with SERVICE={service}: the product cache and its invalidations \
+                     are shared by every instance through Redis"
+                ),
+            ));
+        }
+        if self.stock.strategy == StockStrategyKind::LocalLock {
+            return Err(ConfigError::new(
+                "STOCK_STRATEGY",
+                "local-lock",
+                format!(
+                    "not with SERVICE={service}: the in-process lock excludes within one \
+                     process only; use batching, conditional-update or redis-lock"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The payment timeouts against each other: a worker's claim must outlast its gateway
@@ -915,7 +1031,10 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert!(c.events.kafka_brokers.is_none() && c.redis_url.is_none());
         assert_eq!(c.saga.timeout, Duration::from_secs(30));
-        assert_eq!(c.saga.threads, 1);
+        assert_eq!(
+            c.saga.threads,
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        );
         assert_eq!(c.payment.gateway, Some(PaymentGateway::StandIn));
         assert_eq!((c.streams.max_per_user, c.streams.max_total), (5, 1_000));
         assert_eq!(c.streams.max_lifetime, Duration::from_secs(300));
@@ -1041,6 +1160,30 @@ mod tests {
                 &[("PAYMENT_CONCURRENCY", "5000")],
                 "PAYMENT_CONCURRENCY",
             ),
+            ("unknown service", &[("SERVICE", "billing")], "SERVICE"),
+            (
+                "a service apart without the broker",
+                &[
+                    ("SERVICE", "order"),
+                    ("REDIS_URL", "redis://127.0.0.1:6379"),
+                ],
+                "KAFKA_BROKERS",
+            ),
+            (
+                "a service apart without Redis",
+                &[("SERVICE", "payment"), ("KAFKA_BROKERS", "127.0.0.1:9092")],
+                "REDIS_URL",
+            ),
+            (
+                "a service apart on the in-process lock",
+                &[
+                    ("SERVICE", "store"),
+                    ("KAFKA_BROKERS", "127.0.0.1:9092"),
+                    ("REDIS_URL", "redis://127.0.0.1:6379"),
+                    ("STOCK_STRATEGY", "local-lock"),
+                ],
+                "STOCK_STRATEGY",
+            ),
             (
                 "too many saga threads",
                 &[("SAGA_THREADS", "65")],
@@ -1159,6 +1302,27 @@ mod tests {
         assert_eq!(c.saga.threads, 0);
         let c = config(&with_secret_and_gateway(&[("SAGA_THREADS", "64")])).unwrap();
         assert_eq!(c.saga.threads, 64);
+    }
+
+    #[test]
+    fn a_service_apart_needs_no_gateway_unless_it_pays() {
+        let apart = [
+            ("COMMERCE_JWT_SECRET", SECRET),
+            ("KAFKA_BROKERS", "127.0.0.1:9092"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ];
+        for (service, expected) in [("order", Service::Order), ("store", Service::Store)] {
+            let mut pairs = apart.to_vec();
+            pairs.push(("SERVICE", service));
+            assert_eq!(config(&pairs).unwrap().service, expected);
+        }
+        let mut pairs = apart.to_vec();
+        pairs.push(("SERVICE", "payment"));
+        assert_eq!(config(&pairs).unwrap_err().name(), "PAYMENT_GATEWAY_URL");
+        for (name, service) in Service::NAMES.iter().zip(Service::ALL) {
+            assert_eq!(name.parse::<Service>().unwrap(), service);
+            assert_eq!(service.to_string(), *name);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reference_app::auth::{Auth, Role};
-use reference_app::config::{AuthSettings, Secret};
+use reference_app::config::{AuthSettings, Secret, Service};
 use reference_app::{Application, Config};
 
 #[derive(Debug, Parser)]
@@ -26,7 +26,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the order system until Ctrl-C (the default; configured by the environment).
-    Serve,
+    Serve {
+        /// Which services this process runs: all (the default), order, payment or store
+        /// (overrides `SERVICE`). Apart, they need KAFKA_BROKERS and REDIS_URL.
+        #[arg(long)]
+        service: Option<Service>,
+    },
     /// Print a bearer token signed with COMMERCE_JWT_SECRET.
     Token {
         /// The user id.
@@ -63,9 +68,16 @@ fn secret() -> anyhow::Result<Secret> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     reference_app::telemetry::init_logs();
-    match Cli::parse().command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let config = Config::from_env()?;
+    match Cli::parse()
+        .command
+        .unwrap_or(Command::Serve { service: None })
+    {
+        Command::Serve { service } => {
+            // The flag stands for `SERVICE`, before the checks that depend on it.
+            let config = Config::from_lookup(|name| match service {
+                Some(service) if name == "SERVICE" => Some(service.name().to_owned()),
+                _ => std::env::var(name).ok(),
+            })?;
             let app = Application::build(config).await?;
             println!("serving on {}", app.base_url());
             app.run_until_stopped().await

@@ -18,7 +18,7 @@
 //! Over HTTP each row gets a saga line: orders paid per second, the orders still CREATED when
 //! the load stopped and how long the app took to pay them; with `--with-crate`, the ratio to
 //! the crate API's row of the same strategy, run just before.
-//! The app's background work runs on a runtime of its own (`SAGA_THREADS`, default 1);
+//! The app's background work runs on a runtime of its own (`SAGA_THREADS`, default the number of cores);
 //! `SAGA_THREADS=0` in the environment runs it among the requests, for comparison.
 //!
 //! Scenarios (each on a freshly created database, `--database`, default `commerce_load`):

@@ -99,8 +99,9 @@ pub struct OpsState {
     pub pool: PgPool,
     /// The product cache (hit rates).
     pub catalog: Catalog,
-    /// The payment worker (its gateway breaker, payments by status).
-    pub payments: PaymentWorker,
+    /// The payment worker (its gateway breaker, payments by status), in a process that runs
+    /// the payment service.
+    pub payments: Option<PaymentWorker>,
 }
 
 /// What the probes need.
@@ -209,18 +210,20 @@ pub async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         }
         Err(error) => tracing::warn!(%error, "outbox stats for /metrics failed"),
     }
-    let breaker = state.payments.breaker_state();
-    for candidate in BreakerState::ALL {
-        let on = if candidate == breaker { 1.0 } else { 0.0 };
-        metrics::gauge!("payment_breaker_state", "state" => candidate.as_str()).set(on);
-    }
-    match state.payments.payments_by_status().await {
-        Ok(counts) => {
-            for (status, count) in counts {
-                metrics::gauge!("payments", "status" => status.as_str()).set(count as f64);
-            }
+    if let Some(payments) = &state.payments {
+        let breaker = payments.breaker_state();
+        for candidate in BreakerState::ALL {
+            let on = if candidate == breaker { 1.0 } else { 0.0 };
+            metrics::gauge!("payment_breaker_state", "state" => candidate.as_str()).set(on);
         }
-        Err(error) => tracing::warn!(%error, "payment counts for /metrics failed"),
+        match payments.payments_by_status().await {
+            Ok(counts) => {
+                for (status, count) in counts {
+                    metrics::gauge!("payments", "status" => status.as_str()).set(count as f64);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "payment counts for /metrics failed"),
+        }
     }
     let cache = state.catalog.metrics();
     for (level, counters) in [("l1", cache.l1), ("l2", cache.l2)] {
