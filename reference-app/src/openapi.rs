@@ -35,7 +35,8 @@ use crate::services::{admin, ops, order, store};
                        Integers may be sent as JSON numbers with a zero fraction (`2.0`)."
     ),
     paths(
-        store::create_product, store::product, store::stock, store::inbound, store::movements,
+        store::create_product, store::product, store::rename_product, store::stock,
+        store::inbound, store::movements,
         order::routes::place, order::routes::list, order::routes::order, order::routes::watch,
         order::routes::cancel, order::routes::ship, order::routes::deliver,
         admin::dead_letters, admin::replay, admin::audit,

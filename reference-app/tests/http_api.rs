@@ -195,6 +195,9 @@ async fn every_error_class_has_its_status_and_json_body() {
         row("a name of 121 characters", M::POST, "/api/v1/products", &admin, new_product("ERR-2", &"é".repeat(121)), (INVALID, "validation_failed")),
         row("a SKU that is not ASCII", M::POST, "/api/v1/products", &admin, new_product("ÉRR-2", "kettle"), (INVALID, "validation_failed")),
         row("a negative price", M::POST, "/api/v1/products", &admin, Body::Json(json!({"sku": "ERR-2", "name": "x", "price": -1})), (INVALID, "validation_failed")),
+        row("a blank new name", M::PATCH, product_path.clone(), &admin, Body::Json(json!({"name": " "})), (INVALID, "validation_failed")),
+        row("a new name with a control character", M::PATCH, product_path.clone(), &admin, Body::Json(json!({"name": "ket\u{7}tle"})), (INVALID, "validation_failed")),
+        row("a rename with an unknown field", M::PATCH, product_path.clone(), &admin, Body::Json(json!({"name": "kettle", "price": 1})), (INVALID, "validation_failed")),
         row("a receipt of 0 units", M::POST, format!("{product_path}/inbound"), &admin, Body::Json(json!({"quantity": 0})), (INVALID, "validation_failed")),
         // 415: not JSON.
         row("a form body", M::POST, "/api/v1/orders", &alice, Body::Raw("items=1", None), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")),
@@ -202,6 +205,7 @@ async fn every_error_class_has_its_status_and_json_body() {
         row("an unknown route", M::GET, "/api/v1/nothing-here", &alice, Body::None, (NOT_FOUND, "route_not_found")),
         row("an unknown product", M::GET, "/api/v1/products/999999", &alice, Body::None, (NOT_FOUND, "product_not_found")),
         row("an order of an unknown product", M::POST, "/api/v1/orders", &alice, order(json!([{"product_id": 999_999, "quantity": 1}])), (NOT_FOUND, "product_not_found")),
+        row("renaming an unknown product", M::PATCH, "/api/v1/products/999999", &admin, Body::Json(json!({"name": "kettle"})), (NOT_FOUND, "product_not_found")),
         row("an unknown order", M::GET, format!("/api/v1/orders/{}", uuid::Uuid::now_v7()), &alice, Body::None, (NOT_FOUND, "order_not_found")),
         // 405: wrong method.
         row("DELETE on the orders", M::DELETE, "/api/v1/orders", &alice, Body::None, (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")),
@@ -357,6 +361,7 @@ async fn tokens_and_roles_are_enforced() {
         // 403: admin routes, checked before the body is read.
         row("creating a product", M::POST, "/api/v1/products", &alice, admin_body(), forbidden),
         row("receiving stock", M::POST, format!("/api/v1/products/{product}/inbound"), &alice, admin_body(), forbidden),
+        row("renaming a product", M::PATCH, format!("/api/v1/products/{product}"), &alice, admin_body(), forbidden),
         row("reading the ledger", M::GET, format!("/api/v1/products/{product}/movements"), &alice, Body::None, forbidden),
         row("shipping", M::POST, format!("{order}/ship"), &alice, Body::None, forbidden),
         row("delivering", M::POST, format!("{order}/deliver"), &alice, Body::None, forbidden),

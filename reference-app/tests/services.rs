@@ -1,13 +1,14 @@
 //! The services apart (`SERVICE=order|payment|store`): each its own application on the same
 //! database, broker and Redis, talking only through events, as separate processes would.
 //! What each serves, that an order placed at an order instance is paid by a payment instance,
-//! and that two payment instances in one consumer group charge each order once.
+//! that two payment instances in one consumer group charge each order once, and that a
+//! product renamed through one store instance is read renamed through another.
 
 mod common;
 
 use std::time::Duration;
 
-use commerce_client::{ApiClient, CreateProduct, OrderStatus, PlaceOrder};
+use commerce_client::{ApiClient, CreateProduct, OrderStatus, PlaceOrder, RenameProduct};
 use commerce_testkit::{eventually, kafka_brokers, redis_url, unique_name, TestDb};
 use common::gateway::ScriptedGateway;
 use common::SECRET;
@@ -231,4 +232,38 @@ async fn two_payment_instances_charge_every_order_once_even_when_one_stops() {
     for instance in [second, order, store] {
         instance.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_renamed_through_one_store_instance_is_read_renamed_through_another() {
+    let deployment = Deployment::new().await;
+    let one = deployment.start(Service::Store).await;
+    let other = deployment.start(Service::Store).await;
+    let (at_one, at_other) = (
+        deployment.client(&one, "admin", Role::Admin),
+        deployment.client(&other, "admin", Role::Admin),
+    );
+    let id = product(&at_one, "APART-3", 5).await;
+    // Read, and so cached, at the other instance first.
+    assert_eq!(at_other.product(id).await.unwrap().name, "product APART-3");
+    let renamed = at_one
+        .rename_product(
+            id,
+            &RenameProduct {
+                name: "Kettle, 1.7 l".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.name, "Kettle, 1.7 l");
+    let seen = eventually(Duration::from_secs(1), || async {
+        at_other.product(id).await.unwrap().name == "Kettle, 1.7 l"
+    })
+    .await;
+    assert!(
+        seen,
+        "the other store instance still served the old name 1 s after the rename"
+    );
+    one.stop().await;
+    other.stop().await;
 }

@@ -21,7 +21,8 @@ use crate::ops::Health;
 use crate::order::{ListQuery, OrderList, OrderView, PlaceOrder};
 use crate::retry::RetryPolicy;
 use crate::store::{
-    CreateProduct, Inbound, InboundView, MovementsPage, MovementsQuery, ProductView, StockView,
+    CreateProduct, Inbound, InboundView, MovementsPage, MovementsQuery, ProductView, RenameProduct,
+    StockView,
 };
 
 /// The header that makes a placement safe to repeat.
@@ -185,6 +186,19 @@ impl ApiClient {
     /// [`Error::Transport`].
     pub async fn create_product(&self, product: &CreateProduct) -> Result<ProductView> {
         let request = self.request(Method::POST, "/api/v1/products").json(product);
+        Ok(self.send(request).await?.1)
+    }
+
+    /// `PATCH /api/v1/products/{id}` (admin): renames a product; every instance of the store
+    /// serves the new name from then on (its cache entry is evicted everywhere).
+    ///
+    /// # Errors
+    /// [`Error::Api`] `product_not_found` (404), `validation_failed` (422), `forbidden` (403),
+    /// ...; [`Error::Transport`].
+    pub async fn rename_product(&self, id: i64, rename: &RenameProduct) -> Result<ProductView> {
+        let request = self
+            .request(Method::PATCH, &format!("/api/v1/products/{id}"))
+            .json(rename);
         Ok(self.send(request).await?.1)
     }
 

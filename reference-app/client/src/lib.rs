@@ -99,5 +99,5 @@ pub use reqwest::StatusCode;
 pub use retry::RetryPolicy;
 pub use store::{
     CreateProduct, Inbound, InboundView, MovementKind, MovementView, MovementsPage, MovementsQuery,
-    ProductView, StockView, MAX_MOVEMENT, MAX_PRICE, MAX_SKU_LEN, MAX_TEXT_CHARS,
+    ProductView, RenameProduct, StockView, MAX_MOVEMENT, MAX_PRICE, MAX_SKU_LEN, MAX_TEXT_CHARS,
 };

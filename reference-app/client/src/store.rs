@@ -54,6 +54,23 @@ pub struct CreateProduct {
     pub initial_stock: i64,
 }
 
+/// A product's new name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RenameProduct {
+    /// Display name: 1 to 120 characters, not all white space, no control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            example = "Kettle, 1.7 l",
+            max_length = 120,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )
+    )]
+    pub name: String,
+}
+
 /// A product with its current stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use commerce_client::{
     CreateProduct, Inbound, InboundView, MovementKind, MovementView, MovementsPage, MovementsQuery,
-    ProductView, StockView, MAX_SKU_LEN, MAX_TEXT_CHARS,
+    ProductView, RenameProduct, StockView, MAX_SKU_LEN, MAX_TEXT_CHARS,
 };
 use commerce_core::{Commerce, Product, ProductId, StockLevel};
 
@@ -36,7 +36,7 @@ const MAX_LEDGER_PAGE: u32 = 1000;
 pub fn router(state: StoreState) -> Router {
     Router::new()
         .route("/api/v1/products", post(create_product))
-        .route("/api/v1/products/{id}", get(product))
+        .route("/api/v1/products/{id}", get(product).patch(rename_product))
         .route("/api/v1/products/{id}/stock", get(stock))
         .route("/api/v1/products/{id}/inbound", post(inbound))
         .route("/api/v1/products/{id}/movements", get(movements))
@@ -134,6 +134,32 @@ pub async fn product(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<ProductView>> {
     let product = product_or_404(&state.catalog, id).await?;
+    let stock = state.commerce.stock(ProductId(id)).await?;
+    Ok(Json(product_view(&product, stock)))
+}
+
+/// Renames a product; the cached entry is evicted on every instance, so each serves the new
+/// name from then on.
+#[utoipa::path(
+    patch, path = "/api/v1/products/{id}", tag = "store",
+    params(("id" = i64, Path, description = "product id")),
+    request_body = RenameProduct,
+    responses(
+        (status = 200, body = ProductView),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`product_not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: the JSON has the wrong shape or types, or the name is blank, too long or holds control characters", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn rename_product(
+    State(state): State<StoreState>,
+    _admin: Admin,
+    Path(id): Path<i64>,
+    Json(body): Json<RenameProduct>,
+) -> ApiResult<Json<ProductView>> {
+    check_text("name", &body.name, false)?;
+    let product = state.catalog.rename(ProductId(id), &body.name).await?;
     let stock = state.commerce.stock(ProductId(id)).await?;
     Ok(Json(product_view(&product, stock)))
 }
