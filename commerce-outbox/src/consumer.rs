@@ -75,6 +75,16 @@ pub trait EventHandler: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Whether this handler acts on `envelope` at all (by its type, say). An event it does
+    /// not act on is acknowledged in its place in the delivery order without a transaction
+    /// or an inbox row: there is no effect to apply, so none to deduplicate. The default acts
+    /// on every event; a handler whose `handle` ignores some types says so here, and saves a
+    /// transaction (or a batch's inbox rows) for each of them.
+    fn handles(&self, envelope: &Envelope) -> bool {
+        let _ = envelope;
+        true
+    }
 }
 
 /// Where the consumer receives from.
@@ -204,6 +214,7 @@ struct Counters {
     failures: AtomicU64,
     refused: AtomicU64,
     skipped: AtomicU64,
+    ignored: AtomicU64,
     dead_lettered: AtomicU64,
 }
 
@@ -222,6 +233,9 @@ pub struct ConsumerStats {
     /// Deliveries that are not outbox events (dead letters, foreign messages): logged and
     /// skipped.
     pub skipped: u64,
+    /// Events the handler does not act on ([`EventHandler::handles`]): acknowledged without
+    /// a transaction or an inbox row.
+    pub ignored: u64,
     /// Events the handler declared unprocessable ([`crate::UnprocessableEvent`]): recorded as
     /// consumer dead letters (see [`crate::dead_letter`]) and acknowledged, not retried.
     pub dead_lettered: u64,
@@ -438,6 +452,10 @@ impl<H: EventHandler> Applier<H> {
                 return Handled::Done;
             }
         };
+        if !self.handler.handles(envelope) {
+            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            return Handled::Done;
+        }
         let mut failures = 0_u32;
         loop {
             let error = match self.try_once(&delivery.topic, envelope).await {
@@ -483,15 +501,25 @@ impl<H: EventHandler> Applier<H> {
     /// caller then handles each delivery alone.
     async fn apply_batch(&self, deliveries: &[Delivery]) -> bool {
         let mut envelopes = Vec::with_capacity(deliveries.len());
+        let mut ignored = 0_u64;
         for delivery in deliveries {
             match &delivery.content {
-                DeliveryContent::Event(envelope) => envelopes.push(envelope.as_ref()),
+                DeliveryContent::Event(envelope) if self.handler.handles(envelope) => {
+                    envelopes.push(envelope.as_ref());
+                }
+                // Acknowledged with the batch, in its place.
+                DeliveryContent::Event(_) => ignored += 1,
                 // Skipped with a log line by the one-by-one path.
                 DeliveryContent::DeadLetter(_) | DeliveryContent::Unreadable(_) => return false,
             }
         }
+        if envelopes.is_empty() {
+            self.stats.ignored.fetch_add(ignored, Ordering::Relaxed);
+            return true;
+        }
         match self.try_batch(&envelopes).await {
             Ok(applied) => {
+                self.stats.ignored.fetch_add(ignored, Ordering::Relaxed);
                 let duplicates = envelopes.len() - applied;
                 self.stats
                     .applied
@@ -616,6 +644,7 @@ impl ConsumerHandle {
             failures: self.stats.failures.load(Ordering::Relaxed),
             refused: self.stats.refused.load(Ordering::Relaxed),
             skipped: self.stats.skipped.load(Ordering::Relaxed),
+            ignored: self.stats.ignored.load(Ordering::Relaxed),
             dead_lettered: self.stats.dead_lettered.load(Ordering::Relaxed),
         }
     }

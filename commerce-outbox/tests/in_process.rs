@@ -577,3 +577,75 @@ async fn kafka_settings_on_a_given_transport_are_refused() {
         })
     ));
 }
+
+/// A `Recorder` that acts only on the events with an even `n` (`EventHandler::handles`).
+struct EvenOnly(Recorder);
+
+#[async_trait]
+impl EventHandler for EvenOnly {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
+        self.0.handle(conn, envelope).await
+    }
+
+    fn handles(&self, envelope: &Envelope) -> bool {
+        envelope.payload["n"].as_i64().is_some_and(|n| n % 2 == 0)
+    }
+}
+
+/// Events the handler does not act on are acknowledged in their place without a transaction
+/// or an inbox row, one by one and in batches alike: the others are applied once each, in
+/// order, and nothing stays pending at the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_handler_does_not_act_on_are_acknowledged_without_an_inbox_row() {
+    for max_batch in [1, 16] {
+        let db = database().await;
+        let transport = in_process();
+        let topic = orders_topic(&transport).await;
+        let consumer = consumer_builder(&db, &transport, "stock", "stock", &topic)
+            .max_batch(max_batch)
+            .build(EvenOnly(Recorder {
+                consumer: "stock".to_owned(),
+                fail_if: never(),
+                delay: Duration::ZERO,
+            }))
+            .unwrap()
+            .spawn();
+        let aggregates = aggregates("agg", 10);
+        commit_all(db.pool(), &topic, &aggregates, 5).await;
+        let relay = spawn_relay(relay(&db, &transport));
+
+        let pool = db.pool().clone();
+        until("no event pending", Duration::from_secs(30), async || {
+            outbox_stats(&pool).await.unwrap().pending == 0
+        })
+        .await;
+        until_applied(db.pool(), "the even events applied", 30).await;
+        let order = applied_by(db.pool(), "stock").await;
+        for aggregate in &aggregates {
+            assert_eq!(
+                order[aggregate],
+                vec![0, 2, 4],
+                "max_batch {max_batch}: {aggregate}"
+            );
+        }
+        let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM commerce_outbox.inbox")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            inbox, 30,
+            "max_batch {max_batch}: inbox rows only for the even events"
+        );
+        let stats = consumer.stats();
+        assert_eq!(
+            (stats.applied, stats.ignored, stats.duplicates),
+            (30, 20, 0),
+            "max_batch {max_batch}: {stats:?}"
+        );
+        shut_down([consumer], relay, Duration::from_secs(10)).await;
+    }
+}

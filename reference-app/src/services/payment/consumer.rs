@@ -193,6 +193,13 @@ impl EventHandler for OrderEvents {
         }
     }
 
+    /// Only `order.created` and `order.cancelled`: the orders topic's other events
+    /// (`order.placed`, status changes) cost this consumer neither a transaction nor an inbox
+    /// row.
+    fn handles(&self, envelope: &Envelope) -> bool {
+        envelope.event_type == ORDER_CREATED || envelope.event_type == ORDER_CANCELLED
+    }
+
     /// The `order.created` events are recorded together, then the `order.cancelled` ones are
     /// applied in order id: the payment rows are locked in the order the worker locks them,
     /// so the two never deadlock. (An order's cancellation always follows its creation, so
