@@ -116,25 +116,14 @@ impl Bulkhead {
     }
 }
 
-impl Bulkhead {
-    /// Ends the runtime without waiting: by now its work has stopped, or was abandoned at the
-    /// grace period.
-    fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        // Dropping a runtime blocks until its tasks end, which an async context may not do.
+impl Drop for Bulkhead {
+    /// Ends the runtime without waiting (dropping a runtime blocks until its tasks end, which
+    /// an async context may not do): by `Parts::stop` its work has stopped or was abandoned
+    /// at the grace period; an application built and never run ends it here too.
+    fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
-    }
-}
-
-impl Drop for Bulkhead {
-    /// An application built and never run, or dropped mid-way, ends its runtime too.
-    fn drop(&mut self) {
-        self.shut_down();
     }
 }
 
@@ -533,7 +522,8 @@ impl Parts {
                  ended; not waiting for them"
             );
         }
-        self.bulkhead.stop();
+        // Last: the background pool's connections belong to it.
+        drop(self.bulkhead);
     }
 }
 

@@ -212,7 +212,7 @@ impl EventHandler for OrderEvents {
         let (created, mut cancelled): (Vec<&Envelope>, Vec<&Envelope>) = envelopes
             .iter()
             .copied()
-            .filter(|e| e.event_type == ORDER_CREATED || e.event_type == ORDER_CANCELLED)
+            .filter(|e| self.handles(e))
             .partition(|e| e.event_type == ORDER_CREATED);
         self.created_all(conn, &created).await?;
         // Stable: two cancellations of one order keep their order.
