@@ -267,3 +267,29 @@ async fn a_product_renamed_through_one_store_instance_is_read_renamed_through_an
     one.stop().await;
     other.stop().await;
 }
+
+/// Two deployments on one Redis server (each its own database and `EVENT_PREFIX`) never serve
+/// each other's cached products: the same product id names a different product in each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_sharing_a_redis_server_never_read_each_others_products() {
+    let (first, second) = (Deployment::new().await, Deployment::new().await);
+    let (store_a, store_b) = (
+        first.start(Service::Store).await,
+        second.start(Service::Store).await,
+    );
+    let (at_a, at_b) = (
+        first.client(&store_a, "admin", Role::Admin),
+        second.client(&store_b, "admin", Role::Admin),
+    );
+    let id_a = product(&at_a, "SHARED-A", 1).await;
+    let id_b = product(&at_b, "SHARED-B", 1).await;
+    assert_eq!(
+        id_a, id_b,
+        "both databases number their first product alike"
+    );
+    // Read, and so cached, in the first deployment; then read in the second.
+    assert_eq!(at_a.product(id_a).await.unwrap().name, "product SHARED-A");
+    assert_eq!(at_b.product(id_b).await.unwrap().name, "product SHARED-B");
+    store_a.stop().await;
+    store_b.stop().await;
+}
