@@ -371,6 +371,8 @@ async fn tokens_and_roles_are_enforced() {
         // The owner and an admin may read.
         row("the owner reads", M::GET, &order, &alice, Body::None, ok),
         row("an admin reads", M::GET, &order, &app.admin_token, Body::None, ok),
+        // A NUL in a name Postgres would refuse: no consumer has it, nothing listed (was 503).
+        row("a consumer name with a NUL", M::GET, "/api/v1/admin/consumer-dead-letters?consumer=a%00b", &app.admin_token, Body::None, ok),
     ];
     run_table(&app, &rows).await;
 

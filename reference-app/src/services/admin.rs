@@ -182,6 +182,11 @@ pub async fn consumer_dead_letters(
     Query(query): Query<ConsumerDeadLetterQuery>,
 ) -> ApiResult<Json<Vec<ConsumerDeadLetterView>>> {
     let limit = i64::from(page_limit(query.limit, 100, MAX_DEAD_LETTERS)?);
+    // Postgres text cannot hold a NUL, so no consumer is named with one: nothing to list (the
+    // query would fail as a database error, a 503).
+    if query.consumer.contains('\0') {
+        return Ok(Json(Vec::new()));
+    }
     let letters = list_consumer_dead_letters(&state.pool, &query.consumer, limit).await?;
     Ok(Json(
         letters
