@@ -82,6 +82,7 @@ impl TransactionHook for SagaStart {
         created.sort_unstable();
         let totals = Commerce::order_totals_in(conn, &created).await?;
         let mut outgoing = Vec::with_capacity(totals.len());
+        let mut steps = Vec::with_capacity(totals.len());
         for OrderTotal {
             order,
             user_id,
@@ -102,17 +103,16 @@ impl TransactionHook for SagaStart {
                 order_id.to_string(),
                 payload,
             ));
-            record_saga_step(
-                conn,
-                SAGA,
-                &order_id.to_string(),
-                "order_created",
-                SagaStatus::Started,
-                None,
-                Some(&format!("charge {amount}")),
-            )
-            .await?;
+            steps.push(SagaStepRecord {
+                saga_id: order_id.to_string(),
+                step: "order_created",
+                status: SagaStatus::Started,
+                event_id: None,
+                detail: Some(format!("charge {amount}")),
+            });
         }
+        // One statement for the transaction's orders (a batch places many at once).
+        record_saga_steps(conn, SAGA, &steps).await?;
         enqueue_all(conn, &outgoing).await?;
         Ok(())
     }
