@@ -6,6 +6,9 @@
 # Exits non-zero on any finding.
 #
 #   scripts/contract.sh            build the app, run it on a fresh database, run schemathesis
+#   scripts/contract.sh --through-gateway
+#                                  the same with the gateway (`serve --service gateway`) in
+#                                  front of the app: the same document must hold through it
 #
 # Installs schemathesis (pinned) into a virtualenv under .services/ the first time; needs
 # python3 with venv and Postgres (started by scripts/services.sh when installed here). The app
@@ -25,6 +28,13 @@
 # its statuses and errors are covered by the HTTP tests (tests/http_api.rs, tests/saga.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+through_gateway=false
+for arg in "$@"; do
+    case "$arg" in
+        --through-gateway) through_gateway=true ;;
+        *) echo "unknown argument $arg (--through-gateway is the only one)" >&2; exit 2 ;;
+    esac
+done
 
 SCHEMATHESIS_VERSION=4.32.5
 max_examples=${CONTRACT_MAX_EXAMPLES:-100}
@@ -60,24 +70,41 @@ unset REDIS_URL KAFKA_BROKERS PAYMENT_GATEWAY_URL
 log=$(mktemp -t contract-app.XXXXXX.log)
 "$app" serve >"$log" 2>&1 &
 app_pid=$!
+gateway_pid=
 cleanup() {
+    if [ -n "$gateway_pid" ]; then kill "$gateway_pid" 2>/dev/null && wait "$gateway_pid" 2>/dev/null || true; fi
     kill "$app_pid" 2>/dev/null && wait "$app_pid" 2>/dev/null || true
     psql -q "$server/postgres" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 base="http://127.0.0.1:$port"
-for _ in $(seq 1 120); do
-    if python3 -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$base/health" 2>/dev/null; then
-        break
-    fi
-    if ! kill -0 "$app_pid" 2>/dev/null; then
-        echo "the app exited; its log:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
+# wait_for NAME URL PID LOG: until URL answers 2xx, or the process PID exits (its LOG shown).
+wait_for() {
+    for _ in $(seq 1 120); do
+        if python3 -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$2" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$3" 2>/dev/null; then
+            echo "the $1 exited; its log:" >&2
+            cat "$4" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+}
+wait_for app "$base/health" "$app_pid" "$log"
+if $through_gateway; then
+    gateway_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    gateway_log=$(mktemp -t contract-gateway.XXXXXX.log)
+    # Schemathesis is one user sending fast: the per-user rate is the gateway's, not the API's.
+    SERVICE=gateway PORT=$gateway_port GATEWAY_ORDER_URLS="$base" GATEWAY_STORE_URLS="$base" \
+        GATEWAY_USER_RATE_PER_MINUTE=0 "$app" serve >"$gateway_log" 2>&1 &
+    gateway_pid=$!
+    wait_for gateway "http://127.0.0.1:$gateway_port/ready" "$gateway_pid" "$gateway_log"
+    echo "== through the gateway at http://127.0.0.1:$gateway_port (in front of $base)"
+    base="http://127.0.0.1:$gateway_port"
+fi
 token=$("$app" token --sub contract-admin --role admin)
 
 echo "== schemathesis $SCHEMATHESIS_VERSION against $base (max $max_examples examples, seed $seed)"

@@ -4,6 +4,13 @@
 #   scripts/run.sh                     on Postgres alone: events in-process, cache in-process
 #   scripts/run.sh --with-redis-kafka  the same with Redis (cache) and the Kafka broker (events);
 #                                      installs and starts the broker first if needed
+#   scripts/run.sh --distributed       each service its own process behind the gateway: the
+#                                      stand-in payment gateway, two order instances, two
+#                                      payment instances, one store instance and the gateway on
+#                                      $PORT, on Postgres, Redis and the broker; logs and pid
+#                                      files in .services/distributed/; Ctrl-C stops them all
+#   scripts/run.sh --distributed --demo  the same, runs the demo through the gateway, stops
+#                                      everything and exits with the demo's audit
 #
 # Listens on 127.0.0.1:${PORT:-8080}; the database (DATABASE_URL, default
 # postgres://postgres@127.0.0.1:5432/commerce) is created and migrated at start-up. Prints the
@@ -16,13 +23,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_redis_kafka=false
+distributed=false
+demo=false
 for arg in "$@"; do
     case "$arg" in
         --with-redis-kafka) with_redis_kafka=true ;;
+        --distributed) distributed=true ;;
+        --demo) demo=true ;;
         -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) echo "unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
+
+if $demo && ! $distributed; then
+    echo "--demo goes with --distributed (against the all-in-one process: reference-app demo --url ...)" >&2
+    exit 2
+fi
+$distributed && with_redis_kafka=true
 
 if $with_redis_kafka; then
     export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -65,6 +82,10 @@ cache="in-process"
 cargo build --release --locked -p reference-app --bins
 app=target/release/reference-app
 base="http://${BIND:-127.0.0.1}:$PORT"
+
+if $distributed; then
+    exec scripts/distributed.sh "$app" "$demo" "$secret_hint"
+fi
 cat <<INFO
 
   commerce-rs order system on $base

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real servers (Postgres, Redis, the Kafka-protocol
 # broker), starting or installing them first, then the API's contract test (schemathesis
-# against the served OpenAPI document, scripts/contract.sh). Extra arguments go to
-# `cargo test`.
+# against the served OpenAPI document, scripts/contract.sh, served by the app and then through
+# the gateway in front of it). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
 cargo test --workspace --all-features --locked "$@"
 scripts/contract.sh
+scripts/contract.sh --through-gateway

@@ -194,12 +194,13 @@ impl Application {
         let topics = Topics::new(&config.events.prefix);
         let mut bus = bulkhead
             .run({
-                let (background, brokers, topics) = (
+                let (background, brokers, topics, session) = (
                     background.clone(),
                     config.events.kafka_brokers.clone(),
                     topics.clone(),
+                    config.events.session_timeout,
                 );
-                async move { EventBus::new(background, brokers.as_deref(), &topics).await }
+                async move { EventBus::new(background, brokers.as_deref(), &topics, session).await }
             })
             .await?
             .context("event transport")?;

@@ -114,6 +114,22 @@ impl Auth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the services and the gateway
+/// read it alike), if there is a non-empty one.
+#[must_use]
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
 /// Seconds since the Unix epoch.
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -174,18 +190,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let auth = Auth::from_ref(state);
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or(TokenError::Missing);
+        let token = bearer_token(&parts.headers).ok_or(TokenError::Missing);
         let claims = token.and_then(|token| auth.verify(token))?;
         Ok(Self {
             user_id: claims.sub,

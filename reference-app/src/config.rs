@@ -323,6 +323,12 @@ pub struct EventSettings {
     /// `EVENT_PREFIX` (default `commerce`; letters, digits, `.`, `_`, `-`): the prefix of the
     /// topics and consumer groups, so several systems can share one broker.
     pub prefix: String,
+    /// `KAFKA_SESSION_TIMEOUT_MS` (default 10000, 6000 to 300000): how long the broker waits
+    /// for a silent consumer (a process killed, a network cut) before it hands that
+    /// consumer's partitions to the others of its group. librdkafka's own default, 45 s, is
+    /// longer than the saga's timeout: orders on a dead payment instance's partitions would
+    /// be cancelled for want of a payment that another instance could have taken.
+    pub session_timeout: Duration,
 }
 
 impl Default for EventSettings {
@@ -330,6 +336,7 @@ impl Default for EventSettings {
         Self {
             kafka_brokers: None,
             prefix: "commerce".into(),
+            session_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -556,6 +563,151 @@ pub struct StockSettings {
     pub batch: BatchSettings,
 }
 
+/// The gateway's settings (`serve --service gateway`): the only public entry of the
+/// distributed mode. It needs no database, Redis or broker; only the services' addresses and
+/// the token key.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `BIND` and `PORT` (default 127.0.0.1:8080).
+    pub listen: SocketAddr,
+    /// `GATEWAY_ORDER_URLS` (required): the order instances' base URLs, comma-separated
+    /// (`http://127.0.0.1:8081,http://127.0.0.1:8082`); orders, the admin routes and the API
+    /// document go there.
+    pub order: Vec<String>,
+    /// `GATEWAY_STORE_URLS` (required): the store instances' base URLs; products go there.
+    pub store: Vec<String>,
+    /// `COMMERCE_JWT_SECRET` and `TOKEN_MAX_LIFETIME_HOURS`, as the services have them: a token
+    /// is checked here and again by the service.
+    pub auth: AuthSettings,
+    /// `GATEWAY_HEALTH_INTERVAL_MS` (default 500, above 0): how often each instance's `/ready`
+    /// is asked; one failed answer (or one refused connection of a request) takes it out, the
+    /// next good answer brings it back.
+    pub health_interval: Duration,
+    /// `GATEWAY_READ_TIMEOUT_MS` (default 5000): a GET whose answer has not begun by then
+    /// gets 503 `timeout` (a stream's body is not bounded, only its start).
+    pub read_timeout: Duration,
+    /// `GATEWAY_WRITE_TIMEOUT_MS` (default 15000): the same for every other method; above
+    /// the services' own request timeout, so theirs answers first.
+    pub write_timeout: Duration,
+    /// `GATEWAY_MAX_IN_FLIGHT` (default 4096, above 0): requests in flight at the gateway
+    /// beyond this get 503 `gateway_busy` at once.
+    pub max_in_flight: usize,
+    /// `GATEWAY_USER_RATE_PER_MINUTE` (default 6000; 0 turns it off): requests a minute per
+    /// user (the token's subject; per client address for requests without a token).
+    pub user_rate_per_minute: Option<u32>,
+    /// `GATEWAY_USER_BURST` (default 200, above 0): requests a user may send at once.
+    pub user_burst: u32,
+    /// `GATEWAY_BODY_LIMIT_BYTES` (default 1 MiB, above 0): a request that may be retried
+    /// (a GET, a POST with an `Idempotency-Key`) is held in memory up to this size so it can
+    /// be sent again; a larger one gets 413. Other bodies stream through to the service.
+    pub body_limit: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            order: Vec::new(),
+            store: Vec::new(),
+            auth: AuthSettings::default(),
+            health_interval: Duration::from_millis(500),
+            read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(15),
+            max_in_flight: 4096,
+            user_rate_per_minute: Some(6000),
+            user_burst: 200,
+            body_limit: 1024 * 1024,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads the gateway's settings from the environment over the defaults, and checks them.
+    ///
+    /// # Errors
+    /// A setting that does not parse, a missing list of instances or token key, an instance
+    /// address that is not an `http://` URL.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// As [`GatewayConfig::from_env`], with `lookup` standing in for the environment.
+    ///
+    /// # Errors
+    /// As [`GatewayConfig::from_env`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(lookup);
+        let mut c = Self::default();
+        let (mut bind, mut port) = (c.listen.ip(), c.listen.port());
+        env.read("BIND", &mut bind)?;
+        env.read("PORT", &mut port)?;
+        c.listen = SocketAddr::new(bind, port);
+        c.order = instances(&env, "GATEWAY_ORDER_URLS")?;
+        c.store = instances(&env, "GATEWAY_STORE_URLS")?;
+        c.auth = AuthSettings::read(&env)?;
+        c.auth.validate()?;
+        let millis = Duration::from_millis(1);
+        env.duration("GATEWAY_HEALTH_INTERVAL_MS", millis, &mut c.health_interval)?;
+        env.duration("GATEWAY_READ_TIMEOUT_MS", millis, &mut c.read_timeout)?;
+        env.duration("GATEWAY_WRITE_TIMEOUT_MS", millis, &mut c.write_timeout)?;
+        env.read("GATEWAY_MAX_IN_FLIGHT", &mut c.max_in_flight)?;
+        let mut rate = c.user_rate_per_minute.unwrap_or(0);
+        env.read("GATEWAY_USER_RATE_PER_MINUTE", &mut rate)?;
+        c.user_rate_per_minute = (rate > 0).then_some(rate);
+        env.read("GATEWAY_USER_BURST", &mut c.user_burst)?;
+        env.read("GATEWAY_BODY_LIMIT_BYTES", &mut c.body_limit)?;
+        for (name, zero) in [
+            ("GATEWAY_HEALTH_INTERVAL_MS", c.health_interval.is_zero()),
+            ("GATEWAY_READ_TIMEOUT_MS", c.read_timeout.is_zero()),
+            ("GATEWAY_WRITE_TIMEOUT_MS", c.write_timeout.is_zero()),
+            ("GATEWAY_MAX_IN_FLIGHT", c.max_in_flight == 0),
+            ("GATEWAY_USER_BURST", c.user_burst == 0),
+            ("GATEWAY_BODY_LIMIT_BYTES", c.body_limit == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::new(name, "0", "must be above 0"));
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// A required, comma-separated list of `http://host:port` base URLs (no path, no trailing
+/// slash kept).
+fn instances<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    name: &'static str,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = env.text(name) else {
+        return Err(ConfigError::new(
+            name,
+            "",
+            "required by the gateway: the instances' base URLs, comma-separated \
+             (http://127.0.0.1:8081,http://127.0.0.1:8082)",
+        ));
+    };
+    let mut urls = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let parsed = url::Url::parse(item)
+            .map_err(|e| ConfigError::new(name, item, format!("not a URL: {e}")))?;
+        if parsed.scheme() != "http" || parsed.host_str().is_none() || parsed.path().len() > 1 {
+            return Err(ConfigError::new(
+                name,
+                item,
+                "an instance is an http://host:port base URL without a path",
+            ));
+        }
+        let base = item.trim_end_matches('/').to_owned();
+        if !urls.contains(&base) {
+            urls.push(base);
+        }
+    }
+    if urls.is_empty() {
+        return Err(ConfigError::new(name, list, "names no instance"));
+    }
+    Ok(urls)
+}
+
 /// A setting that does not parse or makes no sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{name}={value:?}: {reason}")]
@@ -681,6 +833,11 @@ impl Config {
         c.redis_url = env.text("REDIS_URL").map(SecretUrl::new);
         c.events.kafka_brokers = env.text("KAFKA_BROKERS");
         env.read("EVENT_PREFIX", &mut c.events.prefix)?;
+        env.duration(
+            "KAFKA_SESSION_TIMEOUT_MS",
+            millis,
+            &mut c.events.session_timeout,
+        )?;
 
         c.auth = AuthSettings::read(&env)?;
 
@@ -790,6 +947,14 @@ impl Config {
             }
         };
         positive("REQUEST_TIMEOUT_SECS", self.http.request_timeout.is_zero())?;
+        let session = self.events.session_timeout;
+        if !(Duration::from_secs(6)..=Duration::from_secs(300)).contains(&session) {
+            return Err(ConfigError::new(
+                "KAFKA_SESSION_TIMEOUT_MS",
+                session.as_millis().to_string(),
+                "must be 6000 to 300000 (the range brokers accept by default)",
+            ));
+        }
         positive("SHUTDOWN_GRACE_SECS", self.http.shutdown_grace.is_zero())?;
         positive("BODY_LIMIT_BYTES", self.http.body_limit == 0)?;
         positive("MAX_IN_FLIGHT", self.http.max_in_flight == 0)?;
@@ -1083,6 +1248,68 @@ mod tests {
         &'static str,
     );
 
+    fn gateway(pairs: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
+        let mut map: HashMap<String, String> = [
+            ("COMMERCE_JWT_SECRET", SECRET),
+            (
+                "GATEWAY_ORDER_URLS",
+                "http://127.0.0.1:8081, http://127.0.0.1:8082/",
+            ),
+            ("GATEWAY_STORE_URLS", "http://127.0.0.1:8083"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        for (k, v) in pairs {
+            map.insert((*k).to_owned(), (*v).to_owned());
+        }
+        GatewayConfig::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn the_gateway_needs_its_instances_and_the_token_key_and_names_what_is_wrong() {
+        let c = gateway(&[]).unwrap();
+        assert_eq!(c.order, ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]);
+        assert_eq!(c.store, ["http://127.0.0.1:8083"]);
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.user_rate_per_minute, Some(6000));
+        assert_eq!(
+            gateway(&[("GATEWAY_USER_RATE_PER_MINUTE", "0")])
+                .unwrap()
+                .user_rate_per_minute,
+            None
+        );
+        for (pairs, variable) in [
+            (&[("GATEWAY_ORDER_URLS", "")][..], "GATEWAY_ORDER_URLS"),
+            (&[("GATEWAY_STORE_URLS", " , ")][..], "GATEWAY_STORE_URLS"),
+            (
+                &[("GATEWAY_STORE_URLS", "https://a:1")][..],
+                "GATEWAY_STORE_URLS",
+            ),
+            (
+                &[("GATEWAY_ORDER_URLS", "http://a:1/api")][..],
+                "GATEWAY_ORDER_URLS",
+            ),
+            (
+                &[("GATEWAY_ORDER_URLS", "not a url")][..],
+                "GATEWAY_ORDER_URLS",
+            ),
+            (&[("COMMERCE_JWT_SECRET", "")][..], "COMMERCE_JWT_SECRET"),
+            (
+                &[("GATEWAY_MAX_IN_FLIGHT", "0")][..],
+                "GATEWAY_MAX_IN_FLIGHT",
+            ),
+            (
+                &[("GATEWAY_HEALTH_INTERVAL_MS", "0")][..],
+                "GATEWAY_HEALTH_INTERVAL_MS",
+            ),
+            (&[("GATEWAY_USER_BURST", "0")][..], "GATEWAY_USER_BURST"),
+        ] {
+            let refused = gateway(pairs).expect_err(variable);
+            assert_eq!(refused.name(), variable, "{pairs:?}: {refused}");
+        }
+    }
+
     #[test]
     fn settings_that_cannot_work_are_refused_naming_the_variable() {
         let cases: &[Case] = &[
@@ -1108,6 +1335,11 @@ mod tests {
                 "DB_MAX_CONNECTIONS",
             ),
             ("zero in flight", &[("MAX_IN_FLIGHT", "0")], "MAX_IN_FLIGHT"),
+            (
+                "session timeout below what brokers accept",
+                &[("KAFKA_SESSION_TIMEOUT_MS", "500")],
+                "KAFKA_SESSION_TIMEOUT_MS",
+            ),
             (
                 "negative limit",
                 &[("MAX_OPEN_ORDERS_PER_USER", "-1")],

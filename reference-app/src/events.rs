@@ -28,13 +28,32 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    /// Kafka at `brokers`, or the in-process transport when `None`; creates the topics.
+    /// Kafka at `brokers` (consumers' session timeout `session_timeout`), or the in-process
+    /// transport when `None`; creates the topics.
     ///
     /// # Errors
     /// When the broker refuses the configuration or the topics.
-    pub async fn new(pool: PgPool, brokers: Option<&str>, topics: &Topics) -> anyhow::Result<Self> {
+    pub async fn new(
+        pool: PgPool,
+        brokers: Option<&str>,
+        topics: &Topics,
+        session_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let transport: Arc<dyn EventTransport> = match brokers {
-            Some(brokers) => Arc::new(KafkaTransport::builder(brokers).build()?),
+            // A silent consumer's partitions move after `session_timeout`; heartbeats at a
+            // third of it, as the broker expects.
+            Some(brokers) => Arc::new(
+                KafkaTransport::builder(brokers)
+                    .consumer_config(
+                        "session.timeout.ms",
+                        session_timeout.as_millis().to_string(),
+                    )
+                    .consumer_config(
+                        "heartbeat.interval.ms",
+                        (session_timeout / 3).as_millis().to_string(),
+                    )
+                    .build()?,
+            ),
             None => Arc::new(InProcessTransport::new()),
         };
         transport.ensure_topics(&topics.all()).await?;

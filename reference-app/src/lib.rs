@@ -34,6 +34,7 @@ mod app;
 pub mod auth;
 pub mod config;
 mod events;
+pub mod gateway;
 mod http;
 mod openapi;
 pub mod services;

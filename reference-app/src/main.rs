@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reference_app::auth::{Auth, Role};
-use reference_app::config::{AuthSettings, Secret, Service};
+use reference_app::config::{AuthSettings, GatewayConfig, Secret, Service};
+use reference_app::gateway::Gateway;
 use reference_app::{Application, Config};
 
 #[derive(Debug, Parser)]
@@ -28,9 +29,10 @@ enum Command {
     /// Serve the order system until Ctrl-C (the default; configured by the environment).
     Serve {
         /// Which services this process runs: all (the default), order, payment or store
-        /// (overrides `SERVICE`). Apart, they need KAFKA_BROKERS and REDIS_URL.
+        /// (overrides `SERVICE`; apart, they need KAFKA_BROKERS and REDIS_URL), or gateway
+        /// (the public entry in front of them: GATEWAY_ORDER_URLS, GATEWAY_STORE_URLS).
         #[arg(long)]
-        service: Option<Service>,
+        service: Option<String>,
     },
     /// Print a bearer token signed with COMMERCE_JWT_SECRET.
     Token {
@@ -58,6 +60,9 @@ enum Command {
     },
 }
 
+/// The `--service` (or `SERVICE`) value of the gateway.
+const GATEWAY: &str = "gateway";
+
 fn secret() -> anyhow::Result<Secret> {
     let secret = std::env::var("COMMERCE_JWT_SECRET").context(
         "COMMERCE_JWT_SECRET is not set (the key the running system checks tokens with)",
@@ -74,6 +79,16 @@ async fn main() -> anyhow::Result<()> {
     {
         Command::Serve { service } => {
             // The flag stands for `SERVICE`, before the checks that depend on it.
+            let service = service.or_else(|| std::env::var("SERVICE").ok());
+            if service.as_deref().map(str::trim) == Some(GATEWAY) {
+                let gateway = Gateway::build(GatewayConfig::from_env()?).await?;
+                println!("gateway serving on {}", gateway.base_url());
+                return gateway.run_until_stopped().await;
+            }
+            let service: Option<Service> = service
+                .map(|name| name.parse())
+                .transpose()
+                .context("--service (or SERVICE): all, order, payment, store or gateway")?;
             let config = Config::from_lookup(|name| match service {
                 Some(service) if name == "SERVICE" => Some(service.name().to_owned()),
                 _ => std::env::var(name).ok(),

@@ -149,6 +149,7 @@ impl ApiError {
             "too_many_requests",
             "too many requests in flight; retry shortly",
         )
+        .retry_after(std::time::Duration::from_secs(1))
     }
 
     /// 400 `invalid_query` for the query parameter `field`.

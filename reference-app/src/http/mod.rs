@@ -70,9 +70,19 @@ pub fn layered(api: Router, probes: Router, limits: Limits) -> Router {
                             .get(REQUEST_ID)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("-");
+                        // The W3C trace id the gateway passes on (or the client sent): one
+                        // request's lines share it across the gateway and the services.
+                        let trace = request
+                            .headers()
+                            .get("traceparent")
+                            .and_then(|v| v.to_str().ok())
+                            .filter(|v| crate::gateway::is_traceparent(v))
+                            .and_then(|v| v.get(3..35))
+                            .unwrap_or("-");
                         tracing::info_span!(
                             "request",
                             id = %id,
+                            trace = %trace,
                             method = %request.method(),
                             uri = %request.uri().path(),
                         )

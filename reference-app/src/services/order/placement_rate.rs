@@ -50,10 +50,17 @@ impl<C: Clock + Clone + Send + Sync + 'static> PlacementRate<C> {
     /// The limit `settings` describe, on `clock` (a fake one in tests).
     #[must_use]
     pub fn with_clock(settings: &OrderSettings, clock: C) -> Self {
-        let rate = settings.rate_per_minute.and_then(NonZeroU32::new);
+        Self::per_minute(settings.rate_per_minute, settings.burst, clock)
+    }
+
+    /// `rate` a minute per key after a `burst` at once (`None` or 0: no limit), on `clock`;
+    /// the gateway's per-user limit on every request is one too.
+    #[must_use]
+    pub fn per_minute(rate: Option<u32>, burst: u32, clock: C) -> Self {
+        let rate = rate.and_then(NonZeroU32::new);
         let limiter = rate.map(|rate| {
             // The settings check refuses a burst of 0; one is the least that makes sense.
-            let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
             Arc::new(RateLimiter::new(
                 Quota::per_minute(rate).allow_burst(burst),
                 DefaultKeyedStateStore::default(),
