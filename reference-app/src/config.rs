@@ -590,7 +590,7 @@ pub struct GatewayConfig {
     /// the services' own request timeout, so theirs answers first.
     pub write_timeout: Duration,
     /// `GATEWAY_MAX_IN_FLIGHT` (default 4096, above 0): requests in flight at the gateway
-    /// beyond this get 503 `gateway_busy` at once.
+    /// beyond this get 429 `too_many_requests` with `Retry-After` at once.
     pub max_in_flight: usize,
     /// `GATEWAY_USER_RATE_PER_MINUTE` (default 6000; 0 turns it off): requests a minute per
     /// user (the token's subject; per client address for requests without a token).

@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use commerce_client::{ApiClient, PlaceOrder, RetryPolicy, StatusCode};
 use reference_app::auth::{Auth, Role};
-use reference_app::config::{Config, Secret, SecretUrl, StockStrategyKind};
+use reference_app::config::{
+    AuthSettings, Config, GatewayConfig, Secret, SecretUrl, StockStrategyKind,
+};
+use reference_app::gateway::{Gateway, RunningGateway};
 use reference_app::{Application, RunningApp};
 
 use super::target::Attempt;
@@ -38,8 +41,33 @@ impl std::fmt::Debug for HttpTarget {
     }
 }
 
-/// Starts the app on database `name` with `strategy`, `connections` database connections and
-/// room for `clients` requests in flight.
+/// The suffix of a strategy name (`batching+gateway`) that puts the gateway (`serve --service
+/// gateway`) in front of the app: the row beside the plain one is what the extra hop costs.
+pub(crate) const THROUGH_GATEWAY: &str = "+gateway";
+
+/// The app the clients talk to, and the gateway in front of it when the row asks for one.
+#[derive(Debug)]
+pub(crate) struct Served {
+    app: RunningApp,
+    gateway: Option<RunningGateway>,
+}
+
+impl Served {
+    /// Stops the gateway, then the app.
+    ///
+    /// # Errors
+    /// When either failed.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        if let Some(gateway) = self.gateway {
+            gateway.stop().await.context("stop the gateway")?;
+        }
+        self.app.stop().await
+    }
+}
+
+/// Starts the app on database `name` with `strategy` (with [`THROUGH_GATEWAY`]: and the
+/// gateway in front of it), `connections` database connections and room for `clients`
+/// requests in flight.
 ///
 /// # Errors
 /// A strategy the app does not offer, or the app failing to start.
@@ -48,7 +76,11 @@ pub(crate) async fn start(
     name: &str,
     connections: u32,
     clients: usize,
-) -> anyhow::Result<(HttpTarget, RunningApp)> {
+) -> anyhow::Result<(HttpTarget, Served)> {
+    let (strategy, through_gateway) = match strategy.strip_suffix(THROUGH_GATEWAY) {
+        Some(plain) => (plain, true),
+        None => (strategy, false),
+    };
     let Ok(kind) = strategy.parse::<StockStrategyKind>() else {
         bail!("--http: strategy {strategy:?} has no HTTP form");
     };
@@ -86,7 +118,44 @@ pub(crate) async fn start(
     let app = Application::build(config)
         .await
         .context("start the reference app")?;
-    let api = ApiClient::builder(app.base_url())
+    let gateway = if through_gateway {
+        let gateway = Gateway::build(GatewayConfig {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            order: vec![app.base_url()],
+            store: vec![app.base_url()],
+            auth: AuthSettings {
+                jwt_secret: Secret::new(SECRET),
+                ..AuthSettings::default()
+            },
+            // As the app's own: the rows compare the hop, not the admission rules.
+            write_timeout: Duration::from_secs(600),
+            max_in_flight: clients.saturating_mul(2).max(1),
+            user_rate_per_minute: None,
+            ..GatewayConfig::default()
+        })
+        .await
+        .context("start the gateway")?;
+        let gateway = gateway.spawn();
+        // Its first health check puts the app in.
+        let probe = ApiClient::builder(&gateway.base_url)
+            .retry(RetryPolicy::none())
+            .build()
+            .context("HTTP client")?;
+        let ready = commerce_testkit::eventually(Duration::from_secs(10), || async {
+            probe.ready().await.is_ok()
+        })
+        .await;
+        if !ready {
+            bail!("the gateway did not become ready within 10 s");
+        }
+        Some(gateway)
+    } else {
+        None
+    };
+    let url = gateway
+        .as_ref()
+        .map_or_else(|| app.base_url(), |g| g.base_url.clone());
+    let api = ApiClient::builder(url)
         .pool_max_idle_per_host(clients.min(1_024))
         // One attempt per order: the run measures the server, and a retry would count twice.
         .retry(RetryPolicy::none())
@@ -100,7 +169,13 @@ pub(crate) async fn start(
         auth: Arc::new(Auth::new(&Secret::new(SECRET)).context("token signer")?),
         users: Arc::default(),
     };
-    Ok((target, running))
+    Ok((
+        target,
+        Served {
+            app: running,
+            gateway,
+        },
+    ))
 }
 
 impl HttpTarget {

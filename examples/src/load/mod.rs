@@ -138,10 +138,23 @@ impl Settings {
     /// The first bad value, named as its flag.
     pub fn validate(&self) -> anyhow::Result<()> {
         for strategy in &self.strategies {
-            if !STRATEGIES.contains(&strategy.as_str()) {
+            // Over HTTP, `<strategy>+gateway` puts the gateway in front of the app.
+            let (plain, through_gateway) = match strategy.strip_suffix(http::THROUGH_GATEWAY) {
+                Some(plain) => (plain, true),
+                None => (strategy.as_str(), false),
+            };
+            if !STRATEGIES.contains(&plain) {
                 bail!(
-                    "--strategies: unknown strategy {strategy:?} (known: {})",
-                    STRATEGIES.join(", ")
+                    "--strategies: unknown strategy {strategy:?} (known: {}; over HTTP each \
+                     also as <strategy>{})",
+                    STRATEGIES.join(", "),
+                    http::THROUGH_GATEWAY
+                );
+            }
+            if through_gateway && (!self.http || plain == BARE_UPDATE) {
+                bail!(
+                    "--strategies: {strategy:?}: the gateway goes in front of the app, with \
+                     --http and an order strategy"
                 );
             }
         }

@@ -153,6 +153,9 @@ struct Shared {
     read_timeout: Duration,
     write_timeout: Duration,
     body_limit: usize,
+    /// Cancelled when the gateway starts shutting down: the event streams it passes through
+    /// end then (otherwise each would hold the shutdown open until its instance ends it).
+    shutdown: CancellationToken,
 }
 
 impl Shared {
@@ -206,6 +209,7 @@ impl Gateway {
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             body_limit: config.body_limit,
+            shutdown: shutdown.clone(),
         });
         shared.rate.spawn_forgetting(shutdown.clone(), &tasks);
         let listener = TcpListener::bind(config.listen)
@@ -452,7 +456,7 @@ async fn forward(shared: Arc<Shared>, upstream: Upstream, request: Request) -> R
         *outgoing.uri_mut() = parts.uri.clone();
         *outgoing.headers_mut() = headers.clone();
         let failure = match tokio::time::timeout(timeout, pool.send(outgoing)).await {
-            Ok(Ok(answer)) => return upstream_answer(answer),
+            Ok(Ok(answer)) => return upstream_answer(answer, &shared.shutdown),
             Err(_) => {
                 metrics::counter!("gateway_refused_total", "reason" => "timeout").increment(1);
                 return ApiError::timeout().into_response();
@@ -541,9 +545,28 @@ pub fn is_traceparent(value: &str) -> bool {
             && nonzero(trace) && nonzero(span))
 }
 
-/// The instance's answer, its body streamed through, without one-hop headers.
-fn upstream_answer(answer: axum::http::Response<hyper::body::Incoming>) -> Response {
-    let mut response = answer.map(Body::new);
+/// The instance's answer, its body streamed through, without one-hop headers; an event
+/// stream ends when `shutdown` is cancelled.
+fn upstream_answer(
+    answer: axum::http::Response<hyper::body::Incoming>,
+    shutdown: &CancellationToken,
+) -> Response {
+    let streams = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut response = if streams {
+        let until = shutdown.clone().cancelled_owned();
+        answer.map(|body| {
+            Body::from_stream(futures::StreamExt::take_until(
+                Body::new(body).into_data_stream(),
+                until,
+            ))
+        })
+    } else {
+        answer.map(Body::new)
+    };
     for name in &HOP_BY_HOP {
         response.headers_mut().remove(name);
     }

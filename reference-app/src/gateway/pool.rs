@@ -39,11 +39,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// (peak-EWMA), not the health check's.
 const SLOW_CHECKS_OUT: u32 = 4;
 
-/// The RTT an instance is assumed to have before its first answer.
-const DEFAULT_RTT: Duration = Duration::from_millis(5);
+/// The RTT an instance is assumed to have before its first answer: low, so that one coming
+/// back (or new) gets requests at once rather than after the others' estimates decay.
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
 
 /// How fast the peak-EWMA estimate forgets a slow answer.
-const EWMA_DECAY: Duration = Duration::from_secs(10);
+const EWMA_DECAY: Duration = Duration::from_secs(5);
 
 /// Requests waiting for the balancer (each task's request passes through the buffer).
 const BUFFER: usize = 4096;
