@@ -255,7 +255,9 @@ async fn replies(
                     break;
                 }
             }
-            gone.cancel();
+            // The server's end (or a read error) ends the queue, not the connection: what it
+            // sent before closing is still delivered, then the client sees the close.
+            drop(chunks);
         }
     };
     let writer = async {
@@ -272,6 +274,7 @@ async fn replies(
                 break;
             }
         }
+        let _ = to.shutdown().await;
         gone.cancel();
     };
     tokio::join!(reader, writer);

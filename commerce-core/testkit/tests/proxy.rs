@@ -66,3 +66,38 @@ async fn forwards_black_holes_delays_and_cuts() {
     let closed = tokio::time::timeout(Duration::from_secs(2), again.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "close_all left the connection open");
 }
+
+/// A server that answers and closes at once (HTTP's `Connection: close`) is heard in full:
+/// the reply is delivered before the close (it was lost about every time: the server's end
+/// cancelled the relay before its last chunk was written).
+#[tokio::test]
+async fn a_reply_followed_by_the_server_closing_arrives_whole() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    let reply = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello".to_vec();
+    let server = {
+        let reply = reply.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 64];
+                let _ = socket.read(&mut request).await;
+                socket.write_all(&reply).await.unwrap();
+                // Closed right after the answer.
+                drop(socket);
+            }
+        })
+    };
+    let proxy = TcpProxy::start(upstream).await;
+    for attempt in 0..50 {
+        let mut client = TcpStream::connect(proxy.address()).await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut heard = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut heard))
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        assert_eq!(heard, reply, "attempt {attempt}: the reply was cut short");
+    }
+    server.abort();
+}
