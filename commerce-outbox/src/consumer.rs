@@ -61,17 +61,23 @@ pub trait EventHandler: Send + Sync + 'static {
 
     /// Handles several first deliveries, in delivery order, on `conn` inside one
     /// transaction (a consumer built with [`InboxConsumerBuilder::max_batch`] above 1). The
-    /// default handles each in turn with [`EventHandler::handle`]; override it to write many
-    /// effects in one statement. Any error rolls the whole batch back, and the runner then
-    /// applies the events one by one with [`EventHandler::handle`] (so an unprocessable event
-    /// is set aside alone, and the others still apply).
+    /// default handles each in turn with [`EventHandler::handle`], each under its own trace
+    /// context ([`crate::trace`]); override it to write many effects in one statement (the
+    /// batch then runs under its events' trace only when they share one). Any error rolls the
+    /// whole batch back, and the runner then applies the events one by one with
+    /// [`EventHandler::handle`] (so an unprocessable event is set aside alone, and the others
+    /// still apply).
     async fn handle_batch(
         &self,
         conn: &mut PgConnection,
         envelopes: &[&Envelope],
     ) -> std::result::Result<(), HandlerError> {
         for envelope in envelopes {
-            self.handle(conn, envelope).await?;
+            crate::trace::scope(
+                envelope.traceparent.clone(),
+                self.handle(&mut *conn, envelope),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -456,6 +462,37 @@ impl<H: EventHandler> Applier<H> {
             self.stats.ignored.fetch_add(1, Ordering::Relaxed);
             return Handled::Done;
         }
+        // Under the trace of the work that wrote the event: the handler's log lines carry its
+        // id, and the events it writes carry it on.
+        let traceparent = envelope.traceparent.clone().or_else(|| {
+            delivery
+                .header(crate::trace::TRACEPARENT)
+                .map(str::to_owned)
+        });
+        let span = tracing::info_span!(
+            "event",
+            consumer = %self.settings.consumer_name,
+            event_type = %envelope.event_type,
+            trace = traceparent.as_deref().and_then(crate::trace::trace_id).unwrap_or("-"),
+        );
+        crate::trace::scope(
+            traceparent,
+            tracing::Instrument::instrument(
+                self.handle_event(delivery, envelope, give_up_after, shutdown),
+                span,
+            ),
+        )
+        .await
+    }
+
+    /// [`Applier::handle`] for an event the handler takes.
+    async fn handle_event(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        give_up_after: Option<u32>,
+        shutdown: &CancellationToken,
+    ) -> Handled {
         let mut failures = 0_u32;
         loop {
             let error = match self.try_once(&delivery.topic, envelope).await {
@@ -517,7 +554,26 @@ impl<H: EventHandler> Applier<H> {
             self.stats.ignored.fetch_add(ignored, Ordering::Relaxed);
             return true;
         }
-        match self.try_batch(&envelopes).await {
+        // One trace for the batch when its events share one (a batch mixes requests
+        // otherwise: each event still carries its own to the handler).
+        let first = envelopes[0].traceparent.clone();
+        let shared = envelopes
+            .iter()
+            .all(|e| e.traceparent == first)
+            .then_some(first)
+            .flatten();
+        let span = tracing::info_span!(
+            "events",
+            consumer = %self.settings.consumer_name,
+            count = envelopes.len(),
+            trace = shared.as_deref().and_then(crate::trace::trace_id).unwrap_or("-"),
+        );
+        let tried = crate::trace::scope(
+            shared,
+            tracing::Instrument::instrument(self.try_batch(&envelopes), span),
+        )
+        .await;
+        match tried {
             Ok(applied) => {
                 self.stats.ignored.fetch_add(ignored, Ordering::Relaxed);
                 let duplicates = envelopes.len() - applied;

@@ -23,8 +23,8 @@ WITH seq AS (
 ), inserted AS (
     INSERT INTO commerce_outbox.event
         (id, topic, event_type, aggregate_type, aggregate_id, aggregate_seq,
-         occurred_at, schema_version, payload)
-    SELECT $1, $2, $3, $4, $5, seq.last_seq, $6, $7, $8 FROM seq
+         occurred_at, schema_version, payload, traceparent)
+    SELECT $1, $2, $3, $4, $5, seq.last_seq, $6, $7, $8, $9 FROM seq
     RETURNING id
 )
 SELECT pg_notify('commerce_outbox', '') FROM inserted";
@@ -60,6 +60,7 @@ pub async fn enqueue(conn: &mut PgConnection, event: &NewEvent) -> Result<EventI
         .bind(event.occurred_at)
         .bind(event.schema_version)
         .bind(&event.payload)
+        .bind(&event.traceparent)
         .execute(conn)
         .await?;
     Ok(event.id)
@@ -78,15 +79,17 @@ WITH seq AS (
     RETURNING aggregate_type, aggregate_id, last_seq
 ), ev AS (
     SELECT * FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
-                         $9::timestamptz[], $10::int[], $11::jsonb[], $12::bigint[], $13::bigint[])
+                         $9::timestamptz[], $10::int[], $11::jsonb[], $12::bigint[], $13::bigint[],
+                         $14::text[])
         AS e(id, topic, event_type, aggregate_type, aggregate_id, occurred_at, schema_version,
-             payload, nth, n)
+             payload, nth, n, traceparent)
 ), inserted AS (
     INSERT INTO commerce_outbox.event
         (id, topic, event_type, aggregate_type, aggregate_id, aggregate_seq,
-         occurred_at, schema_version, payload)
+         occurred_at, schema_version, payload, traceparent)
     SELECT ev.id, ev.topic, ev.event_type, ev.aggregate_type, ev.aggregate_id,
-           seq.last_seq - ev.n + ev.nth, ev.occurred_at, ev.schema_version, ev.payload
+           seq.last_seq - ev.n + ev.nth, ev.occurred_at, ev.schema_version, ev.payload,
+           ev.traceparent
     FROM ev JOIN seq USING (aggregate_type, aggregate_id)
     RETURNING 1
 )
@@ -167,6 +170,12 @@ pub async fn enqueue_all(conn: &mut PgConnection, events: &[NewEvent]) -> Result
         )
         .bind(&nth)
         .bind(&of_aggregate)
+        .bind(
+            events
+                .iter()
+                .map(|e| e.traceparent.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .execute(conn)
         .await?;
     Ok(events.iter().map(|e| e.id).collect())

@@ -82,6 +82,9 @@ pub struct NewEvent {
     pub schema_version: i32,
     /// The payload.
     pub payload: serde_json::Value,
+    /// The W3C trace context it travels under: by default the current one where it was made
+    /// ([`crate::trace::scope`]), `None` outside any.
+    pub traceparent: Option<String>,
 }
 
 impl NewEvent {
@@ -102,6 +105,7 @@ impl NewEvent {
             occurred_at: Utc::now(),
             schema_version: 1,
             payload,
+            traceparent: crate::trace::current(),
         }
     }
 
@@ -133,6 +137,13 @@ impl NewEvent {
     #[must_use]
     pub fn with_occurred_at(mut self, at: DateTime<Utc>) -> Self {
         self.occurred_at = at;
+        self
+    }
+
+    /// Sets the trace context it travels under (a value that is not W3C's counts as none).
+    #[must_use]
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent.filter(|t| crate::trace::is_traceparent(t));
         self
     }
 
@@ -178,6 +189,9 @@ pub struct Envelope {
     pub schema_version: i32,
     /// The payload.
     pub payload: serde_json::Value,
+    /// The W3C trace context of the work that wrote it (absent on the wire when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Envelope {
@@ -350,6 +364,7 @@ mod tests {
             occurred_at: Utc::now(),
             schema_version: 1,
             payload: json!({"order_id": "o-1"}),
+            traceparent: None,
         };
         assert!(envelope.decode::<OrderPlaced>().is_err());
         let placed = Envelope {

@@ -56,6 +56,7 @@ mod relay;
 mod retention;
 pub mod saga;
 mod shutdown;
+pub mod trace;
 pub mod transport;
 mod unprocessable;
 

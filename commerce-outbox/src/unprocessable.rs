@@ -163,6 +163,7 @@ mod tests {
             occurred_at: Utc::now(),
             schema_version: 1,
             payload,
+            traceparent: None,
         }
     }
 

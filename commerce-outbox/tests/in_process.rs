@@ -649,3 +649,113 @@ async fn events_the_handler_does_not_act_on_are_acknowledged_without_an_inbox_ro
         shut_down([consumer], relay, Duration::from_secs(10)).await;
     }
 }
+
+/// Writes a follow-up event (`<type>.seen`) for every event it handles, and records the trace
+/// context it ran under.
+struct Echo {
+    topic: String,
+    seen: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+#[async_trait]
+impl EventHandler for Echo {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
+        if envelope.event_type.ends_with(".seen") {
+            return Ok(());
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push(commerce_outbox::trace::current());
+        let follow_up = NewEvent::new(
+            &self.topic,
+            format!("{}.seen", envelope.event_type),
+            "echo",
+            envelope.aggregate_id.clone(),
+            json!({}),
+        );
+        commerce_outbox::enqueue(conn, &follow_up).await?;
+        Ok(())
+    }
+}
+
+/// The trace context of the work that wrote an event reaches its consumer (the message
+/// header and the envelope), the handler runs under it, and the event the handler writes
+/// carries it on; an event written outside any trace carries none. One by one and in
+/// batches alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_carries_its_trace_context_to_the_consumer_and_on() {
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for max_batch in [1, 16] {
+        let db = database().await;
+        let transport = in_process();
+        let topic = orders_topic(&transport).await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let consumer = consumer_builder(&db, &transport, "echo", "echo", &topic)
+            .max_batch(max_batch)
+            .build(Echo {
+                topic: topic.clone(),
+                seen: seen.clone(),
+            })
+            .unwrap()
+            .spawn();
+        let mut tx = db.pool().begin().await.unwrap();
+        let traced = commerce_outbox::trace::scope(Some(parent.to_owned()), async {
+            (0..5)
+                .map(|n| {
+                    NewEvent::new(&topic, "order.placed", "order", format!("t-{n}"), json!({}))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        enqueue_all(&mut tx, &traced).await.unwrap();
+        let untraced = NewEvent::new(&topic, "order.placed", "order", "u-1", json!({}));
+        commerce_outbox::enqueue(&mut tx, &untraced).await.unwrap();
+        tx.commit().await.unwrap();
+        let relay = spawn_relay(relay(&db, &transport));
+
+        let pool = db.pool().clone();
+        until(
+            "the six follow-ups written and relayed",
+            Duration::from_secs(30),
+            async || {
+                let stats = outbox_stats(&pool).await.unwrap();
+                let follow_ups: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM commerce_outbox.event WHERE event_type = 'order.placed.seen'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+                follow_ups == 6 && stats.pending == 0
+            },
+        )
+        .await;
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT aggregate_id, traceparent FROM commerce_outbox.event
+             WHERE event_type = 'order.placed.seen' ORDER BY aggregate_id",
+        )
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        for (aggregate, traceparent) in &rows {
+            let expected = aggregate.starts_with("t-").then_some(parent);
+            assert_eq!(
+                traceparent.as_deref(),
+                expected,
+                "max_batch {max_batch}: the follow-up of {aggregate}"
+            );
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 6, "max_batch {max_batch}");
+        assert_eq!(
+            seen.iter().filter(|t| t.as_deref() == Some(parent)).count(),
+            5,
+            "max_batch {max_batch}: {seen:?}"
+        );
+        shut_down([consumer], relay, Duration::from_secs(10)).await;
+    }
+}

@@ -176,3 +176,47 @@ async fn a_client_request_id_is_kept_only_when_it_is_a_sane_token() {
     }
     app.stop().await;
 }
+
+/// The trace context a request comes with (the gateway's `traceparent`) goes into the events
+/// the order writes: `order.placed` and the saga's `order.created` carry it in the outbox, and
+/// from there on to their consumers (commerce-outbox's `trace`); a request without one writes
+/// events without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_of_an_order_carry_the_trace_context_of_its_request() {
+    let app = TestApp::start(Transport::InProcess).await;
+    let product = app.product("TRACE-1", 500, 10).await;
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut placed = Vec::new();
+    for traceparent in [Some(parent), None] {
+        let mut request = app
+            .raw
+            .post(format!("{}/api/v1/orders", app.url))
+            .bearer_auth(app.token("tracer", Role::Customer))
+            .json(&json!({ "items": [{ "product_id": product, "quantity": 1 }] }));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        let order: OrderView = answer.json().await.unwrap();
+        placed.push((order.id, traceparent));
+    }
+    for (order, expected) in placed {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT event_type, traceparent FROM commerce_outbox.event
+             WHERE aggregate_type = 'order' AND aggregate_id = $1 ORDER BY aggregate_seq",
+        )
+        .bind(order.to_string())
+        .fetch_all(app.db.pool())
+        .await
+        .unwrap();
+        let placement: Vec<_> = rows
+            .iter()
+            .filter(|(kind, _)| kind == "order.placed" || kind == "order.created")
+            .collect();
+        assert_eq!(placement.len(), 2, "{rows:?}");
+        for (kind, traceparent) in placement {
+            assert_eq!(traceparent.as_deref(), expected, "{kind} of {order}");
+        }
+    }
+}

@@ -184,6 +184,7 @@ impl Rig {
             occurred_at: chrono::Utc::now(),
             schema_version: 1,
             payload: serde_json::json!({ "order": order, "reason": "payment timed out" }),
+            traceparent: None,
         };
         let mut conn = self.db.pool().acquire().await.unwrap();
         self.events.handle(&mut conn, &envelope).await.unwrap();

@@ -73,6 +73,7 @@ impl From<Row> for ConsumerDeadLetter {
                 occurred_at: row.occurred_at,
                 schema_version: row.schema_version,
                 payload: row.payload,
+                traceparent: None,
             },
             error: row.error,
             dead_at: row.dead_at,

@@ -36,7 +36,7 @@ use crate::transport::OutboundMessage;
 const CLAIM_SQL: &str = "
 WITH claimed AS (
     SELECT e.id, e.topic, e.event_type, e.aggregate_type, e.aggregate_id, e.aggregate_seq,
-           e.occurred_at, e.schema_version, e.payload, e.attempts, e.position
+           e.occurred_at, e.schema_version, e.payload, e.traceparent, e.attempts, e.position
     FROM commerce_outbox.event e
     WHERE e.status = 'pending'
       AND e.next_attempt_at <= now()
@@ -62,7 +62,7 @@ WITH claimed AS (
         LIMIT 1) h
 )
 SELECT c.id, c.topic, c.event_type, c.aggregate_type, c.aggregate_id, c.aggregate_seq,
-       c.occurred_at, c.schema_version, c.payload, c.attempts, h.aggregate_head
+       c.occurred_at, c.schema_version, c.payload, c.traceparent, c.attempts, h.aggregate_head
 FROM claimed c
 JOIN heads h ON h.aggregate_type = c.aggregate_type AND h.aggregate_id = c.aggregate_id
 ORDER BY c.position";
@@ -79,6 +79,7 @@ struct ClaimRecord {
     occurred_at: DateTime<Utc>,
     schema_version: i32,
     payload: serde_json::Value,
+    traceparent: Option<String>,
     attempts: i32,
     aggregate_head: i64,
 }
@@ -105,6 +106,7 @@ impl From<ClaimRecord> for ClaimedRow {
             occurred_at: record.occurred_at,
             schema_version: record.schema_version,
             payload: record.payload,
+            traceparent: record.traceparent,
         };
         Self {
             message: OutboundMessage::new(record.topic, envelope),

@@ -53,21 +53,26 @@ pub struct OutboundMessage {
     pub key: String,
     /// The event (the message value; JSON on Kafka).
     pub envelope: Envelope,
-    /// `event-id` and `event-type`, repeated from the envelope for routing without parsing.
+    /// `event-id`, `event-type` (and `traceparent`), repeated from the envelope for routing
+    /// and tracing without parsing.
     pub headers: Vec<(String, String)>,
 }
 
 impl OutboundMessage {
-    /// The message of `envelope` on `topic`: key = aggregate id, headers `event-id` and
-    /// `event-type`.
+    /// The message of `envelope` on `topic`: key = aggregate id, headers `event-id`,
+    /// `event-type` and, when it has one, `traceparent` (W3C trace context).
     pub fn new(topic: impl Into<String>, envelope: Envelope) -> Self {
+        let mut headers = vec![
+            (HEADER_EVENT_ID.to_owned(), envelope.id.to_string()),
+            (HEADER_EVENT_TYPE.to_owned(), envelope.event_type.clone()),
+        ];
+        if let Some(traceparent) = &envelope.traceparent {
+            headers.push((crate::trace::TRACEPARENT.to_owned(), traceparent.clone()));
+        }
         Self {
             topic: topic.into(),
             key: envelope.aggregate_id.clone(),
-            headers: vec![
-                (HEADER_EVENT_ID.to_owned(), envelope.id.to_string()),
-                (HEADER_EVENT_TYPE.to_owned(), envelope.event_type.clone()),
-            ],
+            headers,
             envelope,
         }
     }
@@ -290,6 +295,7 @@ pub(crate) mod tests {
                 occurred_at: Utc::now(),
                 schema_version: 1,
                 payload: serde_json::json!({ "n": seq }),
+                traceparent: None,
             },
         )
     }

@@ -3,7 +3,7 @@
 //! It answers the same routes as the all-in-one process and sends each to an instance of the
 //! service that owns it (orders and the admin routes to the order service, products to the
 //! store), balanced by tower's p2c over peak-EWMA load (decision 0015), with:
-//! - active health checks ([`pool`]): an instance whose `/ready` fails is out of the balancer
+//! - active health checks (the `pool` module): an instance whose `/ready` fails is out of the balancer
 //!   until it answers again; a request whose connection fails takes it out at once;
 //! - one retry on another instance for a request that may be repeated (a GET, or a POST
 //!   with an `Idempotency-Key`) whose connection failed; never for any other;
@@ -129,7 +129,6 @@ pub const ROUTES: &[(&str, &[Method], Upstream)] = &[
 /// The routes without a token (the API document and its viewer), all to the order service.
 const OPEN_ROUTES: [&str; 4] = ["/api-docs/openapi.json", "/docs", "/docs/", "/docs/{*rest}"];
 
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -500,8 +499,8 @@ async fn forward(shared: Arc<Shared>, upstream: Upstream, request: Request) -> R
 }
 
 /// The headers passed downstream: the client's, without one-hop ones and `Host`, with the
-/// client's address appended to `X-Forwarded-For` and a `traceparent` (made when the client
-/// sent none, or one that is not W3C's).
+/// client's address appended to `X-Forwarded-For` (the `traceparent` is there already: the
+/// shared layers make one when the client sent none, or one that is not W3C's).
 fn downstream_headers(incoming: &HeaderMap, client: &str) -> HeaderMap {
     let mut headers = incoming.clone();
     for name in &HOP_BY_HOP {
@@ -515,34 +514,7 @@ fn downstream_headers(incoming: &HeaderMap, client: &str) -> HeaderMap {
     if let Ok(value) = HeaderValue::from_str(&forwarded) {
         headers.insert(FORWARDED_FOR, value);
     }
-    if !incoming
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(is_traceparent)
-    {
-        let trace = uuid::Uuid::new_v4().simple().to_string();
-        let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-        let value = format!("00-{trace}-{span}-01");
-        headers.insert(
-            TRACEPARENT,
-            HeaderValue::from_str(&value).expect("hex digits and dashes"),
-        );
-    }
     headers
-}
-
-/// A W3C trace context header of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
-pub fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-    matches!(parts.as_slice(), [version, trace, span, flags]
-        if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2)
-            && nonzero(trace) && nonzero(span))
 }
 
 /// The instance's answer, its body streamed through, without one-hop headers; an event
@@ -625,30 +597,17 @@ mod tests {
     }
 
     #[test]
-    fn a_trace_context_is_kept_when_it_is_w3c_and_made_otherwise() {
+    fn the_trace_context_goes_downstream_and_one_hop_headers_do_not() {
+        use commerce_outbox::trace;
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert!(is_traceparent(good));
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-        ] {
-            assert!(!is_traceparent(bad), "{bad}");
-        }
         let mut incoming = HeaderMap::new();
-        incoming.insert(TRACEPARENT, HeaderValue::from_static(good));
+        incoming.insert(trace::TRACEPARENT, HeaderValue::from_static(good));
         incoming.insert(header::CONNECTION, HeaderValue::from_static("close"));
         incoming.insert(header::HOST, HeaderValue::from_static("shop.example"));
         let kept = downstream_headers(&incoming, "10.0.0.7");
-        assert_eq!(kept.get(&TRACEPARENT).unwrap(), good);
+        assert_eq!(kept.get(trace::TRACEPARENT).unwrap(), good);
         assert!(kept.get(header::CONNECTION).is_none());
         assert!(kept.get(header::HOST).is_none());
         assert_eq!(kept.get(&FORWARDED_FOR).unwrap(), "10.0.0.7");
-        let made = downstream_headers(&HeaderMap::new(), "10.0.0.7");
-        let made = made.get(&TRACEPARENT).unwrap().to_str().unwrap();
-        assert!(is_traceparent(made), "{made}");
     }
 }

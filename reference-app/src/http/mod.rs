@@ -18,6 +18,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use commerce_outbox::trace;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -57,11 +58,13 @@ pub fn layered(api: Router, probes: Router, limits: Limits) -> Router {
         }))
         .layer(middleware::from_fn_with_state(in_flight, shed_load))
         .merge(probes.method_not_allowed_fallback(method_not_allowed))
+        .layer(middleware::from_fn(within_trace))
         .layer(middleware::from_fn(crate::telemetry::track_requests))
         .layer(DefaultBodyLimit::max(limits.body_limit))
         .layer(
             ServiceBuilder::new()
                 .map_request(drop_insane_request_id)
+                .map_request(ensure_traceparent)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -74,10 +77,9 @@ pub fn layered(api: Router, probes: Router, limits: Limits) -> Router {
                         // request's lines share it across the gateway and the services.
                         let trace = request
                             .headers()
-                            .get("traceparent")
+                            .get(trace::TRACEPARENT)
                             .and_then(|v| v.to_str().ok())
-                            .filter(|v| crate::gateway::is_traceparent(v))
-                            .and_then(|v| v.get(3..35))
+                            .and_then(trace::trace_id)
                             .unwrap_or("-");
                         tracing::info_span!(
                             "request",
@@ -107,6 +109,27 @@ fn drop_insane_request_id(mut request: Request) -> Request {
     request
 }
 
+/// Gives a request without a W3C trace context (or with one that is not W3C's) a new one, so
+/// every log line of the request, and every event it writes, carries a trace id; the gateway
+/// passes it on to the services.
+fn ensure_traceparent(mut request: Request) -> Request {
+    let valid = request
+        .headers()
+        .get(trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(trace::is_traceparent);
+    if !valid {
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+        let value = format!("00-{trace_id}-{span_id}-01");
+        request.headers_mut().insert(
+            trace::TRACEPARENT,
+            HeaderValue::from_str(&value).expect("hex digits and dashes"),
+        );
+    }
+    request
+}
+
 fn is_sane_request_id(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();
     (1..=MAX_REQUEST_ID).contains(&bytes.len())
@@ -121,6 +144,17 @@ async fn route_not_found(uri: Uri) -> ApiError {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+/// Runs the request under its W3C trace context (the gateway's, or the client's): the events
+/// it writes carry it to their consumers (`commerce_outbox::trace`).
+async fn within_trace(request: Request, next: Next) -> Response {
+    let traceparent = request
+        .headers()
+        .get(trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    trace::scope(traceparent, next.run(request)).await
 }
 
 async fn within_timeout(timeout: Duration, request: Request, next: Next) -> Response {
@@ -155,6 +189,31 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_keeps_its_w3c_trace_context_and_gets_one_otherwise() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with = |value: Option<&str>| {
+            let mut request = Request::new(axum::body::Body::empty());
+            if let Some(value) = value {
+                request
+                    .headers_mut()
+                    .insert(trace::TRACEPARENT, HeaderValue::from_str(value).unwrap());
+            }
+            let request = ensure_traceparent(request);
+            request.headers()[trace::TRACEPARENT]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(with(Some(good)), good);
+        for replaced in [None, Some("garbage"), Some("00-0-0-01")] {
+            let made = with(replaced);
+            assert!(trace::is_traceparent(&made), "{made}");
+            assert_ne!(Some(made.as_str()), replaced);
+        }
+        assert_ne!(with(None), with(None), "a new trace each time");
+    }
 
     #[test]
     fn request_ids_are_kept_only_when_they_are_short_plain_tokens() {

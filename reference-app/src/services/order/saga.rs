@@ -367,6 +367,7 @@ mod tests {
             occurred_at: chrono::Utc::now(),
             schema_version: 1,
             payload,
+            traceparent: None,
         }
     }
 
