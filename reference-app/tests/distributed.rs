@@ -15,6 +15,7 @@ use commerce_client::{ApiClient, CreateProduct, Error as ClientError, PlaceOrder
 use commerce_testkit::{eventually, kafka_brokers, redis_url, unique_name, TestDb};
 use common::gateway::ScriptedGateway;
 use common::SECRET;
+use futures::StreamExt;
 use reference_app::auth::{Auth, Role};
 use reference_app::config::Secret;
 use reqwest::StatusCode;
@@ -609,6 +610,7 @@ async fn a_payment_instance_killed_mid_run_leaves_every_order_paid_exactly_once(
 
     // 120 orders from 120 customers; payment-1 dies once a quarter of them are charged.
     let mut ids = Vec::new();
+    let mut stream = None;
     let mut killed = false;
     for n in 0..120 {
         let customer = deployment.client(&entry, &format!("payer-{n}"), Role::Customer);
@@ -617,6 +619,16 @@ async fn a_payment_instance_killed_mid_run_leaves_every_order_paid_exactly_once(
             .await
             .expect("placed through the gateway");
         ids.push(placed.order.id);
+        if n == 0 {
+            // Its status stream, through the gateway, from an order instance, while a payment
+            // instance in another process pays it.
+            stream = Some(
+                admin
+                    .order_events(placed.order.id)
+                    .await
+                    .expect("the event stream opens through the gateway"),
+            );
+        }
         if !killed && deployment.payments.charges_taken() >= 30 {
             payment_1.kill().await;
             killed = true;
@@ -660,6 +672,22 @@ async fn a_payment_instance_killed_mid_run_leaves_every_order_paid_exactly_once(
         ids.len(),
         &not_paid[..not_paid.len().min(5)],
         payment_2.log_tail()
+    );
+    // The stream saw the first order go from CREATED to PROCESSING.
+    let mut stream = stream.expect("opened");
+    let mut statuses = Vec::new();
+    while statuses.last() != Some(&commerce_client::OrderStatus::Processing) {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a status event within 10 s")
+            .expect("the stream stays open")
+            .expect("a status event");
+        statuses.push(event.change.status);
+    }
+    assert_eq!(
+        statuses.first(),
+        Some(&commerce_client::OrderStatus::Created),
+        "{statuses:?}"
     );
     for id in &ids {
         let charges = deployment.payments.charges_of(*id);
