@@ -59,7 +59,7 @@ start() {
     local env=()
     while [ "$1" != "--" ]; do env+=("$1"); shift; done
     shift
-    env "${env[@]}" "$@" >"$dir/$name.log" 2>&1 &
+    env OTEL_SERVICE_NAME="${OTEL_SERVICE_NAME:-commerce}-$name" "${env[@]}" "$@" >"$dir/$name.log" 2>&1 &
     pids+=($!)
     echo $! >"$dir/$name.pid"
 }

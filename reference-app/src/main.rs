@@ -83,7 +83,9 @@ async fn main() -> anyhow::Result<()> {
             if service.as_deref().map(str::trim) == Some(GATEWAY) {
                 let gateway = Gateway::build(GatewayConfig::from_env()?).await?;
                 println!("gateway serving on {}", gateway.base_url());
-                return gateway.run_until_stopped().await;
+                let served = gateway.run_until_stopped().await;
+                reference_app::telemetry::shutdown();
+                return served;
             }
             let service: Option<Service> = service
                 .map(|name| name.parse())
@@ -95,7 +97,9 @@ async fn main() -> anyhow::Result<()> {
             })?;
             let app = Application::build(config).await?;
             println!("serving on {}", app.base_url());
-            app.run_until_stopped().await
+            let served = app.run_until_stopped().await;
+            reference_app::telemetry::shutdown();
+            served
         }
         Command::Token { sub, role, hours } => {
             let settings = AuthSettings::from_env()?;

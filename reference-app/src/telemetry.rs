@@ -16,15 +16,93 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// Logs to stderr at `RUST_LOG` (default `info,sqlx=warn`), once per process.
+/// Logs to stderr at `RUST_LOG` (default `info,sqlx=warn`), once per process; with
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans also go to that OpenTelemetry collector over
+/// OTLP/HTTP (service name `OTEL_SERVICE_NAME`, batches as `OTEL_BSP_*` say), each request's
+/// span a child of the trace context it came with. Call [`shutdown`] before the process
+/// ends, so the last spans are sent.
 pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let otlp = otlp_tracer().map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(otlp)
         .try_init();
+}
+
+/// The process's OTLP exporter, kept for [`shutdown`].
+static PROVIDER: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+/// A tracer exporting over OTLP/HTTP, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the
+/// exporter reads it and the other `OTEL_EXPORTER_OTLP_*` settings itself).
+fn otlp_tracer() -> Option<opentelemetry_sdk::trace::SdkTracer> {
+    use opentelemetry::trace::TracerProvider;
+
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|endpoint| !endpoint.trim().is_empty())?;
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("OTEL_EXPORTER_OTLP_ENDPOINT: no OTLP exporter ({error}); spans stay local");
+            return None;
+        }
+    };
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let tracer = provider.tracer("commerce-rs");
+    let _ = PROVIDER.set(provider);
+    Some(tracer)
+}
+
+/// Sends the spans not exported yet and stops the exporter (nothing when there is none).
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        if let Err(error) = provider.shutdown() {
+            eprintln!("OTLP exporter shutdown: {error}");
+        }
+    }
+}
+
+/// Makes `span` (a request's) a child of the W3C trace context in `headers`, so that what
+/// the collector receives from the gateway and from each service is one trace. Nothing
+/// without an exporter or a context.
+pub fn adopt_trace_context(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    if PROVIDER.get().is_none() {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderCarrier(headers))
+    });
+    let _ = span.set_parent(parent);
+}
+
+/// `headers` as an OpenTelemetry propagation carrier.
+struct HeaderCarrier<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(axum::http::HeaderName::as_str).collect()
+    }
 }
 
 /// The process's Prometheus recorder, installed on first use (one per process: tests that run

@@ -747,3 +747,81 @@ async fn a_product_renamed_at_one_store_process_is_read_renamed_at_another_withi
     );
     drop((store_1, store_2));
 }
+
+/// Bodies posted to a stand-in OpenTelemetry collector (`POST /v1/traces`, OTLP/HTTP).
+async fn collector() -> (String, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body.to_vec());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, bodies)
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the gateway and the service behind it export their
+/// spans of one request to the collector as one trace: the trace id of the `traceparent` the
+/// client sent, under each process's `OTEL_SERVICE_NAME`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_and_a_service_export_one_request_as_one_trace() {
+    let deployment = Deployment::new().await;
+    let (endpoint, bodies) = collector().await;
+    let otel = |name: &str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_SERVICE_NAME", name.to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ]
+    };
+    let store = deployment
+        .start("store-1", "store", &otel("shop-store"))
+        .await;
+    let order = deployment.start("order-1", "order", &[]).await;
+    let gateway = deployment
+        .start_gateway(&[&order], &[&store], &otel("shop-gateway"))
+        .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let token = deployment
+        .auth
+        .issue("admin", Role::Admin, Duration::from_secs(60))
+        .unwrap();
+    let answer = reqwest::Client::new()
+        .get(format!("{}/api/v1/products/1", gateway.url))
+        .bearer_auth(token)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    // The id as the protobuf carries it: 16 raw bytes.
+    let id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let has = |body: &[u8], needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    let both = eventually(Duration::from_secs(10), || async {
+        let bodies = bodies.lock().unwrap();
+        ["shop-gateway", "shop-store"].iter().all(|service| {
+            bodies
+                .iter()
+                .any(|b| has(b, &id) && has(b, service.as_bytes()))
+        })
+    })
+    .await;
+    let received = bodies.lock().unwrap().len();
+    assert!(
+        both,
+        "{received} exports, not the request's trace from both the gateway and the store:\n{}\n{}",
+        gateway.log_tail(),
+        store.log_tail()
+    );
+    drop((store, order, gateway));
+}

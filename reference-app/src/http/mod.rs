@@ -81,13 +81,15 @@ pub fn layered(api: Router, probes: Router, limits: Limits) -> Router {
                             .and_then(|v| v.to_str().ok())
                             .and_then(trace::trace_id)
                             .unwrap_or("-");
-                        tracing::info_span!(
+                        let span = tracing::info_span!(
                             "request",
                             id = %id,
                             trace = %trace,
                             method = %request.method(),
                             uri = %request.uri().path(),
-                        )
+                        );
+                        crate::telemetry::adopt_trace_context(&span, request.headers());
+                        span
                     }),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
