@@ -177,16 +177,16 @@ async fn a_client_request_id_is_kept_only_when_it_is_a_sane_token() {
     app.stop().await;
 }
 
-/// The trace context a request comes with (the gateway's `traceparent`) goes into the events
-/// the order writes: `order.placed` and the saga's `order.created` carry it in the outbox, and
-/// from there on to their consumers (commerce-outbox's `trace`); a request without one writes
-/// events without one.
+/// The trace context a request comes with (the gateway's `traceparent`) goes into every event
+/// of the order's saga: `order.placed` and `order.created` written by the request, the
+/// payment service's `payment.approved` (the payment row keeps it for the worker), and the
+/// order's move to PROCESSING written by the consumer of that answer; a request without one
+/// gets a trace of its own from the HTTP layers, carried the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_events_of_an_order_carry_the_trace_context_of_its_request() {
     let app = TestApp::start(Transport::InProcess).await;
     let product = app.product("TRACE-1", 500, 10).await;
     let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    let mut placed = Vec::new();
     for traceparent in [Some(parent), None] {
         let mut request = app
             .raw
@@ -199,24 +199,36 @@ async fn the_events_of_an_order_carry_the_trace_context_of_its_request() {
         let answer = request.send().await.unwrap();
         assert_eq!(answer.status(), StatusCode::CREATED);
         let order: OrderView = answer.json().await.unwrap();
-        placed.push((order.id, traceparent));
-    }
-    for (order, expected) in placed {
+        let paid = commerce_testkit::eventually(Duration::from_secs(20), || async {
+            app.admin.order(order.id).await.unwrap().status == OrderStatus::Processing
+        })
+        .await;
+        assert!(paid, "order {} not PROCESSING", order.id);
         let rows: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT event_type, traceparent FROM commerce_outbox.event
-             WHERE aggregate_type = 'order' AND aggregate_id = $1 ORDER BY aggregate_seq",
+             WHERE aggregate_id = $1 ORDER BY created_at, aggregate_seq",
         )
-        .bind(order.to_string())
+        .bind(order.id.to_string())
         .fetch_all(app.db.pool())
         .await
         .unwrap();
-        let placement: Vec<_> = rows
-            .iter()
-            .filter(|(kind, _)| kind == "order.placed" || kind == "order.created")
-            .collect();
-        assert_eq!(placement.len(), 2, "{rows:?}");
-        for (kind, traceparent) in placement {
-            assert_eq!(traceparent.as_deref(), expected, "{kind} of {order}");
+        let kinds: Vec<&str> = rows.iter().map(|(kind, _)| kind.as_str()).collect();
+        for wanted in [
+            "order.placed",
+            "order.created",
+            "payment.approved",
+            "order.status_changed",
+        ] {
+            assert!(kinds.contains(&wanted), "no {wanted} in {kinds:?}");
+        }
+        let traces: std::collections::HashSet<Option<&str>> =
+            rows.iter().map(|(_, t)| t.as_deref()).collect();
+        assert_eq!(traces.len(), 1, "one trace for the whole saga: {rows:?}");
+        let trace = traces.into_iter().next().unwrap();
+        let trace = trace.expect("every event carries a trace");
+        assert!(commerce_outbox::trace::is_traceparent(trace), "{trace}");
+        if let Some(parent) = traceparent {
+            assert_eq!(trace, parent, "the client's own trace");
         }
     }
 }

@@ -53,7 +53,15 @@ impl OrderEvents {
             .into());
         }
         let saga_id = order.order_id.to_string();
-        if !store::record(conn, order.order_id, order.amount, &order.currency).await? {
+        let recorded = store::record(
+            conn,
+            order.order_id,
+            order.amount,
+            &order.currency,
+            envelope.traceparent.as_deref(),
+        )
+        .await?;
+        if !recorded {
             return Ok(());
         }
         if order.amount == 0 {
@@ -144,16 +152,16 @@ impl OrderEvents {
                     format!("order.created {} with a negative amount", order.order_id).into(),
                 );
             }
-            orders.push((envelope.id, order));
+            orders.push((envelope.id, order, envelope.traceparent.as_deref()));
         }
-        let rows: Vec<(Uuid, i64, &str)> = orders
+        let rows: Vec<(Uuid, i64, &str, Option<&str>)> = orders
             .iter()
-            .map(|(_, o)| (o.order_id, o.amount, o.currency.as_str()))
+            .map(|(_, o, trace)| (o.order_id, o.amount, o.currency.as_str(), *trace))
             .collect();
         let recorded = store::record_all(conn, &rows).await?;
         let mut steps = Vec::with_capacity(recorded.len());
         let mut to_charge = false;
-        for (event_id, order) in &orders {
+        for (event_id, order, _) in &orders {
             if !recorded.contains(&order.order_id) {
                 continue;
             }

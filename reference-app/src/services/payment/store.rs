@@ -135,6 +135,8 @@ pub(super) struct Due {
     pub(super) charge_id: Option<String>,
     /// Claims so far, this one included.
     pub(super) attempts: i32,
+    /// The trace context of the event it was recorded from.
+    pub(super) traceparent: Option<String>,
 }
 
 /// A payment as its worker finds it, locked, when the gateway has answered.
@@ -167,26 +169,29 @@ pub(super) async fn record(
     order: Uuid,
     amount: i64,
     currency: &str,
+    traceparent: Option<&str>,
 ) -> Result<bool, StoreError> {
-    Ok(record_all(conn, &[(order, amount, currency)])
+    Ok(record_all(conn, &[(order, amount, currency, traceparent)])
         .await?
         .contains(&order))
 }
 
-/// [`record`] for many orders (order, amount, currency) in one statement; returns the orders
-/// recorded now (the others exist already: redelivered events).
+/// [`record`] for many orders (order, amount, currency, trace context of its event) in one
+/// statement; returns the orders recorded now (the others exist already: redelivered events).
 pub(super) async fn record_all(
     conn: &mut PgConnection,
-    payments: &[(Uuid, i64, &str)],
+    payments: &[(Uuid, i64, &str, Option<&str>)],
 ) -> Result<HashSet<Uuid>, StoreError> {
     let mut orders = Vec::with_capacity(payments.len());
     let mut amounts = Vec::with_capacity(payments.len());
     let mut currencies = Vec::with_capacity(payments.len());
     let mut statuses = Vec::with_capacity(payments.len());
-    for &(order, amount, currency) in payments {
+    let mut traces = Vec::with_capacity(payments.len());
+    for &(order, amount, currency, traceparent) in payments {
         orders.push(order);
         amounts.push(amount);
         currencies.push(currency);
+        traces.push(traceparent);
         statuses.push(if amount == 0 {
             PaymentStatus::Approved.as_str()
         } else {
@@ -194,14 +199,15 @@ pub(super) async fn record_all(
         });
     }
     let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO payment.payments (order_id, amount, currency, status) \
-         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[]) \
+        "INSERT INTO payment.payments (order_id, amount, currency, status, traceparent) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[]) \
          ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
     )
     .bind(&orders)
     .bind(&amounts)
     .bind(&currencies)
     .bind(&statuses)
+    .bind(&traces)
     .fetch_all(conn)
     .await?;
     Ok(inserted.into_iter().collect())
@@ -244,7 +250,16 @@ pub(super) async fn claim_due(
     batch: i64,
     lease: Duration,
 ) -> Result<Vec<Due>, StoreError> {
-    let rows: Vec<(Uuid, i64, String, String, Option<String>, i32)> = sqlx::query_as(
+    type Row = (
+        Uuid,
+        i64,
+        String,
+        String,
+        Option<String>,
+        i32,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
         "UPDATE payment.payments p SET \
          status = CASE WHEN p.status IN ('pending', 'charging') THEN 'charging' \
                        WHEN p.status IN ('void_pending', 'voiding') THEN 'voiding' \
@@ -258,7 +273,8 @@ pub(super) async fn claim_due(
                AND next_attempt_at <= now() \
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due \
          WHERE p.order_id = due.order_id \
-         RETURNING p.order_id, p.amount, p.currency, p.status, p.charge_id, p.attempts",
+         RETURNING p.order_id, p.amount, p.currency, p.status, p.charge_id, p.attempts, \
+                   p.traceparent",
     )
     .bind(batch)
     .bind(lease.as_secs_f64())
@@ -266,7 +282,7 @@ pub(super) async fn claim_due(
     .await?;
     rows.into_iter()
         .map(
-            |(order_id, amount, currency, status, charge_id, attempts)| {
+            |(order_id, amount, currency, status, charge_id, attempts, traceparent)| {
                 Ok(Due {
                     order_id,
                     amount,
@@ -274,6 +290,7 @@ pub(super) async fn claim_due(
                     status: status.parse()?,
                     charge_id,
                     attempts,
+                    traceparent,
                 })
             },
         )

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
-use commerce_outbox::{enqueue, enqueue_all, Backoff, NewEvent};
+use commerce_outbox::{enqueue, enqueue_all, trace, Backoff, NewEvent};
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use sqlx::{PgConnection, PgPool};
@@ -245,18 +245,9 @@ impl PaymentWorker {
         // (and its row lock) until then.
         let mut calls = stream::iter(due)
             .map(|payment| async move {
-                if payment.status == PaymentStatus::Refunding {
-                    let refunded = if payment.charge_id.is_some() {
-                        self.call_refund(&payment).await
-                    } else {
-                        // Recorded as the error it is, below.
-                        Err(GatewayError::BreakerOpen { retry_after: None })
-                    };
-                    Answered::Refund(payment, refunded)
-                } else {
-                    let answer = self.gateway.charge(&charge_request(&payment)).await;
-                    Answered::Charge(payment, answer)
-                }
+                // Under the trace of the order's event: the call's log lines carry its id.
+                let traceparent = payment.traceparent.clone();
+                trace::scope(traceparent, self.call(payment)).await
             })
             .buffer_unordered(concurrency);
         while let Some(first) = calls.next().await {
@@ -270,6 +261,22 @@ impl PaymentWorker {
         Ok(worked)
     }
 
+    /// Asks the gateway what `payment` needs: a refund, or a charge.
+    async fn call(&self, payment: Due) -> Answered {
+        if payment.status == PaymentStatus::Refunding {
+            let refunded = if payment.charge_id.is_some() {
+                self.call_refund(&payment).await
+            } else {
+                // Recorded as the error it is, below.
+                Err(GatewayError::BreakerOpen { retry_after: None })
+            };
+            Answered::Refund(payment, refunded)
+        } else {
+            let answer = self.gateway.charge(&charge_request(&payment)).await;
+            Answered::Charge(payment, answer)
+        }
+    }
+
     /// Records what the gateway answered: refunds one by one, charges together (tried again
     /// at once when the transaction fails: a deadlock with a consumer's cancellations, a lost
     /// connection; each answer is decided anew on its row as then found, so nothing is
@@ -280,7 +287,10 @@ impl PaymentWorker {
             match answer {
                 Answered::Charge(payment, answer) => charges.push((payment, answer)),
                 Answered::Refund(payment, refunded) => {
-                    if let Err(error) = self.record_refund(&payment, refunded).await {
+                    let traceparent = payment.traceparent.clone();
+                    let recorded =
+                        trace::scope(traceparent, self.record_refund(&payment, refunded)).await;
+                    if let Err(error) = recorded {
                         let order = payment.order_id;
                         // The lease runs out and the payment is claimed again.
                         tracing::warn!(%error, %order, "refund failed; retried after its lease");
@@ -336,7 +346,10 @@ impl PaymentWorker {
             let backoff = self.backoff(payment.attempts);
             match decide(payment.status, row, answer.clone(), backoff) {
                 Decision::Approve { charge_id } => approvals.push((payment, charge_id)),
-                decision => self.apply(&mut tx, payment, decision).await?,
+                decision => {
+                    let traceparent = payment.traceparent.clone();
+                    trace::scope(traceparent, self.apply(&mut tx, payment, decision)).await?;
+                }
             }
         }
         self.approve_all(&mut tx, approvals).await?;
@@ -374,7 +387,10 @@ impl PaymentWorker {
                 charge_id: Some(charge_id.clone()),
                 reason: None,
             };
-            events.push(answer_event(&self.topic, PAYMENT_APPROVED, &outcome)?);
+            events.push(
+                answer_event(&self.topic, PAYMENT_APPROVED, &outcome)?
+                    .with_traceparent(payment.traceparent.clone()),
+            );
             steps.push(SagaStepRecord {
                 saga_id: payment.order_id.to_string(),
                 step: "charged",
