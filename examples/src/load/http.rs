@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use commerce_client::{ApiClient, PlaceOrder, RetryPolicy, StatusCode};
 use reference_app::auth::{Auth, Role};
 use reference_app::config::{
-    AuthSettings, Config, GatewayConfig, Secret, SecretUrl, StockStrategyKind,
+    AuthSettings, Config, GatewayConfig, Secret, SecretUrl, Service, StockStrategyKind,
 };
 use reference_app::gateway::{Gateway, RunningGateway};
 use reference_app::{Application, RunningApp};
@@ -45,29 +45,55 @@ impl std::fmt::Debug for HttpTarget {
 /// gateway`) in front of the app: the row beside the plain one is what the extra hop costs.
 pub(crate) const THROUGH_GATEWAY: &str = "+gateway";
 
-/// The app the clients talk to, and the gateway in front of it when the row asks for one.
+/// The suffix (`batching+apart`) that runs the distributed mode's topology instead of the
+/// all-in-one app: two order instances, a store and a payment instance (each an application
+/// of its own, in this process), events through Kafka, the cache through Redis, the gateway
+/// in front.
+pub(crate) const APART: &str = "+apart";
+
+/// The apps the clients talk to, and the gateway in front of them when the row asks for one.
 #[derive(Debug)]
 pub(crate) struct Served {
-    app: RunningApp,
+    apps: Vec<RunningApp>,
     gateway: Option<RunningGateway>,
 }
 
 impl Served {
-    /// Stops the gateway, then the app.
+    /// Stops the gateway, then the apps.
     ///
     /// # Errors
-    /// When either failed.
+    /// When one failed.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         if let Some(gateway) = self.gateway {
             gateway.stop().await.context("stop the gateway")?;
         }
-        self.app.stop().await
+        for app in self.apps {
+            app.stop().await?;
+        }
+        Ok(())
     }
 }
 
+/// What a strategy name asks for: the plain strategy, and where the clients go.
+fn topology(strategy: &str) -> (&str, bool, bool) {
+    if let Some(plain) = strategy.strip_suffix(APART) {
+        (plain, true, true)
+    } else if let Some(plain) = strategy.strip_suffix(THROUGH_GATEWAY) {
+        (plain, true, false)
+    } else {
+        (strategy, false, false)
+    }
+}
+
+/// The plain strategy of a name with [`THROUGH_GATEWAY`] or [`APART`].
+pub(crate) fn plain_strategy(strategy: &str) -> (&str, bool) {
+    let (plain, gateway, _) = topology(strategy);
+    (plain, gateway)
+}
+
 /// Starts the app on database `name` with `strategy` (with [`THROUGH_GATEWAY`]: and the
-/// gateway in front of it), `connections` database connections and room for `clients`
-/// requests in flight.
+/// gateway in front of it; with [`APART`]: the services apart behind the gateway),
+/// `connections` database connections and room for `clients` requests in flight.
 ///
 /// # Errors
 /// A strategy the app does not offer, or the app failing to start.
@@ -77,10 +103,7 @@ pub(crate) async fn start(
     connections: u32,
     clients: usize,
 ) -> anyhow::Result<(HttpTarget, Served)> {
-    let (strategy, through_gateway) = match strategy.strip_suffix(THROUGH_GATEWAY) {
-        Some(plain) => (plain, true),
-        None => (strategy, false),
-    };
+    let (strategy, through_gateway, apart) = topology(strategy);
     let Ok(kind) = strategy.parse::<StockStrategyKind>() else {
         bail!("--http: strategy {strategy:?} has no HTTP form");
     };
@@ -115,14 +138,47 @@ pub(crate) async fn start(
     // turn the run into a test of the limits (409 `user_limit_exceeded`), not of ordering.
     config.orders.max_open_orders_per_user = None;
     config.orders.max_backordered_units_per_user = None;
-    let app = Application::build(config)
-        .await
-        .context("start the reference app")?;
+    let mut apps = Vec::new();
+    let (mut order_urls, mut store_urls) = (Vec::new(), Vec::new());
+    if apart {
+        config.events.kafka_brokers = Some(commerce_testkit::kafka_brokers());
+        config.redis_url = Some(SecretUrl::new(commerce_testkit::redis_url()));
+        for service in [
+            Service::Store,
+            Service::Payment,
+            Service::Order,
+            Service::Order,
+        ] {
+            let mut own = config.clone();
+            own.service = service;
+            if service == Service::Order {
+                own.database.max_connections = (connections / 2).max(1);
+            } else {
+                own.database.max_connections = 4;
+            }
+            let app = Application::build(own)
+                .await
+                .with_context(|| format!("start the {service} service"))?;
+            match service {
+                Service::Order => order_urls.push(app.base_url()),
+                Service::Store => store_urls.push(app.base_url()),
+                _ => {}
+            }
+            apps.push(app);
+        }
+    } else {
+        let app = Application::build(config)
+            .await
+            .context("start the reference app")?;
+        order_urls.push(app.base_url());
+        store_urls.push(app.base_url());
+        apps.push(app);
+    }
     let gateway = if through_gateway {
         let gateway = Gateway::build(GatewayConfig {
             listen: "127.0.0.1:0".parse().expect("an address"),
-            order: vec![app.base_url()],
-            store: vec![app.base_url()],
+            order: order_urls.clone(),
+            store: store_urls.clone(),
             auth: AuthSettings {
                 jwt_secret: Secret::new(SECRET),
                 ..AuthSettings::default()
@@ -154,7 +210,7 @@ pub(crate) async fn start(
     };
     let url = gateway
         .as_ref()
-        .map_or_else(|| app.base_url(), |g| g.base_url.clone());
+        .map_or_else(|| order_urls[0].clone(), |g| g.base_url.clone());
     let api = ApiClient::builder(url)
         .pool_max_idle_per_host(clients.min(1_024))
         // One attempt per order: the run measures the server, and a retry would count twice.
@@ -163,7 +219,7 @@ pub(crate) async fn start(
         .timeout(Duration::from_secs(600))
         .build()
         .context("HTTP client")?;
-    let running = app.spawn();
+    let running = apps.into_iter().map(Application::spawn).collect();
     let target = HttpTarget {
         api,
         auth: Arc::new(Auth::new(&Secret::new(SECRET)).context("token signer")?),
@@ -172,7 +228,7 @@ pub(crate) async fn start(
     Ok((
         target,
         Served {
-            app: running,
+            apps: running,
             gateway,
         },
     ))

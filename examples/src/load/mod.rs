@@ -139,16 +139,14 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         for strategy in &self.strategies {
             // Over HTTP, `<strategy>+gateway` puts the gateway in front of the app.
-            let (plain, through_gateway) = match strategy.strip_suffix(http::THROUGH_GATEWAY) {
-                Some(plain) => (plain, true),
-                None => (strategy.as_str(), false),
-            };
+            let (plain, through_gateway) = http::plain_strategy(strategy);
             if !STRATEGIES.contains(&plain) {
                 bail!(
                     "--strategies: unknown strategy {strategy:?} (known: {}; over HTTP each \
-                     also as <strategy>{})",
+                     also as <strategy>{} and <strategy>{})",
                     STRATEGIES.join(", "),
-                    http::THROUGH_GATEWAY
+                    http::THROUGH_GATEWAY,
+                    http::APART
                 );
             }
             if through_gateway && (!self.http || plain == BARE_UPDATE) {
