@@ -43,8 +43,10 @@ echo "== through the reference app over HTTP"
 $load --http --strategies conditional-update,redis-lock,batching,bare-update \
     --scenarios hot,flash --flash-clients 2000 \
     --json docs/img/stock-load-http.json --plot docs/img/stock-load-http.svg "$@"
-echo "== the gateway's hop: the hot row over HTTP with and without the gateway in front"
-$load --http --strategies batching,batching+gateway --scenarios hot "$@"
+echo "== the gateway's hop and the distributed mode: the hot row over HTTP straight to the"
+echo "   all-in-one app, through the gateway, and to the services apart (two order instances,"
+echo "   Kafka, Redis) behind it"
+$load --http --strategies batching,batching+gateway,batching+apart --scenarios hot "$@"
 echo "== the outbox relay, on a broker of its own started empty (tansu's memory storage answers"
 echo "   slower the more a test suite left in it): the broker alone (send-to-ack of single"
 echo "   messages at 1,000/s), the relay's throughput (200,000 prefilled events, batch 1,000,"
