@@ -82,8 +82,9 @@ pub struct NewEvent {
     pub schema_version: i32,
     /// The payload.
     pub payload: serde_json::Value,
-    /// The W3C trace context it travels under: by default the current one where it was made
-    /// ([`crate::trace::scope`]), `None` outside any.
+    /// The W3C trace context it travels under: by default the one where it was made
+    /// ([`crate::trace::scope`], or its aggregate's in [`crate::trace::scope_by_aggregate`]),
+    /// `None` outside any.
     pub traceparent: Option<String>,
 }
 
@@ -96,16 +97,17 @@ impl NewEvent {
         aggregate_id: impl Into<String>,
         payload: serde_json::Value,
     ) -> Self {
+        let aggregate_id = aggregate_id.into();
         Self {
             id: EventId::new_v7(),
             topic: topic.into(),
             event_type: event_type.into(),
             aggregate_type: aggregate_type.into(),
-            aggregate_id: aggregate_id.into(),
+            traceparent: crate::trace::current_for(&aggregate_id),
+            aggregate_id,
             occurred_at: Utc::now(),
             schema_version: 1,
             payload,
-            traceparent: crate::trace::current(),
         }
     }
 

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 
 /// The message header (and HTTP header) that carries the trace context.
@@ -29,6 +30,7 @@ pub const TRACEPARENT: &str = "traceparent";
 
 tokio::task_local! {
     static CURRENT: Option<String>;
+    static BY_AGGREGATE: HashMap<String, String>;
 }
 
 /// Runs `work` with `traceparent` as the current trace context (a value that is not W3C's
@@ -43,6 +45,29 @@ pub async fn scope<F: Future>(traceparent: Option<String>, work: F) -> F::Output
 #[must_use]
 pub fn current() -> Option<String> {
     CURRENT.try_with(Clone::clone).ok().flatten()
+}
+
+/// Runs `work` with a trace context per aggregate id: for one task writing the events of
+/// many requests at once (a batch writer), each event of aggregate `id` travels under
+/// `traces[id]` (values that are not W3C's are dropped). Outside it, and for other
+/// aggregates, [`current`] applies.
+pub async fn scope_by_aggregate<F: Future>(traces: HashMap<String, String>, work: F) -> F::Output {
+    let traces = traces
+        .into_iter()
+        .filter(|(_, t)| is_traceparent(t))
+        .collect();
+    BY_AGGREGATE.scope(traces, work).await
+}
+
+/// The trace context an event of aggregate `aggregate_id` made now travels under: its own
+/// ([`scope_by_aggregate`]), else the current one.
+#[must_use]
+pub fn current_for(aggregate_id: &str) -> Option<String> {
+    BY_AGGREGATE
+        .try_with(|traces| traces.get(aggregate_id).cloned())
+        .ok()
+        .flatten()
+        .or_else(current)
 }
 
 /// Whether `value` is a W3C trace context of version 00: `00-<32 hex>-<16 hex>-<2 hex>`,
@@ -105,5 +130,24 @@ mod tests {
             None
         );
         assert_eq!(current(), None);
+    }
+
+    #[tokio::test]
+    async fn each_aggregate_of_a_batch_travels_under_its_own_context() {
+        let a = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
+        let outer = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned();
+        let traces = HashMap::from([
+            ("o-1".to_owned(), a.clone()),
+            ("o-2".to_owned(), "garbage".to_owned()),
+        ]);
+        let seen = scope(
+            Some(outer.clone()),
+            scope_by_aggregate(traces, async {
+                (current_for("o-1"), current_for("o-2"), current_for("o-3"))
+            }),
+        )
+        .await;
+        assert_eq!(seen, (Some(a), Some(outer.clone()), Some(outer)));
+        assert_eq!(current_for("o-1"), None);
     }
 }

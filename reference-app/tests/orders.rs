@@ -9,6 +9,7 @@ use std::time::Duration;
 use commerce_client::{OrderStatus, OrderView};
 use common::{Answer, TestApp, Transport};
 use reference_app::auth::Role;
+use reference_app::config::StockStrategyKind;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -181,10 +182,20 @@ async fn a_client_request_id_is_kept_only_when_it_is_a_sane_token() {
 /// of the order's saga: `order.placed` and `order.created` written by the request, the
 /// payment service's `payment.approved` (the payment row keeps it for the worker), and the
 /// order's move to PROCESSING written by the consumer of that answer; a request without one
-/// gets a trace of its own from the HTTP layers, carried the same way.
+/// gets a trace of its own from the HTTP layers, carried the same way. With the conditional
+/// update and with batching (whose writer task writes many requests' events at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_events_of_an_order_carry_the_trace_context_of_its_request() {
-    let app = TestApp::start(Transport::InProcess).await;
+    for strategy in [
+        StockStrategyKind::ConditionalUpdate,
+        StockStrategyKind::Batching,
+    ] {
+        let app = TestApp::start_with(Transport::InProcess, |c| c.stock.strategy = strategy).await;
+        events_carry_the_request_trace(&app).await;
+    }
+}
+
+async fn events_carry_the_request_trace(app: &TestApp) {
     let product = app.product("TRACE-1", 500, 10).await;
     let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     for traceparent in [Some(parent), None] {

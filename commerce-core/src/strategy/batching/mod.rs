@@ -280,6 +280,7 @@ impl Batching {
             order: order.clone(),
             reply,
             queued_at: Instant::now(),
+            trace: caller_trace(),
         };
         let (queue, start) = loop {
             let queue = self.inner.entry(product);
@@ -547,4 +548,16 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The caller's trace context, carried to the events its order's batch writes.
+#[cfg(feature = "outbox")]
+fn caller_trace() -> Option<String> {
+    commerce_outbox::trace::current()
+}
+
+/// Without the outbox there is no trace context to carry.
+#[cfg(not(feature = "outbox"))]
+fn caller_trace() -> Option<String> {
+    None
 }

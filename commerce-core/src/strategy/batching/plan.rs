@@ -244,6 +244,7 @@ mod tests {
             order: ValidatedOrder::new(order, &limits).unwrap(),
             reply,
             queued_at: Instant::now(),
+            trace: None,
         }
     }
 
@@ -291,6 +292,7 @@ mod tests {
                 .unwrap(),
                 reply,
                 queued_at: Instant::now(),
+                trace: None,
             }
         };
         let requests = [

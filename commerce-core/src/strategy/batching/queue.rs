@@ -20,6 +20,10 @@ pub(super) struct Request {
     pub(super) reply: oneshot::Sender<Result<PlacedOrder>>,
     /// When it joined its product's queue (for [`super::BatchSettings::max_wait`]).
     pub(super) queued_at: Instant,
+    /// The caller's trace context (`commerce_outbox::trace`, with the `outbox` feature), for
+    /// the events the batch writes for this order.
+    #[cfg_attr(not(feature = "outbox"), allow(dead_code))]
+    pub(super) trace: Option<String>,
 }
 
 impl Request {
@@ -263,6 +267,7 @@ mod tests {
                 order,
                 reply,
                 queued_at: start - Duration::from_millis(age),
+                trace: None,
             });
             answers.push(answer);
         }

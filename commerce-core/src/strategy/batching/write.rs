@@ -389,7 +389,7 @@ async fn attempt_batch(
         Err(e) => return Err(e.into()),
     };
     let (events, lines) = events_and_lines(requests, &plan);
-    writer.hooks().run(&mut tx, &events).await?;
+    run_hooks(writer, &mut tx, &events, requests, &plan).await?;
     let after = match after {
         Some(after) => after,
         None => {
@@ -494,6 +494,34 @@ fn same_request(first: &PlacedOrder, request: &Request) -> Result<PlacedOrder> {
 }
 
 /// The `order.placed` events and each placed request's lines (indexed like `requests`).
+/// Runs the hooks on the batch's events, each order's under its caller's trace context (with
+/// the outbox: the events the hooks write for an order carry its request's trace).
+async fn run_hooks(
+    writer: &OrderWriter,
+    tx: &mut sqlx::PgConnection,
+    events: &[CoreEvent],
+    requests: &[Request],
+    plan: &Plan,
+) -> Result<()> {
+    #[cfg(feature = "outbox")]
+    {
+        let traces: std::collections::HashMap<String, String> = requests
+            .iter()
+            .zip(&plan.decisions)
+            .filter_map(|(request, decision)| match (decision, &request.trace) {
+                (Decision::Place { id, .. }, Some(trace)) => Some((id.to_string(), trace.clone())),
+                _ => None,
+            })
+            .collect();
+        commerce_outbox::trace::scope_by_aggregate(traces, writer.hooks().run(tx, events)).await
+    }
+    #[cfg(not(feature = "outbox"))]
+    {
+        let _ = (requests, plan);
+        writer.hooks().run(tx, events).await
+    }
+}
+
 fn events_and_lines(
     requests: &[Request],
     plan: &Plan,
