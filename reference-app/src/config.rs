@@ -638,10 +638,7 @@ impl GatewayConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(lookup);
         let mut c = Self::default();
-        let (mut bind, mut port) = (c.listen.ip(), c.listen.port());
-        env.read("BIND", &mut bind)?;
-        env.read("PORT", &mut port)?;
-        c.listen = SocketAddr::new(bind, port);
+        env.listen(&mut c.listen)?;
         c.order = instances(&env, "GATEWAY_ORDER_URLS")?;
         c.store = instances(&env, "GATEWAY_STORE_URLS")?;
         c.auth = AuthSettings::read(&env)?;
@@ -756,6 +753,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         Ok(())
     }
 
+    /// The listening address: `BIND` and `PORT` over `slot`'s (the app's and the gateway's).
+    fn listen(&self, slot: &mut SocketAddr) -> Result<(), ConfigError> {
+        let (mut bind, mut port) = (slot.ip(), slot.port());
+        self.read("BIND", &mut bind)?;
+        self.read("PORT", &mut port)?;
+        *slot = SocketAddr::new(bind, port);
+        Ok(())
+    }
+
     /// As [`Env::read`], for a limit where 0 means none.
     fn limit(&self, name: &'static str, slot: &mut Option<i64>) -> Result<(), ConfigError> {
         let mut value = slot.unwrap_or(0);
@@ -809,10 +815,7 @@ impl Config {
         let env = Env(lookup);
         let mut c = Self::default();
 
-        let (mut bind, mut port) = (c.http.listen.ip(), c.http.listen.port());
-        env.read("BIND", &mut bind)?;
-        env.read("PORT", &mut port)?;
-        c.http.listen = SocketAddr::new(bind, port);
+        env.listen(&mut c.http.listen)?;
         let seconds = Duration::from_secs(1);
         let millis = Duration::from_millis(1);
         env.duration("REQUEST_TIMEOUT_SECS", seconds, &mut c.http.request_timeout)?;

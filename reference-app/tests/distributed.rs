@@ -481,7 +481,6 @@ async fn overload_at_the_gateway_is_refused_cleanly_and_leaves_it_flat() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let early = Arc::new(Mutex::new(None));
     let mut tasks = Vec::new();
     for (n, token) in tokens.into_iter().enumerate() {
         let http = http.clone();
@@ -521,13 +520,12 @@ async fn overload_at_the_gateway_is_refused_cleanly_and_leaves_it_flat() {
     }
     // Footprint after the surge has settled in, and at its end.
     tokio::time::sleep(run_for / 4).await;
-    *early.lock().await = Some(footprint(pid));
+    let (early_rss, early_fds) = footprint(pid);
     let mut seen = Vec::new();
     for task in tasks {
         seen.extend(task.await.expect("client task"));
     }
     let late = footprint(pid);
-    let (early_rss, early_fds) = early.lock().await.expect("measured");
 
     let mut statuses = std::collections::BTreeMap::new();
     for (status, _, _) in &seen {
