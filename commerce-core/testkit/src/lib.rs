@@ -5,8 +5,8 @@
 //! - [`TestDb`]: a freshly created and migrated Postgres database, dropped when the value is;
 //!   [`scratch_database`]: a named one for examples and harnesses.
 //! - [`unique_name`]: unique Redis key prefixes and Kafka topic names.
-//! - [`PrivateRedis`], [`PrivateBroker`]: servers of the test's own, which it may stop and
-//!   start without disturbing other tests.
+//! - [`PrivatePostgres`], [`PrivateRedis`], [`PrivateBroker`]: servers of the test's own,
+//!   which it may kill and start again without disturbing other tests.
 //! - [`TcpProxy`]: a proxy that can black-hole, delay or cut a connection, for the failures
 //!   a killed server cannot show (a hung network, a lost reply).
 //! - [`eventually`], [`within`]: bounded waits, so a broken build fails instead of hanging.
@@ -18,6 +18,7 @@
 //! published crates, the examples, the app and the docs.
 
 mod db;
+mod postgres;
 mod proxy;
 mod servers;
 mod wait;
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use db::{scratch_database, TestDb};
+pub use postgres::PrivatePostgres;
 pub use proxy::TcpProxy;
 pub use servers::{free_port, tansu_binary, PrivateBroker, PrivateRedis};
 pub use wait::{eventually, within};

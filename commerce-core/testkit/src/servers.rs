@@ -192,6 +192,28 @@ impl PrivateBroker {
     pub fn stop(&mut self) {
         self.child.kill();
     }
+
+    /// Freezes the broker process (SIGSTOP): its connections stay open and nothing is
+    /// answered, as a hung broker or a partition between it and every client. Its memory
+    /// storage survives, unlike a [`stop`](PrivateBroker::stop).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`pause`](PrivateBroker::pause)d broker run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child.0 {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// The tansu binary: `TANSU_BIN`, else `~/.cargo/bin/tansu` when installed, else `tansu`.
