@@ -39,6 +39,8 @@ on_both_transports!(
     a_free_order_is_processed_without_a_charge,
     ordinary_orders_placed_after_unreadable_refusals_are_paid,
     orders_paid_while_the_saga_timeout_sweeps_stay_paid,
+    a_refund_answered_409_is_asked_again_and_the_money_returned,
+    a_paid_order_cancelled_without_its_event_reaching_payments_is_refunded,
 );
 
 /// Controls (pass on a sound app; they prove the rig): the normal path keeps the money of a
@@ -61,6 +63,91 @@ async fn an_approved_charge_is_kept_and_a_cancelled_paid_order_is_refunded(trans
         .await
         .expect("cancelled by an admin");
     shop.verdict().await;
+}
+
+/// Found by the fault suite (`tests/faults.rs`, "PG answers 409"): a refund the gateway
+/// answered 409 with a code other than "already refunded" (a conflict, "not now") was taken
+/// as refused for good: the payment ended `refund_failed` and the money of the cancelled
+/// order stayed kept. A 409 says "not now" for a refund as for a charge: it is asked again
+/// with the same key until the gateway answers.
+async fn a_refund_answered_409_is_asked_again_and_the_money_returned(transport: Transport) {
+    use common::gateway::Weather;
+    let mut shop = Shop::open(transport).await;
+    let product = shop.product(PLAIN).await;
+    let order = shop
+        .order(
+            "paid, then cancelled while refunds get 409",
+            product,
+            Outcome::Cancelled,
+        )
+        .await;
+    shop.wait_until_not_created(order).await;
+    shop.gateway.set_weather(Weather::Refuse(409));
+    shop.app
+        .admin
+        .cancel_order(order)
+        .await
+        .expect("cancelled by an admin");
+    let refused = poll_until(Duration::from_secs(20), || async {
+        shop.gateway
+            .requests()
+            .iter()
+            .any(|r| r.kind == "refund" && r.answer == Some(409))
+    })
+    .await;
+    assert!(
+        refused,
+        "no refund was asked while the gateway answered 409"
+    );
+    shop.gateway.set_weather(Weather::Fine);
+    let returned = poll_until(Duration::from_secs(30), || async {
+        !shop.gateway.money_kept(order)
+    })
+    .await;
+    assert!(
+        returned,
+        "the money of cancelled order {order} is still kept 30 s after the 409s stopped: {}",
+        shop.gateway.describe(order)
+    );
+    shop.verdict().await;
+}
+
+/// Found by the fault suite (`tests/faults.rs`: after a payment instance's restart, Kafka
+/// deliveries of some `order.cancelled` events never reached the payment service): a paid
+/// order cancelled whose event the payment service never gets kept its money for good. The
+/// payment worker's reconciliation finds payments of cancelled orders that no event
+/// cancelled and moves them on (here: refunds the charge). The lost event is played by
+/// cancelling the order in the database alone, as the order service does, without the event.
+async fn a_paid_order_cancelled_without_its_event_reaching_payments_is_refunded(
+    transport: Transport,
+) {
+    let mut shop = Shop::open(transport).await;
+    let product = shop.product(PLAIN).await;
+    let order = shop
+        .order(
+            "paid, then cancelled with its event lost",
+            product,
+            Outcome::Cancelled,
+        )
+        .await;
+    shop.wait_until_not_created(order).await;
+    sqlx::query(
+        "UPDATE commerce.orders SET status = 'CANCELLED', updated_at = now() - interval '1 minute' \
+         WHERE id = $1 AND status = 'PROCESSING'",
+    )
+    .bind(order)
+    .execute(shop.app.db.pool())
+    .await
+    .expect("the order cancelled in the database alone");
+    let returned = poll_until(Duration::from_secs(40), || async {
+        !shop.gateway.money_kept(order)
+    })
+    .await;
+    assert!(
+        returned,
+        "the money of cancelled order {order} is still kept 40 s later: {}",
+        shop.gateway.describe(order)
+    );
 }
 
 /// Control: a plain decline cancels the order with its reason, and no money is taken.

@@ -111,6 +111,7 @@ fn settings() -> WorkerSettings {
         lease: Duration::from_secs(60),
         concurrency: 4,
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(100)),
+        ..WorkerSettings::default()
     }
 }
 

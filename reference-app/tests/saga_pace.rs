@@ -98,6 +98,7 @@ async fn the_worker_charges_a_burst_concurrently_under_its_bound_and_records_in_
         lease: Duration::from_secs(60),
         concurrency: BOUND,
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(100)),
+        ..WorkerSettings::default()
     };
     let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
     PaymentWorker::new(

@@ -241,6 +241,47 @@ pub(super) async fn request_cancel(
     status.map(|s| s.parse().map_err(Into::into)).transpose()
 }
 
+/// The reconciliation of a lost cancellation: payments that may still hold or take money
+/// (`pending`, `charging`, `approved`) of orders the order service cancelled more than
+/// `grace` ago, which no `order.cancelled` event reached (`cancel_requested` unset), get
+/// what [`request_cancel`] gives them. Reads the order's status from the database the
+/// services share. At most `batch` at once, skipping rows a worker or consumer holds.
+/// Returns each one's order and status after.
+pub(super) async fn cancel_unheard(
+    conn: &mut PgConnection,
+    grace: Duration,
+    batch: i64,
+) -> Result<Vec<(Uuid, PaymentStatus)>, StoreError> {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "WITH unheard AS ( \
+             SELECT p.order_id FROM payment.payments p \
+             JOIN commerce.orders o ON o.id = p.order_id \
+             WHERE NOT p.cancel_requested AND p.status IN ('pending', 'charging', 'approved') \
+               AND o.status = 'CANCELLED' \
+               AND o.updated_at < now() - make_interval(secs => $1) \
+             ORDER BY o.updated_at LIMIT $2 FOR UPDATE OF p SKIP LOCKED) \
+         UPDATE payment.payments p SET cancel_requested = true, \
+         status = CASE \
+             WHEN p.status = 'pending' AND p.may_have_charged THEN 'void_pending' \
+             WHEN p.status = 'pending' THEN 'voided' \
+             WHEN p.status = 'approved' AND p.charge_id IS NULL THEN 'voided' \
+             WHEN p.status = 'approved' THEN 'refund_pending' \
+             ELSE p.status END, \
+         next_attempt_at = CASE WHEN p.status IN ('pending', 'approved') THEN now() \
+                                ELSE p.next_attempt_at END, \
+         updated_at = now() \
+         FROM unheard WHERE p.order_id = unheard.order_id \
+         RETURNING p.order_id, p.status",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(batch)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(order, status)| Ok((order, status.parse()?)))
+        .collect()
+}
+
 /// Claims up to `batch` due payments for `lease` (skipping rows other workers hold): a
 /// payment to charge becomes `charging`, one to ask about `voiding`, one to refund
 /// `refunding`; a claim whose lease ran out is claimed again as it was, marked as maybe

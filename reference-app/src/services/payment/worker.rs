@@ -45,6 +45,12 @@ pub struct WorkerSettings {
     /// Wait before a parked payment is asked again: 0.5 s doubling per claim up to 10 s,
     /// with jitter; longer when the gateway says so (`Retry-After`, the breaker's open time).
     pub backoff: Backoff,
+    /// How often the reconciliation looks for payments of cancelled orders that no
+    /// `order.cancelled` event reached (a lost or stalled delivery): default 5 s.
+    pub reconcile_every: Duration,
+    /// How long after its cancellation an order's payment is the reconciliation's to move
+    /// on rather than the event's (default 10 s: an event normally arrives in milliseconds).
+    pub reconcile_grace: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -54,6 +60,8 @@ impl Default for WorkerSettings {
             lease: Duration::from_secs(15),
             concurrency: 64,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
+            reconcile_every: Duration::from_secs(5),
+            reconcile_grace: Duration::from_secs(10),
         }
     }
 }
@@ -211,6 +219,23 @@ impl PaymentWorker {
     /// Runs until `shutdown`; the round in progress finishes first (its calls are bounded by
     /// the gateway client's overall timeout).
     pub fn spawn(self, shutdown: CancellationToken, tasks: &TaskTracker) {
+        let reconciler = self.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(reconciler.settings.reconcile_every);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                match reconciler.reconcile().await {
+                    Ok(0) => {}
+                    Ok(_) => reconciler.wake.notify_one(),
+                    Err(error) => tracing::warn!(%error, "payment reconciliation failed; retrying"),
+                }
+            }
+        });
         tasks.spawn(async move {
             loop {
                 let worked = match self.round().await {
@@ -230,6 +255,38 @@ impl PaymentWorker {
                 }
             }
         });
+    }
+
+    /// The reconciliation: payments of orders cancelled without their event reaching this
+    /// service are cancelled as the event would have (refunded, voided or asked about), with
+    /// a saga step and a warning each. Returns how many.
+    async fn reconcile(&self) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = store::cancel_unheard(&mut tx, self.settings.reconcile_grace, 100).await?;
+        for (order, status) in &moved {
+            tracing::warn!(
+                %order, %status,
+                "an order was cancelled but its event never reached the payment service: \
+                 its payment is cancelled by the reconciliation"
+            );
+            record_saga_step(
+                &mut *tx,
+                SAGA,
+                &order.to_string(),
+                "payment_cancelled",
+                SagaStatus::Compensated,
+                None,
+                Some(&format!(
+                    "payment {status}: the order was found cancelled without its event (reconciliation)"
+                )),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if !moved.is_empty() {
+            metrics::counter!("payment_reconciled_total").increment(moved.len() as u64);
+        }
+        Ok(moved.len())
     }
 
     /// Claims due payments (as many as may be called at once) and works them; returns how

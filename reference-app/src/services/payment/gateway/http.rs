@@ -35,6 +35,9 @@ pub const PERMANENT_REFUSALS: [u16; 12] =
 /// The error code a PG answers 409 with while the first request of a key is still running.
 const KEY_IN_USE: &str = "idempotency_key_in_use";
 
+/// The error code a PG answers a refund with, 409, when the charge is refunded already.
+const ALREADY_REFUNDED: &str = "charge_already_refunded";
+
 /// The longest `Retry-After` honoured: a PG asking for more is asked again after this.
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(3_600);
 
@@ -166,12 +169,14 @@ impl GatewayTransport for HttpTransport {
                     charge_id: refunded.charge_id,
                 })
             }
-            // For a refund a 409 is final (e.g. refunded already under another key), unless
-            // the PG says the same key's first request is still running.
-            StatusCode::CONFLICT if error_code(&answer.body).as_deref() == Some(KEY_IN_USE) => {
-                Err(UnavailableCause::InProgress.into())
-            }
-            StatusCode::CONFLICT => Err(refused(&answer)),
+            // A 409 ends a refund only when the PG says the charge is refunded already
+            // (under another key: the money is back, and a person looks at why). Any other
+            // 409 says "not now", as for a charge: asked again with the same key.
+            StatusCode::CONFLICT => match error_code(&answer.body).as_deref() {
+                Some(ALREADY_REFUNDED) => Err(refused(&answer)),
+                Some(KEY_IN_USE) => Err(UnavailableCause::InProgress.into()),
+                _ => Err(unexpected(&answer)),
+            },
             _ => Err(unexpected(&answer)),
         }
     }
