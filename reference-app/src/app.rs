@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use axum::Router;
 use commerce_core::{Commerce, DistributedLockStrategy, OrderLimits, OutboxHook};
 use commerce_lock::{LocalLock, LockOptions, RedisLock};
@@ -456,20 +457,22 @@ impl Application {
         } = self;
         let (draining, shutdown, drain) =
             (parts.draining.clone(), parts.shutdown.clone(), parts.drain);
-        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
-            signal.await;
-            draining.cancel();
-            if !drain.is_zero() {
-                tracing::info!(
+        let served = axum::serve(listener.tap_io(http::no_delay), router).with_graceful_shutdown(
+            async move {
+                signal.await;
+                draining.cancel();
+                if !drain.is_zero() {
+                    tracing::info!(
                     ?drain,
                     "shutting down: /ready answers 503 while load balancers take this instance out"
                 );
-                tokio::time::sleep(drain).await;
-            }
-            tracing::info!("shutting down: finishing in-flight requests");
-            // Event streams end now; otherwise they would hold the shutdown open.
-            shutdown.cancel();
-        });
+                    tokio::time::sleep(drain).await;
+                }
+                tracing::info!("shutting down: finishing in-flight requests");
+                // Event streams end now; otherwise they would hold the shutdown open.
+                shutdown.cancel();
+            },
+        );
         let mut serving = std::pin::pin!(served.into_future());
         let failed = tokio::select! {
             outcome = &mut serving => Some(outcome),
@@ -677,7 +680,7 @@ async fn start_stand_in(
         .context("bind the stand-in payment gateway on a loopback port")?;
     let url = format!("http://{}", listener.local_addr()?);
     tasks.spawn(async move {
-        let served = axum::serve(listener, router)
+        let served = axum::serve(listener.tap_io(http::no_delay), router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(error) = served {
