@@ -57,7 +57,9 @@ pub enum TokenError {
     /// Its `exp` has passed.
     #[error("the token has expired")]
     Expired,
-    /// Not a well-formed HS256 token signed with our key (or a claim is missing or wrong).
+    /// Not a well-formed HS256 token signed with our key (or a claim is missing or wrong: a
+    /// `sub` that is empty, longer than [`MAX_USER_ID_BYTES`] or holds a control character,
+    /// an `exp` beyond year 9999).
     #[error("invalid token")]
     Invalid,
     /// The configured secret cannot be used as an HS256 key.
@@ -82,9 +84,14 @@ impl Auth {
     /// A token for `sub` with `role`, valid for `ttl`.
     ///
     /// # Errors
-    /// When signing fails (it does not with an HMAC key).
+    /// [`TokenError::Invalid`] for a `sub` no token may carry (empty, longer than
+    /// [`MAX_USER_ID_BYTES`], a control character) or an `exp` beyond year 9999; signing
+    /// itself does not fail with an HMAC key.
     pub fn issue(&self, sub: &str, role: Role, ttl: Duration) -> Result<String, TokenError> {
         let exp = now_secs().saturating_add(ttl.as_secs());
+        if !is_user_id(sub) || exp > LATEST_EXP {
+            return Err(TokenError::Invalid);
+        }
         let claims = Claims {
             sub: sub.to_owned(),
             role,
@@ -107,11 +114,25 @@ impl Auth {
             // RFC 7519 §4.1.4: not accepted *on or after* `exp` (the library accepts the
             // second of `exp` itself); what a token opened ends at `exp`, so must the token.
             Ok(data) if data.claims.exp <= now_secs() => Err(TokenError::Expired),
-            Ok(data) if !data.claims.sub.is_empty() => Ok(data.claims),
+            // Beyond any date a clock shows: malformed (and no instant can hold it).
+            Ok(data) if data.claims.exp > LATEST_EXP => Err(TokenError::Invalid),
+            Ok(data) if is_user_id(&data.claims.sub) => Ok(data.claims),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Ok(_) | Err(_) => Err(TokenError::Invalid),
         }
     }
+}
+
+/// The latest `exp` a token may carry: the last second of year 9999.
+const LATEST_EXP: u64 = 253_402_300_799;
+
+/// The longest user id (`sub`) a token may carry, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 200;
+
+/// Whether `sub` can be a user id: 1 to [`MAX_USER_ID_BYTES`] bytes, no control characters
+/// (it is stored, and written into order history reasons).
+fn is_user_id(sub: &str) -> bool {
+    !sub.is_empty() && sub.len() <= MAX_USER_ID_BYTES && !sub.chars().any(char::is_control)
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the services and the gateway

@@ -6,166 +6,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use commerce_client::{ApiClient, CreateProduct, Error as ClientError, PlaceOrder, RetryPolicy};
-use commerce_testkit::{eventually, kafka_brokers, redis_url, unique_name, TestDb};
-use common::gateway::ScriptedGateway;
-use common::SECRET;
+use commerce_client::{CreateProduct, Error as ClientError, PlaceOrder};
+use commerce_testkit::eventually;
+use common::deployment::{footprint, instances_up, taken_out_at, Deployment};
 use futures::StreamExt;
-use reference_app::auth::{Auth, Role};
-use reference_app::config::Secret;
+use reference_app::auth::Role;
 use reqwest::StatusCode;
-use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use uuid::Uuid;
-
-/// One process of the deployment, killed (SIGKILL) when dropped.
-struct Process {
-    name: String,
-    url: String,
-    log: PathBuf,
-    child: Child,
-}
-
-impl Process {
-    /// Kills it with SIGKILL, as a crash would, and waits until it is gone.
-    async fn kill(&mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        self.child.wait().await.expect("reaped");
-    }
-
-    /// The last lines of its log, for a failure message.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(15);
-        format!(
-            "{} ({}):\n{}",
-            self.name,
-            self.log.display(),
-            lines[from..].join("\n")
-        )
-    }
-}
-
-/// The processes of one deployment and what they share.
-struct Deployment {
-    db: TestDb,
-    prefix: String,
-    payments: ScriptedGateway,
-    logs: PathBuf,
-    auth: Auth,
-}
-
-/// A port free now (the process binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-impl Deployment {
-    async fn new() -> Self {
-        let prefix = unique_name("dist");
-        let logs = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&logs).expect("log directory");
-        Self {
-            db: TestDb::with_pool_size(&[], 2).await,
-            prefix,
-            payments: ScriptedGateway::start().await,
-            logs,
-            auth: Auth::new(&Secret::new(SECRET)).unwrap(),
-        }
-    }
-
-    /// Starts the gateway in front of `order` and `store` instances, with `extra` settings.
-    async fn start_gateway(
-        &self,
-        order: &[&Process],
-        store: &[&Process],
-        extra: &[(&str, String)],
-    ) -> Process {
-        let urls = |instances: &[&Process]| {
-            instances
-                .iter()
-                .map(|p| p.url.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let mut settings = vec![
-            ("GATEWAY_ORDER_URLS", urls(order)),
-            ("GATEWAY_STORE_URLS", urls(store)),
-        ];
-        settings.extend(extra.iter().cloned());
-        self.start("gateway", "gateway", &settings).await
-    }
-
-    /// Starts `reference-app serve` as `service` with `extra` settings and waits for its
-    /// `/ready`.
-    async fn start(&self, name: &str, service: &str, extra: &[(&str, String)]) -> Process {
-        let port = free_port();
-        let log = self.logs.join(format!("{name}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_reference-app"));
-        command
-            .arg("serve")
-            .env("SERVICE", service)
-            .env("PORT", port.to_string())
-            .env("BIND", "127.0.0.1")
-            .env("COMMERCE_JWT_SECRET", SECRET)
-            .env("DATABASE_URL", self.db.url())
-            .env("REDIS_URL", redis_url())
-            .env("KAFKA_BROKERS", kafka_brokers())
-            .env("EVENT_PREFIX", &self.prefix)
-            .env("PAYMENT_GATEWAY_URL", self.payments.url())
-            .env("STOCK_STRATEGY", "batching")
-            .env("ORDER_RATE_PER_MINUTE", "0")
-            .env("SHUTDOWN_DRAIN_SECS", "0")
-            .env("DB_MAX_CONNECTIONS", "8")
-            .env("RUST_LOG", "warn,reference_app=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .kill_on_drop(true);
-        for (key, value) in extra {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("start reference-app");
-        let process = Process {
-            name: name.to_owned(),
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-            child,
-        };
-        let http = reqwest::Client::new();
-        let ready = eventually(Duration::from_secs(90), || async {
-            http.get(format!("{}/ready", process.url))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        })
-        .await;
-        assert!(ready, "not ready within 90 s: {}", process.log_tail());
-        process
-    }
-
-    fn client(&self, url: &str, user: &str, role: Role) -> ApiClient {
-        let token = self
-            .auth
-            .issue(user, role, Duration::from_secs(3600))
-            .unwrap();
-        ApiClient::builder(url)
-            .bearer_token(&token)
-            .timeout(Duration::from_secs(30))
-            .retry(RetryPolicy::none())
-            .build()
-            .unwrap()
-    }
-}
 
 /// What the client saw of one placement.
 #[derive(Debug, Clone)]
@@ -176,52 +27,6 @@ enum Seen {
     SoldOut,
     /// No usable answer (the instance died under it: 502, or no answer at all).
     Unknown(String),
-}
-
-/// When the gateway's log says `instance` went out of its balancer (the first time).
-fn taken_out_at(gateway: &Process, instance: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    let log = std::fs::read_to_string(&gateway.log).ok()?;
-    let line = log
-        .lines()
-        .find(|l| l.contains("instance down") && l.contains(instance))?;
-    // Without the colour codes the line starts with its RFC 3339 time.
-    let plain: String = strip_ansi(line);
-    let stamp = plain.split_whitespace().next()?;
-    chrono::DateTime::parse_from_rfc3339(stamp)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
-/// The instances the gateway counts as up for `service`, from its `/metrics`.
-async fn instances_up(gateway: &str, service: &str) -> Option<u32> {
-    let text = reqwest::get(format!("{gateway}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let wanted = format!("gateway_instances_up{{service=\"{service}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(wanted.as_str()))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u32)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -366,7 +171,9 @@ async fn an_order_instance_killed_mid_sale_loses_and_doubles_nothing_through_the
     );
 
     // From the database: orders of the product, once each, never more than the stock.
-    let pool = sqlx::PgPool::connect(&deployment.db.url()).await.unwrap();
+    let pool = sqlx::PgPool::connect(deployment.database_url())
+        .await
+        .unwrap();
     let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
         "SELECT o.id, o.idempotency_key FROM commerce.orders o
          JOIN commerce.order_lines l ON l.order_id = o.id WHERE l.product_id = $1",
@@ -413,18 +220,6 @@ async fn an_order_instance_killed_mid_sale_loses_and_doubles_nothing_through_the
     assert!(audit.consistent, "audit: {audit:?}");
     drop(pool);
     drop((store, order_2, payment, gateway));
-}
-
-/// Resident memory (KiB) and open file descriptors of process `pid`.
-fn footprint(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
-    (rss, fds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

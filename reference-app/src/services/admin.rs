@@ -253,6 +253,15 @@ pub async fn discard_consumer(
     _admin: Admin,
     Path((consumer, event_id)): Path<(String, Uuid)>,
 ) -> ApiResult<StatusCode> {
+    // Postgres text cannot hold a NUL, so no consumer is named with one: no such dead letter
+    // (the query would fail as a database error, a 503).
+    if consumer.contains('\0') {
+        return Err(commerce_outbox::Error::ConsumerDeadLetterNotFound {
+            consumer,
+            event_id: EventId(event_id),
+        }
+        .into());
+    }
     discard_consumer_dead_letter(&state.pool, &consumer, EventId(event_id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

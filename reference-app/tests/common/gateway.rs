@@ -84,6 +84,22 @@ pub enum Then {
     GoDown,
 }
 
+/// What the gateway does to every new request (a charge under a key it has not seen, a
+/// refund) whose amount has no script left: its weather, for fault suites that disturb the
+/// whole gateway for a while rather than one amount's requests.
+#[derive(Debug, Clone, Default)]
+pub enum Weather {
+    /// Served normally.
+    #[default]
+    Fine,
+    /// Never answered, nothing taken (the client times out).
+    Hang,
+    /// Every other request answered 503 with nothing taken, the rest served.
+    FailHalf,
+    /// This status with a JSON error body (and `Retry-After: 1` for a 429), nothing taken.
+    Refuse(u16),
+}
+
 /// One request the gateway received.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -167,6 +183,11 @@ impl ScriptedGateway {
     /// unanswered, as if lost on the way.
     pub fn come_back(&self, amount: i64) {
         self.pg.book().down.remove(&amount);
+    }
+
+    /// From now on new requests get `weather` (see [`Weather`]).
+    pub fn set_weather(&self, weather: Weather) {
+        self.pg.book().weather = weather;
     }
 
     /// Whether the gateway holds money of `order`: a charge taken and not refunded.
@@ -268,6 +289,9 @@ impl Pg {
 struct Book {
     scripts: HashMap<i64, VecDeque<Step>>,
     down: HashSet<i64>,
+    weather: Weather,
+    /// New requests met under [`Weather::FailHalf`].
+    disturbed: u64,
     /// Idempotency key -> what a repeat of the key gets.
     charge_keys: HashMap<String, KeyRecord>,
     /// Refund idempotency key -> (charge id, answer).
@@ -409,6 +433,11 @@ impl Book {
             .scripts
             .get_mut(&charge.amount)
             .and_then(VecDeque::pop_front);
+        if step.is_none() {
+            if let Some(disturbed) = self.weathered() {
+                return disturbed;
+            }
+        }
         match step {
             None => Decision::Answer(self.take(key, charge, now)),
             Some(Step::Take {
@@ -450,6 +479,27 @@ impl Book {
                     },
                 );
                 Decision::Answer(reply)
+            }
+        }
+    }
+
+    /// What the weather does to a new request, if anything: nothing is taken or recorded.
+    fn weathered(&mut self) -> Option<Decision> {
+        match self.weather {
+            Weather::Fine => None,
+            Weather::Hang => Some(Decision::Hang),
+            Weather::FailHalf => {
+                self.disturbed += 1;
+                (self.disturbed % 2 == 0).then(|| {
+                    Decision::Answer(Reply::error(503, "unavailable", "failing half the calls"))
+                })
+            }
+            Weather::Refuse(status) => {
+                let mut reply = Reply::error(status, "refused", "the weather refuses it");
+                if status == 429 {
+                    reply.headers.push(("retry-after".into(), "1".into()));
+                }
+                Some(Decision::Answer(reply))
             }
         }
     }
@@ -530,8 +580,16 @@ async fn refund(
     if pg.is_down(amount) {
         return unreachable().await;
     }
+    let weathered = pg.book().weathered();
+    let disturbed = match weathered {
+        Some(Decision::Hang) => return unreachable().await,
+        Some(Decision::Answer(reply) | Decision::AnswerAt(_, reply)) => Some(reply),
+        None => None,
+    };
     let mut book = pg.book();
-    let reply = if key.is_empty() {
+    let reply = if let Some(reply) = disturbed {
+        reply
+    } else if key.is_empty() {
         Reply::error(
             400,
             "missing_idempotency_key",

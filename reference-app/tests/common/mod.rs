@@ -3,6 +3,7 @@
 //! send: malformed bodies, wrong content types, missing or forged tokens).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod deployment;
 pub mod faults;
 pub mod gateway;
 pub mod sse;

@@ -270,7 +270,7 @@ impl PaymentWorker {
                  its payment is cancelled by the reconciliation"
             );
             record_saga_step(
-                &mut *tx,
+                &mut tx,
                 SAGA,
                 &order.to_string(),
                 "payment_cancelled",
