@@ -22,7 +22,7 @@ mod traffic;
 use std::sync::Arc;
 use std::time::Duration;
 
-use commerce_client::{ApiClient, CreateProduct, Error as ClientError, PlaceOrder};
+use commerce_client::{ApiClient, CreateProduct, PlaceOrder};
 use commerce_testkit::{PrivateBroker, PrivatePostgres, PrivateRedis, TcpProxy};
 use common::deployment::{footprint, Deployment, Process, Servers};
 use common::gateway::Weather;
@@ -265,7 +265,8 @@ impl World {
     /// Injects `fault` and heals it; returns when it is healed (a killed process started
     /// again, a server back).
     async fn inject(&mut self, fault: Fault) {
-        let restart = Duration::from_secs(90);
+        // A killed instance stays down for a second, then has this long to be ready again.
+        let (down, restart) = (Duration::from_secs(1), Duration::from_secs(90));
         match fault {
             Fault::BrokerStopped => {
                 self.broker.pause();
@@ -286,19 +287,28 @@ impl World {
                 self.postgres.terminate_connections().await;
             }
             Fault::OrderInstanceKilled => {
-                self.order[0].kill().await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                assert!(self.deployment.restart(&mut self.order[0], restart).await);
+                let process = &mut self.order[0];
+                assert!(
+                    self.deployment
+                        .crash_and_restart(process, down, restart)
+                        .await
+                );
             }
             Fault::PaymentInstanceKilled => {
-                self.payment[0].kill().await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                assert!(self.deployment.restart(&mut self.payment[0], restart).await);
+                let process = &mut self.payment[0];
+                assert!(
+                    self.deployment
+                        .crash_and_restart(process, down, restart)
+                        .await
+                );
             }
             Fault::StoreInstanceKilled => {
-                self.store[0].kill().await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                assert!(self.deployment.restart(&mut self.store[0], restart).await);
+                let process = &mut self.store[0];
+                assert!(
+                    self.deployment
+                        .crash_and_restart(process, down, restart)
+                        .await
+                );
             }
             Fault::RelayKilledMidBatch => {
                 // order-2 relays what it writes: killed the moment events wait to be sent.
@@ -315,9 +325,12 @@ impl World {
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                self.order[1].kill().await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                assert!(self.deployment.restart(&mut self.order[1], restart).await);
+                let process = &mut self.order[1];
+                assert!(
+                    self.deployment
+                        .crash_and_restart(process, down, restart)
+                        .await
+                );
             }
             Fault::PaymentGatewayTimesOut
             | Fault::PaymentGatewayFailsHalf
@@ -360,13 +373,7 @@ impl World {
             let answer = probe
                 .place_order_with_key(&PlaceOrder::one(product, 1), &key)
                 .await;
-            let seen = match &answer {
-                Ok(placed) => Seen::Done(Some(placed.order.id)),
-                Err(ClientError::Api { status, error, .. }) if status.is_client_error() => {
-                    Seen::Refused(status.as_u16(), error.code.clone())
-                }
-                Err(e) => Seen::Unknown(e.to_string()),
-            };
+            let seen = Seen::of(&answer, |placed| Some(placed.order.id));
             let done = matches!(seen, Seen::Done(_))
                 || matches!(&seen, Seen::Refused(409, code) if code == "insufficient_stock");
             history.record(

@@ -148,10 +148,17 @@ impl Deployment {
         process
     }
 
-    /// Starts a killed `process` again on its port, with its settings, and waits for its
-    /// `/ready` (up to `within`). Returns whether it became ready.
-    pub async fn restart(&self, process: &mut Process, within: Duration) -> bool {
+    /// Kills `process` with SIGKILL, leaves it down for `down`, starts it again on its port
+    /// with its settings and waits for its `/ready` (up to `within`). Returns whether it
+    /// became ready.
+    pub async fn crash_and_restart(
+        &self,
+        process: &mut Process,
+        down: Duration,
+        within: Duration,
+    ) -> bool {
         process.kill().await;
+        tokio::time::sleep(down).await;
         let again = self.spawn(
             &process.name,
             &process.service,

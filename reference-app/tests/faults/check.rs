@@ -164,12 +164,16 @@ pub(crate) async fn check(
 
     // Stuck: anything not settled.
     let created = stored.values().filter(|o| o.status == "CREATED").count();
-    let in_transit: i64 = scalar(
-        pool,
-        "SELECT count(*) FROM payment.payments WHERE status IN \
+    let moving: HashSet<Uuid> = sqlx::query_scalar(
+        "SELECT order_id FROM payment.payments WHERE status IN \
          ('pending', 'charging', 'void_pending', 'voiding', 'refund_pending', 'refunding')",
     )
-    .await;
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .collect();
+    let in_transit = moving.len() as i64;
     let pending: i64 = scalar(
         pool,
         "SELECT count(*) FROM commerce_outbox.event WHERE status IN ('pending', 'dead')",
@@ -191,15 +195,6 @@ pub(crate) async fn check(
 
     // Money: kept at the gateway exactly for the paid, live orders (an order whose payment
     // is still in transit is counted as stuck above, not here).
-    let moving: HashSet<Uuid> = sqlx::query_scalar(
-        "SELECT order_id FROM payment.payments WHERE status IN \
-         ('pending', 'charging', 'void_pending', 'voiding', 'refund_pending', 'refunding')",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default()
-    .into_iter()
-    .collect();
     for (id, order) in &stored {
         if moving.contains(id) {
             continue;

@@ -29,7 +29,8 @@ pub(crate) enum Seen {
 }
 
 impl Seen {
-    fn of<T>(answer: &Result<T, ClientError>, id: impl Fn(&T) -> Option<Uuid>) -> Self {
+    /// What the client saw of `answer` (`id` picks a done one's order id).
+    pub(crate) fn of<T>(answer: &Result<T, ClientError>, id: impl Fn(&T) -> Option<Uuid>) -> Self {
         match answer {
             Ok(value) => Self::Done(id(value)),
             Err(ClientError::Api { status, error, .. }) if status.is_client_error() => {

@@ -493,7 +493,6 @@ fn same_request(first: &PlacedOrder, request: &Request) -> Result<PlacedOrder> {
     }
 }
 
-/// The `order.placed` events and each placed request's lines (indexed like `requests`).
 /// Runs the hooks on the batch's events, each order's under its caller's trace context (with
 /// the outbox: the events the hooks write for an order carry its request's trace).
 async fn run_hooks(
@@ -522,6 +521,7 @@ async fn run_hooks(
     }
 }
 
+/// The `order.placed` events and each placed request's lines (indexed like `requests`).
 fn events_and_lines(
     requests: &[Request],
     plan: &Plan,

@@ -213,6 +213,25 @@ pub(super) async fn record_all(
     Ok(inserted.into_iter().collect())
 }
 
+/// The `SET` list of a payment whose order was cancelled (see [`request_cancel`]), shared
+/// by the event's path and the reconciliation's ([`cancel_unheard`]), so the two cannot
+/// drift apart. Its columns are unqualified: the statement's target table is the only one
+/// that has them.
+macro_rules! cancellation {
+    () => {
+        "cancel_requested = true, \
+         status = CASE \
+             WHEN status = 'pending' AND may_have_charged THEN 'void_pending' \
+             WHEN status = 'pending' THEN 'voided' \
+             WHEN status = 'approved' AND charge_id IS NULL THEN 'voided' \
+             WHEN status = 'approved' THEN 'refund_pending' \
+             ELSE status END, \
+         next_attempt_at = CASE WHEN status IN ('pending', 'approved') THEN now() \
+                                ELSE next_attempt_at END, \
+         updated_at = now()"
+    };
+}
+
 /// The order was cancelled: marks the payment so, and moves it on. Not charged yet and no
 /// call may have taken anything: `voided`. A call may have: `void_pending` (ask again). Taken:
 /// `refund_pending` (or `voided` when nothing was charged: an amount of 0). On the wire: the
@@ -222,19 +241,11 @@ pub(super) async fn request_cancel(
     conn: &mut PgConnection,
     order: Uuid,
 ) -> Result<Option<PaymentStatus>, StoreError> {
-    let status: Option<String> = sqlx::query_scalar(
-        "UPDATE payment.payments SET cancel_requested = true, \
-         status = CASE \
-             WHEN status = 'pending' AND may_have_charged THEN 'void_pending' \
-             WHEN status = 'pending' THEN 'voided' \
-             WHEN status = 'approved' AND charge_id IS NULL THEN 'voided' \
-             WHEN status = 'approved' THEN 'refund_pending' \
-             ELSE status END, \
-         next_attempt_at = CASE WHEN status IN ('pending', 'approved') THEN now() \
-                                ELSE next_attempt_at END, \
-         updated_at = now() \
-         WHERE order_id = $1 RETURNING status",
-    )
+    let status: Option<String> = sqlx::query_scalar(concat!(
+        "UPDATE payment.payments SET ",
+        cancellation!(),
+        " WHERE order_id = $1 RETURNING status"
+    ))
     .bind(order)
     .fetch_optional(conn)
     .await?;
@@ -252,7 +263,7 @@ pub(super) async fn cancel_unheard(
     grace: Duration,
     batch: i64,
 ) -> Result<Vec<(Uuid, PaymentStatus)>, StoreError> {
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(concat!(
         "WITH unheard AS ( \
              SELECT p.order_id FROM payment.payments p \
              JOIN commerce.orders o ON o.id = p.order_id \
@@ -260,19 +271,11 @@ pub(super) async fn cancel_unheard(
                AND o.status = 'CANCELLED' \
                AND o.updated_at < now() - make_interval(secs => $1) \
              ORDER BY o.updated_at LIMIT $2 FOR UPDATE OF p SKIP LOCKED) \
-         UPDATE payment.payments p SET cancel_requested = true, \
-         status = CASE \
-             WHEN p.status = 'pending' AND p.may_have_charged THEN 'void_pending' \
-             WHEN p.status = 'pending' THEN 'voided' \
-             WHEN p.status = 'approved' AND p.charge_id IS NULL THEN 'voided' \
-             WHEN p.status = 'approved' THEN 'refund_pending' \
-             ELSE p.status END, \
-         next_attempt_at = CASE WHEN p.status IN ('pending', 'approved') THEN now() \
-                                ELSE p.next_attempt_at END, \
-         updated_at = now() \
-         FROM unheard WHERE p.order_id = unheard.order_id \
-         RETURNING p.order_id, p.status",
-    )
+         UPDATE payment.payments p SET ",
+        cancellation!(),
+        " FROM unheard WHERE p.order_id = unheard.order_id \
+         RETURNING p.order_id, p.status"
+    ))
     .bind(grace.as_secs_f64())
     .bind(batch)
     .fetch_all(conn)

@@ -66,6 +66,10 @@ impl Default for WorkerSettings {
     }
 }
 
+/// Payments the reconciliation moves on in one transaction, at most (the rest at its next
+/// round).
+const RECONCILE_BATCH: i64 = 100;
+
 /// The payment worker. Several (in several processes) may run: claims skip each other's rows.
 #[derive(Clone)]
 pub struct PaymentWorker {
@@ -262,7 +266,8 @@ impl PaymentWorker {
     /// a saga step and a warning each. Returns how many.
     async fn reconcile(&self) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let moved = store::cancel_unheard(&mut tx, self.settings.reconcile_grace, 100).await?;
+        let moved =
+            store::cancel_unheard(&mut tx, self.settings.reconcile_grace, RECONCILE_BATCH).await?;
         for (order, status) in &moved {
             tracing::warn!(
                 %order, %status,
