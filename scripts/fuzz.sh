@@ -8,7 +8,7 @@
 #   scripts/fuzz.sh place_order     only the named targets (with or without --short)
 #
 # Targets (reference-app/fuzz/fuzz_targets):
-#   place_order   bytes as the body of POST /api/v1/orders: axum's Json extractor into
+#   place_order   bytes as the body of POST /api/v1/orders: commerce-client's decode (the app's Json extractor) into
 #                 commerce-client's PlaceOrder, then commerce-core's order validation
 #   json_bodies   bytes as the other JSON bodies (first byte: product creation, rename,
 #                 stock receipt or order)

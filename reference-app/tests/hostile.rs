@@ -1300,26 +1300,21 @@ fn order_body(products: Vec<i64>) -> BoxedStrategy<Value> {
             },
         )
     });
-    // No array inside `items` in place of a line: a line written as an array is a known bug
-    // (accepted, or 400 `invalid_json` with an element too many), kept as the ignored
-    // regression tests `bodies_written_as_arrays_are_refused_like_any_other_non_object` and
-    // `an_array_body_with_an_element_too_many_is_422_not_invalid_json`.
-    let not_array_lines = |v: &Value| {
-        !v.as_array()
-            .is_some_and(|lines| lines.iter().any(Value::is_array))
-    };
+    // Any JSON as the lines (arrays of arrays among them: a line written as an array was
+    // accepted, `bodies_written_as_arrays_are_refused_like_any_other_non_object`).
     let items = prop_oneof![
         4 => valid.prop_map(Value::Array),
         8 => lines.prop_map(Value::Array),
-        1 => any_json().prop_filter("a known bug", not_array_lines),
+        1 => any_json(),
+        1 => prop::collection::vec(any_json(), 1..3).prop_map(|line| json!([line])),
     ];
+    // Any JSON as the policy too (a non-string was 400 `invalid_json`,
+    // `a_shortage_policy_of_the_wrong_type_is_422_not_invalid_json`).
     let shortage = prop_oneof![
         4 => Just(None),
         3 => select(vec!["reject", "backorder"]).prop_map(|s| Some(json!(s))),
-        // Only strings: any other JSON value there is a known bug (400 `invalid_json` for
-        // well-formed JSON), kept as the ignored regression test
-        // `a_shortage_policy_of_the_wrong_type_is_422_not_invalid_json`.
         2 => text().prop_map(|t| Some(json!(t))),
+        1 => any_json().prop_map(Some),
     ];
     let extra = prop::option::weighted(0.1, (text(), any_json()));
     let no_items = prop::option::weighted(0.05, Just(()));
@@ -2324,8 +2319,8 @@ async fn forged_tokens_are_refused_and_odd_claims_do_not_break_the_app() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Bugs the runs found: each request as a regression test, ignored until the bug is fixed
-// (then remove the `ignore` and the exclusion of its inputs from the generators).
+// Bugs the runs found: each request as a regression test (ignored, and its inputs left out of
+// the generators, until the bug was fixed).
 // ---------------------------------------------------------------------------------------
 
 /// A token whose `exp` lies beyond `i64::MAX` seconds (2^63 here), validly signed, makes
@@ -2397,56 +2392,89 @@ async fn listing_orders_with_a_nul_in_the_user_id_is_not_a_500() {
 }
 
 /// An order whose `on_shortage` is well-formed JSON of the wrong type (a number, a boolean,
-/// an array, an object, `null`) answers 400 `invalid_json`, "the body is not valid JSON": serde_json
+/// an array, an object, `null`) answered 400 `invalid_json`, "the body is not valid JSON": serde_json
 /// reports a non-string where an enum is expected as a syntax error (`expected value`), and
 /// the app maps syntax errors to `invalid_json`. Expected, as documented for a body of the
 /// wrong shape or types: 422 `validation_failed`. (Found by the `place_order` fuzz target
-/// too.)
+/// too. Fixed: bodies are decoded by `commerce_client::decode`, where well-formed JSON is never
+/// a syntax error.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: {\"on_shortage\": 7} (valid JSON, wrong type) answers 400 invalid_json, not 422"]
 async fn a_shortage_policy_of_the_wrong_type_is_422_not_invalid_json() {
     let fixture = Fixture::start().await;
-    let body = json!({
-        "items": [{"product_id": fixture.products[0], "quantity": 1}],
-        "on_shortage": 7,
-    });
-    let wire = Wire::new("POST", "/api/v1/orders")
-        .bearer(&ours(&claims("alice", "customer")))
-        .json(&body)
-        .must(Must::Be(422, "validation_failed"));
-    fixture.check_one(&wire).await;
+    for policy in [json!(7), json!(true), json!([]), json!({}), json!(null)] {
+        let body = json!({
+            "items": [{"product_id": fixture.products[0], "quantity": 1}],
+            "on_shortage": policy,
+        });
+        let wire = Wire::new("POST", "/api/v1/orders")
+            .bearer(&ours(&claims("alice", "customer")))
+            .json(&body)
+            .must(Must::Be(422, "validation_failed"));
+        fixture.check_one(&wire).await;
+    }
     fixture.finish().await;
 }
 
 /// Every request body is documented as a JSON object, yet one written as a JSON array of its
-/// fields' values, in their declared order, is accepted and acted on: `["ARR-1", "kettle",
+/// fields' values, in their declared order, was accepted and acted on: `["ARR-1", "kettle",
 /// 100, 5]` creates a product, `{"items": [[1, 2]]}` places an order of 2 × product 1
 /// (`[[{...}]]` too), `["renamed"]` renames, `[5]` receives stock (serde's derived
 /// `Deserialize` takes a struct from a sequence; `deny_unknown_fields` does not stop it).
-/// Expected: 422 `validation_failed`, and nothing written.
+/// Expected: 422 `validation_failed`, and nothing written (`finish` compares the database with
+/// what was accepted). Fixed: `commerce_client::decode` reads a struct only from an object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: request bodies written as JSON arrays (e.g. [\"ARR-1\",\"kettle\",100,5]) are accepted"]
 async fn bodies_written_as_arrays_are_refused_like_any_other_non_object() {
     let fixture = Fixture::start().await;
-    let product = Wire::new("POST", "/api/v1/products")
-        .bearer(&fixture.app.admin_token)
-        .json(&json!(["ARR-1", "kettle", 100, 5]))
-        .must(Must::Refuse);
-    fixture.check_one(&product).await;
-    let order = Wire::new("POST", "/api/v1/orders")
-        .bearer(&ours(&claims("alice", "customer")))
-        .json(&json!({"items": [[fixture.products[0], 2]]}))
-        .must(Must::Refuse);
-    fixture.check_one(&order).await;
+    let customer = ours(&claims("alice", "customer"));
+    let admin = fixture.app.admin_token.clone();
+    let product = fixture.products[0];
+    let cases = [
+        (
+            "POST",
+            "/api/v1/products".to_owned(),
+            &admin,
+            json!(["ARR-1", "kettle", 100, 5]),
+        ),
+        (
+            "POST",
+            "/api/v1/orders".to_owned(),
+            &customer,
+            json!({"items": [[product, 2]]}),
+        ),
+        (
+            "POST",
+            "/api/v1/orders".to_owned(),
+            &customer,
+            json!([[{"product_id": product, "quantity": 2}]]),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/products/{product}"),
+            &admin,
+            json!(["renamed"]),
+        ),
+        (
+            "POST",
+            format!("/api/v1/products/{product}/inbound"),
+            &admin,
+            json!([5]),
+        ),
+    ];
+    for (method, target, token, body) in cases {
+        let wire = Wire::new(method, target)
+            .bearer(token)
+            .json(&body)
+            .must(Must::Be(422, "validation_failed"));
+        fixture.check_one(&wire).await;
+    }
     fixture.finish().await;
 }
 
 /// A body written as a JSON array (see the test above) with more elements than the request
-/// type has fields, well-formed JSON, answers 400 `invalid_json`, "the body is not valid
+/// type has fields, well-formed JSON, answered 400 `invalid_json`, "the body is not valid
 /// JSON": serde_json reports the extra element as `trailing characters`, a syntax error.
 /// Expected: 422 `validation_failed`. (Found by the `json_bodies` fuzz target.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: [\"renamed\", \"again\"] as a rename body (valid JSON) answers 400 invalid_json, not 422"]
 async fn an_array_body_with_an_element_too_many_is_422_not_invalid_json() {
     let fixture = Fixture::start().await;
     let wire = Wire::new("PATCH", format!("/api/v1/products/{}", fixture.products[0]))

@@ -73,6 +73,7 @@
 
 mod admin;
 mod client;
+mod decode;
 mod error;
 mod events;
 mod int;
@@ -88,6 +89,7 @@ pub use admin::{
 pub use client::{
     ApiClient, ApiClientBuilder, Placed, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, REQUEST_ID,
 };
+pub use decode::{decode, DecodeError};
 pub use error::{Error, ErrorBody, ErrorObject, Result};
 pub use events::{StatusEvent, StatusStream, STATUS_EVENT};
 pub use ops::{Health, HealthStatus};

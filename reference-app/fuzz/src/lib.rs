@@ -1,45 +1,28 @@
-//! The properties the fuzz targets check, over the decoding path the reference app's handlers
-//! use for JSON bodies: an HTTP request with `Content-Type: application/json` and the bytes as
-//! its body, through `axum::Json<T>`'s extractor (the app's own `Json` is that extractor with
-//! its rejection mapped to the JSON error body) into commerce-client's request types, and for
-//! an order, commerce-core's `ValidatedOrder::new` (what `Commerce::place_order` checks before
-//! it touches the database).
+//! The properties the fuzz targets check, over the decoding the reference app's handlers use
+//! for JSON bodies: `commerce_client::decode` (what the app's `Json` extractor runs on the
+//! body's bytes) into commerce-client's request types, and for an order, commerce-core's
+//! `ValidatedOrder::new` (what `Commerce::place_order` checks before it touches the database).
 //!
-//! Every input must end in a typed answer: a value of the request type (which re-encodes and
-//! decodes to itself) or a typed rejection with the status the API documents (400
-//! `invalid_json` only for bytes that are not well-formed JSON, else 422 `validation_failed`);
-//! an order the decoder accepts is refused by the validation exactly when it breaks a
-//! documented limit. Anything else (a panic, an
-//! `unreachable!`, a stack overflow, another rejection) is a crash for libFuzzer.
+//! Every input must end in a typed answer: a value of the request type, written as JSON
+//! objects (no struct taken from an array), which re-encodes and decodes to itself; or a typed
+//! refusal of the kind the API documents (`Syntax`, 400 `invalid_json`, exactly for bytes that
+//! are not well-formed JSON; `Shape`, 422 `validation_failed`, with where and why, for the
+//! rest). An order the decoder accepts is refused by the validation exactly when it breaks a
+//! documented limit. Anything else (a panic, an `unreachable!`, a stack overflow) is a crash
+//! for libFuzzer.
 
-use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::FromRequest;
-use axum::http::{header, Method, Request, StatusCode};
 use commerce_client::{
-    CreateProduct, Inbound, PlaceOrder, RenameProduct, Shortage, MAX_LINES, MAX_QUANTITY,
+    CreateProduct, DecodeError, Inbound, PlaceOrder, RenameProduct, Shortage, MAX_LINES,
+    MAX_QUANTITY,
 };
 use commerce_core::strategy::ValidatedOrder;
 use commerce_core::{NewOrder, OrderLimits, ShortagePolicy};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 
-/// Decodes `body` as the handlers do: a POST with a JSON content type through axum's `Json`.
-///
-/// # Errors
-/// The extractor's rejection.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, JsonRejection> {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/orders")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_vec()))
-        .expect("a well-formed request");
-    futures::executor::block_on(axum::Json::<T>::from_request(request, &())).map(|json| json.0)
-}
-
-/// Checks one body decoded as `T`: a value that round-trips, or a typed rejection with the
-/// documented status. Returns the value, if any, for further checks.
+/// Checks one body decoded as `T`: a value that round-trips and was written as a JSON object,
+/// or a typed refusal of the documented kind. Returns the value, if any, for further checks.
 ///
 /// # Panics
 /// When the property does not hold (a crash for libFuzzer).
@@ -47,60 +30,47 @@ pub fn check_decoding<T>(body: &[u8]) -> Option<T>
 where
     T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug,
 {
-    match decode::<T>(body) {
+    let json = serde_json::from_slice::<Value>(body).ok();
+    match commerce_client::decode::<T>(body) {
         Ok(value) => {
+            assert!(
+                json.as_ref().is_some_and(objects_only),
+                "decoded from something other than JSON objects: {:?}",
+                String::from_utf8_lossy(body)
+            );
             let encoded = serde_json::to_vec(&value).expect("a decoded request encodes");
-            let again = decode::<T>(&encoded)
+            let again = commerce_client::decode::<T>(&encoded)
                 .unwrap_or_else(|e| panic!("{value:?} re-encoded does not decode: {e}"));
             assert_eq!(again, value, "a decoded request round-trips");
             Some(value)
         }
-        Err(rejection) => {
-            check_rejection(body, &rejection);
+        Err(DecodeError::Syntax(reason)) => {
+            assert!(json.is_none(), "well-formed JSON refused as a syntax error: {reason}");
+            assert!(!reason.is_empty(), "a refusal says why");
+            None
+        }
+        Err(DecodeError::Shape { reason, .. }) => {
+            // (The path may be empty: a field named "" is where.)
+            assert!(json.is_some(), "bytes that are not JSON refused as a shape error");
+            assert!(!reason.is_empty(), "a refusal says why");
             None
         }
     }
 }
 
-/// A rejection of a body sent with the JSON content type must be a syntax error (400, the
-/// app's `invalid_json`) or a data error (422, `validation_failed`), with a reason; a body
-/// that is well-formed JSON can only be a data error.
-fn check_rejection(body: &[u8], rejection: &JsonRejection) {
-    let status = rejection.status();
-    match rejection {
-        JsonRejection::JsonSyntaxError(_) => assert_eq!(status, StatusCode::BAD_REQUEST),
-        JsonRejection::JsonDataError(_) => {
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+/// Whether `json` is an object whose arrays hold no arrays: the request types have no
+/// array of arrays, so an accepted body with one took a struct from an array.
+fn objects_only(json: &Value) -> bool {
+    fn no_nested_arrays(value: &Value) -> bool {
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .all(|item| !item.is_array() && no_nested_arrays(item)),
+            Value::Object(fields) => fields.values().all(no_nested_arrays),
+            _ => true,
         }
-        other => panic!("a JSON body got a rejection that is neither syntax nor data: {other:?}"),
     }
-    assert!(!rejection.body_text().is_empty(), "a rejection says why");
-    if serde_json::from_slice::<serde_json::Value>(body).is_ok() && !known_bug(rejection) {
-        assert!(
-            matches!(rejection, JsonRejection::JsonDataError(_)),
-            "well-formed JSON refused as a syntax error: {rejection:?}"
-        );
-    }
-}
-
-/// Known bugs, allowed until they are fixed (then remove them here; each is an ignored
-/// regression test in reference-app/tests/hostile.rs): well-formed JSON refused as a syntax
-/// error (400 `invalid_json` instead of 422 `validation_failed`) because serde_json reports
-/// - a value other than a string where an enum is expected (`"on_shortage": 7`, or `[]` as
-///   the second element of an order written as an array) as `expected value` (for
-///   well-formed JSON only an enum gives that error;
-///   `a_shortage_policy_of_the_wrong_type_is_422_not_invalid_json`);
-/// - a request written as a JSON array of its fields' values, with an element too many
-///   (`["renamed", "again"]`, or a line `[1, 2, 3]`), as `trailing characters`
-///   (`an_array_body_with_an_element_too_many_is_422_not_invalid_json`).
-///
-/// (That such arrays decode at all, `["renamed"]` as a rename, is the bug
-/// `bodies_written_as_arrays_are_refused_like_any_other_non_object`; it round-trips, so the
-/// properties here cannot see it.)
-fn known_bug(rejection: &JsonRejection) -> bool {
-    let reason = rejection.body_text();
-    matches!(rejection, JsonRejection::JsonSyntaxError(_))
-        && (reason.contains("expected value") || reason.contains("trailing characters"))
+    json.is_object() && no_nested_arrays(json)
 }
 
 /// The order placement body: decoding as [`check_decoding`], then commerce-core's validation,

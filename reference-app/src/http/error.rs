@@ -3,9 +3,10 @@
 //! `{"error": {"code": "snake_case", "message": "...", "details": {...}}}`; 5xx bodies stay
 //! generic while the cause goes to the log with the request id.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use commerce_client::DecodeError;
 use serde_json::{json, Value};
 
 /// An error as the API reports it.
@@ -393,35 +394,38 @@ fn e_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        let detail = rejection.body_text();
-        match rejection {
-            JsonRejection::JsonDataError(_) => {
-                Self::validation("the JSON has the wrong shape or types for this request")
-                    .details(json!({ "reason": detail }))
-            }
-            JsonRejection::JsonSyntaxError(_) => Self::new(
+impl From<DecodeError> for ApiError {
+    fn from(error: DecodeError) -> Self {
+        match error {
+            DecodeError::Syntax(reason) => Self::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
                 "the body is not valid JSON",
             )
-            .details(json!({ "reason": detail })),
-            JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as JSON with `Content-Type: application/json`",
-            ),
-            JsonRejection::BytesRejection(ref bytes)
-                if bytes.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Self::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is larger than the server accepts",
-                )
+            .details(json!({ "reason": reason })),
+            DecodeError::Shape { path, reason } => {
+                let details = if path == "." {
+                    json!({ "reason": reason })
+                } else {
+                    json!({ "field": path, "reason": reason })
+                };
+                Self::validation("the JSON has the wrong shape or types for this request")
+                    .details(details)
             }
-            _ => Self::bad_request("the request body could not be read").cause(detail),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the server accepts",
+            )
+        } else {
+            Self::bad_request("the request body could not be read").cause(rejection.body_text())
         }
     }
 }
