@@ -6,8 +6,10 @@
 # payment gateway timing out, failing half its calls, answering 409 or 429), the history of
 # every operation checked against the stores after each recovery, then a surge at 5x the
 # measured capacity. Prints one table: fault, operations, acknowledged, lost, doubled, stuck,
-# recovery time. Then the hostile-input suites: the proptest suite over the HTTP API and the
-# fuzz targets of the request decoders (scripts/fuzz.sh).
+# recovery time. In the full run, a second deployment on the Redis lock (STOCK_STRATEGY=
+# redis-lock) goes through the Redis faults and an order instance's kill. Then the
+# hostile-input suites: the proptest suite over the HTTP API and the fuzz targets of the
+# request decoders (scripts/fuzz.sh).
 #
 #   scripts/faults.sh            the full run (about 10 minutes)
 #   scripts/faults.sh --short    the short mode that scripts/test.sh runs as part of CI
@@ -28,6 +30,14 @@ done
 # (and starts the shared servers the hostile-input suite uses).
 scripts/services.sh up
 FAULTS_MODE=$mode cargo test --release --locked -p reference-app --test faults -- --nocapture
+if [ "$mode" = full ] && [ -z "${FAULTS_ONLY:-}" ]; then
+    # The Redis lock and its fencing under the faults that touch them: the instances take
+    # their stock by STOCK_STRATEGY=redis-lock, Redis stopped and black-holed, an order
+    # instance killed while it may hold a lock, then the surge.
+    FAULTS_MODE=$mode FAULTS_STRATEGY=redis-lock \
+        FAULTS_ONLY=RedisStopped,RedisBlackHoled,OrderInstanceKilled,Surge \
+        cargo test --release --locked -p reference-app --test faults -- --nocapture
+fi
 if [ "$mode" = full ]; then
     PROPTEST_CASES=${PROPTEST_CASES:-2000} cargo test --release --locked -p reference-app --test hostile -- --nocapture
     scripts/fuzz.sh

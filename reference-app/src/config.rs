@@ -590,8 +590,13 @@ pub struct GatewayConfig {
     /// the services' own request timeout, so theirs answers first.
     pub write_timeout: Duration,
     /// `GATEWAY_MAX_IN_FLIGHT` (default 4096, above 0): requests in flight at the gateway
-    /// beyond this get 429 `too_many_requests` with `Retry-After` at once.
+    /// beyond this get 429 `too_many_requests` with `Retry-After` at once; also the most the
+    /// adaptive admission lets one service have.
     pub max_in_flight: usize,
+    /// `GATEWAY_LATENCY_TARGET_MS` (default 500; 0 turns the adaptive admission off): the
+    /// gateway's bound on requests in flight to each service adapts so that their answers
+    /// begin within about this; beyond the bound, 429 `too_many_requests` at once.
+    pub latency_target: Option<Duration>,
     /// `GATEWAY_USER_RATE_PER_MINUTE` (default 6000; 0 turns it off): requests a minute per
     /// user (the token's subject; per client address for requests without a token).
     pub user_rate_per_minute: Option<u32>,
@@ -614,6 +619,7 @@ impl Default for GatewayConfig {
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(15),
             max_in_flight: 4096,
+            latency_target: Some(Duration::from_millis(500)),
             user_rate_per_minute: Some(6000),
             user_burst: 200,
             body_limit: 1024 * 1024,
@@ -648,6 +654,9 @@ impl GatewayConfig {
         env.duration("GATEWAY_READ_TIMEOUT_MS", millis, &mut c.read_timeout)?;
         env.duration("GATEWAY_WRITE_TIMEOUT_MS", millis, &mut c.write_timeout)?;
         env.read("GATEWAY_MAX_IN_FLIGHT", &mut c.max_in_flight)?;
+        let mut target = c.latency_target.unwrap_or_default();
+        env.duration("GATEWAY_LATENCY_TARGET_MS", millis, &mut target)?;
+        c.latency_target = (!target.is_zero()).then_some(target);
         let mut rate = c.user_rate_per_minute.unwrap_or(0);
         env.read("GATEWAY_USER_RATE_PER_MINUTE", &mut rate)?;
         c.user_rate_per_minute = (rate > 0).then_some(rate);

@@ -6,8 +6,9 @@
 //! listening socket and its connections for real, so the gateway meets a refused connection.
 //! An instance answers `/ready` (200, or 503 when the test says so), streams
 //! `/api/v1/orders/{id}/events`, and answers every other path with the instance's name and
-//! the headers it received; a request may ask it to answer late (`x-test-delay-ms`) or to
-//! hold until the test releases it (`x-test-hold`).
+//! the headers it received; a request may ask it to answer late (`x-test-delay-ms`), to
+//! hold until the test releases it (`x-test-hold`), or to take its turn at a server of fixed
+//! capacity (`x-test-work-ms`: [`CAPACITY`] at a time, that long each).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -49,6 +50,10 @@ const BURST: usize = 16;
 // Fake service instances
 // ---------------------------------------------------------------------------------------
 
+/// Requests an instance works on at once when asked to work (`x-test-work-ms`); the others
+/// wait in its queue.
+const CAPACITY: usize = 4;
+
 /// One API request an instance received.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -73,6 +78,8 @@ struct InstanceState {
     seen: Mutex<Vec<Seen>>,
     /// Requests with `x-test-hold` wait for this.
     release: CancellationToken,
+    /// Requests with `x-test-work-ms` take one for that long.
+    workers: tokio::sync::Semaphore,
 }
 
 impl InstanceState {
@@ -105,6 +112,7 @@ impl Instance {
             checks: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             release: CancellationToken::new(),
+            workers: tokio::sync::Semaphore::new(CAPACITY),
         });
         let router = Router::new()
             .route("/ready", get(ready))
@@ -278,6 +286,14 @@ async fn echo(State(state): State<Arc<InstanceState>>, request: Request) -> Resp
     }
     if request.headers().contains_key("x-test-hold") {
         state.release.cancelled().await;
+    }
+    let work = request
+        .headers()
+        .get("x-test-work-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if let Some(millis) = work {
+        let _worker = state.workers.acquire().await.expect("never closed");
+        tokio::time::sleep(Duration::from_millis(millis)).await;
     }
     let status = if request.method() == Method::POST {
         StatusCode::CREATED
@@ -1078,6 +1094,149 @@ async fn beyond_the_requests_in_flight_bound_the_gateway_answers_429_at_once() {
     let after = Client::send(client.get("/api/v1/products/1").bearer_auth(&alice)).await;
     assert_eq!(after.status, StatusCode::OK, "{after:#?}");
     gateway.stop().await.expect("stop");
+}
+
+/// What [`surge`] saw: the latencies of the answers served after its first second, how many
+/// were served in all, and how many refused (429 with the error body and `Retry-After`).
+#[derive(Debug)]
+struct Surge {
+    served: usize,
+    refused: usize,
+    latencies: Vec<Duration>,
+}
+
+impl Surge {
+    /// The `q` quantile of the served answers' latencies.
+    fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let at = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+        sorted.get(at).copied().unwrap_or_default()
+    }
+}
+
+/// `clients` clients sending GETs back to back for `length` through `gateway`, each of which
+/// works [`CAPACITY`] at a time for `work` on the store instance; a refused one waits 50 ms.
+async fn surge(
+    gateway: &RunningGateway,
+    clients: usize,
+    work: Duration,
+    length: Duration,
+) -> Surge {
+    let client = Client::new(gateway);
+    let started = Instant::now();
+    let warm = started + Duration::from_secs(1);
+    let tasks: Vec<_> = (0..clients)
+        .map(|n| {
+            let client = client.clone();
+            let user = token(&format!("surge-{n}"));
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while started.elapsed() < length {
+                    let request = client
+                        .get("/api/v1/products/1")
+                        .bearer_auth(&user)
+                        .header("x-test-work-ms", work.as_millis().to_string());
+                    let sent = Instant::now();
+                    let answer = Client::send(request).await;
+                    if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                        answer.assert_error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    } else {
+                        assert_eq!(answer.status, StatusCode::OK, "{answer:#?}");
+                    }
+                    seen.push((sent, answer.status, answer.took));
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut surge = Surge {
+        served: 0,
+        refused: 0,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        for (sent, status, took) in task.await.expect("a surge client") {
+            if status == StatusCode::OK {
+                surge.served += 1;
+                if sent >= warm {
+                    surge.latencies.push(took);
+                }
+            } else {
+                surge.refused += 1;
+            }
+        }
+    }
+    surge
+}
+
+/// A surge of twice as many clients as the instances serve within the latency target: the
+/// gateway's adaptive admission refuses the excess at once and the answers it admits begin
+/// within a few targets, while the instances stay busy; with the adaptive admission off (only
+/// the fixed bound of 4,096), the same surge is all admitted and every answer waits in the
+/// instance's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_is_refused_at_the_edge_and_the_admitted_answers_stay_near_the_latency_target() {
+    let (order, store) = (
+        Instance::start("order-1").await,
+        Instance::start("store-1").await,
+    );
+    // The store serves CAPACITY (4) at a time, 20 ms each: 200 answers a second; 200 clients
+    // back to back queue a second's worth in it. The target: 100 ms.
+    let (clients, work, length) = (200, Duration::from_millis(20), Duration::from_secs(4));
+    let capacity = 1000.0 / 20.0 * 4.0;
+    let adaptive = gateway(
+        &[&order],
+        &[&store],
+        &[("GATEWAY_LATENCY_TARGET_MS", "100")],
+    )
+    .await;
+    Client::new(&adaptive).wait_ready(StatusCode::OK).await;
+    let with = surge(&adaptive, clients, work, length).await;
+    adaptive.stop().await.expect("stop");
+    let fixed = gateway(&[&order], &[&store], &[("GATEWAY_LATENCY_TARGET_MS", "0")]).await;
+    Client::new(&fixed).wait_ready(StatusCode::OK).await;
+    let without = surge(&fixed, clients, work, length).await;
+    fixed.stop().await.expect("stop");
+
+    let summary = |s: &Surge| {
+        format!(
+            "served {} ({:.0}/s), refused {}, p50 {:?}, p90 {:?}",
+            s.served,
+            s.served as f64 / length.as_secs_f64(),
+            s.refused,
+            s.quantile(0.5),
+            s.quantile(0.9)
+        )
+    };
+    println!(
+        "adaptive: {}
+fixed bound only: {}",
+        summary(&with),
+        summary(&without)
+    );
+    assert!(
+        without.quantile(0.5) > Duration::from_millis(500),
+        "the surge did not queue in the instance without the adaptive admission: {}",
+        summary(&without)
+    );
+    assert!(with.refused > 0, "nothing refused: {}", summary(&with));
+    assert!(
+        with.quantile(0.9) < Duration::from_millis(400),
+        "admitted answers waited: {}",
+        summary(&with)
+    );
+    assert!(
+        with.served as f64 / length.as_secs_f64() > capacity / 2.0,
+        "the instance was starved: {}",
+        summary(&with)
+    );
 }
 
 // ---------------------------------------------------------------------------------------

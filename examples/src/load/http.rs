@@ -186,6 +186,7 @@ pub(crate) async fn start(
             // As the app's own: the rows compare the hop, not the admission rules.
             write_timeout: Duration::from_secs(600),
             max_in_flight: clients.saturating_mul(2).max(1),
+            latency_target: None,
             user_rate_per_minute: None,
             ..GatewayConfig::default()
         })

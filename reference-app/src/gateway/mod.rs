@@ -8,12 +8,14 @@
 //! - one retry on another instance for a request that may be repeated (a GET, or a POST
 //!   with an `Idempotency-Key`) whose connection failed; never for any other;
 //! - per-method timeouts until the answer begins (event streams then flow unbounded);
-//! - the token checked at the edge (and again by the service), a per-user request rate, and a
-//!   bound on requests in flight: what it cannot take is answered at once, 429 or 503 with
-//!   `Retry-After` and the JSON error body, never queued without bound;
+//! - the token checked at the edge (and again by the service), a per-user request rate, a
+//!   bound on requests in flight, and per service an adaptive bound that follows how fast its
+//!   instances answer (the `admission` module): what it cannot take is answered at once, 429
+//!   or 503 with `Retry-After` and the JSON error body, never queued without bound;
 //! - the request id and a W3C `traceparent` passed downstream (made here when the client sent
 //!   none), so the log lines of one request share them across processes.
 
+mod admission;
 mod pool;
 
 use std::net::SocketAddr;
@@ -41,6 +43,7 @@ use crate::config::GatewayConfig;
 use crate::http::{layered, ApiError, Limits};
 use crate::services::ops::{self, ProbeState, ReadinessCheck};
 use crate::services::order::PlacementRate;
+use admission::{Admission, Outcome};
 use pool::{Pool, UpstreamError};
 
 /// Which service answers a route.
@@ -148,6 +151,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 struct Shared {
     order: Pool,
     store: Pool,
+    /// Each service's adaptive admission (none when `GATEWAY_LATENCY_TARGET_MS` is 0).
+    admission: Option<[Arc<Admission>; 2]>,
     auth: Auth,
     rate: PlacementRate,
     read_timeout: Duration,
@@ -164,6 +169,14 @@ impl Shared {
             Upstream::Order => &self.order,
             Upstream::Store => &self.store,
         }
+    }
+
+    fn admission(&self, upstream: Upstream) -> Option<&Arc<Admission>> {
+        let [order, store] = self.admission.as_ref()?;
+        Some(match upstream {
+            Upstream::Order => order,
+            Upstream::Store => store,
+        })
     }
 }
 
@@ -200,6 +213,12 @@ impl Gateway {
         let shared = Arc::new(Shared {
             order: start("order", &config.order),
             store: start("store", &config.store),
+            admission: config.latency_target.map(|target| {
+                [
+                    Admission::new("order", target, config.max_in_flight),
+                    Admission::new("store", target, config.max_in_flight),
+                ]
+            }),
             auth: Auth::new(&config.auth.jwt_secret).context("COMMERCE_JWT_SECRET")?,
             rate: PlacementRate::per_minute(
                 config.user_rate_per_minute,
@@ -408,6 +427,31 @@ fn repeatable(method: &Method, headers: &HeaderMap) -> bool {
 
 /// Sends `request` to an instance of `upstream` and streams its answer back.
 async fn forward(shared: Arc<Shared>, upstream: Upstream, request: Request) -> Response {
+    let mut ticket = None;
+    if let Some(admission) = shared.admission(upstream) {
+        let Some(admitted) = admission.admit() else {
+            metrics::counter!("gateway_refused_total", "reason" => "admission").increment(1);
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "the service has as many requests in flight as it answers in time; retry \
+                 after the time in Retry-After",
+            )
+            .retry_after(Duration::from_secs(1))
+            .into_response();
+        };
+        ticket = Some(admitted);
+    }
+    // A caller that gives up drops the ticket: its place is freed, the bound not moved.
+    let (response, outcome) = relay(&shared, upstream, request).await;
+    if let Some(ticket) = ticket {
+        ticket.finish(outcome);
+    }
+    response
+}
+
+/// [`forward`]'s work once admitted: the answer, and what it says of the service's load.
+async fn relay(shared: &Shared, upstream: Upstream, request: Request) -> (Response, Outcome) {
     let pool = shared.pool(upstream).clone();
     let client = client_address(&request);
     let (parts, body) = request.into_parts();
@@ -424,12 +468,12 @@ async fn forward(shared: Arc<Shared>, upstream: Upstream, request: Request) -> R
         match axum::body::to_bytes(body, shared.body_limit).await {
             Ok(bytes) => held = Some(bytes),
             Err(_) => {
-                return ApiError::new(
+                let refused = ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     "the request body is larger than the server accepts",
-                )
-                .into_response()
+                );
+                return (refused.into_response(), Outcome::Unknown);
             }
         }
     } else {
@@ -442,9 +486,9 @@ async fn forward(shared: Arc<Shared>, upstream: Upstream, request: Request) -> R
     loop {
         if pool.up() == 0 {
             metrics::counter!("gateway_refused_total", "reason" => "no_instance").increment(1);
-            return ApiError::unavailable(format!("no {} instance is up", pool.name))
-                .retry_after(Duration::from_secs(1))
-                .into_response();
+            let refused = ApiError::unavailable(format!("no {} instance is up", pool.name))
+                .retry_after(Duration::from_secs(1));
+            return (refused.into_response(), Outcome::Unknown);
         }
         let body = match (&held, once.take()) {
             (Some(bytes), _) => Body::from(bytes.clone()),
@@ -456,15 +500,26 @@ async fn forward(shared: Arc<Shared>, upstream: Upstream, request: Request) -> R
         *outgoing.uri_mut() = parts.uri.clone();
         *outgoing.headers_mut() = headers.clone();
         let failure = match tokio::time::timeout(timeout, pool.send(outgoing)).await {
-            Ok(Ok(answer)) => return upstream_answer(answer, &shared.shutdown),
+            Ok(Ok(answer)) => {
+                let outcome = match answer.status() {
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                        Outcome::Overloaded
+                    }
+                    _ => Outcome::Answered,
+                };
+                return (upstream_answer(answer, &shared.shutdown), outcome);
+            }
             Err(_) => {
                 metrics::counter!("gateway_refused_total", "reason" => "timeout").increment(1);
-                return ApiError::timeout().into_response();
+                return (ApiError::timeout().into_response(), Outcome::Overloaded);
             }
             Ok(Err(failure)) => failure,
         };
         let Some(failed) = failure.downcast_ref::<UpstreamError>() else {
-            return ApiError::unavailable(failure).into_response();
+            return (
+                ApiError::unavailable(failure).into_response(),
+                Outcome::Unknown,
+            );
         };
         if failed.connect {
             // Gone (or not there yet): out of the balancer until its check passes again.
@@ -484,18 +539,17 @@ async fn forward(shared: Arc<Shared>, upstream: Upstream, request: Request) -> R
         }
         if failed.connect {
             // Nothing reached an instance: the client may send it again.
-            return ApiError::unavailable(failed)
-                .retry_after(Duration::from_secs(1))
-                .into_response();
+            let refused = ApiError::unavailable(failed).retry_after(Duration::from_secs(1));
+            return (refused.into_response(), Outcome::Unknown);
         }
-        return ApiError::new(
+        let failed = ApiError::new(
             StatusCode::BAD_GATEWAY,
             "upstream_failed",
             "the instance failed before answering: the request may or may not have taken \
              effect; send it again with an Idempotency-Key to find out",
         )
-        .cause(failed)
-        .into_response();
+        .cause(failed);
+        return (failed.into_response(), Outcome::Unknown);
     }
 }
 

@@ -73,6 +73,8 @@ pub struct Deployment {
     pub payments: ScriptedGateway,
     pub logs: PathBuf,
     pub auth: Auth,
+    /// `STOCK_STRATEGY` of every instance it starts (default `batching`).
+    pub strategy: String,
 }
 
 /// A port free now (the process binds it a moment later).
@@ -106,6 +108,7 @@ impl Deployment {
             payments: ScriptedGateway::start().await,
             logs,
             auth: Auth::new(&Secret::new(SECRET)).unwrap(),
+            strategy: "batching".to_owned(),
         }
     }
 
@@ -184,7 +187,7 @@ impl Deployment {
             .env("KAFKA_BROKERS", &self.servers.brokers)
             .env("EVENT_PREFIX", &self.prefix)
             .env("PAYMENT_GATEWAY_URL", self.payments.url())
-            .env("STOCK_STRATEGY", "batching")
+            .env("STOCK_STRATEGY", &self.strategy)
             .env("ORDER_RATE_PER_MINUTE", "0")
             .env("SHUTDOWN_DRAIN_SECS", "0")
             .env("DB_MAX_CONNECTIONS", "8")
