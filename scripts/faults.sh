@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The fault suite (docs/reliability.md): the distributed deployment as processes on servers
 # the suite starts itself (a private Postgres made by initdb, a private redis-server, a private
-# broker), steady traffic through the gateway, one fault at a time (broker, Redis and Postgres
-# stopped, killed or black-holed; order, payment and store instances and the relay killed; the
-# payment gateway timing out, failing half its calls, answering 409 or 429), the history of
-# every operation checked against the stores after each recovery, then a surge at 5x the
-# measured capacity. Prints one table: fault, operations, acknowledged, lost, doubled, stuck,
+# broker), steady traffic through the gateway, one fault at a time (the broker frozen or down,
+# Redis and Postgres stopped, killed or black-holed; order, payment and store instances and the
+# relay killed; the payment gateway timing out, failing half its calls, answering 409 or 429),
+# the history of every operation checked against the stores after each recovery, then a surge
+# at 5x the measured capacity. Prints one table: fault, operations, acknowledged, lost, doubled, stuck,
 # recovery time. In the full run, a second deployment on the Redis lock (STOCK_STRATEGY=
 # redis-lock) goes through the Redis faults and an order instance's kill. Then the
 # hostile-input suites: the proptest suite over the HTTP API and the fuzz targets of the
 # request decoders (scripts/fuzz.sh).
 #
-#   scripts/faults.sh            the full run (about 10 minutes)
+#   scripts/faults.sh            the full run (about 20 minutes with its release build)
 #   scripts/faults.sh --short    the short mode that scripts/test.sh runs as part of CI
 #   FAULTS_ONLY=BrokerStopped,Surge scripts/faults.sh   some faults only (names: tests/faults.rs)
 set -euo pipefail

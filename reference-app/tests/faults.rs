@@ -89,6 +89,7 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     BrokerStopped,
+    BrokerRestarted,
     RedisStopped,
     PostgresKilled,
     PostgresConnectionsKilled,
@@ -105,8 +106,9 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::BrokerStopped,
+        Self::BrokerRestarted,
         Self::RedisStopped,
         Self::PostgresKilled,
         Self::PostgresConnectionsKilled,
@@ -125,6 +127,7 @@ impl Fault {
     fn name(self) -> &'static str {
         match self {
             Self::BrokerStopped => "broker frozen 10 s",
+            Self::BrokerRestarted => "broker down 10 s",
             Self::RedisStopped => "redis stopped 5 s",
             Self::PostgresKilled => "postgres SIGKILL",
             Self::PostgresConnectionsKilled => "pg_terminate_backend",
@@ -152,6 +155,9 @@ struct World {
     postgres: PrivatePostgres,
     redis: PrivateRedis,
     broker: PrivateBroker,
+    /// Every client's way to the broker (it advertises this address): its restart as the
+    /// clients see it.
+    broker_proxy: TcpProxy,
     /// order-1's and store-1's way to Postgres and to Redis: the black holes.
     postgres_proxy: TcpProxy,
     redis_proxy: TcpProxy,
@@ -170,7 +176,9 @@ impl World {
     async fn start(customers: usize) -> Self {
         let postgres = PrivatePostgres::start().await;
         let redis = PrivateRedis::start().await;
-        let broker = PrivateBroker::start().await;
+        let broker_port = common::deployment::free_port();
+        let broker_proxy = TcpProxy::start(format!("127.0.0.1:{broker_port}")).await;
+        let broker = PrivateBroker::start_advertising(broker_port, broker_proxy.address()).await;
         let mut admin_db = PgConnection::connect(&postgres.url("postgres"))
             .await
             .unwrap();
@@ -245,6 +253,7 @@ impl World {
             postgres,
             redis,
             broker,
+            broker_proxy,
             postgres_proxy,
             redis_proxy,
             cast: Arc::new(Cast {
@@ -273,6 +282,13 @@ impl World {
                 self.broker.pause();
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 self.broker.resume();
+            }
+            Fault::BrokerRestarted => {
+                // Every connection closed, new ones reset, for 10 s; the broker keeps its
+                // topics, records and group offsets, as one with durable storage would.
+                self.broker_proxy.down();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                self.broker_proxy.forward();
             }
             Fault::RedisStopped => {
                 self.redis.stop();

@@ -1,6 +1,8 @@
 //! A TCP proxy a test puts between a client and a real server to inject network failures
 //! that stopping the server cannot show: a black hole (sockets open, nothing arrives), slow
-//! replies, and a connection cut right after a given request went through (the reply lost).
+//! replies, a connection cut right after a given request went through (the reply lost), and
+//! the server down as its clients see it (every connection reset, new ones too) while it keeps
+//! its state, as a restarted server with durable storage would.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +28,8 @@ struct Faults {
     /// The next client chunk containing these bytes is forwarded, then the client's
     /// connection is closed and nothing more is relayed on it (one shot).
     cut_after: Option<Vec<u8>>,
+    /// Every new connection is reset as soon as it is accepted.
+    down: bool,
 }
 
 #[derive(Debug)]
@@ -96,11 +100,20 @@ impl TcpProxy {
         self.shared.faults.send_modify(|f| f.black_hole = true);
     }
 
-    /// Forwards normally again (ends a black hole and a reply delay).
+    /// The server down, as its clients see a restart: every open connection is closed now, and
+    /// each new one reset as soon as it is accepted (an RST, not a refused connect), until
+    /// [`TcpProxy::forward`]. The server itself keeps running with all it holds.
+    pub fn down(&self) {
+        self.shared.faults.send_modify(|f| f.down = true);
+        self.close_all();
+    }
+
+    /// Forwards normally again (ends a black hole, a reply delay and a [`TcpProxy::down`]).
     pub fn forward(&self) {
         self.shared.faults.send_modify(|f| {
             f.black_hole = false;
             f.reply_delay = Duration::ZERO;
+            f.down = false;
         });
     }
 
@@ -141,6 +154,12 @@ impl Drop for TcpProxy {
 
 async fn accept_loop(listener: TcpListener, upstream: String, shared: Arc<Shared>) {
     while let Ok((client, _)) = listener.accept().await {
+        if shared.faults.borrow().down {
+            // An RST on close: the client sees its connection reset, as by a server going down.
+            let _ = client.set_zero_linger();
+            drop(client);
+            continue;
+        }
         let closed = shared
             .connections
             .lock()

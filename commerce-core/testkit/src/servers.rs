@@ -134,6 +134,8 @@ fn redis_pong(port: u16) -> bool {
 #[derive(Debug)]
 pub struct PrivateBroker {
     port: u16,
+    /// What it tells clients to connect to, when not its own address.
+    advertised: Option<String>,
     child: OwnedChild,
 }
 
@@ -145,6 +147,23 @@ impl PrivateBroker {
     pub async fn start() -> Self {
         let mut broker = Self {
             port: free_port(),
+            advertised: None,
+            child: OwnedChild::default(),
+        };
+        broker.restart().await;
+        broker
+    }
+
+    /// Starts the broker on `port`, telling clients to connect to `advertised` (`host:port`)
+    /// instead: a proxy in front of it (a [`TcpProxy`](crate::TcpProxy) to `port`), which every
+    /// client then goes through, bootstrap and data alike.
+    ///
+    /// # Panics
+    /// As [`PrivateBroker::start`].
+    pub async fn start_advertising(port: u16, advertised: impl Into<String>) -> Self {
+        let mut broker = Self {
+            port,
+            advertised: Some(advertised.into()),
             child: OwnedChild::default(),
         };
         broker.restart().await;
@@ -157,10 +176,12 @@ impl PrivateBroker {
         self.port
     }
 
-    /// Its bootstrap address, `127.0.0.1:<port>`.
+    /// Its bootstrap address for clients: `127.0.0.1:<port>`, or the advertised one.
     #[must_use]
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.advertised
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", self.port))
     }
 
     /// Starts the broker process (again) on the same port and waits until it accepts.
@@ -170,16 +191,17 @@ impl PrivateBroker {
     pub async fn restart(&mut self) {
         assert!(self.child.0.is_none(), "private broker already running");
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.brokers());
         let child = Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start tansu (set TANSU_BIN, or install it: scripts/services.sh up)");
         self.child = OwnedChild(Some(child));
-        let address = self.brokers();
+        let address = format!("127.0.0.1:{}", self.port);
         let listening = crate::eventually(Duration::from_secs(20), || {
             let address = address.clone();
             async move { tokio::net::TcpStream::connect(address).await.is_ok() }

@@ -101,3 +101,38 @@ async fn a_reply_followed_by_the_server_closing_arrives_whole() {
     }
     server.abort();
 }
+
+/// `down`: the open connection ends, a new one is reset at once, and after `forward` a new
+/// connection reaches the same server with what it held (it never stopped).
+#[tokio::test]
+async fn down_ends_every_connection_until_forward_and_the_server_keeps_its_state() {
+    let redis = PrivateRedis::start().await;
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", redis.port())).await;
+    let mut before = TcpStream::connect(proxy.address()).await.unwrap();
+    before.write_all(b"SET down kept\r\n").await.unwrap();
+    let mut ok = [0u8; 5];
+    before.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+
+    proxy.down();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(2), before.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "down left the open connection open");
+    for _ in 0..3 {
+        let refused = match TcpStream::connect(proxy.address()).await {
+            Err(_) => true,
+            Ok(mut stream) => tokio::time::timeout(Duration::from_secs(2), ping(&mut stream))
+                .await
+                .is_ok_and(|answer| answer.is_err()),
+        };
+        assert!(refused, "a connection went through while down");
+    }
+
+    proxy.forward();
+    let mut after = TcpStream::connect(proxy.address()).await.unwrap();
+    assert_eq!(ping(&mut after).await.unwrap(), "+PONG\r\n");
+    after.write_all(b"GET down\r\n").await.unwrap();
+    let mut value = [0u8; 10];
+    after.read_exact(&mut value).await.unwrap();
+    assert_eq!(&value, b"$4\r\nkept\r\n");
+}
