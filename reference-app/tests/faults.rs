@@ -564,6 +564,10 @@ async fn round(
     if !refusals.is_empty() {
         eprintln!("    refused: {refusals:?}");
     }
+    let unanswered = traffic::unanswered(&ops, number);
+    if !unanswered.is_empty() {
+        eprintln!("    unanswered: {unanswered:?}");
+    }
     row
 }
 

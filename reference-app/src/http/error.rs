@@ -352,6 +352,10 @@ impl From<commerce_core::Error> for ApiError {
             E::InvalidInput { field, .. } => {
                 Self::validation(message).details(json!({ "field": field }))
             }
+            // The lock service down is a dependency down, not a concurrent change.
+            E::Strategy(ref source) if lock_service_down(source.as_ref()) => {
+                Self::unavailable(e_chain(&e)).retry_after(std::time::Duration::from_secs(1))
+            }
             E::Conflict(_) | E::StockChanged { .. } | E::Strategy(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "conflict_retry",
@@ -380,6 +384,15 @@ impl From<commerce_core::Error> for ApiError {
             _ => Self::internal(e_chain(&e)),
         }
     }
+}
+
+/// Whether a stock strategy's error is its lock service being unreachable or failing
+/// (commerce-lock's `Unavailable` or `Redis`), rather than a lock held too long by another.
+fn lock_service_down(source: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    matches!(
+        source.downcast_ref::<commerce_lock::Error>(),
+        Some(commerce_lock::Error::Unavailable { .. } | commerce_lock::Error::Redis { .. })
+    )
 }
 
 /// The error and its sources on one line, for the log.

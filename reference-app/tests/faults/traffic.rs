@@ -36,6 +36,10 @@ impl Seen {
             Err(ClientError::Api { status, error, .. }) if status.is_client_error() => {
                 Self::Refused(status.as_u16(), error.code.clone())
             }
+            // A 5xx by its status and code (`503 conflict_retry`: a fenced or changed write).
+            Err(ClientError::Api { status, error, .. }) => {
+                Self::Unknown(format!("{} {}", status.as_u16(), error.code))
+            }
             Err(other) => Self::Unknown(other.to_string()),
         }
     }
@@ -358,4 +362,30 @@ pub(crate) fn refusals(ops: &[(usize, Op)], round: usize) -> HashMap<String, usi
         }
     }
     codes
+}
+
+/// The placements and cancellations of `round` left unanswered, counted by what the client
+/// saw instead (a 5xx's status and code, or the transport error).
+pub(crate) fn unanswered(ops: &[(usize, Op)], round: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for (_, op) in ops.iter().filter(|(r, _)| *r == round) {
+        if let Op::Place {
+            seen: Seen::Unknown(what),
+            ..
+        }
+        | Op::Cancel {
+            seen: Seen::Unknown(what),
+            ..
+        } = op
+        {
+            // Transport errors carry addresses and ids: their first words are enough.
+            let what: String = what
+                .split_whitespace()
+                .take(4)
+                .collect::<Vec<_>>()
+                .join(" ");
+            *seen.entry(what).or_insert(0) += 1;
+        }
+    }
+    seen
 }
