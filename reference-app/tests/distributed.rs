@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use commerce_client::{CreateProduct, Error as ClientError, PlaceOrder};
+use commerce_client::{CreateProduct, Error as ClientError, PlaceOrder, RetryPolicy};
 use commerce_testkit::eventually;
 use common::deployment::{footprint, instances_up, taken_out_at, Deployment};
 use futures::StreamExt;
@@ -76,13 +76,21 @@ async fn an_order_instance_killed_mid_sale_loses_and_doubles_nothing_through_the
         .expect("product created through the gateway")
         .id;
 
-    // 2,000 customers at once; every other one sends an idempotency key.
+    // 2,000 customers at once; every other one sends an idempotency key. The gateway admits
+    // what the instances answer in time and refuses the rest with 429 and Retry-After; a
+    // customer's client asks again then, as a flash-sale buyer does (a keyed placement also
+    // after a failure that may have reached an instance, with the same key).
     let customers = 2_000;
     let seen = Arc::new(Mutex::new(Vec::with_capacity(customers)));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(customers);
     for n in 0..customers {
-        let client = deployment.client(&entry, &format!("buyer-{n}"), Role::Customer);
+        let client = deployment.client_retrying(
+            &entry,
+            &format!("buyer-{n}"),
+            Role::Customer,
+            RetryPolicy::default().attempts(10),
+        );
         let seen = seen.clone();
         tasks.push(tokio::spawn(async move {
             let order = PlaceOrder::one(product, 1);

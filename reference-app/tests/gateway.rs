@@ -1097,7 +1097,8 @@ async fn beyond_the_requests_in_flight_bound_the_gateway_answers_429_at_once() {
 }
 
 /// What [`surge`] saw: the latencies of the answers served after its first second, how many
-/// were served in all, and how many refused (429 with the error body and `Retry-After`).
+/// were served in all, and how many refused (429 or 503 with the error body and
+/// `Retry-After`).
 #[derive(Debug)]
 struct Surge {
     served: usize,
@@ -1146,6 +1147,11 @@ async fn surge(
                     let answer = Client::send(request).await;
                     if answer.status == StatusCode::TOO_MANY_REQUESTS {
                         answer.assert_error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    } else if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+                        // The instance taken out for a moment (its `/ready` answering late on
+                        // a test process this busy): refused too, with the error body.
+                        answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     } else {
                         assert_eq!(answer.status, StatusCode::OK, "{answer:#?}");

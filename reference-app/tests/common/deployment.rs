@@ -236,6 +236,17 @@ impl Deployment {
 
     /// A client of `url` as `user` in `role`, without retries (a test sees each answer).
     pub fn client(&self, url: &str, user: &str, role: Role) -> ApiClient {
+        self.client_retrying(url, user, role, RetryPolicy::none())
+    }
+
+    /// As [`Deployment::client`], retrying as `policy` says.
+    pub fn client_retrying(
+        &self,
+        url: &str,
+        user: &str,
+        role: Role,
+        policy: RetryPolicy,
+    ) -> ApiClient {
         let token = self
             .auth
             .issue(user, role, Duration::from_secs(3600))
@@ -243,7 +254,7 @@ impl Deployment {
         ApiClient::builder(url)
             .bearer_token(&token)
             .timeout(Duration::from_secs(30))
-            .retry(RetryPolicy::none())
+            .retry(policy)
             .build()
             .unwrap()
     }
