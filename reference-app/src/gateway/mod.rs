@@ -431,14 +431,7 @@ async fn forward(shared: Arc<Shared>, upstream: Upstream, request: Request) -> R
     if let Some(admission) = shared.admission(upstream) {
         let Some(admitted) = admission.admit() else {
             metrics::counter!("gateway_refused_total", "reason" => "admission").increment(1);
-            return ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                "the service has as many requests in flight as it answers in time; retry \
-                 after the time in Retry-After",
-            )
-            .retry_after(Duration::from_secs(1))
-            .into_response();
+            return ApiError::overloaded().into_response();
         };
         ticket = Some(admitted);
     }

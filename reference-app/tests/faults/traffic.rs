@@ -347,45 +347,41 @@ pub(crate) fn tally(ops: &[(usize, Op)], round: usize) -> Tally {
 
 /// The refusal codes of `round`, counted (for the report: what the faults turned away).
 pub(crate) fn refusals(ops: &[(usize, Op)], round: usize) -> HashMap<String, usize> {
-    let mut codes = HashMap::new();
-    for (_, op) in ops.iter().filter(|(r, _)| *r == round) {
-        if let Op::Place {
-            seen: Seen::Refused(status, code),
-            ..
-        }
-        | Op::Cancel {
-            seen: Seen::Refused(status, code),
-            ..
-        } = op
-        {
-            *codes.entry(format!("{status} {code}")).or_insert(0) += 1;
-        }
-    }
-    codes
+    count_seen(ops, round, |seen| match seen {
+        Seen::Refused(status, code) => Some(format!("{status} {code}")),
+        _ => None,
+    })
 }
 
 /// The placements and cancellations of `round` left unanswered, counted by what the client
 /// saw instead (a 5xx's status and code, or the transport error).
 pub(crate) fn unanswered(ops: &[(usize, Op)], round: usize) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for (_, op) in ops.iter().filter(|(r, _)| *r == round) {
-        if let Op::Place {
-            seen: Seen::Unknown(what),
-            ..
-        }
-        | Op::Cancel {
-            seen: Seen::Unknown(what),
-            ..
-        } = op
-        {
-            // Transport errors carry addresses and ids: their first words are enough.
-            let what: String = what
-                .split_whitespace()
+    count_seen(ops, round, |seen| match seen {
+        // Transport errors carry addresses and ids: their first words are enough.
+        Seen::Unknown(what) => Some(
+            what.split_whitespace()
                 .take(4)
                 .collect::<Vec<_>>()
-                .join(" ");
-            *seen.entry(what).or_insert(0) += 1;
+                .join(" "),
+        ),
+        _ => None,
+    })
+}
+
+/// The placements and cancellations of `round`, counted by `key` of what the client saw
+/// (those it gives no key are left out).
+fn count_seen(
+    ops: &[(usize, Op)],
+    round: usize,
+    key: impl Fn(&Seen) -> Option<String>,
+) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for (_, op) in ops.iter().filter(|(r, _)| *r == round) {
+        if let Op::Place { seen, .. } | Op::Cancel { seen, .. } = op {
+            if let Some(key) = key(seen) {
+                *counts.entry(key).or_insert(0) += 1;
+            }
         }
     }
-    seen
+    counts
 }
