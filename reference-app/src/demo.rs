@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use commerce_client::{
-    ApiClient, CreateProduct, Inbound, OrderStatus, PlaceOrder, Shortage, StatusCode,
+    ApiClient, CreateProduct, Inbound, OrderStatus, PlaceOrder, RetryPolicy, Shortage, StatusCode,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,6 +32,13 @@ pub(crate) struct DemoSettings {
     pub(crate) seed: u64,
 }
 
+/// Attempts of a customer's placement. The crowd arrives at one instant; a gateway admitting
+/// by its adaptive bound (decision 0016) takes what its instances answer in time and refuses
+/// the rest at once with 429 and `Retry-After: 1`, growing the bound with each round of fast
+/// answers. A buyer asks again then, under the same key, as often as a flash-sale buyer would:
+/// the client's default of 3 attempts gives up while the bound is still growing.
+const CUSTOMER_ATTEMPTS: u32 = 10;
+
 /// The demo's callers: an admin, and customers minted on demand.
 struct Cast {
     admin: ApiClient,
@@ -46,7 +53,10 @@ impl Cast {
             Role::Customer,
             Duration::from_secs(3600),
         )?;
-        Ok(self.admin.with_token(token))
+        Ok(self
+            .admin
+            .with_token(token)
+            .with_retry(RetryPolicy::default().attempts(CUSTOMER_ATTEMPTS)))
     }
 }
 
