@@ -32,6 +32,7 @@ use crate::services::order::{Currency, OrderState, PlacementRate, StatusFeed, St
 use crate::services::payment::gateway::GatewayClient;
 use crate::services::payment::stand_in::{self, StandInConfig, StandInControl};
 use crate::services::payment::{OrderEvents, PaymentWorker};
+use crate::services::statistics;
 use crate::services::store::catalog::Catalog;
 use crate::services::store::StoreState;
 use crate::services::{admin, ops, order, store};
@@ -268,6 +269,9 @@ impl Application {
         {
             // What these start runs on the bulkhead (no await while it is entered).
             let _entered = bulkhead.handle.enter();
+            // A fresh database's tables analyzed as they grow, so the saga's lookups by id do
+            // not keep plans made on empty tables until autovacuum comes by.
+            statistics::spawn_first_statistics(background.clone(), shutdown.clone(), &tasks);
             if let Some(worker) = &payment {
                 let order_events = OrderEvents::new(worker.wake(), topics.payments.clone());
                 let group = topics.group("payment-service");

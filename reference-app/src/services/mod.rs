@@ -7,4 +7,5 @@ pub mod contracts;
 pub mod ops;
 pub mod order;
 pub mod payment;
+pub mod statistics;
 pub mod store;
