@@ -697,3 +697,39 @@ mod user_limits {
         assert_consistent(&instances[0]).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_orders_history_is_known_without_reading_it_back() {
+    let db = TestDb::new(&[&MIGRATOR]).await;
+    let commerce = on(&db);
+    let product = product(&commerce, 1, 20).await;
+    // Together, so they share batches; half of them may be backordered once stock runs out.
+    let mut crowd = tokio::task::JoinSet::new();
+    for n in 0..24 {
+        let commerce = commerce.clone();
+        let policy = if n % 2 == 0 {
+            ShortagePolicy::Reject
+        } else {
+            ShortagePolicy::Backorder
+        };
+        crowd.spawn(async move {
+            commerce
+                .place_order(
+                    NewOrder::new(format!("u{n}"))
+                        .line(product.0, 1)
+                        .policy(policy),
+                )
+                .await
+        });
+    }
+    let mut checked = 0;
+    while let Some(placed) = crowd.join_next().await {
+        let Ok(placed) = placed.unwrap() else {
+            continue;
+        };
+        let stored = commerce.order_history(placed.order.id).await.unwrap();
+        assert_eq!(placed.placement_history(), Some(stored));
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked} placed");
+}

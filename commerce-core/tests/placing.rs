@@ -447,3 +447,36 @@ async fn a_positive_adjustment_reports_the_stock_left_after_serving_backorders()
     assert_eq!(reported, Some(2));
     assert_consistent(&commerce).await;
 }
+
+#[tokio::test]
+async fn a_new_orders_history_is_known_without_reading_it_back_and_a_replays_is_not() {
+    let (_db, commerce) = setup().await;
+    product(&commerce, 1, 2).await;
+    for (key, quantity, policy) in [
+        ("created", 1, ShortagePolicy::Reject),
+        ("backordered", 5, ShortagePolicy::Backorder),
+    ] {
+        let placed = commerce
+            .place_order(
+                NewOrder::new("alice")
+                    .line(1, quantity)
+                    .policy(policy)
+                    .idempotency_key(key),
+            )
+            .await
+            .unwrap();
+        let stored = commerce.order_history(placed.order.id).await.unwrap();
+        assert_eq!(placed.placement_history(), Some(stored), "{key}");
+        let again = commerce
+            .place_order(
+                NewOrder::new("alice")
+                    .line(1, quantity)
+                    .policy(policy)
+                    .idempotency_key(key),
+            )
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.placement_history(), None, "a replay's is read");
+    }
+}

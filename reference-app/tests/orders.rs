@@ -73,13 +73,33 @@ async fn an_order_is_answered_after_commit_even_when_its_history_cannot_be_read(
     .unwrap();
     let alice = app.token("alice", Role::Customer);
     let body = json!({"items": [{"product_id": product, "quantity": 2}]});
+    let key = [("idempotency-key", "hist-1")];
+    // A new order's answer carries the history the placement wrote, without reading it.
     let placed = app
-        .raw_request(Method::POST, "/api/v1/orders", &alice, Some(body), &[])
+        .raw_request(
+            Method::POST,
+            "/api/v1/orders",
+            &alice,
+            Some(body.clone()),
+            &key,
+        )
         .await;
     assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
     assert_eq!(placed.body["status"], "CREATED");
     assert_eq!(placed.body["total"], 200);
-    assert_eq!(placed.body["history"], json!([]));
+    assert_eq!(placed.body["history"][0]["reason"], "placed", "{placed:?}");
+    assert_eq!(placed.body["history"][0]["status"], "CREATED", "{placed:?}");
+    assert_eq!(
+        placed.body["history"][0]["at"], placed.body["created_at"],
+        "at the order's creation, as stored"
+    );
+    // A repeat reads it (the order may have moved on since): it cannot, and still answers.
+    let again = app
+        .raw_request(Method::POST, "/api/v1/orders", &alice, Some(body), &key)
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
+    assert_eq!(again.body["id"], placed.body["id"]);
+    assert_eq!(again.body["history"], json!([]));
     let id = placed.body["id"].as_str().unwrap();
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM commerce.orders WHERE id = $1::uuid")

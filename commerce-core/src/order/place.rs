@@ -33,6 +33,9 @@ pub enum ReserveMode {
     ReadCheckWrite,
 }
 
+/// The reason of every order's first history row.
+pub(crate) const PLACED: &str = "placed";
+
 /// The outcome of [`crate::Commerce::place_order`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacedOrder {
@@ -40,6 +43,24 @@ pub struct PlacedOrder {
     pub order: Order,
     /// `true` when the request repeated an idempotency key and no new order was made.
     pub replayed: bool,
+}
+
+impl PlacedOrder {
+    /// The status history of a new order, as the placement wrote it, without reading it
+    /// back: one change, from nothing to its status, reason `placed`, at its creation time.
+    /// `None` for a replay, whose order may have moved on since (read it with
+    /// [`crate::Commerce::order_history`]).
+    #[must_use]
+    pub fn placement_history(&self) -> Option<Vec<super::StatusChange>> {
+        (!self.replayed).then(|| {
+            vec![super::StatusChange {
+                from: None,
+                to: self.order.status,
+                reason: PLACED.to_owned(),
+                at: self.order.created_at,
+            }]
+        })
+    }
 }
 
 /// The building blocks a [`crate::StockStrategy`] uses to write orders.
@@ -300,7 +321,8 @@ fn short_line(order: &ValidatedOrder, stock: &[StockLevel]) -> Result<()> {
     Ok(())
 }
 
-/// Inserts the order row and its first history row ("placed") in one statement; returns its
+/// Inserts the order row and its first history row ("placed", at the order's creation time, as
+/// [`PlacedOrder::placement_history`] tells without reading it) in one statement; returns its
 /// creation time (the database's clock, as every later read shows it), or [`KeyTaken`] when a
 /// concurrent request holds the idempotency key.
 async fn insert_order(
@@ -314,8 +336,8 @@ async fn insert_order(
            INSERT INTO commerce.orders (id, user_id, idempotency_key, status, shortage_policy) \
            VALUES ($1, $2, $3, $4, $5) RETURNING id, created_at \
          ), h AS ( \
-           INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason) \
-           SELECT id, NULL, $4, 'placed' FROM o \
+           INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason, at) \
+           SELECT id, NULL, $4, 'placed', created_at FROM o \
          ) \
          SELECT created_at FROM o",
     )

@@ -46,7 +46,8 @@ pub(super) async fn stock_rows<'e>(
     Ok(figures_of(rows, generation))
 }
 
-/// Every row of the placed orders but the stock: orders, first history rows, lines, backorder
+/// Every row of the placed orders but the stock: orders, first history rows (at the orders'
+/// creation time, `now()` as `created_at`'s default), lines, backorder
 /// queue entries and ledger rows, in one statement. Returns the orders' creation time.
 pub(super) async fn insert_rows(
     conn: &mut PgConnection,
@@ -89,8 +90,8 @@ pub(super) async fn insert_rows(
            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
            RETURNING created_at \
          ), h AS ( \
-           INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason) \
-           SELECT id, NULL, s, 'placed' FROM UNNEST($1::uuid[], $4::text[]) AS t(id, s) \
+           INSERT INTO commerce.order_status_history (order_id, from_status, to_status, reason, at) \
+           SELECT id, NULL, s, 'placed', now() FROM UNNEST($1::uuid[], $4::text[]) AS t(id, s) \
          ), l AS ( \
            INSERT INTO commerce.order_lines (order_id, product_id, quantity, allocated, unit_price) \
            SELECT * FROM UNNEST($6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[]) \

@@ -111,20 +111,24 @@ pub async fn place(
             return Err(e.into());
         }
     };
-    // The order is committed: a failed read of its history must not make the client think
+    // A new order's history is what the placement wrote; a replay's is read (the order may
+    // have moved on). The order is committed: a failed read must not make the client think
     // otherwise (and place it again), so the answer then goes without the history.
-    let history = state
-        .commerce
-        .order_history(placed.order.id)
-        .await
-        .unwrap_or_else(|error| {
-            tracing::warn!(
-                %error,
-                order = %placed.order.id,
-                "placed, but its history cannot be read: answered without it"
-            );
-            Vec::new()
-        });
+    let history = match placed.placement_history() {
+        Some(history) => history,
+        None => state
+            .commerce
+            .order_history(placed.order.id)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(
+                    %error,
+                    order = %placed.order.id,
+                    "placed, but its history cannot be read: answered without it"
+                );
+                Vec::new()
+            }),
+    };
     // A repeat answers as the first request did, whatever the order went through since.
     let placed_as = history.first().map_or(placed.order.status, |h| h.to);
     let status = if placed_as == OrderStatus::Backordered {
