@@ -28,7 +28,7 @@ use crate::services::contracts::Topics;
 use crate::services::ops::{OpsState, ProbeState, ReadinessCheck};
 use crate::services::order::saga::{spawn_timeout_sweep, PaymentAnswers, SagaStart};
 use crate::services::order::watch::NotifyStatusChanges;
-use crate::services::order::{Currency, OrderState, PlacementRate, StatusFeed, Streams};
+use crate::services::order::{Currency, OrderState, PlacementRate, SagaPace, StatusFeed, Streams};
 use crate::services::payment::gateway::GatewayClient;
 use crate::services::payment::stand_in::{self, StandInConfig, StandInControl};
 use crate::services::payment::{OrderEvents, PaymentWorker};
@@ -266,6 +266,7 @@ impl Application {
         };
         let mut handlers: Vec<(String, Arc<dyn EventHandler>)> = Vec::new();
         let feed = StatusFeed::new();
+        let saga_pace = SagaPace::default();
         {
             // What these start runs on the bulkhead (no await while it is entered).
             let _entered = bulkhead.handle.enter();
@@ -298,6 +299,7 @@ impl Application {
                     &tasks,
                 );
                 feed.listen(background.clone(), shutdown.clone(), &tasks);
+                saga_pace.spawn(background.clone(), shutdown.clone(), &tasks);
             }
             // Consumers first: in-process, a message reaches the groups subscribed when it is
             // published. Every service writes events (the store's receipts too), and relays
@@ -329,6 +331,7 @@ impl Application {
                 feed,
                 streams: Streams::new(streams.clone(), &config.streams),
                 placement_rate,
+                saga_pace,
                 shutdown: shutdown.clone(),
                 currency: Currency(config.payment.currency.clone()),
             }));

@@ -323,3 +323,55 @@ async fn a_placement_while_the_lock_service_is_down_is_503_unavailable_and_write
     assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
     app.stop().await;
 }
+
+/// Placement paced to the payment saga (`saga_pace`): while the oldest unpaid order is older
+/// than the target, a new placement waits for the excess (at most `MOST`) and is then placed;
+/// with the saga caught up, it is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placements_wait_while_the_saga_lags_and_not_once_it_catches_up() {
+    use reference_app::services::order::saga_pace::{MOST, TARGET};
+    let app = TestApp::start(Transport::InProcess).await;
+    let product = app.product("PACE-1", 100, 100).await;
+    let dora = app.customer("dora");
+    // The payment gateway hangs: the order stays CREATED; its age is put back 10 s.
+    app.running()
+        .stand_in_gateway()
+        .unwrap()
+        .set_latency(Duration::from_secs(60));
+    let waiting = app.order(&dora, product, 1).await.expect("placed");
+    sqlx::query(
+        "UPDATE commerce.orders SET updated_at = now() - interval '10 seconds' WHERE id = $1",
+    )
+    .bind(waiting.order.id)
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    // The lag is read every 200 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = std::time::Instant::now();
+    let held = app
+        .order(&dora, product, 1)
+        .await
+        .expect("placed after the wait");
+    let took = started.elapsed();
+    assert_eq!(held.status, StatusCode::CREATED);
+    assert!(
+        took >= MOST.min(Duration::from_secs(10) - TARGET),
+        "placed after {took:?} while the saga lagged 10 s"
+    );
+
+    // The saga catches up (the order leaves CREATED): placements go straight through again.
+    sqlx::query("UPDATE commerce.orders SET status = 'CANCELLED' WHERE status = 'CREATED'")
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = std::time::Instant::now();
+    app.order(&dora, product, 1).await.expect("placed");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "not held back: {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}

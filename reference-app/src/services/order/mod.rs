@@ -6,6 +6,7 @@ mod expiry;
 mod placement_rate;
 pub mod routes;
 pub mod saga;
+pub mod saga_pace;
 mod stream_admission;
 pub mod watch;
 
@@ -23,6 +24,7 @@ pub use commerce_client::{
 };
 pub use placement_rate::PlacementRate;
 pub use routes::{cancel, deliver, list, order, place, ship, watch as events};
+pub use saga_pace::SagaPace;
 pub use watch::{StatusFeed, Streams};
 
 /// What the order service needs.
@@ -38,6 +40,8 @@ pub struct OrderState {
     pub streams: Streams,
     /// Each user's allowance of order placements.
     pub placement_rate: PlacementRate,
+    /// How long a placement waits for the payment saga to catch up.
+    pub saga_pace: SagaPace,
     /// Cancelled when the process shuts down: open event streams end.
     pub shutdown: CancellationToken,
     /// The currency of the prices.

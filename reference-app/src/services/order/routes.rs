@@ -101,6 +101,12 @@ pub async fn place(
     if let Some(key) = idempotency_key(&headers)? {
         request = request.idempotency_key(key);
     }
+    // Behind a saga that does not keep pace, the buyer waits here rather than adding to what
+    // is placed and not yet paid (saga_pace).
+    let wait = state.saga_pace.wait();
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
     let placed = match state.commerce.place_order(request).await {
         Ok(placed) => placed,
         Err(e) => {
