@@ -456,26 +456,16 @@ async fn a_new_orders_history_is_known_without_reading_it_back_and_a_replays_is_
         ("created", 1, ShortagePolicy::Reject),
         ("backordered", 5, ShortagePolicy::Backorder),
     ] {
-        let placed = commerce
-            .place_order(
-                NewOrder::new("alice")
-                    .line(1, quantity)
-                    .policy(policy)
-                    .idempotency_key(key),
-            )
-            .await
-            .unwrap();
+        let order = || {
+            NewOrder::new("alice")
+                .line(1, quantity)
+                .policy(policy)
+                .idempotency_key(key)
+        };
+        let placed = commerce.place_order(order()).await.unwrap();
         let stored = commerce.order_history(placed.order.id).await.unwrap();
         assert_eq!(placed.placement_history(), Some(stored), "{key}");
-        let again = commerce
-            .place_order(
-                NewOrder::new("alice")
-                    .line(1, quantity)
-                    .policy(policy)
-                    .idempotency_key(key),
-            )
-            .await
-            .unwrap();
+        let again = commerce.place_order(order()).await.unwrap();
         assert!(again.replayed);
         assert_eq!(again.placement_history(), None, "a replay's is read");
     }

@@ -110,6 +110,16 @@ mod tests {
         }
     }
 
+    /// A fresh database with every schema the app migrates.
+    async fn app_db() -> TestDb {
+        TestDb::new(&[
+            &commerce_core::MIGRATOR,
+            &commerce_outbox::MIGRATOR,
+            &crate::MIGRATOR,
+        ])
+        .await
+    }
+
     async fn seq_scans(conn: &mut PgConnection) -> i64 {
         sqlx::query("SELECT pg_stat_force_next_flush()")
             .execute(&mut *conn)
@@ -134,12 +144,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_table_grown_from_empty_is_analyzed_and_its_lookups_stop_reading_all_of_it() {
-        let db = TestDb::new(&[
-            &commerce_core::MIGRATOR,
-            &commerce_outbox::MIGRATOR,
-            &crate::MIGRATOR,
-        ])
-        .await;
+        let db = app_db().await;
         let mut conn = PgConnection::connect(&db.url()).await.unwrap();
         let ids: Vec<Uuid> = (0..16).map(|_| Uuid::now_v7()).collect();
         // The first orders of a sale: the statement prepared on a nearly empty table and run
@@ -184,12 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn tables_below_the_threshold_are_left_alone() {
-        let db = TestDb::new(&[
-            &commerce_core::MIGRATOR,
-            &commerce_outbox::MIGRATOR,
-            &crate::MIGRATOR,
-        ])
-        .await;
+        let db = app_db().await;
         add_payments(db.pool(), 10).await;
         let analyzed = analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
             .await
