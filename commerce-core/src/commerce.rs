@@ -481,8 +481,10 @@ impl Commerce {
     /// Read inside the caller's transaction, it sees that transaction's own writes: a
     /// [`TransactionHook`] learns what to charge for the orders its transaction is placing
     /// or making CREATED (the events carry the ids), and writes the charge request with
-    /// them. An associated function, not a method, because such a hook is built before the
-    /// [`Commerce`] it is added to and has none to call it on.
+    /// them. (A placement's [`crate::CoreEvent::OrderPlaced`] already carries its lines at
+    /// their prices: [`crate::OrderLine::total_of`] them and spare the read.) An associated
+    /// function, not a method, because such a hook is built before the [`Commerce`] it is
+    /// added to and has none to call it on.
     ///
     /// ```no_run
     /// # async fn demo(tx: &mut sqlx::PgConnection, id: commerce_core::OrderId) -> commerce_core::Result<()> {

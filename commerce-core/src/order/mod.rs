@@ -150,6 +150,16 @@ impl OrderLine {
     pub fn amount(&self) -> i64 {
         self.quantity.saturating_mul(self.unit_price)
     }
+
+    /// What `lines` cost together: the sum of their [`OrderLine::amount`]s, saturating, as
+    /// [`Order::total`] (e.g. of the lines a [`crate::CoreEvent::OrderPlaced`] carries, so a
+    /// hook charges for a placed order without reading it back).
+    #[must_use]
+    pub fn total_of(lines: &[Self]) -> i64 {
+        lines
+            .iter()
+            .fold(0_i64, |total, line| total.saturating_add(line.amount()))
+    }
 }
 
 /// A stored order.
@@ -177,9 +187,7 @@ impl Order {
     /// What the order costs: the sum of its lines' amounts, in minor units.
     #[must_use]
     pub fn total(&self) -> i64 {
-        self.lines
-            .iter()
-            .fold(0_i64, |total, line| total.saturating_add(line.amount()))
+        OrderLine::total_of(&self.lines)
     }
 }
 

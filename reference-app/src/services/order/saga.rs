@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commerce_core::{
-    Commerce, CoreEvent, Error, OrderId, OrderStatus, OrderTotal, TransactionHook,
+    Commerce, CoreEvent, Error, OrderId, OrderLine, OrderStatus, OrderTotal, TransactionHook,
 };
 use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
 use commerce_outbox::{
@@ -59,28 +59,42 @@ impl TransactionHook for SagaStart {
         conn: &mut PgConnection,
         events: &[CoreEvent],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let mut created: Vec<OrderId> = events
-            .iter()
-            .filter_map(|event| match event {
+        // A placement's event says who placed the order and its lines at their prices: charged
+        // from it, without reading back what this transaction has just written. An order made
+        // CREATED later (its last backordered line served) is read.
+        let mut totals = Vec::new();
+        let mut served = Vec::new();
+        for event in events {
+            match event {
                 CoreEvent::OrderPlaced {
                     order,
+                    user_id,
                     status: OrderStatus::Created,
+                    lines,
                     ..
-                }
-                | CoreEvent::OrderStatusChanged {
+                } => totals.push(OrderTotal {
+                    order: *order,
+                    user_id: user_id.clone(),
+                    total: OrderLine::total_of(lines),
+                }),
+                CoreEvent::OrderStatusChanged {
                     order,
                     to: OrderStatus::Created,
                     ..
-                } => Some(*order),
-                _ => None,
-            })
-            .collect();
-        if created.is_empty() {
+                } => served.push(*order),
+                _ => {}
+            }
+        }
+        if !served.is_empty() {
+            served.sort_unstable();
+            totals.extend(Commerce::order_totals_in(conn, &served).await?);
+        }
+        if totals.is_empty() {
             return Ok(());
         }
         // One sorted order of aggregates, as commerce-core's outbox hook takes them.
-        created.sort_unstable();
-        let totals = Commerce::order_totals_in(conn, &created).await?;
+        totals.sort_unstable_by_key(|total| total.order);
+        totals.dedup_by_key(|total| total.order);
         let mut outgoing = Vec::with_capacity(totals.len());
         let mut steps = Vec::with_capacity(totals.len());
         for OrderTotal {
@@ -414,5 +428,72 @@ mod tests {
             UnprocessableEvent::find(error.as_ref()).is_some(),
             "{error}"
         );
+    }
+
+    /// A placement's event carries who placed the order and its lines at their prices: the
+    /// saga charges from it, so the transaction placing a batch pays no read of the orders it
+    /// has just written (an order unknown to the database is charged all the same), and the
+    /// amount is the sum of its lines, saturating as `Order::total` does.
+    #[tokio::test]
+    async fn a_placed_order_is_charged_from_its_event() {
+        use commerce_core::{OrderLine, ProductId, ShortagePolicy};
+        let (db, _commerce) = shop(5).await;
+        let line = |product: i64, quantity: i64, unit_price: i64| OrderLine {
+            product: ProductId(product),
+            quantity,
+            allocated: quantity,
+            unit_price,
+        };
+        let placed = |order: OrderId, lines: Vec<OrderLine>| CoreEvent::OrderPlaced {
+            order,
+            user_id: "alice".into(),
+            status: OrderStatus::Created,
+            policy: ShortagePolicy::Reject,
+            lines,
+        };
+        let (cheap, dear) = (OrderId(uuid::Uuid::now_v7()), OrderId(uuid::Uuid::now_v7()));
+        let events = [
+            placed(dear, vec![line(1, 2, i64::MAX / 2), line(2, 1, 7)]),
+            placed(cheap, vec![line(1, 3, 450), line(2, 1, 7)]),
+        ];
+        let mut tx = db.pool().begin().await.unwrap();
+        SagaStart::new("EUR", "orders")
+            .before_commit(&mut tx, &events)
+            .await
+            .unwrap();
+        let charged: Vec<(String, serde_json::Value)> = sqlx::query_as(
+            "SELECT event_type, payload FROM commerce_outbox.event ORDER BY aggregate_id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let amounts: Vec<(&str, &serde_json::Value, &serde_json::Value)> = charged
+            .iter()
+            .map(|(kind, payload)| (kind.as_str(), &payload["user_id"], &payload["amount"]))
+            .collect();
+        let (first, second) = if cheap < dear {
+            (cheap, dear)
+        } else {
+            (dear, cheap)
+        };
+        let amount = |order: OrderId| {
+            if order == cheap {
+                serde_json::json!(1357)
+            } else {
+                serde_json::json!(i64::MAX)
+            }
+        };
+        assert_eq!(
+            amounts,
+            [
+                (ORDER_CREATED, &serde_json::json!("alice"), &amount(first)),
+                (ORDER_CREATED, &serde_json::json!("alice"), &amount(second)),
+            ]
+        );
+        let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM commerce_outbox.saga_log")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(steps, 2);
     }
 }
