@@ -274,7 +274,11 @@ impl Application {
             // not keep plans made on empty tables until autovacuum comes by.
             statistics::spawn_first_statistics(background.clone(), shutdown.clone(), &tasks);
             if let Some(worker) = &payment {
-                let order_events = OrderEvents::new(worker.wake(), topics.payments.clone());
+                let order_events = OrderEvents::new(
+                    worker.wake(),
+                    topics.payments.clone(),
+                    config.payment.currency.clone(),
+                );
                 let group = topics.group("payment-service");
                 bus.consume(&group, &[&topics.orders], order_events.clone())?;
                 handlers.push((group, Arc::new(order_events)));

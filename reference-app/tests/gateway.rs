@@ -34,6 +34,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The surge test measures what the instances serve against their capacity, so it runs
+/// alone; the others (each with gateways and instances of its own) run together, as before.
+/// Among them, on a fresh machine of two cores, the surge was served 67 – 98 answers a second
+/// of the 100 it asks for, in 8 of 9 runs of this file (before and after the change that
+/// found it); alone, it passes.
+static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+async fn together() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().await
+}
+
+async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
+}
+
 const SECRET: &str = "gateway-tests-token-key-of-at-least-32-bytes";
 
 /// Events an instance's order stream sends, and the gap between two of them.
@@ -569,6 +584,7 @@ fn is_w3c_traceparent(value: &str) -> bool {
 /// Two healthy instances both serve a fair share of 200 GETs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_balanced_over_two_healthy_instances() {
+    let _machine = together().await;
     let (order, a, b) = (
         Instance::start("order-1").await,
         Instance::start("store-a").await,
@@ -601,6 +617,7 @@ async fn requests_are_balanced_over_two_healthy_instances() {
 /// answers 200 again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_failing_its_readiness_check_leaves_the_rotation_and_comes_back() {
+    let _machine = together().await;
     let (order, a, b) = (
         Instance::start("order-1").await,
         Instance::start("store-a").await,
@@ -664,6 +681,7 @@ async fn an_instance_failing_its_readiness_check_leaves_the_rotation_and_comes_b
 /// the dead instance is out after that one try (the long health interval cannot notice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_to_a_killed_instance_is_retried_on_the_other() {
+    let _machine = together().await;
     let (order, a, b) = (
         Instance::start("order-1").await,
         Instance::start("store-a").await,
@@ -734,6 +752,7 @@ async fn a_get_to_a_killed_instance_is_retried_on_the_other() {
 /// reaching it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_post_to_a_killed_instance_is_retried_on_the_other() {
+    let _machine = together().await;
     let (a, b, store) = (
         Instance::start("order-a").await,
         Instance::start("order-b").await,
@@ -800,6 +819,7 @@ async fn a_keyed_post_to_a_killed_instance_is_retried_on_the_other() {
 /// the client gets 503 with `Retry-After`, and the surviving instance never sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_without_a_key_to_a_killed_instance_is_not_retried() {
+    let _machine = together().await;
     let (a, b, store) = (
         Instance::start("order-a").await,
         Instance::start("order-b").await,
@@ -864,6 +884,7 @@ async fn a_post_without_a_key_to_a_killed_instance_is_not_retried() {
 /// service still serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_instance_of_a_service_down_its_requests_get_503_at_once() {
+    let _machine = together().await;
     let (a, b, store) = (
         Instance::start("order-a").await,
         Instance::start("order-b").await,
@@ -909,6 +930,7 @@ async fn with_every_instance_of_a_service_down_its_requests_get_503_at_once() {
 /// token or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_refuses_bad_tokens_unknown_routes_and_wrong_methods_itself() {
+    let _machine = together().await;
     let (order, store) = (
         Instance::start("order-1").await,
         Instance::start("store-1").await,
@@ -1014,6 +1036,7 @@ async fn the_edge_refuses_bad_tokens_unknown_routes_and_wrong_methods_itself() {
 /// gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_beyond_the_burst_gets_429_while_another_gets_through() {
+    let _machine = together().await;
     let (order, store) = (
         Instance::start("order-1").await,
         Instance::start("store-1").await,
@@ -1054,6 +1077,7 @@ async fn a_user_beyond_the_burst_gets_429_while_another_gets_through() {
 /// (the probes still answer), and capacity returns when they finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_requests_in_flight_bound_the_gateway_answers_429_at_once() {
+    let _machine = together().await;
     let (order, store) = (
         Instance::start("order-1").await,
         Instance::start("store-1").await,
@@ -1189,6 +1213,7 @@ async fn surge(
 /// instance's queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_surge_is_refused_at_the_edge_and_the_admitted_answers_stay_near_the_latency_target() {
+    let _machine = alone().await;
     let (order, store) = (
         Instance::start("order-1").await,
         Instance::start("store-1").await,
@@ -1253,6 +1278,7 @@ fixed bound only: {}",
 /// that time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_whose_answer_does_not_begin_in_time_gets_503_timeout() {
+    let _machine = together().await;
     let (order, store) = (
         Instance::start("order-1").await,
         Instance::start("store-1").await,
@@ -1280,6 +1306,7 @@ async fn a_get_whose_answer_does_not_begin_in_time_gets_503_timeout() {
 /// An event stream whose headers come at once keeps flowing long past the read timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_stream_flows_past_the_read_timeout() {
+    let _machine = together().await;
     let (order, store) = (
         Instance::start("order-1").await,
         Instance::start("store-1").await,
@@ -1339,6 +1366,7 @@ async fn an_event_stream_flows_past_the_read_timeout() {
 /// services' `SSE_MAX_LIFETIME_SECS` (5 minutes by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_gateway_ends_the_event_streams_it_passes_through() {
+    let _machine = together().await;
     let (order, store) = (
         Instance::start("order-1").await,
         Instance::start("store-1").await,
@@ -1411,6 +1439,7 @@ struct TraceCase {
 /// client's address in `X-Forwarded-For`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_instance_receives_trace_context_request_id_and_forwarded_for() {
+    let _machine = together().await;
     let (order, store) = (
         Instance::start("order-1").await,
         Instance::start("store-1").await,

@@ -149,7 +149,7 @@ impl Rig {
             wake.get_or_insert_with(|| worker.wake());
             worker.spawn(stop.clone(), &tasks);
         }
-        let events = OrderEvents::new(wake.expect("one worker at least"), "payments");
+        let events = OrderEvents::new(wake.expect("one worker at least"), "payments", "KRW");
         Self {
             db,
             gateway,

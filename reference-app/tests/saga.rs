@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use commerce_client::{MovementKind, MovementsQuery, OrderStatus, StatusCode};
+use commerce_client::{
+    Inbound, MovementKind, MovementsQuery, OrderStatus, PlaceOrder, Shortage, StatusCode,
+};
 use common::{TestApp, Transport};
 use futures::StreamExt;
 
@@ -37,6 +39,7 @@ on_both_transports!(
     a_gateway_that_recovers_ends_processing,
     a_gateway_that_stays_down_ends_cancelled_by_the_saga_timeout,
     cancelling_a_paid_order_refunds_it,
+    a_backorder_served_later_is_paid_in_full,
 );
 
 const SAGA_DONE: Duration = Duration::from_secs(30);
@@ -239,6 +242,56 @@ async fn cancelling_a_paid_order_refunds_it(transport: Transport) {
         "the charge was not refunded: {:?}",
         gateway.stats()
     );
+    app.assert_audit_clean().await;
+    app.stop().await;
+}
+
+/// An order placed CREATED starts the saga with its placement event (decision 0018); one
+/// placed BACKORDERED starts it with `order.created` when a receipt serves its last unit, and
+/// is charged its whole amount at the price it was placed at (not only the units served by the
+/// receipt).
+async fn a_backorder_served_later_is_paid_in_full(transport: Transport) {
+    let app = TestApp::start(transport).await;
+    let product = app.product("BACK-1", 250, 1).await;
+    let alice = app.customer("alice");
+    let waiting = alice
+        .place_order(&PlaceOrder::one(product, 3).on_shortage(Shortage::Backorder))
+        .await
+        .expect("placed");
+    assert_eq!(waiting.status, StatusCode::ACCEPTED, "{waiting:?}");
+    let id = waiting.order.id;
+    let receipt = app
+        .admin
+        .receive_stock(
+            product,
+            &Inbound {
+                quantity: 2,
+                note: None,
+            },
+        )
+        .await
+        .expect("received");
+    assert_eq!(receipt.allocated_order_ids, [id]);
+    app.wait_for_status(id, OrderStatus::Processing, SAGA_DONE)
+        .await;
+    let (amount,): (i64,) =
+        sqlx::query_as("SELECT amount FROM payment.payments WHERE order_id = $1")
+            .bind(id)
+            .fetch_one(app.db.pool())
+            .await
+            .expect("one payment");
+    assert_eq!(amount, 750);
+    let starts: Vec<(String,)> = sqlx::query_as(
+        "SELECT event_type FROM commerce_outbox.event \
+         WHERE aggregate_id = $1 AND event_type IN ('order.placed', 'order.created') \
+         ORDER BY aggregate_seq",
+    )
+    .bind(id.to_string())
+    .fetch_all(app.db.pool())
+    .await
+    .unwrap();
+    let starts: Vec<&str> = starts.iter().map(|(kind,)| kind.as_str()).collect();
+    assert_eq!(starts, ["order.placed", "order.created"]);
     app.assert_audit_clean().await;
     app.stop().await;
 }

@@ -2,6 +2,7 @@
 //! only through these events (and HTTP), never by calling each other's functions, so each
 //! can run in a process of its own.
 
+use commerce_core::{OrderLine, OrderStatus};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -49,9 +50,13 @@ impl Topics {
 /// The saga's name in the saga log.
 pub const SAGA: &str = "order-payment";
 
-/// The saga starts: an order is CREATED (placed with all its stock, or its last backordered
-/// line served) and must be paid. Written by the order service in the transaction that made
-/// the order CREATED.
+/// commerce-core's event when an order is placed. One placed CREATED (with all its stock)
+/// starts the saga: it carries who placed the order and its lines at their prices, so the
+/// payment service charges from it and no [`ORDER_CREATED`] is written beside it.
+pub const ORDER_PLACED: &str = "order.placed";
+/// The saga starts for an order that became CREATED after its placement (its last
+/// backordered line served): it must be paid. Written by the order service in the transaction
+/// that made the order CREATED. (An order placed CREATED starts it with [`ORDER_PLACED`].)
 pub const ORDER_CREATED: &str = "order.created";
 /// commerce-core's event when an order is cancelled (by its owner, an admin, a failed
 /// payment or the saga's timeout).
@@ -63,7 +68,8 @@ pub const PAYMENT_FAILED: &str = "payment.failed";
 /// A charge taken for an order that was cancelled meanwhile has been refunded.
 pub const PAYMENT_REFUNDED: &str = "payment.refunded";
 
-/// Payload of [`ORDER_CREATED`].
+/// Payload of [`ORDER_CREATED`], and what the payment service charges for any start of the
+/// saga ([`OrderPlaced::charge`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCreated {
     /// The order.
@@ -74,6 +80,35 @@ pub struct OrderCreated {
     pub amount: i64,
     /// The currency of `amount`.
     pub currency: String,
+}
+
+/// The part of commerce-core's `order.placed` payload the payment service reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderPlaced {
+    /// The order.
+    pub order: Uuid,
+    /// Who placed it (who pays).
+    pub user_id: String,
+    /// CREATED (placed with all its stock: the saga starts) or BACKORDERED (it starts with
+    /// [`ORDER_CREATED`] once the last line is served).
+    pub status: OrderStatus,
+    /// Its lines at the prices it was placed at.
+    pub lines: Vec<OrderLine>,
+}
+
+impl OrderPlaced {
+    /// What to charge for the order, in `currency` (the system's), when its placement starts
+    /// the saga (it was placed CREATED): the sum of its lines, saturating as commerce-core's
+    /// `Order::total`. `None` for an order placed BACKORDERED.
+    #[must_use]
+    pub fn charge(&self, currency: &str) -> Option<OrderCreated> {
+        (self.status == OrderStatus::Created).then(|| OrderCreated {
+            order_id: self.order,
+            user_id: self.user_id.clone(),
+            amount: OrderLine::total_of(&self.lines),
+            currency: currency.to_owned(),
+        })
+    }
 }
 
 /// The longest reason a payment answer gives an order (its cancel reason, in the order's

@@ -1,6 +1,8 @@
 //! The order side of the payment saga (choreography):
-//! - an order that becomes CREATED starts the saga: [`SagaStart`] writes `order.created`
-//!   (with the amount) into the outbox, in the transaction that made it CREATED;
+//! - an order that becomes CREATED starts the saga, in the transaction that made it CREATED:
+//!   placed CREATED, with commerce-core's `order.placed` (its lines at their prices say the
+//!   amount); made CREATED later (its backorder served), with `order.created` (with the
+//!   amount), which [`SagaStart`] writes into the outbox;
 //! - [`PaymentAnswers`] applies the payment service's answer, exactly once (inbox), in one
 //!   transaction with its own outgoing events: `payment.approved` moves the order to
 //!   PROCESSING, `payment.failed` cancels it (its stock returns with a `cancel` ledger row and
@@ -33,8 +35,11 @@ use crate::services::contracts::{
 };
 use crate::telemetry::count_saga;
 
-/// Starts the saga for every order a transaction made CREATED: `order.created` with the
-/// amount to charge, in the same transaction (so it exists exactly when the order does).
+/// Starts the saga for every order a transaction made CREATED, in the same transaction (so
+/// the start exists exactly when the order does): for an order placed CREATED, the placement's
+/// own `order.placed` is the start (the payment service charges from its lines) and only the
+/// step is logged; an order made CREATED later, when its last backordered line is served,
+/// gets `order.created` with the amount to charge.
 #[derive(Debug, Clone)]
 pub struct SagaStart {
     currency: String,
@@ -59,24 +64,21 @@ impl TransactionHook for SagaStart {
         conn: &mut PgConnection,
         events: &[CoreEvent],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        // A placement's event says who placed the order and its lines at their prices: charged
-        // from it, without reading back what this transaction has just written. An order made
-        // CREATED later (its last backordered line served) is read.
-        let mut totals = Vec::new();
+        // An order placed CREATED starts the saga with its placement's own event: commerce-
+        // core's `order.placed` (written by the outbox hook in this transaction) carries who
+        // placed it and its lines at their prices, which is all the payment service charges
+        // from; only its step is logged here. An order made CREATED later (its last
+        // backordered line served) gets `order.created`, with its total read.
+        let mut steps = Vec::new();
         let mut served = Vec::new();
         for event in events {
             match event {
                 CoreEvent::OrderPlaced {
                     order,
-                    user_id,
                     status: OrderStatus::Created,
                     lines,
                     ..
-                } => totals.push(OrderTotal {
-                    order: *order,
-                    user_id: user_id.clone(),
-                    total: OrderLine::total_of(lines),
-                }),
+                } => steps.push(started(*order, OrderLine::total_of(lines))),
                 CoreEvent::OrderStatusChanged {
                     order,
                     to: OrderStatus::Created,
@@ -85,50 +87,51 @@ impl TransactionHook for SagaStart {
                 _ => {}
             }
         }
+        let mut outgoing = Vec::with_capacity(served.len());
         if !served.is_empty() {
+            // One sorted order of aggregates, as commerce-core's outbox hook takes them.
             served.sort_unstable();
-            totals.extend(Commerce::order_totals_in(conn, &served).await?);
-        }
-        if totals.is_empty() {
-            return Ok(());
-        }
-        // One sorted order of aggregates, as commerce-core's outbox hook takes them.
-        totals.sort_unstable_by_key(|total| total.order);
-        totals.dedup_by_key(|total| total.order);
-        let mut outgoing = Vec::with_capacity(totals.len());
-        let mut steps = Vec::with_capacity(totals.len());
-        for OrderTotal {
-            order,
-            user_id,
-            total: amount,
-        } in totals
-        {
-            let order_id = order.0;
-            let payload = serde_json::to_value(OrderCreated {
-                order_id,
+            served.dedup();
+            for OrderTotal {
+                order,
                 user_id,
-                amount,
-                currency: self.currency.clone(),
-            })?;
-            outgoing.push(NewEvent::new(
-                &self.topic,
-                ORDER_CREATED,
-                "order",
-                order_id.to_string(),
-                payload,
-            ));
-            steps.push(SagaStepRecord {
-                saga_id: order_id.to_string(),
-                step: "order_created",
-                status: SagaStatus::Started,
-                event_id: None,
-                detail: Some(format!("charge {amount}")),
-            });
+                total: amount,
+            } in Commerce::order_totals_in(conn, &served).await?
+            {
+                let payload = serde_json::to_value(OrderCreated {
+                    order_id: order.0,
+                    user_id,
+                    amount,
+                    currency: self.currency.clone(),
+                })?;
+                outgoing.push(NewEvent::new(
+                    &self.topic,
+                    ORDER_CREATED,
+                    "order",
+                    order.to_string(),
+                    payload,
+                ));
+                steps.push(started(order, amount));
+            }
+        }
+        if steps.is_empty() {
+            return Ok(());
         }
         // One statement for the transaction's orders (a batch places many at once).
         record_saga_steps(conn, SAGA, &steps).await?;
         enqueue_all(conn, &outgoing).await?;
         Ok(())
+    }
+}
+
+/// The saga log's first step for `order`, which is to be charged `amount`.
+fn started(order: OrderId, amount: i64) -> SagaStepRecord {
+    SagaStepRecord {
+        saga_id: order.to_string(),
+        step: "order_created",
+        status: SagaStatus::Started,
+        event_id: None,
+        detail: Some(format!("charge {amount}")),
     }
 }
 
@@ -430,12 +433,13 @@ mod tests {
         );
     }
 
-    /// A placement's event carries who placed the order and its lines at their prices: the
-    /// saga charges from it, so the transaction placing a batch pays no read of the orders it
-    /// has just written (an order unknown to the database is charged all the same), and the
-    /// amount is the sum of its lines, saturating as `Order::total` does.
+    /// A placement's event carries who placed the order and its lines at their prices, which
+    /// is all the payment service charges from: the saga starts with it, without an
+    /// `order.created` beside it and without reading back the orders the transaction has just
+    /// written (an order unknown to the database starts all the same); the log's first step
+    /// says the amount, the sum of its lines saturating as `Order::total` does.
     #[tokio::test]
-    async fn a_placed_order_is_charged_from_its_event() {
+    async fn a_placed_order_starts_the_saga_with_its_placement_event() {
         use commerce_core::{OrderLine, ProductId, ShortagePolicy};
         let (db, _commerce) = shop(5).await;
         let line = |product: i64, quantity: i64, unit_price: i64| OrderLine {
@@ -461,39 +465,24 @@ mod tests {
             .before_commit(&mut tx, &events)
             .await
             .unwrap();
-        let charged: Vec<(String, serde_json::Value)> = sqlx::query_as(
-            "SELECT event_type, payload FROM commerce_outbox.event ORDER BY aggregate_id",
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM commerce_outbox.event")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(events, 0, "no order.created for a placement");
+        let steps: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT saga_id, step, detail FROM commerce_outbox.saga_log ORDER BY saga_id",
         )
         .fetch_all(&mut *tx)
         .await
         .unwrap();
-        let amounts: Vec<(&str, &serde_json::Value, &serde_json::Value)> = charged
-            .iter()
-            .map(|(kind, payload)| (kind.as_str(), &payload["user_id"], &payload["amount"]))
-            .collect();
-        let (first, second) = if cheap < dear {
-            (cheap, dear)
-        } else {
-            (dear, cheap)
+        let step = |order: OrderId, amount: i64| {
+            (
+                order.to_string(),
+                "order_created".to_owned(),
+                format!("charge {amount}"),
+            )
         };
-        let amount = |order: OrderId| {
-            if order == cheap {
-                serde_json::json!(1357)
-            } else {
-                serde_json::json!(i64::MAX)
-            }
-        };
-        assert_eq!(
-            amounts,
-            [
-                (ORDER_CREATED, &serde_json::json!("alice"), &amount(first)),
-                (ORDER_CREATED, &serde_json::json!("alice"), &amount(second)),
-            ]
-        );
-        let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM commerce_outbox.saga_log")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        assert_eq!(steps, 2);
+        assert_eq!(steps, [step(cheap, 1357), step(dear, i64::MAX)]);
     }
 }

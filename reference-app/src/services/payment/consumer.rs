@@ -13,29 +13,62 @@ use uuid::Uuid;
 use super::store;
 use super::worker::answer_with;
 use crate::services::contracts::{
-    OrderCancelled, OrderCreated, PaymentOutcome, ORDER_CANCELLED, ORDER_CREATED, PAYMENT_APPROVED,
-    SAGA,
+    OrderCancelled, OrderCreated, OrderPlaced, PaymentOutcome, ORDER_CANCELLED, ORDER_CREATED,
+    ORDER_PLACED, PAYMENT_APPROVED, SAGA,
 };
 use crate::telemetry::count_payment;
 
-/// Records a payment to take for every `order.created` (settling an amount of 0 at once,
-/// without a gateway call); voids, asks about or refunds it on `order.cancelled`. Wakes the
-/// worker when there is something to do.
+/// Records a payment to take for every start of the saga: an `order.placed` of an order placed
+/// CREATED, or an `order.created` (settling an amount of 0 at once, without a gateway call);
+/// voids, asks about or refunds it on `order.cancelled`. Wakes the worker when there is
+/// something to do.
 #[derive(Debug, Clone)]
 pub struct OrderEvents {
     wake: Arc<Notify>,
     /// Where answers settled here go (the payments topic).
     topic: String,
+    /// What a placement's amount is in (the system's currency: `CURRENCY`).
+    currency: String,
 }
 
 impl OrderEvents {
-    /// A consumer that wakes `wake` (the worker's) after new work and answers on `topic`.
+    /// A consumer that wakes `wake` (the worker's) after new work and answers on `topic`;
+    /// placements are charged in `currency`.
     #[must_use]
-    pub fn new(wake: Arc<Notify>, topic: impl Into<String>) -> Self {
+    pub fn new(wake: Arc<Notify>, topic: impl Into<String>, currency: impl Into<String>) -> Self {
         Self {
             wake,
             topic: topic.into(),
+            currency: currency.into(),
         }
+    }
+
+    /// What `envelope` asks to charge, if it starts the saga: `None` for an order placed
+    /// BACKORDERED (its `order.created` comes when it is served) and for other events.
+    ///
+    /// # Errors
+    /// [`UnprocessableEvent`] for a payload that does not decode, or a negative amount: never
+    /// chargeable, so set aside (a consumer dead letter), not retried.
+    fn charge_of(&self, envelope: &Envelope) -> Result<Option<OrderCreated>, HandlerError> {
+        let order = match envelope.event_type.as_str() {
+            ORDER_CREATED => envelope.decode_payload::<OrderCreated>()?,
+            ORDER_PLACED => match envelope
+                .decode_payload::<OrderPlaced>()?
+                .charge(&self.currency)
+            {
+                Some(order) => order,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        if order.amount < 0 {
+            return Err(UnprocessableEvent::new(format!(
+                "{} {} with a negative amount {}",
+                envelope.event_type, order.order_id, order.amount
+            ))
+            .into());
+        }
+        Ok(Some(order))
     }
 
     async fn created(
@@ -43,15 +76,9 @@ impl OrderEvents {
         conn: &mut PgConnection,
         envelope: &Envelope,
     ) -> Result<(), HandlerError> {
-        let order: OrderCreated = envelope.decode_payload()?;
-        if order.amount < 0 {
-            // Never chargeable: set aside (a consumer dead letter), not retried.
-            return Err(UnprocessableEvent::new(format!(
-                "order.created {} with a negative amount {}",
-                order.order_id, order.amount
-            ))
-            .into());
-        }
+        let Some(order) = self.charge_of(envelope)? else {
+            return Ok(());
+        };
         let saga_id = order.order_id.to_string();
         let recorded = store::record(
             conn,
@@ -133,9 +160,9 @@ impl OrderEvents {
         Ok(())
     }
 
-    /// [`OrderEvents::created`] for a run of `order.created` events at once: the payments in
-    /// one insert, their saga steps in another. An event that cannot be applied fails the
-    /// run (the consumer then applies the events one by one, and sets that one aside).
+    /// [`OrderEvents::created`] for a run of saga starts at once: the payments in one insert,
+    /// their saga steps in another. An event that cannot be applied fails the run (the
+    /// consumer then applies the events one by one, and sets that one aside).
     async fn created_all(
         &self,
         conn: &mut PgConnection,
@@ -146,12 +173,9 @@ impl OrderEvents {
         }
         let mut orders = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
-            let order: OrderCreated = envelope.decode_payload()?;
-            if order.amount < 0 {
-                return Err(
-                    format!("order.created {} with a negative amount", order.order_id).into(),
-                );
-            }
+            let Some(order) = self.charge_of(envelope)? else {
+                continue;
+            };
             orders.push((envelope.id, order, envelope.traceparent.as_deref()));
         }
         let rows: Vec<(Uuid, i64, &str, Option<&str>)> = orders
@@ -195,20 +219,29 @@ impl EventHandler for OrderEvents {
         envelope: &Envelope,
     ) -> Result<(), HandlerError> {
         match envelope.event_type.as_str() {
-            ORDER_CREATED => self.created(conn, envelope).await,
+            ORDER_CREATED | ORDER_PLACED => self.created(conn, envelope).await,
             ORDER_CANCELLED => self.cancelled(conn, envelope).await,
             _ => Ok(()),
         }
     }
 
-    /// Only `order.created` and `order.cancelled`: the orders topic's other events
-    /// (`order.placed`, status changes) cost this consumer neither a transaction nor an inbox
-    /// row.
+    /// Only the saga's starts (`order.created`, and `order.placed` of an order placed CREATED)
+    /// and `order.cancelled`: the orders topic's other events (a backordered placement, status
+    /// changes) cost this consumer neither a transaction nor an inbox row.
     fn handles(&self, envelope: &Envelope) -> bool {
-        envelope.event_type == ORDER_CREATED || envelope.event_type == ORDER_CANCELLED
+        match envelope.event_type.as_str() {
+            ORDER_CREATED | ORDER_CANCELLED => true,
+            // A payload without the status is handled, and set aside there.
+            ORDER_PLACED => envelope
+                .payload
+                .get("status")
+                .and_then(serde_json::Value::as_str)
+                .is_none_or(|status| status == "CREATED"),
+            _ => false,
+        }
     }
 
-    /// The `order.created` events are recorded together, then the `order.cancelled` ones are
+    /// The saga's starts are recorded together, then the `order.cancelled` ones are
     /// applied in order id: the payment rows are locked in the order the worker locks them,
     /// so the two never deadlock. (An order's cancellation always follows its creation, so
     /// taking every creation first keeps each order's own events in order.)
@@ -221,7 +254,7 @@ impl EventHandler for OrderEvents {
             .iter()
             .copied()
             .filter(|e| self.handles(e))
-            .partition(|e| e.event_type == ORDER_CREATED);
+            .partition(|e| e.event_type != ORDER_CANCELLED);
         self.created_all(conn, &created).await?;
         // Stable: two cancellations of one order keep their order.
         cancelled.sort_by(|a, b| a.aggregate_id.cmp(&b.aggregate_id));
@@ -229,5 +262,116 @@ impl EventHandler for OrderEvents {
             self.cancelled(conn, envelope).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use commerce_core::{CoreEvent, OrderId, OrderLine, OrderStatus, ProductId, ShortagePolicy};
+    use commerce_testkit::TestDb;
+
+    use super::*;
+
+    fn placed(order: Uuid, status: OrderStatus, lines: &[(i64, i64, i64)]) -> Envelope {
+        // commerce-core's own event, as its outbox hook writes it.
+        let event = CoreEvent::OrderPlaced {
+            order: OrderId(order),
+            user_id: "alice".into(),
+            status,
+            policy: ShortagePolicy::Backorder,
+            lines: lines
+                .iter()
+                .enumerate()
+                .map(|(i, &(quantity, allocated, unit_price))| OrderLine {
+                    product: ProductId(i64::try_from(i).unwrap() + 1),
+                    quantity,
+                    allocated,
+                    unit_price,
+                })
+                .collect(),
+        };
+        Envelope {
+            id: EventId(Uuid::now_v7()),
+            event_type: event.event_type().into(),
+            aggregate_type: event.aggregate_type().into(),
+            aggregate_id: order.to_string(),
+            aggregate_seq: 1,
+            occurred_at: chrono::Utc::now(),
+            schema_version: commerce_core::CORE_EVENT_SCHEMA_VERSION,
+            payload: serde_json::to_value(&event).unwrap(),
+            traceparent: None,
+        }
+    }
+
+    /// One event per placement: an order placed CREATED is charged from commerce-core's
+    /// `order.placed` (its lines at their prices, summed saturating, in the system's
+    /// currency), alone or in a run; an order placed BACKORDERED costs the consumer nothing
+    /// (its `order.created` comes when it is served); a placement whose lines do not decode
+    /// is refused for good, not retried; an `order.created` for the same order (from an order
+    /// service of the version before) records nothing more.
+    #[tokio::test]
+    async fn an_order_placed_created_is_charged_from_its_placement() {
+        let db = TestDb::new(&[
+            &commerce_core::MIGRATOR,
+            &commerce_outbox::MIGRATOR,
+            &crate::MIGRATOR,
+        ])
+        .await;
+        let events = OrderEvents::new(Arc::default(), "payments", "KRW");
+        let (cheap, dear, waiting) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let cheap_placed = placed(cheap, OrderStatus::Created, &[(3, 3, 450), (1, 1, 7)]);
+        let dear_placed = placed(
+            dear,
+            OrderStatus::Created,
+            &[(2, 2, i64::MAX / 2), (1, 1, 7)],
+        );
+        let waiting_placed = placed(waiting, OrderStatus::Backordered, &[(5, 2, 450)]);
+        assert!(events.handles(&cheap_placed));
+        assert!(!events.handles(&waiting_placed));
+
+        let mut conn = db.pool().acquire().await.unwrap();
+        events.handle(&mut conn, &cheap_placed).await.unwrap();
+        events
+            .handle_batch(&mut conn, &[&dear_placed, &waiting_placed])
+            .await
+            .unwrap();
+        events.handle(&mut conn, &waiting_placed).await.unwrap();
+        // The `order.created` an order service of the version before writes beside it: the
+        // payment is recorded once.
+        let created = Envelope {
+            id: EventId(Uuid::now_v7()),
+            event_type: ORDER_CREATED.into(),
+            payload: serde_json::json!({
+                "order_id": cheap, "user_id": "alice", "amount": 1357, "currency": "KRW"
+            }),
+            ..cheap_placed.clone()
+        };
+        events.handle(&mut conn, &created).await.unwrap();
+        let payments: Vec<(Uuid, i64, String)> = sqlx::query_as(
+            "SELECT order_id, amount, currency FROM payment.payments ORDER BY amount",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            payments,
+            [(cheap, 1357, "KRW".into()), (dear, i64::MAX, "KRW".into())]
+        );
+        let started: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM commerce_outbox.saga_log WHERE step = 'payment_recorded'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(started, 2);
+
+        let mut garbage = placed(Uuid::now_v7(), OrderStatus::Created, &[(1, 1, 450)]);
+        garbage.payload["lines"] = serde_json::json!("many");
+        assert!(events.handles(&garbage));
+        let error = events.handle(&mut conn, &garbage).await.unwrap_err();
+        assert!(
+            UnprocessableEvent::find(error.as_ref()).is_some(),
+            "{error}"
+        );
     }
 }

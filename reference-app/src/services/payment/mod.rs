@@ -4,7 +4,8 @@
 //!   (one set of types), the resilient client that asks it, and the outcome rules;
 //! - `store`: the `payment.payments` table and its [`PaymentStatus`] state machine (the only
 //!   module with SQL on it);
-//! - the consumer ([`OrderEvents`]) records a payment for every `order.created` (exactly once,
+//! - the consumer ([`OrderEvents`]) records a payment for every start of the saga (an
+//!   `order.placed` of an order placed CREATED, or an `order.created`; exactly once,
 //!   through the inbox; an amount of 0 is settled at once) and reacts to `order.cancelled`;
 //! - the worker ([`PaymentWorker`]) charges from outside any database transaction and answers
 //!   with `payment.approved` or `payment.failed` through the outbox, in the transaction that
