@@ -15,7 +15,7 @@ relay=target/release/outbox-load
 mkdir -p docs/img
 echo "== $(date -u +%FT%TZ) $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 psql "${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" -Atc \
-    "SELECT 'postgres ' || version(); SELECT 'synchronous_commit ' || current_setting('synchronous_commit'); SELECT 'fsync ' || current_setting('fsync'); SELECT 'shared_buffers ' || current_setting('shared_buffers'); SELECT 'max_connections ' || current_setting('max_connections');" \
+    "SELECT 'postgres ' || version(); SELECT 'synchronous_commit ' || current_setting('synchronous_commit'); SELECT 'fsync ' || current_setting('fsync'); SELECT 'shared_buffers ' || current_setting('shared_buffers'); SELECT 'max_connections ' || current_setting('max_connections'); SELECT 'autovacuum ' || current_setting('autovacuum');" \
     2>/dev/null || true
 echo "== 32 clients, every strategy, every scenario"
 $load --strategies conditional-update,redis-lock,local-lock,batching,bare-update \
