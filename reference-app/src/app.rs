@@ -600,18 +600,12 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .connect(url.expose())
         .await
         .with_context(hint)?;
-    commerce_core::MIGRATOR
-        .run(&pool)
-        .await
-        .context("migrate commerce-core")?;
-    commerce_outbox::MIGRATOR
-        .run(&pool)
-        .await
-        .context("migrate commerce-outbox")?;
-    crate::MIGRATOR
-        .run(&pool)
-        .await
-        .context("migrate reference-app")?;
+    for (owner, migrator) in crate::migrators() {
+        migrator
+            .run(&pool)
+            .await
+            .with_context(|| format!("migrate {owner}"))?;
+    }
     Ok(pool)
 }
 

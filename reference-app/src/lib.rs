@@ -52,3 +52,15 @@ pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
         migrator.set_ignore_missing(true);
         migrator
     });
+
+/// Every migration the app runs on its database, in the order it runs them, each with the
+/// crate it belongs to: commerce-core's, commerce-outbox's, then the app's own ([`MIGRATOR`]).
+/// A test that needs the app's whole schema gives these to its database.
+#[must_use]
+pub fn migrators() -> [(&'static str, &'static sqlx::migrate::Migrator); 3] {
+    [
+        ("commerce-core", &commerce_core::MIGRATOR),
+        ("commerce-outbox", &commerce_outbox::MIGRATOR),
+        ("reference-app", &MIGRATOR),
+    ]
+}

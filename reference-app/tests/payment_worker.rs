@@ -122,12 +122,7 @@ impl Rig {
 
     /// `workers` workers (as in several processes) sharing the database and the gateway.
     async fn with_workers(workers: usize, settings: WorkerSettings) -> Self {
-        let db = TestDb::new(&[
-            &commerce_core::MIGRATOR,
-            &commerce_outbox::MIGRATOR,
-            &reference_app::MIGRATOR,
-        ])
-        .await;
+        let db = TestDb::new(&reference_app::migrators().map(|(_, migrator)| migrator)).await;
         let (charges_tx, charges) = mpsc::unbounded_channel();
         let (refunds_tx, refunds) = mpsc::unbounded_channel();
         let gateway = Arc::new(Scripted {

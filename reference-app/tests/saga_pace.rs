@@ -77,12 +77,7 @@ impl Gateway for Counting {
 async fn the_worker_charges_a_burst_concurrently_under_its_bound_and_records_in_bulk() {
     const PAYMENTS: usize = 200;
     const BOUND: usize = 8;
-    let db = TestDb::new(&[
-        &commerce_core::MIGRATOR,
-        &commerce_outbox::MIGRATOR,
-        &reference_app::MIGRATOR,
-    ])
-    .await;
+    let db = TestDb::new(&reference_app::migrators().map(|(_, migrator)| migrator)).await;
     let orders: Vec<Uuid> = (0..PAYMENTS).map(|_| Uuid::now_v7()).collect();
     sqlx::query(
         "INSERT INTO payment.payments (order_id, amount, currency, status) \

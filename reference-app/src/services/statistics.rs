@@ -112,12 +112,7 @@ mod tests {
 
     /// A fresh database with every schema the app migrates.
     async fn app_db() -> TestDb {
-        TestDb::new(&[
-            &commerce_core::MIGRATOR,
-            &commerce_outbox::MIGRATOR,
-            &crate::MIGRATOR,
-        ])
-        .await
+        TestDb::new(&crate::migrators().map(|(_, migrator)| migrator)).await
     }
 
     async fn seq_scans(conn: &mut PgConnection) -> i64 {

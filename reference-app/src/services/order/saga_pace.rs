@@ -2,7 +2,7 @@
 //! payment (CREATED) and the oldest of them is older than [`TARGET`], each new placement waits
 //! for the excess (up to [`MOST`]) before it is placed.
 //!
-//! Placing is batched and cheap; paying is not (a gateway call, the payment row, four events
+//! Placing is batched and cheap; paying is not (a gateway call, the payment row, three events
 //! and their relay). In a flash sale of two thousand buyers on the benchmark machine, orders
 //! were placed at 6,134 a second while the saga, on the same cores, paid 794: 54,630 orders
 //! were still CREATED when the sale stopped, paid 13 s later. Waiting at the door slows the

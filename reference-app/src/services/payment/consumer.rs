@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use commerce_core::OrderStatus;
 use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
 use commerce_outbox::{Envelope, EventHandler, EventId, HandlerError, UnprocessableEvent};
 use sqlx::PgConnection;
@@ -236,7 +237,7 @@ impl EventHandler for OrderEvents {
                 .payload
                 .get("status")
                 .and_then(serde_json::Value::as_str)
-                .is_none_or(|status| status == "CREATED"),
+                .is_none_or(|status| status == OrderStatus::Created.as_str()),
             _ => false,
         }
     }
@@ -267,7 +268,7 @@ impl EventHandler for OrderEvents {
 
 #[cfg(test)]
 mod tests {
-    use commerce_core::{CoreEvent, OrderId, OrderLine, OrderStatus, ProductId, ShortagePolicy};
+    use commerce_core::{CoreEvent, OrderId, OrderLine, ProductId, ShortagePolicy};
     use commerce_testkit::TestDb;
 
     use super::*;
@@ -311,12 +312,7 @@ mod tests {
     /// service of the version before) records nothing more.
     #[tokio::test]
     async fn an_order_placed_created_is_charged_from_its_placement() {
-        let db = TestDb::new(&[
-            &commerce_core::MIGRATOR,
-            &commerce_outbox::MIGRATOR,
-            &crate::MIGRATOR,
-        ])
-        .await;
+        let db = TestDb::new(&crate::migrators().map(|(_, migrator)| migrator)).await;
         let events = OrderEvents::new(Arc::default(), "payments", "KRW");
         let (cheap, dear, waiting) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let cheap_placed = placed(cheap, OrderStatus::Created, &[(3, 3, 450), (1, 1, 7)]);
