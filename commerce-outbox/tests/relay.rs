@@ -505,3 +505,100 @@ async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order(kind:
     relaxed.shutdown().await.unwrap();
     probe.stop().await;
 }
+
+/// Sequential scans of the outbox table so far (as far as the backends have reported them).
+async fn event_seq_scans(db: &TestDb) -> i64 {
+    // Backends report their counts when idle, at most a second late.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    sqlx::query_scalar(
+        "SELECT seq_scan FROM pg_stat_user_tables
+         WHERE schemaname = 'commerce_outbox' AND relname = 'event'",
+    )
+    .persistent(false)
+    .fetch_one(db.pool())
+    .await
+    .unwrap()
+}
+
+/// Commits `events` events in one transaction and waits until the relay has marked them
+/// published (one batch of that many rows, usually).
+async fn publish_together(db: &TestDb, topic: &str, round: i64, events: i64) {
+    let mut tx = db.pool().begin().await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..events {
+        let event = NewEvent::new(
+            topic,
+            "test.happened",
+            "test",
+            format!("agg-{n}"),
+            json!({"round": round}),
+        );
+        ids.push(enqueue(&mut tx, &event).await.unwrap().0);
+    }
+    tx.commit().await.unwrap();
+    let pool = db.pool().clone();
+    eventually(Duration::from_secs(30), "events published", || {
+        let (pool, ids) = (pool.clone(), ids.clone());
+        async move {
+            // Not prepared: a custom plan, so this probe is an index lookup itself.
+            let published: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM commerce_outbox.event
+                 WHERE id = ANY($1) AND status = 'published'",
+            )
+            .persistent(false)
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            published == events
+        }
+    })
+    .await;
+}
+
+/// A relay that started on a young table keeps reading it by index once it has grown, even
+/// before anything analyzed it (autovacuum off, or not yet round): a statement prepared on
+/// the young table must not keep a plan that reads the whole table on every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_started_on_a_young_table_never_scans_it_whole_once_grown() {
+    let db = TestDb::new(&[&MIGRATOR]).await;
+    sqlx::query("ALTER TABLE commerce_outbox.event SET (autovacuum_enabled = false)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let transports = Transports::new(Kind::InProcess);
+    let topic = transports.new_topic("outbox-plans").await;
+    let relay = fast_relay(&db, transports.for_relay(), "plans")
+        .build()
+        .unwrap()
+        .spawn();
+    // Young: more batches than Postgres needs to settle on one plan per prepared statement.
+    for round in 0..12 {
+        publish_together(&db, &topic, round, 8).await;
+    }
+    // Grown: 20,000 settled rows, as a relay leaves them between two retention runs.
+    sqlx::query(
+        "INSERT INTO commerce_outbox.event
+             (id, topic, event_type, aggregate_type, aggregate_id, aggregate_seq, occurred_at,
+              schema_version, payload, status, published_at)
+         SELECT gen_random_uuid(), $1, 'test.happened', 'old', 'old-' || (n % 1000), n / 1000 + 1,
+                now(), 1, '{\"n\": 0}', 'published', now()
+         FROM generate_series(0, 19999) AS n",
+    )
+    .bind(&topic)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let before = event_seq_scans(&db).await;
+    for round in 12..24 {
+        publish_together(&db, &topic, round, 8).await;
+    }
+    let after = event_seq_scans(&db).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(
+        after - before,
+        0,
+        "12 batches on the grown table read it whole {} times",
+        after - before
+    );
+}

@@ -12,6 +12,12 @@ use crate::transport::{DeadLetter, EventTransport, OutboundMessage, PublishOutco
 
 /// `clock_timestamp()`, not `now()`: the publish time is after the acknowledgement, not the
 /// batch transaction's start.
+///
+/// Run unprepared (see [`apply`]): a prepared `id = ANY($1)` lets Postgres settle on a generic
+/// plan, and the first ones are made while the table is young, where reading all of it is
+/// cheapest; without an `ANALYZE` in between (autovacuum off, or not round yet) that plan is
+/// kept as the table grows, and every batch read the whole table (1.37 ms per mark at 12,000
+/// rows in `outbox-load latency`, 0.21 ms unprepared).
 const MARK_PUBLISHED_SQL: &str = "
 UPDATE commerce_outbox.event
 SET status = 'published', published_at = clock_timestamp()
@@ -156,13 +162,17 @@ pub(crate) async fn apply(
         dead_letter(conn, transport, &messages[attempt.row], attempt).await?;
     }
     if !plan.published.is_empty() {
+        // Unprepared: see MARK_PUBLISHED_SQL.
         sqlx::query(MARK_PUBLISHED_SQL)
+            .persistent(false)
             .bind(&plan.published)
             .execute(&mut *conn)
             .await?;
     }
     if let Some(error) = &plan.unavailable_error {
+        // Unprepared for the same reason as the mark.
         sqlx::query(NOTE_UNAVAILABLE_SQL)
+            .persistent(false)
             .bind(&plan.unavailable)
             .bind(error)
             .execute(&mut *conn)
