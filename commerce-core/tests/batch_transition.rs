@@ -125,3 +125,88 @@ async fn a_batch_cancellation_or_an_impossible_move_is_refused() {
         OrderStatus::Created
     );
 }
+
+/// Sequential scans of `commerce.orders` so far. The test's database has one backend, and
+/// a backend reports its counts when it goes idle, at most once a second: it is told to
+/// report now, and the count is read once that report is in.
+async fn order_seq_scans(conn: &mut PgConnection) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT seq_scan FROM pg_stat_user_tables
+         WHERE schemaname = 'commerce' AND relname = 'orders'",
+    )
+    .persistent(false)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+}
+
+/// Moves `orders` from CREATED to PROCESSING in one transaction on `conn`.
+async fn move_round(commerce: &Commerce, conn: &mut PgConnection, orders: &[OrderId]) {
+    let mut tx = sqlx::Connection::begin(conn).await.unwrap();
+    let outcome = commerce
+        .transition_orders_in(
+            &mut tx,
+            orders,
+            OrderStatus::Created,
+            OrderStatus::Processing,
+            "payment approved",
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(outcome.moved.len(), orders.len());
+}
+
+/// A saga that began moving orders while the table was young keeps finding them by index
+/// once the table has grown, even before anything analyzed it (autovacuum off, or not yet
+/// round): a statement prepared on the young table must not keep a whole-table plan.
+#[tokio::test]
+async fn moving_orders_never_scans_the_whole_table_once_grown() {
+    // One connection, as a saga worker's: statements are prepared per connection, and every
+    // statement of the test is counted.
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 1).await;
+    let commerce = Commerce::builder(db.pool().clone()).build();
+    sqlx::query("ALTER TABLE commerce.orders SET (autovacuum_enabled = false)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    product(&commerce, 1, 1_000).await;
+    let mut rounds = Vec::new();
+    for round in 0..24 {
+        let mut orders = Vec::new();
+        for i in 0..8 {
+            orders.push(place(&commerce, &format!("user-{round}-{i}")).await);
+        }
+        rounds.push(orders);
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut rounds = rounds.into_iter();
+    // Young: more rounds than Postgres needs to settle on one plan per prepared statement.
+    for orders in rounds.by_ref().take(12) {
+        move_round(&commerce, &mut conn, &orders).await;
+    }
+    // Grown: 20,000 older orders.
+    sqlx::query(
+        "INSERT INTO commerce.orders (id, user_id, status, shortage_policy)
+         SELECT gen_random_uuid(), 'old-' || n, 'DELIVERED', 'reject'
+         FROM generate_series(1, 20000) AS n",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let before = order_seq_scans(&mut conn).await;
+    for orders in rounds {
+        move_round(&commerce, &mut conn, &orders).await;
+    }
+    let after = order_seq_scans(&mut conn).await;
+    assert_eq!(
+        after - before,
+        0,
+        "12 rounds on the grown table read it whole {} times",
+        after - before
+    );
+}

@@ -506,9 +506,10 @@ async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order(kind:
     probe.stop().await;
 }
 
-/// Sequential scans of the outbox table so far (as far as the backends have reported them).
+/// Sequential scans of the outbox table so far. A backend reports its counts when it goes
+/// idle, at most once a second: the relay's go idle between polls (every 200 ms here), and
+/// the test's own connections are closed before this is read (a backend reports as it ends).
 async fn event_seq_scans(db: &TestDb) -> i64 {
-    // Backends report their counts when idle, at most a second late.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     sqlx::query_scalar(
         "SELECT seq_scan FROM pg_stat_user_tables
@@ -522,8 +523,8 @@ async fn event_seq_scans(db: &TestDb) -> i64 {
 
 /// Commits `events` events in one transaction and waits until the relay has marked them
 /// published (one batch of that many rows, usually).
-async fn publish_together(db: &TestDb, topic: &str, round: i64, events: i64) {
-    let mut tx = db.pool().begin().await.unwrap();
+async fn publish_together(pool: &sqlx::PgPool, topic: &str, round: i64, events: i64) {
+    let mut tx = pool.begin().await.unwrap();
     let mut ids = Vec::new();
     for n in 0..events {
         let event = NewEvent::new(
@@ -536,7 +537,7 @@ async fn publish_together(db: &TestDb, topic: &str, round: i64, events: i64) {
         ids.push(enqueue(&mut tx, &event).await.unwrap().0);
     }
     tx.commit().await.unwrap();
-    let pool = db.pool().clone();
+    let pool = pool.clone();
     eventually(Duration::from_secs(30), "events published", || {
         let (pool, ids) = (pool.clone(), ids.clone());
         async move {
@@ -574,9 +575,11 @@ async fn a_relay_started_on_a_young_table_never_scans_it_whole_once_grown() {
         .build()
         .unwrap()
         .spawn();
+    // The test's own statements run on pools of their own (see `event_seq_scans`).
+    let young = sqlx::PgPool::connect(&db.url()).await.unwrap();
     // Young: more batches than Postgres needs to settle on one plan per prepared statement.
     for round in 0..12 {
-        publish_together(&db, &topic, round, 8).await;
+        publish_together(&young, &topic, round, 8).await;
     }
     // Grown: 20,000 settled rows, as a relay leaves them between two retention runs.
     sqlx::query(
@@ -588,13 +591,16 @@ async fn a_relay_started_on_a_young_table_never_scans_it_whole_once_grown() {
          FROM generate_series(0, 19999) AS n",
     )
     .bind(&topic)
-    .execute(db.pool())
+    .execute(&young)
     .await
     .unwrap();
+    young.close().await;
     let before = event_seq_scans(&db).await;
+    let grown = sqlx::PgPool::connect(&db.url()).await.unwrap();
     for round in 12..24 {
-        publish_together(&db, &topic, round, 8).await;
+        publish_together(&grown, &topic, round, 8).await;
     }
+    grown.close().await;
     let after = event_seq_scans(&db).await;
     relay.shutdown().await.unwrap();
     assert_eq!(

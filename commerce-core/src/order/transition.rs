@@ -125,10 +125,14 @@ pub(crate) async fn transition_orders_in(
     if ids.is_empty() {
         return Ok(BatchTransition::default());
     }
-    // Rows locked in ascending id, as every other multi-order writer takes them.
+    // Rows locked in ascending id, as every other multi-order writer takes them. This and
+    // the update run unprepared, planned for their ids each time: prepared, Postgres kept
+    // the generic plan it made while the table was young (a whole-table read is cheapest
+    // there) until something analyzed the table, and every round then read all the orders.
     let found: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT id, status FROM commerce.orders WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
+    .persistent(false)
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
@@ -153,6 +157,7 @@ pub(crate) async fn transition_orders_in(
     }
     let moved: Vec<Uuid> = outcome.moved.iter().map(|o| o.0).collect();
     sqlx::query("UPDATE commerce.orders SET status = $2, updated_at = now() WHERE id = ANY($1)")
+        .persistent(false)
         .bind(&moved)
         .bind(to.as_str())
         .execute(&mut *conn)
