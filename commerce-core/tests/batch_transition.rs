@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use commerce_core::{
-    Commerce, CoreEvent, Error, NewOrder, OrderId, OrderStatus, TransactionHook, MIGRATOR,
+    BatchTransition, Commerce, CoreEvent, Error, NewOrder, OrderId, OrderStatus, TransactionHook,
+    MIGRATOR,
 };
 use commerce_testkit::TestDb;
 use common::{assert_consistent, product};
@@ -65,18 +66,9 @@ async fn only_the_orders_still_in_the_expected_status_move_in_one_hook_run() {
     asked.push(unknown);
     runs.0.lock().unwrap().clear();
 
-    let mut tx = db.pool().begin().await.unwrap();
-    let outcome = commerce
-        .transition_orders_in(
-            &mut tx,
-            &asked,
-            OrderStatus::Created,
-            OrderStatus::Processing,
-            "payment approved",
-        )
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
+    let outcome = approve(&commerce, &mut conn, &asked).await;
+    drop(conn);
 
     assert_eq!(outcome.moved.len(), 19);
     assert!(!outcome.moved.contains(&orders[3]));
@@ -144,8 +136,13 @@ async fn order_seq_scans(conn: &mut PgConnection) -> i64 {
     .unwrap()
 }
 
-/// Moves `orders` from CREATED to PROCESSING in one transaction on `conn`.
-async fn move_round(commerce: &Commerce, conn: &mut PgConnection, orders: &[OrderId]) {
+/// Moves `orders` from CREATED to PROCESSING in one transaction on `conn`, as a round of
+/// payment approvals does.
+async fn approve(
+    commerce: &Commerce,
+    conn: &mut PgConnection,
+    orders: &[OrderId],
+) -> BatchTransition {
     let mut tx = sqlx::Connection::begin(conn).await.unwrap();
     let outcome = commerce
         .transition_orders_in(
@@ -158,6 +155,12 @@ async fn move_round(commerce: &Commerce, conn: &mut PgConnection, orders: &[Orde
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    outcome
+}
+
+/// [`approve`], every one of `orders` moved.
+async fn move_round(commerce: &Commerce, conn: &mut PgConnection, orders: &[OrderId]) {
+    let outcome = approve(commerce, conn, orders).await;
     assert_eq!(outcome.moved.len(), orders.len());
 }
 
