@@ -32,7 +32,12 @@ pub(crate) async fn promote_completed(
         return Ok(BTreeSet::new());
     }
     let ids: Vec<Uuid> = candidates.iter().map(|o| o.0).collect();
+    // Both statements run unprepared, planned for their ids each time: prepared, Postgres
+    // keeps the generic plan it made while the table was young (a whole-table read is
+    // cheapest there) until something analyzes the table, and every completion then reads
+    // all the orders (tests/young_tables.rs).
     sqlx::query("SELECT id FROM commerce.orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .persistent(false)
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
@@ -42,6 +47,7 @@ pub(crate) async fn promote_completed(
          AND NOT EXISTS (SELECT 1 FROM commerce.backorders b WHERE b.order_id = o.id) \
          RETURNING o.id",
     )
+    .persistent(false)
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;

@@ -1,0 +1,180 @@
+//! Reads and moves of orders by a list of ids keep finding them by primary key after the
+//! tables grew, even when nothing analyzed them since they were young (autovacuum off, or
+//! not yet round): a statement prepared on a young table must not keep a whole-table plan.
+//!
+//! Each test runs on one connection (statements are prepared per connection), calls the
+//! statement more times than Postgres needs to settle on one plan while the tables are
+//! small, grows them by 20,000 rows, and counts the whole-table reads of the calls after.
+
+mod common;
+
+use commerce_core::{
+    Commerce, NewOrder, OrderId, OrderStatus, ProductId, ShortagePolicy, MIGRATOR,
+};
+use commerce_testkit::TestDb;
+use common::product;
+use sqlx::PgConnection;
+
+/// Calls while the tables are young, then after they grew.
+const ROUNDS: usize = 12;
+
+/// A database whose pool has one connection, with autovacuum off on the order tables.
+async fn one_connection() -> (TestDb, Commerce) {
+    let db = TestDb::with_pool_size(&[&MIGRATOR], 1).await;
+    for table in ["orders", "order_lines", "backorders"] {
+        sqlx::query(&format!(
+            "ALTER TABLE commerce.{table} SET (autovacuum_enabled = false)"
+        ))
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    let commerce = Commerce::builder(db.pool().clone()).build();
+    (db, commerce)
+}
+
+/// Adds 20,000 delivered orders of product 1, one line each.
+async fn grow(conn: &mut PgConnection) {
+    sqlx::query(
+        "WITH o AS (
+             INSERT INTO commerce.orders (id, user_id, status, shortage_policy)
+             SELECT gen_random_uuid(), 'old-' || n, 'DELIVERED', 'reject'
+             FROM generate_series(1, 20000) AS n
+             RETURNING id)
+         INSERT INTO commerce.order_lines (order_id, product_id, quantity, allocated, unit_price)
+         SELECT id, 1, 1, 1, 100 FROM o",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+}
+
+/// Whole-table reads of `commerce.{table}` so far. The database has one backend, which
+/// reports its counts when it goes idle, at most once a second: it is told to report now.
+async fn seq_scans(conn: &mut PgConnection, table: &str) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT seq_scan FROM pg_stat_user_tables
+         WHERE schemaname = 'commerce' AND relname = $1",
+    )
+    .bind(table)
+    .persistent(false)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+}
+
+async fn place(commerce: &Commerce, user: &str, policy: ShortagePolicy) -> OrderId {
+    commerce
+        .place_order(NewOrder::new(user).line(1, 1).policy(policy))
+        .await
+        .unwrap()
+        .order
+        .id
+}
+
+#[tokio::test]
+async fn order_totals_read_by_key_once_the_tables_grew() {
+    let (db, commerce) = one_connection().await;
+    product(&commerce, 1, 1_000).await;
+    let mut orders = Vec::new();
+    for i in 0..8 {
+        orders.push(place(&commerce, &format!("user-{i}"), ShortagePolicy::Reject).await);
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    for _ in 0..ROUNDS {
+        let totals = Commerce::order_totals_in(&mut conn, &orders).await.unwrap();
+        assert_eq!(totals.len(), orders.len());
+    }
+    grow(&mut conn).await;
+    let before = (
+        seq_scans(&mut conn, "orders").await,
+        seq_scans(&mut conn, "order_lines").await,
+    );
+    for _ in 0..ROUNDS {
+        let totals = Commerce::order_totals_in(&mut conn, &orders).await.unwrap();
+        assert_eq!(totals.len(), orders.len());
+    }
+    let after = (
+        seq_scans(&mut conn, "orders").await,
+        seq_scans(&mut conn, "order_lines").await,
+    );
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "whole-table reads of (orders, order_lines) in {ROUNDS} reads of totals"
+    );
+}
+
+/// A guard: this read is prepared and stays so, since its order (`order_id, product_id`) is
+/// the primary key's and an index scan wins even on a young table.
+#[tokio::test]
+async fn a_page_of_orders_reads_its_lines_by_key_once_the_tables_grew() {
+    let (db, commerce) = one_connection().await;
+    product(&commerce, 1, 1_000).await;
+    for _ in 0..5 {
+        place(&commerce, "shopper", ShortagePolicy::Reject).await;
+    }
+    for _ in 0..ROUNDS {
+        let page = commerce.orders_of_user("shopper", 10, None).await.unwrap();
+        assert_eq!(page.orders.len(), 5);
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    grow(&mut conn).await;
+    let before = seq_scans(&mut conn, "order_lines").await;
+    drop(conn);
+    for _ in 0..ROUNDS {
+        let page = commerce.orders_of_user("shopper", 10, None).await.unwrap();
+        assert_eq!(page.orders.len(), 5);
+        assert!(page.orders.iter().all(|o| o.lines.len() == 1));
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    let after = seq_scans(&mut conn, "order_lines").await;
+    assert_eq!(
+        after - before,
+        0,
+        "{ROUNDS} pages read order_lines whole {} times",
+        after - before
+    );
+}
+
+/// Four backorders, then the stock that completes them (CREATED).
+async fn backorder_round(commerce: &Commerce, n: usize) {
+    let mut orders = Vec::new();
+    for i in 0..4 {
+        let user = format!("user-{n}-{i}");
+        orders.push(place(commerce, &user, ShortagePolicy::Backorder).await);
+    }
+    commerce.receive_stock(ProductId(1), 4, None).await.unwrap();
+    for order in orders {
+        let status = commerce.order(order).await.unwrap().status;
+        assert_eq!(status, OrderStatus::Created);
+    }
+}
+
+#[tokio::test]
+async fn completing_backorders_finds_them_by_key_once_the_tables_grew() {
+    let (db, commerce) = one_connection().await;
+    product(&commerce, 1, 0).await;
+    for n in 0..ROUNDS {
+        backorder_round(&commerce, n).await;
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    grow(&mut conn).await;
+    let before = seq_scans(&mut conn, "orders").await;
+    drop(conn);
+    for n in ROUNDS..2 * ROUNDS {
+        backorder_round(&commerce, n).await;
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    let after = seq_scans(&mut conn, "orders").await;
+    assert_eq!(
+        after - before,
+        0,
+        "{ROUNDS} completions read orders whole {} times",
+        after - before
+    );
+}
