@@ -118,22 +118,9 @@ async fn a_batch_cancellation_or_an_impossible_move_is_refused() {
     );
 }
 
-/// Sequential scans of `commerce.orders` so far. The test's database has one backend, and
-/// a backend reports its counts when it goes idle, at most once a second: it is told to
-/// report now, and the count is read once that report is in.
+/// Whole-table reads of `commerce.orders` so far, on the test's one backend.
 async fn order_seq_scans(conn: &mut PgConnection) -> i64 {
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT seq_scan FROM pg_stat_user_tables
-         WHERE schemaname = 'commerce' AND relname = 'orders'",
-    )
-    .persistent(false)
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap()
+    commerce_testkit::seq_scans(conn, "commerce", "orders").await
 }
 
 /// Moves `orders` from CREATED to PROCESSING in one transaction on `conn`, as a round of

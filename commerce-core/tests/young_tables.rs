@@ -49,22 +49,9 @@ async fn grow(conn: &mut PgConnection) {
     .unwrap();
 }
 
-/// Whole-table reads of `commerce.{table}` so far. The database has one backend, which
-/// reports its counts when it goes idle, at most once a second: it is told to report now.
+/// Whole-table reads of `commerce.{table}` so far, on the test's one backend.
 async fn seq_scans(conn: &mut PgConnection, table: &str) -> i64 {
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT seq_scan FROM pg_stat_user_tables
-         WHERE schemaname = 'commerce' AND relname = $1",
-    )
-    .bind(table)
-    .persistent(false)
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap()
+    commerce_testkit::seq_scans(conn, "commerce", table).await
 }
 
 async fn place(commerce: &Commerce, user: &str, policy: ShortagePolicy) -> OrderId {

@@ -511,14 +511,8 @@ async fn replaying_a_topic_releases_all_its_dead_letters_in_sequence_order(kind:
 /// the test's own connections are closed before this is read (a backend reports as it ends).
 async fn event_seq_scans(db: &TestDb) -> i64 {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    sqlx::query_scalar(
-        "SELECT seq_scan FROM pg_stat_user_tables
-         WHERE schemaname = 'commerce_outbox' AND relname = 'event'",
-    )
-    .persistent(false)
-    .fetch_one(db.pool())
-    .await
-    .unwrap()
+    let mut conn = db.pool().acquire().await.unwrap();
+    commerce_testkit::seq_scans(&mut conn, "commerce_outbox", "event").await
 }
 
 /// Commits `events` events in one transaction and waits until the relay has marked them

@@ -238,6 +238,32 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Whole-table reads (`pg_stat_user_tables.seq_scan`) of `schema.table` so far, read on
+/// `conn` after telling that backend to report its own counts now.
+///
+/// A backend reports its counts when it goes idle, at most once a second, and as it ends:
+/// a test that counts another backend's reads must wait for that report (e.g. close the
+/// pool that ran them) before calling this. Tests use it to show a statement keeps finding
+/// rows by index, for instance a prepared one whose table grew after its plan was made.
+///
+/// # Panics
+/// When the statistics cannot be read, or the table does not exist.
+pub async fn seq_scans(conn: &mut PgConnection, schema: &str, table: &str) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .expect("pg_stat_force_next_flush");
+    sqlx::query_scalar(
+        "SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+    )
+    .bind(schema)
+    .bind(table)
+    .persistent(false)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap_or_else(|e| panic!("seq_scan of {schema}.{table}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::database_url_for;

@@ -26,7 +26,7 @@ mod wait;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use db::{scratch_database, TestDb};
+pub use db::{scratch_database, seq_scans, TestDb};
 pub use postgres::PrivatePostgres;
 pub use proxy::TcpProxy;
 pub use servers::{free_port, tansu_binary, PrivateBroker, PrivateRedis};
