@@ -26,7 +26,9 @@ use crate::http::{self, Limits};
 use crate::services::admin::Consumers;
 use crate::services::contracts::Topics;
 use crate::services::ops::{OpsState, ProbeState, ReadinessCheck};
-use crate::services::order::saga::{spawn_timeout_sweep, PaymentAnswers, SagaStart};
+use crate::services::order::saga::{
+    spawn_approval_reconciliation, spawn_timeout_sweep, PaymentAnswers, SagaStart,
+};
 use crate::services::order::watch::NotifyStatusChanges;
 use crate::services::order::{Currency, OrderState, PlacementRate, SagaPace, StatusFeed, Streams};
 use crate::services::payment::gateway::GatewayClient;
@@ -292,6 +294,13 @@ impl Application {
                 handlers.push((group, Arc::new(payment_answers)));
                 spawn_timeout_sweep(
                     commerce.clone(),
+                    config.saga.timeout,
+                    shutdown.clone(),
+                    &tasks,
+                );
+                spawn_approval_reconciliation(
+                    commerce.clone(),
+                    background.clone(),
                     config.saga.timeout,
                     shutdown.clone(),
                     &tasks,

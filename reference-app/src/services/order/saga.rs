@@ -8,7 +8,10 @@
 //!   PROCESSING, `payment.failed` cancels it (its stock returns with a `cancel` ledger row and
 //!   serves backorders);
 //! - [`spawn_timeout_sweep`] cancels an order still CREATED after the saga timeout, so no
-//!   order waits forever for a payment service or gateway that does not answer.
+//!   order waits forever for a payment service or gateway that does not answer;
+//! - [`spawn_approval_reconciliation`] moves on an order still CREATED whose payment was
+//!   approved a while ago: its `payment.approved` never arrived (a broker lost the delivery),
+//!   and the payment's record says what the event would have.
 //!
 //! Every step is written to the saga log (commerce-outbox's `saga_log`).
 
@@ -23,7 +26,7 @@ use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, Sag
 use commerce_outbox::{
     enqueue_all, Envelope, EventHandler, HandlerError, NewEvent, UnprocessableEvent,
 };
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -365,10 +368,113 @@ pub(crate) fn payment_timeout(timeout: Duration) -> Expiry {
     }
 }
 
+/// How long after its approval a payment's answer may take to arrive before the
+/// reconciliation acts on the payment's record instead.
+pub const APPROVAL_GRACE: Duration = Duration::from_secs(10);
+
+/// Orders one reconciliation round moves on in one transaction, at most (the rest at the
+/// next round).
+const RECONCILE_BATCH: i64 = 500;
+
+/// Moves on orders whose payment answer never arrived (see [`reconcile_approvals`]), for
+/// payments approved more than [`APPROVAL_GRACE`] ago (or a third of the saga's `timeout`,
+/// if shorter, so it comes well before the timeout would cancel them), checking every half
+/// of that (between 1 and 5 s). An answer that is only slow costs nothing when moved early:
+/// the event finds the order PROCESSING and is ignored. Several instances may run it at
+/// once: each move re-checks, under the order's row lock, that it is still CREATED.
+pub fn spawn_approval_reconciliation(
+    commerce: Commerce,
+    pool: PgPool,
+    timeout: Duration,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let grace = APPROVAL_GRACE.min(timeout / 3);
+    let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(5));
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(error) = reconcile_approvals(&commerce, &pool, grace).await {
+                tracing::warn!(%error, "approval reconciliation failed; retrying");
+            }
+        }
+    });
+}
+
+/// One round: orders still CREATED whose payment (in the database the services share) was
+/// approved more than `grace` ago and not asked to be cancelled move to PROCESSING, as their
+/// `payment.approved` would have moved them, each with its saga step. The event, if it comes
+/// after all, finds the order PROCESSING and is ignored. Returns the orders moved.
+///
+/// # Errors
+/// Database errors, commerce-core's and the saga log's (the round is rolled back).
+pub async fn reconcile_approvals(
+    commerce: &Commerce,
+    pool: &PgPool,
+    grace: Duration,
+) -> anyhow::Result<Vec<OrderId>> {
+    let mut tx = pool.begin().await?;
+    // The order became CREATED before its payment was approved: its own age bounds the
+    // index range (orders by status and last change) to old CREATED orders.
+    let stale: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT o.id FROM commerce.orders o JOIN payment.payments p ON p.order_id = o.id \
+         WHERE o.status = 'CREATED' AND o.updated_at < now() - make_interval(secs => $1) \
+           AND p.status = 'approved' AND NOT p.cancel_requested \
+           AND p.updated_at < now() - make_interval(secs => $1) \
+         ORDER BY o.updated_at LIMIT $2",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(RECONCILE_BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if stale.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stale: Vec<OrderId> = stale.into_iter().map(OrderId).collect();
+    let outcome = commerce
+        .transition_orders_in(
+            &mut tx,
+            &stale,
+            OrderStatus::Created,
+            OrderStatus::Processing,
+            "payment approved (found by the reconciliation: its event never arrived)",
+        )
+        .await?;
+    let steps: Vec<SagaStepRecord> = outcome
+        .moved
+        .iter()
+        .map(|order| SagaStepRecord {
+            saga_id: order.to_string(),
+            step: "payment_approved",
+            status: SagaStatus::Completed,
+            event_id: None,
+            detail: Some(
+                "reconciliation: the payment was approved, its event never arrived".into(),
+            ),
+        })
+        .collect();
+    record_saga_steps(&mut tx, SAGA, &steps).await?;
+    tx.commit().await?;
+    for order in &outcome.moved {
+        count_saga("paid");
+        tracing::warn!(
+            %order,
+            "an order's payment was approved but its event never reached the order service: \
+             moved on by the reconciliation"
+        );
+    }
+    Ok(outcome.moved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::services::order::expiry::tests::shop;
+    use commerce_core::{NewProduct, ProductId};
+    use commerce_testkit::TestDb;
 
     async fn place(commerce: &Commerce, user: &str) -> OrderId {
         crate::services::order::expiry::tests::place(commerce, user, 1).await
@@ -386,6 +492,87 @@ mod tests {
             payload,
             traceparent: None,
         }
+    }
+
+    /// A broker that lost a `payment.approved` delivery (tansu 0.6 under load, in the
+    /// services-apart mode): the order moves on from the payment's record once the grace is
+    /// over, with its saga step, once; a payment approved just now (its event may still
+    /// come), one still being charged and one whose cancellation was asked are left alone.
+    #[tokio::test]
+    async fn an_approved_payment_whose_event_never_arrived_moves_its_order_on() {
+        let db = TestDb::new(&[
+            &commerce_core::MIGRATOR,
+            &commerce_outbox::MIGRATOR,
+            &crate::MIGRATOR,
+        ])
+        .await;
+        let commerce = Commerce::builder(db.pool().clone()).build();
+        commerce
+            .create_product(NewProduct::new(ProductId(1), "mug").price(450).stock(10))
+            .await
+            .unwrap();
+        let lost = place(&commerce, "lost").await;
+        let fresh = place(&commerce, "fresh").await;
+        let charging = place(&commerce, "charging").await;
+        let cancelling = place(&commerce, "cancelling").await;
+        for (order, status, cancel, age) in [
+            (lost, "approved", false, 20),
+            (fresh, "approved", false, 0),
+            (charging, "charging", false, 20),
+            (cancelling, "approved", true, 20),
+        ] {
+            sqlx::query(
+                "INSERT INTO payment.payments
+                     (order_id, amount, currency, status, cancel_requested, charge_id, updated_at)
+                 VALUES ($1, 450, 'EUR', $2, $3, 'ch_1', now() - make_interval(secs => $4))",
+            )
+            .bind(order.0)
+            .bind(status)
+            .bind(cancel)
+            .bind(f64::from(age))
+            .execute(db.pool())
+            .await
+            .unwrap();
+            sqlx::query(
+                "UPDATE commerce.orders SET updated_at = now() - make_interval(secs => $2)
+                 WHERE id = $1",
+            )
+            .bind(order.0)
+            .bind(f64::from(age + 1))
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
+        let grace = Duration::from_secs(10);
+        let moved = reconcile_approvals(&commerce, db.pool(), grace)
+            .await
+            .unwrap();
+        assert_eq!(moved, vec![lost]);
+        for (order, status) in [
+            (lost, OrderStatus::Processing),
+            (fresh, OrderStatus::Created),
+            (charging, OrderStatus::Created),
+            (cancelling, OrderStatus::Created),
+        ] {
+            assert_eq!(commerce.order(order).await.unwrap().status, status);
+        }
+        let steps: Vec<(String, String)> = sqlx::query_as(
+            "SELECT step, status FROM commerce_outbox.saga_log WHERE saga_id = $1
+             ORDER BY entry_id",
+        )
+        .bind(lost.to_string())
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            steps.last(),
+            Some(&("payment_approved".to_owned(), "completed".to_owned()))
+        );
+        // Once: the next round finds nothing.
+        let again = reconcile_approvals(&commerce, db.pool(), grace)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{again:?}");
     }
 
     /// Review C1: a decline reason from the gateway with a newline, or of 600 characters, is
