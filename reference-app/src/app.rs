@@ -672,11 +672,16 @@ async fn payment_worker(
     let gateway = GatewayClient::http(gateway_url.expose(), config.payment.client.clone())
         .context("payment gateway client")?;
     tracing::info!(payment_gateway = %gateway_url, "payment service on its gateway");
+    // A lost placement is paid well inside the saga's timeout (which would cancel its
+    // order), as the order service's reconciliation of a lost approval is.
+    let mut worker_settings = config.payment.worker;
+    worker_settings.reconcile_grace = worker_settings.reconcile_grace.min(config.saga.timeout / 3);
     let worker = PaymentWorker::new(
         background.clone(),
         topics.payments.clone(),
+        config.payment.currency.clone(),
         Arc::new(gateway),
-        config.payment.worker,
+        worker_settings,
         Arc::new(Notify::new()),
     );
     Ok((worker, stand_in))

@@ -137,6 +137,7 @@ impl Rig {
             let worker = PaymentWorker::new(
                 db.pool().clone(),
                 "payments",
+                "KRW",
                 Arc::clone(&gateway) as Arc<dyn Gateway>,
                 settings,
                 Arc::default(),

@@ -99,6 +99,7 @@ async fn the_worker_charges_a_burst_concurrently_under_its_bound_and_records_in_
     PaymentWorker::new(
         db.pool().clone(),
         "payments",
+        "EUR",
         Arc::clone(&gateway) as Arc<dyn Gateway>,
         settings,
         Arc::default(),

@@ -6,18 +6,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use commerce_core::OrderStatus;
 use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
-use commerce_outbox::{Envelope, EventHandler, EventId, HandlerError, UnprocessableEvent};
+use commerce_outbox::{Envelope, EventHandler, HandlerError, UnprocessableEvent};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::store;
-use super::worker::answer_with;
+use super::worker::settle_without_charge;
 use crate::services::contracts::{
-    OrderCancelled, OrderCreated, OrderPlaced, PaymentOutcome, ORDER_CANCELLED, ORDER_CREATED,
-    ORDER_PLACED, PAYMENT_APPROVED, SAGA,
+    OrderCancelled, OrderCreated, OrderPlaced, ORDER_CANCELLED, ORDER_CREATED, ORDER_PLACED, SAGA,
 };
-use crate::telemetry::count_payment;
 
 /// Records a payment to take for every start of the saga: an `order.placed` of an order placed
 /// CREATED, or an `order.created` (settling an amount of 0 at once, without a gateway call);
@@ -93,7 +91,8 @@ impl OrderEvents {
             return Ok(());
         }
         if order.amount == 0 {
-            return self.settle_free(conn, order.order_id, envelope.id).await;
+            settle_without_charge(conn, &self.topic, order.order_id, Some(envelope.id)).await?;
+            return Ok(());
         }
         record_saga_step(
             conn,
@@ -106,34 +105,6 @@ impl OrderEvents {
         )
         .await?;
         self.wake.notify_one();
-        Ok(())
-    }
-
-    /// Nothing to take: settled now, with no gateway call.
-    async fn settle_free(
-        &self,
-        conn: &mut PgConnection,
-        order: Uuid,
-        event_id: EventId,
-    ) -> Result<(), HandlerError> {
-        let outcome = PaymentOutcome {
-            order_id: order,
-            amount: 0,
-            charge_id: None,
-            reason: None,
-        };
-        answer_with(conn, &self.topic, PAYMENT_APPROVED, &outcome).await?;
-        count_payment("settled_without_charge");
-        record_saga_step(
-            conn,
-            SAGA,
-            &order.to_string(),
-            "settled_without_charge",
-            SagaStatus::Completed,
-            Some(event_id),
-            Some("amount 0: nothing to charge"),
-        )
-        .await?;
         Ok(())
     }
 
@@ -192,7 +163,7 @@ impl OrderEvents {
             }
             if order.amount == 0 {
                 // Rare: settled on its own, as `created` does.
-                self.settle_free(conn, order.order_id, *event_id).await?;
+                settle_without_charge(conn, &self.topic, order.order_id, Some(*event_id)).await?;
                 continue;
             }
             to_charge = true;
@@ -269,6 +240,7 @@ impl EventHandler for OrderEvents {
 #[cfg(test)]
 mod tests {
     use commerce_core::{CoreEvent, OrderId, OrderLine, ProductId, ShortagePolicy};
+    use commerce_outbox::EventId;
     use commerce_testkit::TestDb;
 
     use super::*;

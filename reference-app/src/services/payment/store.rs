@@ -285,6 +285,29 @@ pub(super) async fn cancel_unheard(
         .collect()
 }
 
+/// The reconciliation of a lost placement: orders CREATED more than `grace` ago (since they
+/// became CREATED) that have no payment, which no `order.placed` or `order.created` event
+/// reached. Reads the orders from the database the services share, oldest first, at most
+/// `batch`, each held `FOR SHARE` until the caller's transaction ends: the order service's
+/// cancellation (or payment) of one waits for the payment recorded here, so its event finds
+/// it; rows the order service holds are skipped, for the next round.
+pub(super) async fn unheard_placements(
+    conn: &mut PgConnection,
+    grace: Duration,
+    batch: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT o.id FROM commerce.orders o \
+         WHERE o.status = 'CREATED' AND o.updated_at < now() - make_interval(secs => $1) \
+           AND NOT EXISTS (SELECT 1 FROM payment.payments p WHERE p.order_id = o.id) \
+         ORDER BY o.updated_at LIMIT $2 FOR SHARE OF o SKIP LOCKED",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(batch)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Claims up to `batch` due payments for `lease` (skipping rows other workers hold): a
 /// payment to charge becomes `charging`, one to ask about `voiding`, one to refund
 /// `refunding`; a claim whose lease ran out is claimed again as it was, marked as maybe

@@ -6,8 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use commerce_core::{Commerce, OrderId};
 use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
-use commerce_outbox::{enqueue, enqueue_all, trace, Backoff, NewEvent};
+use commerce_outbox::{enqueue, enqueue_all, trace, Backoff, EventId, NewEvent};
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use sqlx::{PgConnection, PgPool};
@@ -76,6 +77,8 @@ pub struct PaymentWorker {
     pool: PgPool,
     /// Where the answers go (the payments topic).
     topic: String,
+    /// What a payment the reconciliation records is in (the system's currency: `CURRENCY`).
+    currency: String,
     gateway: Arc<dyn Gateway>,
     settings: WorkerSettings,
     wake: Arc<Notify>,
@@ -179,12 +182,13 @@ fn decide(
 }
 
 impl PaymentWorker {
-    /// A worker charging through `gateway` and answering on `topic`; `wake` is the
-    /// consumer's signal.
+    /// A worker charging through `gateway` and answering on `topic`; payments its
+    /// reconciliation records are in `currency`; `wake` is the consumer's signal.
     #[must_use]
     pub fn new(
         pool: PgPool,
         topic: impl Into<String>,
+        currency: impl Into<String>,
         gateway: Arc<dyn Gateway>,
         settings: WorkerSettings,
         wake: Arc<Notify>,
@@ -192,6 +196,7 @@ impl PaymentWorker {
         Self {
             pool,
             topic: topic.into(),
+            currency: currency.into(),
             gateway,
             settings,
             wake,
@@ -261,10 +266,26 @@ impl PaymentWorker {
         });
     }
 
-    /// The reconciliation: payments of orders cancelled without their event reaching this
-    /// service are cancelled as the event would have (refunded, voided or asked about), with
-    /// a saga step and a warning each. Returns how many.
+    /// The reconciliation of lost deliveries, both halves, each tried even when the other
+    /// fails: payments of orders cancelled without their event (see [`Self::cancel_unheard`])
+    /// and orders CREATED without their event ([`record_unheard`]). Returns how many payments
+    /// it moved on or recorded; the first error, after trying both.
     async fn reconcile(&self) -> Result<usize, StoreError> {
+        let cancelled = self.cancel_unheard().await;
+        let recorded = record_unheard(
+            &self.pool,
+            &self.topic,
+            &self.currency,
+            self.settings.reconcile_grace,
+        )
+        .await;
+        Ok(cancelled? + recorded?.len())
+    }
+
+    /// The reconciliation of lost cancellations: payments of orders cancelled without their
+    /// event reaching this service are cancelled as the event would have (refunded, voided
+    /// or asked about), with a saga step and a warning each. Returns how many.
+    async fn cancel_unheard(&self) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
         let moved =
             store::cancel_unheard(&mut tx, self.settings.reconcile_grace, RECONCILE_BATCH).await?;
@@ -289,7 +310,8 @@ impl PaymentWorker {
         }
         tx.commit().await?;
         if !moved.is_empty() {
-            metrics::counter!("payment_reconciled_total").increment(moved.len() as u64);
+            metrics::counter!("payment_reconciled_total", "found" => "cancelled")
+                .increment(moved.len() as u64);
         }
         Ok(moved.len())
     }
@@ -645,6 +667,96 @@ impl PaymentWorker {
     }
 }
 
+/// The reconciliation of a lost placement (see [`store::unheard_placements`]): each order
+/// CREATED for longer than `grace` without a payment gets the one its event would have
+/// recorded, in one transaction: its total at the prices it was placed at (commerce-core's
+/// [`Commerce::order_totals_in`], read under the same lock), in `currency`, with a saga step
+/// and a warning; an order of nothing to take is settled at once with its answer on `topic`,
+/// as the consumer does. A late event finds the payment and records nothing. Returns the
+/// orders it recorded.
+pub(super) async fn record_unheard(
+    pool: &PgPool,
+    topic: &str,
+    currency: &str,
+    grace: Duration,
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let unheard = store::unheard_placements(&mut tx, grace, RECONCILE_BATCH).await?;
+    if unheard.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<OrderId> = unheard.into_iter().map(OrderId).collect();
+    let totals = Commerce::order_totals_in(&mut tx, &ids).await?;
+    let rows: Vec<(Uuid, i64, &str, Option<&str>)> = totals
+        .iter()
+        .map(|t| (t.order.0, t.total, currency, None))
+        .collect();
+    let recorded = store::record_all(&mut tx, &rows).await?;
+    let mut steps = Vec::with_capacity(recorded.len());
+    let mut moved = Vec::with_capacity(recorded.len());
+    for total in totals.iter().filter(|t| recorded.contains(&t.order.0)) {
+        moved.push(total.order.0);
+        if total.total == 0 {
+            settle_without_charge(&mut tx, topic, total.order.0, None).await?;
+            continue;
+        }
+        steps.push(SagaStepRecord {
+            saga_id: total.order.to_string(),
+            step: "payment_recorded",
+            status: SagaStatus::Started,
+            event_id: None,
+            detail: Some(
+                "reconciliation: the order was CREATED without its event reaching the payment \
+                 service"
+                    .into(),
+            ),
+        });
+    }
+    record_saga_steps(&mut tx, SAGA, &steps).await?;
+    tx.commit().await?;
+    metrics::counter!("payment_reconciled_total", "found" => "placed")
+        .increment(moved.len() as u64);
+    for order in &moved {
+        tracing::warn!(
+            %order,
+            "an order was CREATED but its event never reached the payment service: its payment \
+             is recorded by the reconciliation"
+        );
+    }
+    Ok(moved)
+}
+
+/// Settles the payment of an order of nothing to take (recorded `approved`, amount 0): its
+/// `payment.approved` answer on `topic` and its saga step, in the caller's transaction, with
+/// no gateway call (gateways refuse charges of 0). `event_id` is the event that started it,
+/// if one did (the reconciliation has none).
+pub(super) async fn settle_without_charge(
+    conn: &mut PgConnection,
+    topic: &str,
+    order: Uuid,
+    event_id: Option<EventId>,
+) -> Result<(), StoreError> {
+    let outcome = PaymentOutcome {
+        order_id: order,
+        amount: 0,
+        charge_id: None,
+        reason: None,
+    };
+    answer_with(conn, topic, PAYMENT_APPROVED, &outcome).await?;
+    count_payment("settled_without_charge");
+    record_saga_step(
+        conn,
+        SAGA,
+        &order.to_string(),
+        "settled_without_charge",
+        SagaStatus::Completed,
+        event_id,
+        Some("amount 0: nothing to charge"),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Writes the payment service's answer into the outbox, in the caller's transaction.
 pub(super) async fn answer_with(
     tx: &mut PgConnection,
@@ -887,5 +999,167 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A broker that lost an `order.placed` delivery (tansu 0.6 under load, in the
+    /// services-apart mode): an order CREATED for longer than the grace with no payment gets
+    /// the one its event would have recorded (its total, the system's currency), with its saga
+    /// step, once; an order of nothing to take is settled at once, with its answer. Left alone:
+    /// one placed just now (its event may still come), one that has its payment, one cancelled,
+    /// one backordered, and one whose cancellation is in flight (its row is locked).
+    #[tokio::test]
+    async fn an_order_whose_placement_never_arrived_gets_its_payment() {
+        use commerce_core::{
+            Commerce, NewOrder, NewProduct, OrderId, OrderStatus, ProductId, ShortagePolicy,
+        };
+        use commerce_testkit::TestDb;
+
+        let db = TestDb::new(&[
+            &commerce_core::MIGRATOR,
+            &commerce_outbox::MIGRATOR,
+            &crate::MIGRATOR,
+        ])
+        .await;
+        let pool = db.pool();
+        let commerce = Commerce::builder(pool.clone()).build();
+        for (id, name, price, stock) in [
+            (1, "mug", 450, 20),
+            (2, "sticker", 0, 5),
+            (3, "lamp", 900, 0),
+        ] {
+            commerce
+                .create_product(
+                    NewProduct::new(ProductId(id), name)
+                        .price(price)
+                        .stock(stock),
+                )
+                .await
+                .unwrap();
+        }
+        let place = |user: &'static str, product: i64, quantity: i64| {
+            let commerce = commerce.clone();
+            async move {
+                commerce
+                    .place_order(
+                        NewOrder::new(user)
+                            .line(product, quantity)
+                            .policy(ShortagePolicy::Backorder),
+                    )
+                    .await
+                    .unwrap()
+                    .order
+                    .id
+            }
+        };
+        let lost = place("lost", 1, 2).await;
+        let free = place("free", 2, 1).await;
+        let fresh = place("fresh", 1, 1).await;
+        let paid = place("paid", 1, 1).await;
+        let cancelled = place("cancelled", 1, 1).await;
+        let backordered = place("backordered", 3, 1).await;
+        let cancelling = place("cancelling", 1, 1).await;
+        commerce
+            .transition_order(cancelled, OrderStatus::Cancelled, "customer")
+            .await
+            .unwrap();
+        store::record(&mut pool.acquire().await.unwrap(), paid.0, 450, "KRW", None)
+            .await
+            .unwrap();
+        for (order, age) in [
+            (lost, 20),
+            (free, 20),
+            (fresh, 0),
+            (paid, 20),
+            (cancelled, 20),
+            (backordered, 20),
+            (cancelling, 20),
+        ] {
+            sqlx::query(
+                "UPDATE commerce.orders SET updated_at = now() - make_interval(secs => $2)
+                 WHERE id = $1",
+            )
+            .bind(order.0)
+            .bind(f64::from(age))
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        // The order service's cancellation of `cancelling`, not committed yet.
+        let mut cancel = pool.begin().await.unwrap();
+        sqlx::query("UPDATE commerce.orders SET status = 'CANCELLED' WHERE id = $1")
+            .bind(cancelling.0)
+            .execute(&mut *cancel)
+            .await
+            .unwrap();
+
+        let grace = Duration::from_secs(10);
+        let mut recorded = record_unheard(pool, "payments", "KRW", grace)
+            .await
+            .unwrap();
+        recorded.sort();
+        let mut expected = vec![lost.0, free.0];
+        expected.sort();
+        assert_eq!(recorded, expected);
+        cancel.commit().await.unwrap();
+
+        let payments: Vec<(uuid::Uuid, i64, String, String)> = sqlx::query_as(
+            "SELECT order_id, amount, currency, status FROM payment.payments ORDER BY amount",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let of = |order: OrderId| {
+            payments
+                .iter()
+                .filter(|p| p.0 == order.0)
+                .map(|p| (p.1, p.2.as_str(), p.3.as_str()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(lost), vec![(900, "KRW", "pending")]);
+        assert_eq!(of(free), vec![(0, "KRW", "approved")]);
+        assert_eq!(of(paid), vec![(450, "KRW", "pending")]);
+        assert_eq!(payments.len(), 3, "{payments:?}");
+        let step = |order: OrderId| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT step, status FROM commerce_outbox.saga_log WHERE saga_id = $1
+                     ORDER BY entry_id DESC LIMIT 1",
+                )
+                .bind(order.to_string())
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(
+            step(lost).await,
+            Some(("payment_recorded".to_owned(), "started".to_owned()))
+        );
+        assert_eq!(
+            step(free).await,
+            Some(("settled_without_charge".to_owned(), "completed".to_owned()))
+        );
+        let answers: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_type, aggregate_id FROM commerce_outbox.event WHERE topic = 'payments'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            answers,
+            vec![(PAYMENT_APPROVED.to_owned(), free.to_string())]
+        );
+
+        // Once: the next round finds nothing (the cancelled one included), and the late event
+        // finds its payment recorded.
+        let again = record_unheard(pool, "payments", "KRW", grace)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        let late = store::record(&mut pool.acquire().await.unwrap(), lost.0, 900, "KRW", None)
+            .await
+            .unwrap();
+        assert!(!late);
     }
 }
