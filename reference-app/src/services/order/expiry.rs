@@ -7,8 +7,10 @@
 //! (commerce-core's conditional cancel), so several instances may sweep at once, and an order
 //! that moved on between the listing and its cancel (paid, served) is left alone.
 
+use std::future::Future;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use commerce_core::{Commerce, OrderId, OrderStatus};
 use commerce_outbox::saga::{record_saga_step, SagaStatus};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,36 @@ pub(crate) fn backorder_expiry(after: Duration) -> Expiry {
     }
 }
 
+/// Runs `round` every `every` (counted from the end of the last round) until `shutdown`; a
+/// failed round is warned about, named `task`, and the next one retries. The order service's
+/// periodic work (the expiries, the key purge, the approval reconciliation) runs so.
+pub(crate) fn spawn_every<F, Fut>(
+    task: &'static str,
+    every: Duration,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+    mut round: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(error) = round().await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    task,
+                    "background round failed; the next round retries"
+                );
+            }
+        }
+    });
+}
+
 /// Runs `expiry` every `after / 4` (between 0.1 and 5 s) until `shutdown`.
 pub(crate) fn spawn_expiry(
     commerce: Commerce,
@@ -52,15 +84,14 @@ pub(crate) fn spawn_expiry(
     tasks: &TaskTracker,
 ) {
     let every = (expiry.after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-            }
-            if let Err(error) = expire(&commerce, &expiry, PAGE, &shutdown).await {
-                tracing::warn!(%error, status = %expiry.status, "expiry sweep failed; next round retries");
-            }
+    let stop = shutdown.clone();
+    spawn_every("order expiry", every, shutdown, tasks, move || {
+        let (commerce, expiry, stop) = (commerce.clone(), expiry.clone(), stop.clone());
+        async move {
+            expire(&commerce, &expiry, PAGE, &stop)
+                .await
+                .with_context(|| format!("expiring orders {}", expiry.status))?;
+            Ok(())
         }
     });
 }
@@ -143,27 +174,24 @@ pub(crate) fn spawn_key_purge(
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) {
+    const BATCH: u32 = 1_000;
     let every = (retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3_600));
-    tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-            }
+    let stop = shutdown.clone();
+    spawn_every("idempotency key purge", every, shutdown, tasks, move || {
+        let (commerce, stop) = (commerce.clone(), stop.clone());
+        async move {
+            let mut forgotten = 0;
             loop {
-                match commerce.forget_idempotency_keys(retention, 1_000).await {
-                    Ok(1_000) if !shutdown.is_cancelled() => continue,
-                    Ok(forgotten) if forgotten > 0 => {
-                        tracing::debug!(forgotten, "idempotency keys past their retention forgotten");
-                        break;
-                    }
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "forgetting idempotency keys failed; next round retries");
-                        break;
-                    }
+                let now = commerce.forget_idempotency_keys(retention, BATCH).await?;
+                forgotten += now;
+                if now < u64::from(BATCH) || stop.is_cancelled() {
+                    break;
                 }
             }
+            if forgotten > 0 {
+                tracing::debug!(forgotten, "idempotency keys past their retention forgotten");
+            }
+            Ok(())
         }
     });
 }

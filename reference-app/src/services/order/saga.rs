@@ -24,13 +24,13 @@ use commerce_core::{
 };
 use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
 use commerce_outbox::{
-    enqueue_all, Envelope, EventHandler, HandlerError, NewEvent, UnprocessableEvent,
+    enqueue_all, Envelope, EventHandler, EventId, HandlerError, NewEvent, UnprocessableEvent,
 };
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::expiry::{spawn_expiry, Expiry};
+use super::expiry::{spawn_every, spawn_expiry, Expiry};
 
 use crate::services::contracts::{
     reason_text, OrderCreated, PaymentOutcome, ORDER_CREATED, PAYMENT_APPROVED, PAYMENT_FAILED,
@@ -170,7 +170,7 @@ impl EventHandler for PaymentAnswers {
         let saga_id = order.to_string();
         let (step, applied) = match kind {
             PAYMENT_APPROVED => (
-                "payment_approved",
+                PAYMENT_APPROVED_STEP,
                 self.commerce
                     .transition_order_in(conn, order, OrderStatus::Processing, "payment approved")
                     .await
@@ -296,29 +296,41 @@ impl PaymentAnswers {
         let mut steps = Vec::with_capacity(answers.len());
         for (event_id, outcome) in &answers {
             let order = OrderId(outcome.order_id);
-            let (status, detail) = match skipped.get(&order) {
-                Some(from) => (
-                    SagaStatus::Failed,
-                    Some(format!("ignored: the order is already {from}")),
-                ),
+            steps.push(match skipped.get(&order) {
+                Some(from) => SagaStepRecord {
+                    status: SagaStatus::Failed,
+                    detail: Some(format!("ignored: the order is already {from}")),
+                    ..approval_step(order, Some(*event_id), None)
+                },
                 None => {
                     count_saga("paid");
-                    (
-                        SagaStatus::Completed,
+                    approval_step(
+                        order,
+                        Some(*event_id),
                         outcome.reason.as_deref().map(reason_text),
                     )
                 }
-            };
-            steps.push(SagaStepRecord {
-                saga_id: order.to_string(),
-                step: "payment_approved",
-                status,
-                event_id: Some(*event_id),
-                detail,
             });
         }
         record_saga_steps(conn, SAGA, &steps).await?;
         Ok(())
+    }
+}
+
+/// The saga step of a payment approval for `order` (from the event `event_id`, or none), to
+/// record: completed, unless the caller says otherwise. The event's path and the
+/// reconciliation's share it, so the two cannot drift apart.
+fn approval_step(
+    order: OrderId,
+    event_id: Option<EventId>,
+    detail: Option<String>,
+) -> SagaStepRecord {
+    SagaStepRecord {
+        saga_id: order.to_string(),
+        step: PAYMENT_APPROVED_STEP,
+        status: SagaStatus::Completed,
+        event_id,
+        detail,
     }
 }
 
@@ -368,6 +380,9 @@ pub(crate) fn payment_timeout(timeout: Duration) -> Expiry {
     }
 }
 
+/// The saga log's step of a payment approval.
+const PAYMENT_APPROVED_STEP: &str = "payment_approved";
+
 /// How long after its approval a payment's answer may take to arrive before the
 /// reconciliation acts on the payment's record instead.
 pub const APPROVAL_GRACE: Duration = Duration::from_secs(10);
@@ -391,17 +406,19 @@ pub fn spawn_approval_reconciliation(
 ) {
     let grace = APPROVAL_GRACE.min(timeout / 3);
     let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(5));
-    tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
+    spawn_every(
+        "approval reconciliation",
+        every,
+        shutdown,
+        tasks,
+        move || {
+            let (commerce, pool) = (commerce.clone(), pool.clone());
+            async move {
+                reconcile_approvals(&commerce, &pool, grace).await?;
+                Ok(())
             }
-            if let Err(error) = reconcile_approvals(&commerce, &pool, grace).await {
-                tracing::warn!(%error, "approval reconciliation failed; retrying");
-            }
-        }
-    });
+        },
+    );
 }
 
 /// One round: orders still CREATED whose payment (in the database the services share) was
@@ -446,14 +463,12 @@ pub async fn reconcile_approvals(
     let steps: Vec<SagaStepRecord> = outcome
         .moved
         .iter()
-        .map(|order| SagaStepRecord {
-            saga_id: order.to_string(),
-            step: "payment_approved",
-            status: SagaStatus::Completed,
-            event_id: None,
-            detail: Some(
-                "reconciliation: the payment was approved, its event never arrived".into(),
-            ),
+        .map(|&order| {
+            approval_step(
+                order,
+                None,
+                Some("reconciliation: the payment was approved, its event never arrived".into()),
+            )
         })
         .collect();
     record_saga_steps(&mut tx, SAGA, &steps).await?;
