@@ -27,7 +27,7 @@ use crate::services::admin::Consumers;
 use crate::services::contracts::Topics;
 use crate::services::ops::{OpsState, ProbeState, ReadinessCheck};
 use crate::services::order::saga::{
-    spawn_approval_reconciliation, spawn_timeout_sweep, PaymentAnswers, SagaStart,
+    spawn_answer_reconciliation, spawn_timeout_sweep, PaymentAnswers, SagaStart,
 };
 use crate::services::order::watch::NotifyStatusChanges;
 use crate::services::order::{Currency, OrderState, PlacementRate, SagaPace, StatusFeed, Streams};
@@ -298,7 +298,7 @@ impl Application {
                     shutdown.clone(),
                     &tasks,
                 );
-                spawn_approval_reconciliation(
+                spawn_answer_reconciliation(
                     commerce.clone(),
                     background.clone(),
                     config.saga.timeout,

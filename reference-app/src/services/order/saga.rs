@@ -9,9 +9,10 @@
 //!   serves backorders);
 //! - [`spawn_timeout_sweep`] cancels an order still CREATED after the saga timeout, so no
 //!   order waits forever for a payment service or gateway that does not answer;
-//! - [`spawn_approval_reconciliation`] moves on an order still CREATED whose payment was
-//!   approved a while ago: its `payment.approved` never arrived (a broker lost the delivery),
-//!   and the payment's record says what the event would have.
+//! - [`spawn_answer_reconciliation`] moves on an order still CREATED whose payment was
+//!   approved, declined or refused a while ago: its `payment.approved` or `payment.failed`
+//!   never arrived (a broker lost the delivery), and the payment's record says what the event
+//!   would have.
 //!
 //! Every step is written to the saga log (commerce-outbox's `saga_log`).
 
@@ -184,7 +185,7 @@ impl EventHandler for PaymentAnswers {
                     reason_text(outcome.reason.as_deref().unwrap_or_default())
                 );
                 (
-                    "payment_failed",
+                    PAYMENT_FAILED_STEP,
                     self.commerce
                         .cancel_order_in(conn, order, &reason)
                         .await
@@ -383,38 +384,45 @@ pub(crate) fn payment_timeout(timeout: Duration) -> Expiry {
 /// The saga log's step of a payment approval.
 const PAYMENT_APPROVED_STEP: &str = "payment_approved";
 
-/// How long after its approval a payment's answer may take to arrive before the
-/// reconciliation acts on the payment's record instead.
-pub const APPROVAL_GRACE: Duration = Duration::from_secs(10);
+/// The saga log's step of a payment that failed (declined or refused for good).
+const PAYMENT_FAILED_STEP: &str = "payment_failed";
+
+/// How long after it was settled (approved, declined, refused) a payment's answer may take to
+/// arrive before the reconciliation acts on the payment's record instead.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(10);
 
 /// Orders one reconciliation round moves on in one transaction, at most (the rest at the
 /// next round).
 const RECONCILE_BATCH: i64 = 500;
 
-/// Moves on orders whose payment answer never arrived (see [`reconcile_approvals`]), for
-/// payments approved more than [`APPROVAL_GRACE`] ago (or a third of the saga's `timeout`,
-/// if shorter, so it comes well before the timeout would cancel them), checking every half
-/// of that (between 1 and 5 s). An answer that is only slow costs nothing when moved early:
-/// the event finds the order PROCESSING and is ignored. Several instances may run it at
-/// once: each move re-checks, under the order's row lock, that it is still CREATED.
-pub fn spawn_approval_reconciliation(
+/// Moves on orders whose payment answer never arrived (see [`reconcile_approvals`] and
+/// [`reconcile_failures`]), for payments settled more than [`ANSWER_GRACE`] ago (or a third
+/// of the saga's `timeout`, if shorter, so it comes well before the timeout would cancel
+/// them), checking every half of that (between 1 and 5 s). An answer that is only slow costs
+/// nothing when acted on early: the event finds the order PROCESSING (or CANCELLED) and is
+/// ignored. Several instances may run it at once: each move re-checks, under the order's row
+/// lock, that it is still CREATED.
+pub fn spawn_answer_reconciliation(
     commerce: Commerce,
     pool: PgPool,
     timeout: Duration,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) {
-    let grace = APPROVAL_GRACE.min(timeout / 3);
+    let grace = ANSWER_GRACE.min(timeout / 3);
     let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(5));
     spawn_every(
-        "approval reconciliation",
+        "payment answer reconciliation",
         every,
         shutdown,
         tasks,
         move || {
             let (commerce, pool) = (commerce.clone(), pool.clone());
             async move {
-                reconcile_approvals(&commerce, &pool, grace).await?;
+                // Each half is tried even when the other fails.
+                let approvals = reconcile_approvals(&commerce, &pool, grace).await;
+                reconcile_failures(&commerce, &pool, grace).await?;
+                approvals?;
                 Ok(())
             }
         },
@@ -482,6 +490,74 @@ pub async fn reconcile_approvals(
         );
     }
     Ok(outcome.moved)
+}
+
+/// One round: orders still CREATED whose payment was declined or failed for good more than
+/// `grace` ago (and not asked to be cancelled) are cancelled as their `payment.failed` would
+/// have cancelled them, with the payment's recorded reason, each with its saga step; their
+/// units go back on sale. Nothing was taken, so nothing is refunded. The event, if it comes
+/// after all, finds the order CANCELLED and is ignored. Returns the orders cancelled.
+///
+/// # Errors
+/// Database errors, commerce-core's and the saga log's (the round is rolled back).
+pub async fn reconcile_failures(
+    commerce: &Commerce,
+    pool: &PgPool,
+    grace: Duration,
+) -> anyhow::Result<Vec<OrderId>> {
+    let mut tx = pool.begin().await?;
+    let failed: Vec<(uuid::Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT o.id, p.last_error FROM commerce.orders o \
+         JOIN payment.payments p ON p.order_id = o.id \
+         WHERE o.status = 'CREATED' AND o.updated_at < now() - make_interval(secs => $1) \
+           AND p.status IN ('declined', 'failed') AND NOT p.cancel_requested \
+           AND p.updated_at < now() - make_interval(secs => $1) \
+         ORDER BY o.updated_at LIMIT $2",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(RECONCILE_BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut cancelled = Vec::with_capacity(failed.len());
+    for (order, raw) in failed {
+        let order = OrderId(order);
+        let cleaned = reason_text(raw.as_deref().unwrap_or_default());
+        let reason = format!("payment failed: {cleaned}");
+        // Re-decided under the order's row lock: one that moved on meanwhile is left alone.
+        let Some(done) = commerce
+            .cancel_order_if_in(&mut tx, order, OrderStatus::Created, &reason)
+            .await?
+        else {
+            continue;
+        };
+        record_saga_step(
+            &mut tx,
+            SAGA,
+            &order.to_string(),
+            PAYMENT_FAILED_STEP,
+            SagaStatus::Compensated,
+            None,
+            Some(&format!(
+                "reconciliation: the payment failed, its event never arrived: {cleaned}"
+            )),
+        )
+        .await?;
+        cancelled.push(done);
+    }
+    tx.commit().await?;
+    for order in &cancelled {
+        // Its units are for sale again: this instance's stock strategy hears it now.
+        for line in &order.lines {
+            commerce.stock_raised(line.product);
+        }
+        count_saga("declined");
+        tracing::warn!(
+            order = %order.id,
+            "an order's payment failed but its event never reached the order service: \
+             cancelled by the reconciliation"
+        );
+    }
+    Ok(cancelled.into_iter().map(|order| order.id).collect())
 }
 
 #[cfg(test)]
@@ -588,6 +664,118 @@ mod tests {
             .await
             .unwrap();
         assert!(again.is_empty(), "{again:?}");
+    }
+
+    /// A broker that lost a `payment.failed` delivery: the order is cancelled from the
+    /// payment's record once the grace is over, with the payment's (cleaned) reason and its
+    /// saga step, once, and its unit is for sale again; the late event is then ignored. A
+    /// payment declined just now, one approved and one whose cancellation was asked are left
+    /// alone.
+    #[tokio::test]
+    async fn a_failed_payment_whose_event_never_arrived_cancels_its_order() {
+        let db = TestDb::new(&[
+            &commerce_core::MIGRATOR,
+            &commerce_outbox::MIGRATOR,
+            &crate::MIGRATOR,
+        ])
+        .await;
+        let commerce = Commerce::builder(db.pool().clone()).build();
+        commerce
+            .create_product(NewProduct::new(ProductId(1), "mug").price(450).stock(5))
+            .await
+            .unwrap();
+        let declined = place(&commerce, "declined").await;
+        let refused = place(&commerce, "refused").await;
+        let fresh = place(&commerce, "fresh").await;
+        let approved = place(&commerce, "approved").await;
+        let cancelling = place(&commerce, "cancelling").await;
+        for (order, status, cancel, age, error) in [
+            (
+                declined,
+                "declined",
+                false,
+                21,
+                "card declined\nby the issuer",
+            ),
+            (refused, "failed", false, 20, "invalid card"),
+            (fresh, "declined", false, 0, "card declined"),
+            (approved, "approved", false, 20, ""),
+            (cancelling, "declined", true, 20, "card declined"),
+        ] {
+            sqlx::query(
+                "INSERT INTO payment.payments
+                     (order_id, amount, currency, status, cancel_requested, last_error, updated_at)
+                 VALUES ($1, 450, 'EUR', $2, $3, $4, now() - make_interval(secs => $5))",
+            )
+            .bind(order.0)
+            .bind(status)
+            .bind(cancel)
+            .bind(error)
+            .bind(f64::from(age))
+            .execute(db.pool())
+            .await
+            .unwrap();
+            sqlx::query(
+                "UPDATE commerce.orders SET updated_at = now() - make_interval(secs => $2)
+                 WHERE id = $1",
+            )
+            .bind(order.0)
+            .bind(f64::from(age + 1))
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
+        let grace = Duration::from_secs(10);
+        let cancelled = reconcile_failures(&commerce, db.pool(), grace)
+            .await
+            .unwrap();
+        assert_eq!(cancelled, vec![declined, refused]);
+        for (order, status) in [
+            (declined, OrderStatus::Cancelled),
+            (refused, OrderStatus::Cancelled),
+            (fresh, OrderStatus::Created),
+            (approved, OrderStatus::Created),
+            (cancelling, OrderStatus::Created),
+        ] {
+            assert_eq!(commerce.order(order).await.unwrap().status, status);
+        }
+        let history = commerce.order_history(declined).await.unwrap();
+        assert_eq!(
+            history.last().unwrap().reason,
+            "payment failed: card declined by the issuer"
+        );
+        assert_eq!(commerce.stock(ProductId(1)).await.unwrap().available, 2);
+        let steps: Vec<(String, String)> = sqlx::query_as(
+            "SELECT step, status FROM commerce_outbox.saga_log WHERE saga_id = $1
+             ORDER BY entry_id",
+        )
+        .bind(refused.to_string())
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            steps.last(),
+            Some(&("payment_failed".to_owned(), "compensated".to_owned()))
+        );
+        // Once: the next round finds nothing; the late event is ignored.
+        let again = reconcile_failures(&commerce, db.pool(), grace)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        let late = answer(
+            PAYMENT_FAILED,
+            serde_json::json!({ "order_id": declined.0, "amount": 450, "charge_id": null, "reason": "card declined" }),
+        );
+        let mut tx = db.pool().begin().await.unwrap();
+        PaymentAnswers::new(commerce.clone())
+            .handle(&mut tx, &late)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            commerce.order(declined).await.unwrap().status,
+            OrderStatus::Cancelled
+        );
     }
 
     /// Review C1: a decline reason from the gateway with a newline, or of 600 characters, is
