@@ -47,10 +47,12 @@ pub struct WorkerSettings {
     /// with jitter; longer when the gateway says so (`Retry-After`, the breaker's open time).
     pub backoff: Backoff,
     /// How often the reconciliation looks for payments of cancelled orders that no
-    /// `order.cancelled` event reached (a lost or stalled delivery): default 5 s.
+    /// `order.cancelled` event reached, and for CREATED orders without a payment that no
+    /// `order.placed` or `order.created` reached (a lost or stalled delivery): default 5 s.
     pub reconcile_every: Duration,
-    /// How long after its cancellation an order's payment is the reconciliation's to move
-    /// on rather than the event's (default 10 s: an event normally arrives in milliseconds).
+    /// How long after its cancellation (or after it became CREATED) an order is the
+    /// reconciliation's to act on rather than the event's (default 10 s: an event normally
+    /// arrives in milliseconds; the app keeps it within a third of the saga's timeout).
     pub reconcile_grace: Duration,
 }
 
