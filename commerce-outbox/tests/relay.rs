@@ -95,6 +95,14 @@ async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit
         assert_eq!(delivery.header("event-type"), Some("test.happened"));
     }
 
+    // The probe can hold an event before the relay has marked it published and counted it.
+    let (relay_ref, want) = (&relay, committed.len() as u64);
+    eventually(
+        Duration::from_secs(10),
+        "every event marked published",
+        || async move { relay_ref.published_total() == want },
+    )
+    .await;
     let metrics = relay.metrics().await.unwrap();
     assert_eq!(metrics.published_total, committed.len() as u64);
     assert_eq!(metrics.outbox.pending, 0);
