@@ -429,6 +429,35 @@ pub fn spawn_answer_reconciliation(
     );
 }
 
+/// Orders still CREATED (oldest first, at most [`RECONCILE_BATCH`]) whose payment, in the
+/// database the services share, was settled with one of `statuses` more than `grace` ago and
+/// not asked to be cancelled, with the payment's last error.
+async fn unheard_answers(
+    conn: &mut PgConnection,
+    grace: Duration,
+    statuses: &[&str],
+) -> sqlx::Result<Vec<(OrderId, Option<String>)>> {
+    // The order became CREATED before its payment was settled: its own age bounds the index
+    // range (orders by status and last change) to old CREATED orders.
+    let rows: Vec<(uuid::Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT o.id, p.last_error FROM commerce.orders o \
+         JOIN payment.payments p ON p.order_id = o.id \
+         WHERE o.status = 'CREATED' AND o.updated_at < now() - make_interval(secs => $1) \
+           AND p.status = ANY($3) AND NOT p.cancel_requested \
+           AND p.updated_at < now() - make_interval(secs => $1) \
+         ORDER BY o.updated_at LIMIT $2",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(RECONCILE_BATCH)
+    .bind(statuses)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order, error)| (OrderId(order), error))
+        .collect())
+}
+
 /// One round: orders still CREATED whose payment (in the database the services share) was
 /// approved more than `grace` ago and not asked to be cancelled move to PROCESSING, as their
 /// `payment.approved` would have moved them, each with its saga step. The event, if it comes
@@ -442,23 +471,11 @@ pub async fn reconcile_approvals(
     grace: Duration,
 ) -> anyhow::Result<Vec<OrderId>> {
     let mut tx = pool.begin().await?;
-    // The order became CREATED before its payment was approved: its own age bounds the
-    // index range (orders by status and last change) to old CREATED orders.
-    let stale: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT o.id FROM commerce.orders o JOIN payment.payments p ON p.order_id = o.id \
-         WHERE o.status = 'CREATED' AND o.updated_at < now() - make_interval(secs => $1) \
-           AND p.status = 'approved' AND NOT p.cancel_requested \
-           AND p.updated_at < now() - make_interval(secs => $1) \
-         ORDER BY o.updated_at LIMIT $2",
-    )
-    .bind(grace.as_secs_f64())
-    .bind(RECONCILE_BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
+    let stale = unheard_answers(&mut tx, grace, &["approved"]).await?;
     if stale.is_empty() {
         return Ok(Vec::new());
     }
-    let stale: Vec<OrderId> = stale.into_iter().map(OrderId).collect();
+    let stale: Vec<OrderId> = stale.into_iter().map(|(order, _)| order).collect();
     let outcome = commerce
         .transition_orders_in(
             &mut tx,
@@ -506,21 +523,9 @@ pub async fn reconcile_failures(
     grace: Duration,
 ) -> anyhow::Result<Vec<OrderId>> {
     let mut tx = pool.begin().await?;
-    let failed: Vec<(uuid::Uuid, Option<String>)> = sqlx::query_as(
-        "SELECT o.id, p.last_error FROM commerce.orders o \
-         JOIN payment.payments p ON p.order_id = o.id \
-         WHERE o.status = 'CREATED' AND o.updated_at < now() - make_interval(secs => $1) \
-           AND p.status IN ('declined', 'failed') AND NOT p.cancel_requested \
-           AND p.updated_at < now() - make_interval(secs => $1) \
-         ORDER BY o.updated_at LIMIT $2",
-    )
-    .bind(grace.as_secs_f64())
-    .bind(RECONCILE_BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
+    let failed = unheard_answers(&mut tx, grace, &["declined", "failed"]).await?;
     let mut cancelled = Vec::with_capacity(failed.len());
     for (order, raw) in failed {
-        let order = OrderId(order);
         let cleaned = reason_text(raw.as_deref().unwrap_or_default());
         let reason = format!("payment failed: {cleaned}");
         // Re-decided under the order's row lock: one that moved on meanwhile is left alone.
@@ -585,12 +590,8 @@ mod tests {
         }
     }
 
-    /// A broker that lost a `payment.approved` delivery (tansu 0.6 under load, in the
-    /// services-apart mode): the order moves on from the payment's record once the grace is
-    /// over, with its saga step, once; a payment approved just now (its event may still
-    /// come), one still being charged and one whose cancellation was asked are left alone.
-    #[tokio::test]
-    async fn an_approved_payment_whose_event_never_arrived_moves_its_order_on() {
+    /// A shop with `stock` of product 1 (450 each) and the payment service's tables.
+    async fn shop_with_payments(stock: i64) -> (TestDb, Commerce) {
         let db = TestDb::new(&[
             &commerce_core::MIGRATOR,
             &commerce_outbox::MIGRATOR,
@@ -599,9 +600,66 @@ mod tests {
         .await;
         let commerce = Commerce::builder(db.pool().clone()).build();
         commerce
-            .create_product(NewProduct::new(ProductId(1), "mug").price(450).stock(10))
+            .create_product(NewProduct::new(ProductId(1), "mug").price(450).stock(stock))
             .await
             .unwrap();
+        (db, commerce)
+    }
+
+    /// The payment service's row for `order` as it would stand `age` seconds after it was
+    /// settled with `status`, the order last changed a second before.
+    async fn settled_payment(
+        pool: &PgPool,
+        order: OrderId,
+        status: &str,
+        cancel_requested: bool,
+        age: u32,
+        last_error: Option<&str>,
+    ) {
+        sqlx::query(
+            "INSERT INTO payment.payments
+                 (order_id, amount, currency, status, cancel_requested, charge_id, last_error,
+                  updated_at)
+             VALUES ($1, 450, 'EUR', $2, $3, 'ch_1', $4, now() - make_interval(secs => $5))",
+        )
+        .bind(order.0)
+        .bind(status)
+        .bind(cancel_requested)
+        .bind(last_error)
+        .bind(f64::from(age))
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "UPDATE commerce.orders SET updated_at = now() - make_interval(secs => $2)
+             WHERE id = $1",
+        )
+        .bind(order.0)
+        .bind(f64::from(age + 1))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    /// The saga log's last step of `order` (step, status).
+    async fn last_step(pool: &PgPool, order: OrderId) -> Option<(String, String)> {
+        sqlx::query_as(
+            "SELECT step, status FROM commerce_outbox.saga_log WHERE saga_id = $1
+             ORDER BY entry_id DESC LIMIT 1",
+        )
+        .bind(order.to_string())
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    }
+
+    /// A broker that lost a `payment.approved` delivery (tansu 0.6 under load, in the
+    /// services-apart mode): the order moves on from the payment's record once the grace is
+    /// over, with its saga step, once; a payment approved just now (its event may still
+    /// come), one still being charged and one whose cancellation was asked are left alone.
+    #[tokio::test]
+    async fn an_approved_payment_whose_event_never_arrived_moves_its_order_on() {
+        let (db, commerce) = shop_with_payments(10).await;
         let lost = place(&commerce, "lost").await;
         let fresh = place(&commerce, "fresh").await;
         let charging = place(&commerce, "charging").await;
@@ -612,27 +670,7 @@ mod tests {
             (charging, "charging", false, 20),
             (cancelling, "approved", true, 20),
         ] {
-            sqlx::query(
-                "INSERT INTO payment.payments
-                     (order_id, amount, currency, status, cancel_requested, charge_id, updated_at)
-                 VALUES ($1, 450, 'EUR', $2, $3, 'ch_1', now() - make_interval(secs => $4))",
-            )
-            .bind(order.0)
-            .bind(status)
-            .bind(cancel)
-            .bind(f64::from(age))
-            .execute(db.pool())
-            .await
-            .unwrap();
-            sqlx::query(
-                "UPDATE commerce.orders SET updated_at = now() - make_interval(secs => $2)
-                 WHERE id = $1",
-            )
-            .bind(order.0)
-            .bind(f64::from(age + 1))
-            .execute(db.pool())
-            .await
-            .unwrap();
+            settled_payment(db.pool(), order, status, cancel, age, None).await;
         }
         let grace = Duration::from_secs(10);
         let moved = reconcile_approvals(&commerce, db.pool(), grace)
@@ -647,17 +685,9 @@ mod tests {
         ] {
             assert_eq!(commerce.order(order).await.unwrap().status, status);
         }
-        let steps: Vec<(String, String)> = sqlx::query_as(
-            "SELECT step, status FROM commerce_outbox.saga_log WHERE saga_id = $1
-             ORDER BY entry_id",
-        )
-        .bind(lost.to_string())
-        .fetch_all(db.pool())
-        .await
-        .unwrap();
         assert_eq!(
-            steps.last(),
-            Some(&("payment_approved".to_owned(), "completed".to_owned()))
+            last_step(db.pool(), lost).await,
+            Some(("payment_approved".to_owned(), "completed".to_owned()))
         );
         // Once: the next round finds nothing.
         let again = reconcile_approvals(&commerce, db.pool(), grace)
@@ -673,17 +703,7 @@ mod tests {
     /// alone.
     #[tokio::test]
     async fn a_failed_payment_whose_event_never_arrived_cancels_its_order() {
-        let db = TestDb::new(&[
-            &commerce_core::MIGRATOR,
-            &commerce_outbox::MIGRATOR,
-            &crate::MIGRATOR,
-        ])
-        .await;
-        let commerce = Commerce::builder(db.pool().clone()).build();
-        commerce
-            .create_product(NewProduct::new(ProductId(1), "mug").price(450).stock(5))
-            .await
-            .unwrap();
+        let (db, commerce) = shop_with_payments(5).await;
         let declined = place(&commerce, "declined").await;
         let refused = place(&commerce, "refused").await;
         let fresh = place(&commerce, "fresh").await;
@@ -695,35 +715,14 @@ mod tests {
                 "declined",
                 false,
                 21,
-                "card declined\nby the issuer",
+                Some("card declined\nby the issuer"),
             ),
-            (refused, "failed", false, 20, "invalid card"),
-            (fresh, "declined", false, 0, "card declined"),
-            (approved, "approved", false, 20, ""),
-            (cancelling, "declined", true, 20, "card declined"),
+            (refused, "failed", false, 20, Some("invalid card")),
+            (fresh, "declined", false, 0, Some("card declined")),
+            (approved, "approved", false, 20, None),
+            (cancelling, "declined", true, 20, Some("card declined")),
         ] {
-            sqlx::query(
-                "INSERT INTO payment.payments
-                     (order_id, amount, currency, status, cancel_requested, last_error, updated_at)
-                 VALUES ($1, 450, 'EUR', $2, $3, $4, now() - make_interval(secs => $5))",
-            )
-            .bind(order.0)
-            .bind(status)
-            .bind(cancel)
-            .bind(error)
-            .bind(f64::from(age))
-            .execute(db.pool())
-            .await
-            .unwrap();
-            sqlx::query(
-                "UPDATE commerce.orders SET updated_at = now() - make_interval(secs => $2)
-                 WHERE id = $1",
-            )
-            .bind(order.0)
-            .bind(f64::from(age + 1))
-            .execute(db.pool())
-            .await
-            .unwrap();
+            settled_payment(db.pool(), order, status, cancel, age, error).await;
         }
         let grace = Duration::from_secs(10);
         let cancelled = reconcile_failures(&commerce, db.pool(), grace)
@@ -745,17 +744,9 @@ mod tests {
             "payment failed: card declined by the issuer"
         );
         assert_eq!(commerce.stock(ProductId(1)).await.unwrap().available, 2);
-        let steps: Vec<(String, String)> = sqlx::query_as(
-            "SELECT step, status FROM commerce_outbox.saga_log WHERE saga_id = $1
-             ORDER BY entry_id",
-        )
-        .bind(refused.to_string())
-        .fetch_all(db.pool())
-        .await
-        .unwrap();
         assert_eq!(
-            steps.last(),
-            Some(&("payment_failed".to_owned(), "compensated".to_owned()))
+            last_step(db.pool(), refused).await,
+            Some(("payment_failed".to_owned(), "compensated".to_owned()))
         );
         // Once: the next round finds nothing; the late event is ignored.
         let again = reconcile_failures(&commerce, db.pool(), grace)

@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use commerce_core::OrderStatus;
-use commerce_outbox::saga::{record_saga_step, record_saga_steps, SagaStatus, SagaStepRecord};
+use commerce_outbox::saga::{record_saga_step, SagaStatus};
 use commerce_outbox::{Envelope, EventHandler, HandlerError, UnprocessableEvent};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use super::store;
-use super::worker::settle_without_charge;
+use super::worker::{record_payments, PaymentRequest};
 use crate::services::contracts::{
     OrderCancelled, OrderCreated, OrderPlaced, ORDER_CANCELLED, ORDER_CREATED, ORDER_PLACED, SAGA,
 };
@@ -78,33 +77,32 @@ impl OrderEvents {
         let Some(order) = self.charge_of(envelope)? else {
             return Ok(());
         };
-        let saga_id = order.order_id.to_string();
-        let recorded = store::record(
-            conn,
-            order.order_id,
-            order.amount,
-            &order.currency,
-            envelope.traceparent.as_deref(),
-        )
-        .await?;
-        if !recorded {
-            return Ok(());
+        self.record(conn, &[(envelope, order)]).await
+    }
+
+    /// Records the payments of saga starts (see [`record_payments`]) and wakes the worker
+    /// when one waits for a charge.
+    async fn record(
+        &self,
+        conn: &mut PgConnection,
+        starts: &[(&Envelope, OrderCreated)],
+    ) -> Result<(), HandlerError> {
+        let requests: Vec<PaymentRequest<'_>> = starts
+            .iter()
+            .map(|(envelope, order)| PaymentRequest {
+                order: order.order_id,
+                amount: order.amount,
+                currency: &order.currency,
+                traceparent: envelope.traceparent.as_deref(),
+                event_id: Some(envelope.id),
+            })
+            .collect();
+        if record_payments(conn, &self.topic, &requests, None)
+            .await?
+            .to_charge
+        {
+            self.wake.notify_one();
         }
-        if order.amount == 0 {
-            settle_without_charge(conn, &self.topic, order.order_id, Some(envelope.id)).await?;
-            return Ok(());
-        }
-        record_saga_step(
-            conn,
-            SAGA,
-            &saga_id,
-            "payment_recorded",
-            SagaStatus::Started,
-            Some(envelope.id),
-            None,
-        )
-        .await?;
-        self.wake.notify_one();
         Ok(())
     }
 
@@ -143,43 +141,13 @@ impl OrderEvents {
         if envelopes.is_empty() {
             return Ok(());
         }
-        let mut orders = Vec::with_capacity(envelopes.len());
+        let mut starts = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
-            let Some(order) = self.charge_of(envelope)? else {
-                continue;
-            };
-            orders.push((envelope.id, order, envelope.traceparent.as_deref()));
-        }
-        let rows: Vec<(Uuid, i64, &str, Option<&str>)> = orders
-            .iter()
-            .map(|(_, o, trace)| (o.order_id, o.amount, o.currency.as_str(), *trace))
-            .collect();
-        let recorded = store::record_all(conn, &rows).await?;
-        let mut steps = Vec::with_capacity(recorded.len());
-        let mut to_charge = false;
-        for (event_id, order, _) in &orders {
-            if !recorded.contains(&order.order_id) {
-                continue;
+            if let Some(order) = self.charge_of(envelope)? {
+                starts.push((*envelope, order));
             }
-            if order.amount == 0 {
-                // Rare: settled on its own, as `created` does.
-                settle_without_charge(conn, &self.topic, order.order_id, Some(*event_id)).await?;
-                continue;
-            }
-            to_charge = true;
-            steps.push(SagaStepRecord {
-                saga_id: order.order_id.to_string(),
-                step: "payment_recorded",
-                status: SagaStatus::Started,
-                event_id: Some(*event_id),
-                detail: None,
-            });
         }
-        record_saga_steps(conn, SAGA, &steps).await?;
-        if to_charge {
-            self.wake.notify_one();
-        }
-        Ok(())
+        self.record(conn, &starts).await
     }
 }
 
@@ -242,6 +210,7 @@ mod tests {
     use commerce_core::{CoreEvent, OrderId, OrderLine, ProductId, ShortagePolicy};
     use commerce_outbox::EventId;
     use commerce_testkit::TestDb;
+    use uuid::Uuid;
 
     use super::*;
 

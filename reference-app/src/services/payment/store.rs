@@ -161,23 +161,10 @@ pub(super) struct Settle<'a> {
     pub(super) may_have_charged: bool,
 }
 
-/// Records a payment to take for `order`, on the consumer's connection; `false` when it
-/// exists already (a redelivered event). An amount of 0 is settled at once as approved
-/// without a gateway call (there is nothing to take, and gateways refuse such charges).
-pub(super) async fn record(
-    conn: &mut PgConnection,
-    order: Uuid,
-    amount: i64,
-    currency: &str,
-    traceparent: Option<&str>,
-) -> Result<bool, StoreError> {
-    Ok(record_all(conn, &[(order, amount, currency, traceparent)])
-        .await?
-        .contains(&order))
-}
-
-/// [`record`] for many orders (order, amount, currency, trace context of its event) in one
-/// statement; returns the orders recorded now (the others exist already: redelivered events).
+/// Records the payments to take for many orders (order, amount, currency, trace context of
+/// its event) in one statement; returns the orders recorded now (the others exist already:
+/// redelivered events). An amount of 0 is recorded approved: there is nothing to take, and
+/// gateways refuse such charges.
 pub(super) async fn record_all(
     conn: &mut PgConnection,
     payments: &[(Uuid, i64, &str, Option<&str>)],

@@ -689,43 +689,97 @@ pub(super) async fn record_unheard(
     }
     let ids: Vec<OrderId> = unheard.into_iter().map(OrderId).collect();
     let totals = Commerce::order_totals_in(&mut tx, &ids).await?;
-    let rows: Vec<(Uuid, i64, &str, Option<&str>)> = totals
+    let requests: Vec<PaymentRequest<'_>> = totals
         .iter()
-        .map(|t| (t.order.0, t.total, currency, None))
-        .collect();
-    let recorded = store::record_all(&mut tx, &rows).await?;
-    let mut steps = Vec::with_capacity(recorded.len());
-    let mut moved = Vec::with_capacity(recorded.len());
-    for total in totals.iter().filter(|t| recorded.contains(&t.order.0)) {
-        moved.push(total.order.0);
-        if total.total == 0 {
-            settle_without_charge(&mut tx, topic, total.order.0, None).await?;
-            continue;
-        }
-        steps.push(SagaStepRecord {
-            saga_id: total.order.to_string(),
-            step: "payment_recorded",
-            status: SagaStatus::Started,
+        .map(|t| PaymentRequest {
+            order: t.order.0,
+            amount: t.total,
+            currency,
+            traceparent: None,
             event_id: None,
-            detail: Some(
-                "reconciliation: the order was CREATED without its event reaching the payment \
-                 service"
-                    .into(),
-            ),
-        });
-    }
-    record_saga_steps(&mut tx, SAGA, &steps).await?;
+        })
+        .collect();
+    let recorded = record_payments(
+        &mut tx,
+        topic,
+        &requests,
+        Some(
+            "reconciliation: the order was CREATED without its event reaching the payment \
+             service",
+        ),
+    )
+    .await?;
     tx.commit().await?;
     metrics::counter!("payment_reconciled_total", "found" => "placed")
-        .increment(moved.len() as u64);
-    for order in &moved {
+        .increment(recorded.orders.len() as u64);
+    for order in &recorded.orders {
         tracing::warn!(
             %order,
             "an order was CREATED but its event never reached the payment service: its payment \
              is recorded by the reconciliation"
         );
     }
-    Ok(moved)
+    Ok(recorded.orders)
+}
+
+/// A payment a saga start asks for: an order's total, and the event that asked, if one did
+/// (the reconciliation has none).
+pub(super) struct PaymentRequest<'a> {
+    pub order: Uuid,
+    pub amount: i64,
+    pub currency: &'a str,
+    /// The trace context of the event that asked, carried on to the gateway call.
+    pub traceparent: Option<&'a str>,
+    pub event_id: Option<EventId>,
+}
+
+/// What [`record_payments`] did.
+pub(super) struct Recorded {
+    /// The orders whose payment was recorded now, in the requests' order (the others had one
+    /// already: a redelivered event, or an event arriving after the reconciliation).
+    pub orders: Vec<Uuid>,
+    /// Whether one of them waits for a charge (the worker has work).
+    pub to_charge: bool,
+}
+
+/// Records the payments saga starts ask for, in the caller's transaction, in one insert:
+/// each new one gets its `payment_recorded` saga step (with `detail`), and one of amount 0 is
+/// settled at once ([`settle_without_charge`]). The one path of `order.created`,
+/// `order.placed` and the reconciliation of a placement never heard.
+pub(super) async fn record_payments(
+    conn: &mut PgConnection,
+    topic: &str,
+    requests: &[PaymentRequest<'_>],
+    detail: Option<&str>,
+) -> Result<Recorded, StoreError> {
+    let rows: Vec<(Uuid, i64, &str, Option<&str>)> = requests
+        .iter()
+        .map(|r| (r.order, r.amount, r.currency, r.traceparent))
+        .collect();
+    let inserted = store::record_all(conn, &rows).await?;
+    let mut recorded = Recorded {
+        orders: Vec::with_capacity(inserted.len()),
+        to_charge: false,
+    };
+    let mut steps = Vec::with_capacity(inserted.len());
+    for request in requests.iter().filter(|r| inserted.contains(&r.order)) {
+        recorded.orders.push(request.order);
+        if request.amount == 0 {
+            // Rare: nothing to charge, settled on its own.
+            settle_without_charge(conn, topic, request.order, request.event_id).await?;
+            continue;
+        }
+        recorded.to_charge = true;
+        steps.push(SagaStepRecord {
+            saga_id: request.order.to_string(),
+            step: "payment_recorded",
+            status: SagaStatus::Started,
+            event_id: request.event_id,
+            detail: detail.map(str::to_owned),
+        });
+    }
+    record_saga_steps(conn, SAGA, &steps).await?;
+    Ok(recorded)
 }
 
 /// Settles the payment of an order of nothing to take (recorded `approved`, amount 0): its
@@ -1064,9 +1118,12 @@ mod tests {
             .transition_order(cancelled, OrderStatus::Cancelled, "customer")
             .await
             .unwrap();
-        store::record(&mut pool.acquire().await.unwrap(), paid.0, 450, "KRW", None)
-            .await
-            .unwrap();
+        store::record_all(
+            &mut pool.acquire().await.unwrap(),
+            &[(paid.0, 450, "KRW", None)],
+        )
+        .await
+        .unwrap();
         for (order, age) in [
             (lost, 20),
             (free, 20),
@@ -1159,9 +1216,12 @@ mod tests {
             .await
             .unwrap();
         assert!(again.is_empty(), "{again:?}");
-        let late = store::record(&mut pool.acquire().await.unwrap(), lost.0, 900, "KRW", None)
-            .await
-            .unwrap();
-        assert!(!late);
+        let late = store::record_all(
+            &mut pool.acquire().await.unwrap(),
+            &[(lost.0, 900, "KRW", None)],
+        )
+        .await
+        .unwrap();
+        assert!(late.is_empty(), "{late:?}");
     }
 }
