@@ -160,6 +160,31 @@ pub struct OrderCancelled {
     pub reason: String,
 }
 
+/// Test fixture: commerce-core's `order.placed` for `order` placed by `alice` with `status`,
+/// one line per entry of `lines` (quantity, allocated, unit price) on products 1, 2, ...
+#[cfg(test)]
+pub(crate) fn placed_by_alice(
+    order: commerce_core::OrderId,
+    status: OrderStatus,
+    lines: &[(i64, i64, i64)],
+) -> commerce_core::CoreEvent {
+    commerce_core::CoreEvent::OrderPlaced {
+        order,
+        user_id: "alice".into(),
+        status,
+        policy: commerce_core::ShortagePolicy::Backorder,
+        lines: (1..)
+            .zip(lines)
+            .map(|(product, &(quantity, allocated, unit_price))| OrderLine {
+                product: commerce_core::ProductId(product),
+                quantity,
+                allocated,
+                unit_price,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

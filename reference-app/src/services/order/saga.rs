@@ -821,25 +821,16 @@ mod tests {
     /// says the amount, the sum of its lines saturating as `Order::total` does.
     #[tokio::test]
     async fn a_placed_order_starts_the_saga_with_its_placement_event() {
-        use commerce_core::{OrderLine, ProductId, ShortagePolicy};
+        use crate::services::contracts::placed_by_alice;
         let (db, _commerce) = shop(5).await;
-        let line = |product: i64, quantity: i64, unit_price: i64| OrderLine {
-            product: ProductId(product),
-            quantity,
-            allocated: quantity,
-            unit_price,
-        };
-        let placed = |order: OrderId, lines: Vec<OrderLine>| CoreEvent::OrderPlaced {
-            order,
-            user_id: "alice".into(),
-            status: OrderStatus::Created,
-            policy: ShortagePolicy::Reject,
-            lines,
-        };
         let (cheap, dear) = (OrderId(uuid::Uuid::now_v7()), OrderId(uuid::Uuid::now_v7()));
         let events = [
-            placed(dear, vec![line(1, 2, i64::MAX / 2), line(2, 1, 7)]),
-            placed(cheap, vec![line(1, 3, 450), line(2, 1, 7)]),
+            placed_by_alice(
+                dear,
+                OrderStatus::Created,
+                &[(2, 2, i64::MAX / 2), (1, 1, 7)],
+            ),
+            placed_by_alice(cheap, OrderStatus::Created, &[(3, 3, 450), (1, 1, 7)]),
         ];
         let mut tx = db.pool().begin().await.unwrap();
         SagaStart::new("EUR", "orders")

@@ -207,31 +207,17 @@ impl EventHandler for OrderEvents {
 
 #[cfg(test)]
 mod tests {
-    use commerce_core::{CoreEvent, OrderId, OrderLine, ProductId, ShortagePolicy};
+    use commerce_core::OrderId;
     use commerce_outbox::EventId;
     use commerce_testkit::TestDb;
     use uuid::Uuid;
 
     use super::*;
+    use crate::services::contracts::placed_by_alice;
 
     fn placed(order: Uuid, status: OrderStatus, lines: &[(i64, i64, i64)]) -> Envelope {
         // commerce-core's own event, as its outbox hook writes it.
-        let event = CoreEvent::OrderPlaced {
-            order: OrderId(order),
-            user_id: "alice".into(),
-            status,
-            policy: ShortagePolicy::Backorder,
-            lines: lines
-                .iter()
-                .enumerate()
-                .map(|(i, &(quantity, allocated, unit_price))| OrderLine {
-                    product: ProductId(i64::try_from(i).unwrap() + 1),
-                    quantity,
-                    allocated,
-                    unit_price,
-                })
-                .collect(),
-        };
+        let event = placed_by_alice(OrderId(order), status, lines);
         Envelope {
             id: EventId(Uuid::now_v7()),
             event_type: event.event_type().into(),
