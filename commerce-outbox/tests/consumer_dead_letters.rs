@@ -282,6 +282,14 @@ async fn an_unprocessable_event_is_set_aside_and_the_events_behind_it_are_applie
     );
     assert!(in_inbox(db.pool(), bad).await, "a redelivery is skipped");
 
+    // The consumer counts an event after its commit, a moment after the row is visible.
+    let consumer_ref = &consumer;
+    eventually(
+        Duration::from_secs(10),
+        "the consumer to count 2",
+        || async move { consumer_ref.stats().applied == 2 },
+    )
+    .await;
     let stats = consumer.stats();
     assert_eq!(
         (
@@ -327,6 +335,13 @@ async fn a_transient_failure_is_retried_and_applied_once_the_handler_succeeds(ki
     })
     .await;
     assert_eq!(applied(db.pool()).await["order"], vec![0, 1], "in order");
+    let consumer_ref = &consumer;
+    eventually(
+        Duration::from_secs(10),
+        "the consumer to count 2",
+        || async move { consumer_ref.stats().applied == 2 },
+    )
+    .await;
     let stats = consumer.stats();
     assert_eq!(
         (stats.applied, stats.failures, stats.dead_lettered),

@@ -338,6 +338,14 @@ async fn an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_
         error.contains(&missing),
         "the error names the topic: {error}"
     );
+    // Counted after the batch's commit, a moment after the row reads dead.
+    let relay_ref = &relay;
+    eventually(
+        Duration::from_secs(10),
+        "the relay to count it",
+        || async move { relay_ref.metrics().await.unwrap().dead_lettered_total == 1 },
+    )
+    .await;
     let metrics = relay.metrics().await.unwrap();
     assert_eq!(metrics.dead_lettered_total, 1);
     assert_eq!(metrics.outbox.pending, 0);

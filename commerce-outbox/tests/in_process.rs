@@ -487,11 +487,13 @@ async fn a_group_that_never_answers_costs_no_attempt_and_everything_shuts_down_i
         async || first.metrics().await.unwrap().unavailable_total > 0,
     )
     .await;
-    assert_eq!(
-        effects.stats().applied,
-        10,
-        "the awake group applied everything"
-    );
+    // The sleeper's 1 s deadline says nothing of the awake group's pace on a busy machine.
+    until(
+        "the awake group to apply everything",
+        Duration::from_secs(30),
+        async || effects.stats().applied == 10,
+    )
+    .await;
     let stats = outbox_stats(db.pool()).await.unwrap();
     assert_eq!(
         stats.pending, 10,

@@ -196,6 +196,14 @@ async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate(kind: 
     for (aggregate, versions) in &order {
         assert_eq!(versions, &expected, "{aggregate} out of commit order");
     }
+    // A relay counts its events after its commit, a moment after the probe has them.
+    let (ra, rb) = (&relay_a, &relay_b);
+    eventually(
+        Duration::from_secs(10),
+        "both relays to count",
+        || async move { ra.published_total() + rb.published_total() == total as u64 },
+    )
+    .await;
     let a = relay_a.metrics().await.unwrap();
     let b = relay_b.metrics().await.unwrap();
     assert_eq!(a.published_total + b.published_total, total as u64);
@@ -320,7 +328,14 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
         inspect_event(db.pool(), held).await.unwrap().status,
         "pending"
     );
-    assert_eq!(strict.metrics().await.unwrap().dead_lettered_total, 1);
+    // Counted after the batch's commit, a moment after the row reads dead.
+    let strict_ref = &strict;
+    eventually(
+        Duration::from_secs(10),
+        "the relay to count it",
+        || async move { strict_ref.metrics().await.unwrap().dead_lettered_total == 1 },
+    )
+    .await;
 
     dlq.wait_count(1, Duration::from_secs(45)).await;
     let delivery = &dlq.received()[0];

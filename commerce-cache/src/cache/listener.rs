@@ -71,8 +71,9 @@ pub(super) async fn run<V: CacheValue>(
                 inner.apply_version(&notice.key, notice.version, None).await;
             }
             Some(BusEvent::Resync) => {
-                bump(&inner.counters.resyncs);
+                // Counted once L1 is dropped: whoever sees the count sees the drop.
                 inner.drop_l1();
+                bump(&inner.counters.resyncs);
                 inner.repair().await;
             }
             None => {
