@@ -21,7 +21,7 @@ use commerce_outbox::{
     UnprocessableEvent, MIGRATOR,
 };
 use commerce_testkit::{unique_name, within, TestDb};
-use common::{eventually, Kind, Transports};
+use common::{eventually, until_consumers_count, Kind, Transports};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -282,14 +282,7 @@ async fn an_unprocessable_event_is_set_aside_and_the_events_behind_it_are_applie
     );
     assert!(in_inbox(db.pool(), bad).await, "a redelivery is skipped");
 
-    // The consumer counts an event after its commit, a moment after the row is visible.
-    let consumer_ref = &consumer;
-    eventually(
-        Duration::from_secs(10),
-        "the consumer to count 2",
-        || async move { consumer_ref.stats().applied == 2 },
-    )
-    .await;
+    until_consumers_count(&[&consumer], 2).await;
     let stats = consumer.stats();
     assert_eq!(
         (
@@ -335,13 +328,7 @@ async fn a_transient_failure_is_retried_and_applied_once_the_handler_succeeds(ki
     })
     .await;
     assert_eq!(applied(db.pool()).await["order"], vec![0, 1], "in order");
-    let consumer_ref = &consumer;
-    eventually(
-        Duration::from_secs(10),
-        "the consumer to count 2",
-        || async move { consumer_ref.stats().applied == 2 },
-    )
-    .await;
+    until_consumers_count(&[&consumer], 2).await;
     let stats = consumer.stats();
     assert_eq!(
         (stats.applied, stats.failures, stats.dead_lettered),

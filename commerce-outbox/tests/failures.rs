@@ -12,7 +12,10 @@ use commerce_outbox::{
     TopicSettings, MIGRATOR,
 };
 use commerce_testkit::{unique_name, within, PrivateBroker, TestDb};
-use common::{commit_event, eventually, Kind, Probe, Reader, RecordEffect, Transports, PARTITIONS};
+use common::{
+    commit_event, eventually, until_relays_count, Kind, Probe, Reader, RecordEffect, Transports,
+    PARTITIONS,
+};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
@@ -338,14 +341,7 @@ async fn an_event_for_a_missing_topic_is_dead_lettered_while_the_others_flow_at_
         error.contains(&missing),
         "the error names the topic: {error}"
     );
-    // Counted after the batch's commit, a moment after the row reads dead.
-    let relay_ref = &relay;
-    eventually(
-        Duration::from_secs(10),
-        "the relay to count it",
-        || async move { relay_ref.metrics().await.unwrap().dead_lettered_total == 1 },
-    )
-    .await;
+    until_relays_count(&[&relay], |m| m.dead_lettered_total, 1).await;
     let metrics = relay.metrics().await.unwrap();
     assert_eq!(metrics.dead_lettered_total, 1);
     assert_eq!(metrics.outbox.pending, 0);

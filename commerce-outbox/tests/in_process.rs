@@ -20,6 +20,7 @@ use commerce_outbox::{
     NewEvent, Relay, RelayBuilder, RelayHandle, MIGRATOR,
 };
 use commerce_testkit::{unique_name, within, TestDb};
+use common::until_consumers_count;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
@@ -286,14 +287,7 @@ async fn a_failing_handler_holds_its_aggregates_later_events_and_order_is_kept()
     until_applied(db.pool(), "every event applied", 25).await;
     assert_each_applied_in_order_once(db.pool(), "stock", &aggregates).await;
     assert_eq!(failures_left.load(Ordering::SeqCst), 0);
-    // The consumer counts an event once its transaction committed: a moment after the test
-    // can see the row.
-    until(
-        "the consumer to count 25",
-        Duration::from_secs(10),
-        async || consumer.stats().applied == 25,
-    )
-    .await;
+    until_consumers_count(&[&consumer], 25).await;
     let stats = consumer.stats();
     assert_eq!(stats.refused, 2, "handed back twice: {stats:?}");
     assert_eq!(stats.applied, 25);
@@ -345,12 +339,7 @@ async fn a_batching_consumer_applies_each_event_once_in_order_in_fewer_transacti
         transactions < 50,
         "{transactions} transactions for 50 events"
     );
-    until(
-        "the consumer to count 50",
-        Duration::from_secs(10),
-        async || consumer.stats().applied == 50,
-    )
-    .await;
+    until_consumers_count(&[&consumer], 50).await;
     let stats = consumer.stats();
     assert_eq!(stats.applied, 50, "{stats:?}");
     // The failed batch's try uses up one of the scripted failures too.
@@ -379,14 +368,7 @@ async fn every_group_gets_every_event_and_members_of_a_group_share_them() {
     for group in ["billing", "shipping"] {
         assert_each_applied_in_order_once(db.pool(), group, &aggregates).await;
     }
-    until(
-        "the consumers to count 200",
-        Duration::from_secs(10),
-        async || {
-            billing_1.stats().applied + billing_2.stats().applied + shipping.stats().applied == 200
-        },
-    )
-    .await;
+    until_consumers_count(&[&billing_1, &billing_2, &shipping], 200).await;
     let (one, two) = (billing_1.stats(), billing_2.stats());
     assert_eq!(one.applied + two.applied, 100);
     assert!(

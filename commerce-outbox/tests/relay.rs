@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use commerce_outbox::{enqueue, outbox_stats, Backoff, EventTransport, NewEvent, Relay, MIGRATOR};
 use commerce_testkit::TestDb;
-use common::{commit_event, dead_letters, eventually, order_of, Kind, Probe, Transports};
+use common::{
+    commit_event, dead_letters, eventually, order_of, until_relays_count, Kind, Probe, Transports,
+};
 use serde_json::json;
 
 on_both_transports!(
@@ -96,13 +98,7 @@ async fn rolled_back_events_never_exist_and_committed_ones_arrive_once_in_commit
     }
 
     // The probe can hold an event before the relay has marked it published and counted it.
-    let (relay_ref, want) = (&relay, committed.len() as u64);
-    eventually(
-        Duration::from_secs(10),
-        "every event marked published",
-        || async move { relay_ref.published_total() == want },
-    )
-    .await;
+    until_relays_count(&[&relay], |m| m.published_total, committed.len() as u64).await;
     let metrics = relay.metrics().await.unwrap();
     assert_eq!(metrics.published_total, committed.len() as u64);
     assert_eq!(metrics.outbox.pending, 0);
@@ -196,14 +192,7 @@ async fn two_relays_publish_each_event_once_in_commit_order_per_aggregate(kind: 
     for (aggregate, versions) in &order {
         assert_eq!(versions, &expected, "{aggregate} out of commit order");
     }
-    // A relay counts its events after its commit, a moment after the probe has them.
-    let (ra, rb) = (&relay_a, &relay_b);
-    eventually(
-        Duration::from_secs(10),
-        "both relays to count",
-        || async move { ra.published_total() + rb.published_total() == total as u64 },
-    )
-    .await;
+    until_relays_count(&[&relay_a, &relay_b], |m| m.published_total, total as u64).await;
     let a = relay_a.metrics().await.unwrap();
     let b = relay_b.metrics().await.unwrap();
     assert_eq!(a.published_total + b.published_total, total as u64);
@@ -328,14 +317,7 @@ async fn a_poison_event_is_dead_lettered_while_others_flow_and_replay_publishes_
         inspect_event(db.pool(), held).await.unwrap().status,
         "pending"
     );
-    // Counted after the batch's commit, a moment after the row reads dead.
-    let strict_ref = &strict;
-    eventually(
-        Duration::from_secs(10),
-        "the relay to count it",
-        || async move { strict_ref.metrics().await.unwrap().dead_lettered_total == 1 },
-    )
-    .await;
+    until_relays_count(&[&strict], |m| m.dead_lettered_total, 1).await;
 
     dlq.wait_count(1, Duration::from_secs(45)).await;
     let delivery = &dlq.received()[0];

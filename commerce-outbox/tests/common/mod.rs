@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use commerce_outbox::{
-    decode_envelope, enqueue, ensure_topics, Delivery, DeliveryContent, Envelope, EventId,
-    EventTransport, InProcessTransport, KafkaTransport, KafkaTransportBuilder, NewEvent,
-    TopicSettings,
+    decode_envelope, enqueue, ensure_topics, ConsumerHandle, Delivery, DeliveryContent, Envelope,
+    EventId, EventTransport, InProcessTransport, KafkaTransport, KafkaTransportBuilder, NewEvent,
+    RelayHandle, RelayMetrics, TopicSettings,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -400,6 +400,40 @@ where
         commerce_testkit::eventually(timeout, condition).await,
         "timed out waiting for {what}"
     );
+}
+
+/// Waits (up to 10 s) until `consumers` have counted `applied` events applied between them.
+/// A consumer counts an event after its transaction commits, a moment after a test can see
+/// the event's rows: a test that saw them waits for the count before asserting on it.
+pub async fn until_consumers_count(consumers: &[&ConsumerHandle], applied: u64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("the consumers to count {applied} applied"),
+        || async move { consumers.iter().map(|c| c.stats().applied).sum::<u64>() == applied },
+    )
+    .await;
+}
+
+/// Waits (up to 10 s) until `counter` of `relays`' metrics adds up to `expected` between
+/// them. A relay counts a batch's events after its commit, a moment after a consumer has them
+/// or their rows read published or dead.
+pub async fn until_relays_count(
+    relays: &[&RelayHandle],
+    counter: fn(&RelayMetrics) -> u64,
+    expected: u64,
+) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("the relays to count {expected}"),
+        || async move {
+            let mut total = 0;
+            for relay in relays {
+                total += counter(&relay.metrics().await.unwrap());
+            }
+            total == expected
+        },
+    )
+    .await;
 }
 
 /// Shows the crate's log lines in a failing test's output (`RUST_LOG` overrides the level).
