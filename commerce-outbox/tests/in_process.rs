@@ -20,7 +20,7 @@ use commerce_outbox::{
     NewEvent, Relay, RelayBuilder, RelayHandle, MIGRATOR,
 };
 use commerce_testkit::{unique_name, within, TestDb};
-use common::until_consumers_count;
+use common::{eventually, until_consumers_count};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
@@ -213,23 +213,9 @@ async fn applied_count(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-/// Polls `check` every 10 ms until it holds; panics naming `what` after `timeout`.
-async fn until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let waited = tokio::time::timeout(timeout, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(
-        waited.is_ok(),
-        "timed out after {timeout:?} waiting for {what}"
-    );
-}
-
 /// Waits (up to 30 s, naming `what`) until `count` events are applied in all.
 async fn until_applied(pool: &PgPool, what: &str, count: i64) {
-    until(what, Duration::from_secs(30), async || {
+    eventually(Duration::from_secs(30), what, async || {
         applied_count(pool).await == count
     })
     .await;
@@ -303,9 +289,9 @@ async fn a_failing_handler_holds_its_aggregates_later_events_and_order_is_kept()
     assert_eq!(metrics.refused_total, 2);
     assert_eq!(metrics.dead_lettered_total, 0);
     let pool = db.pool().clone();
-    until(
-        "every event marked published",
+    eventually(
         Duration::from_secs(10),
+        "every event marked published",
         async || outbox_stats(&pool).await.unwrap().pending == 0,
     )
     .await;
@@ -405,9 +391,9 @@ async fn a_failing_handler_is_dead_lettered_while_the_others_flow_and_a_replay_a
 
     let pool = db.pool().clone();
     until_applied(&pool, "the good events applied", 200).await;
-    until(
-        "the failing event to be dead",
+    eventually(
         Duration::from_secs(30),
+        "the failing event to be dead",
         async || outbox_stats(&pool).await.unwrap().dead_letters == 1,
     )
     .await;
@@ -434,9 +420,9 @@ async fn a_failing_handler_is_dead_lettered_while_the_others_flow_and_a_replay_a
     until_applied(&pool, "the replayed aggregate applied", 203).await;
     assert_eq!(applied_by(db.pool(), "stock").await["lost"], vec![0, 1, 2]);
     // Applied comes first, then the acknowledgement, then the relay marks them published.
-    until(
-        "the replayed events marked published",
+    eventually(
         Duration::from_secs(10),
+        "the replayed events marked published",
         async || outbox_stats(&pool).await.unwrap().pending == 0,
     )
     .await;
@@ -463,16 +449,16 @@ async fn a_group_that_never_answers_costs_no_attempt_and_everything_shuts_down_i
     let first = spawn_relay(relay(&db, &transport));
 
     let pool = db.pool().clone();
-    until(
-        "the relay to see the sleeper time out",
+    eventually(
         Duration::from_secs(30),
+        "the relay to see the sleeper time out",
         async || first.metrics().await.unwrap().unavailable_total > 0,
     )
     .await;
     // The sleeper's 1 s deadline says nothing of the awake group's pace on a busy machine.
-    until(
-        "the awake group to apply everything",
+    eventually(
         Duration::from_secs(30),
+        "the awake group to apply everything",
         async || effects.stats().applied == 10,
     )
     .await;
@@ -498,9 +484,9 @@ async fn a_group_that_never_answers_costs_no_attempt_and_everything_shuts_down_i
         vec![("effects".to_owned(), 1)]
     );
     let second = spawn_relay(relay(&db, &transport));
-    until(
-        "the rows to be published",
+    eventually(
         Duration::from_secs(30),
+        "the rows to be published",
         async || outbox_stats(&pool).await.unwrap().pending == 0,
     )
     .await;
@@ -540,16 +526,16 @@ async fn a_consumer_stopped_mid_batch_hands_its_events_back_and_a_restart_applie
         Duration::from_secs(60),
     )));
     let pool = db.pool().clone();
-    until(
-        "a few events applied",
+    eventually(
         Duration::from_secs(30),
+        "a few events applied",
         async || applied_count(&pool).await >= 3,
     )
     .await;
     stop(slow.shutdown(), Duration::from_secs(5)).await;
-    until(
-        "the relay to get the events back",
+    eventually(
         Duration::from_secs(5),
+        "the relay to get the events back",
         async || first.metrics().await.unwrap().unavailable_total > 0,
     )
     .await;
@@ -559,7 +545,7 @@ async fn a_consumer_stopped_mid_batch_hands_its_events_back_and_a_restart_applie
 
     let restarted = consumer(&db, &transport, "effects", "effects", &topic, never());
     let second = spawn_relay(relay(&db, &transport));
-    until("every event applied", Duration::from_secs(30), async || {
+    eventually(Duration::from_secs(30), "every event applied", async || {
         outbox_stats(&pool).await.unwrap().pending == 0
     })
     .await;
@@ -643,7 +629,7 @@ async fn events_the_handler_does_not_act_on_are_acknowledged_without_an_inbox_ro
         let relay = spawn_relay(relay(&db, &transport));
 
         let pool = db.pool().clone();
-        until("no event pending", Duration::from_secs(30), async || {
+        eventually(Duration::from_secs(30), "no event pending", async || {
             outbox_stats(&pool).await.unwrap().pending == 0
         })
         .await;
@@ -743,9 +729,9 @@ async fn an_event_carries_its_trace_context_to_the_consumer_and_on() {
         let relay = spawn_relay(relay(&db, &transport));
 
         let pool = db.pool().clone();
-        until(
-            "the six follow-ups written and relayed",
+        eventually(
             Duration::from_secs(30),
+            "the six follow-ups written and relayed",
             async || {
                 let stats = outbox_stats(&pool).await.unwrap();
                 let follow_ups: i64 = sqlx::query_scalar(

@@ -1062,6 +1062,11 @@ async fn a_user_beyond_the_burst_gets_429_while_another_gets_through() {
     limited.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     let wait: u64 = limited.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{limited:#?}");
+    // The same body as the order service's own per-user limit.
+    assert_eq!(
+        limited.body["error"]["details"]["retry_after_seconds"], wait,
+        "{limited:#?}"
+    );
 
     let other = Client::send(client.get("/api/v1/products/1").bearer_auth(&bob)).await;
     assert_eq!(other.status, StatusCode::OK, "{other:#?}");

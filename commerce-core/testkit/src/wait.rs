@@ -5,12 +5,9 @@ use std::time::Duration;
 
 /// Polls `condition` every 10 ms until it holds or `timeout` passed; returns whether it held.
 ///
-/// For a plain (non-async) check pass `|| std::future::ready(check())`.
-pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+/// `condition` is an async closure (`async || ...`) or a closure returning a future (`||
+/// async { ... }`); for a plain (non-async) check pass `|| std::future::ready(check())`.
+pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if condition().await {

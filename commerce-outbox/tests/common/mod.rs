@@ -2,7 +2,6 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -391,11 +390,7 @@ pub fn arrival_order(received: &[Received]) -> HashMap<String, Vec<i64>> {
 }
 
 /// Polls `condition` until true or `timeout` (panics with `what`).
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+pub async fn eventually(timeout: Duration, what: &str, condition: impl AsyncFnMut() -> bool) {
     assert!(
         commerce_testkit::eventually(timeout, condition).await,
         "timed out waiting for {what}"

@@ -395,14 +395,7 @@ async fn admit(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     };
     if let Err(wait) = shared.rate.check(&key) {
         metrics::counter!("gateway_refused_total", "reason" => "rate_limited").increment(1);
-        return ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests from this user in a short time; retry after the time in \
-             Retry-After",
-        )
-        .retry_after(wait)
-        .into_response();
+        return ApiError::rate_limited("requests", wait).into_response();
     }
     match claims {
         Ok(_) => next.run(request).await,
@@ -479,8 +472,7 @@ async fn relay(shared: &Shared, upstream: Upstream, request: Request) -> (Respon
     loop {
         if pool.up() == 0 {
             metrics::counter!("gateway_refused_total", "reason" => "no_instance").increment(1);
-            let refused = ApiError::unavailable(format!("no {} instance is up", pool.name))
-                .retry_after(Duration::from_secs(1));
+            let refused = ApiError::unavailable_briefly(format!("no {} instance is up", pool.name));
             return (refused.into_response(), Outcome::Unknown);
         }
         let body = match (&held, once.take()) {
@@ -532,7 +524,7 @@ async fn relay(shared: &Shared, upstream: Upstream, request: Request) -> (Respon
         }
         if failed.connect {
             // Nothing reached an instance: the client may send it again.
-            let refused = ApiError::unavailable(failed).retry_after(Duration::from_secs(1));
+            let refused = ApiError::unavailable_briefly(failed);
             return (refused.into_response(), Outcome::Unknown);
         }
         let failed = ApiError::new(

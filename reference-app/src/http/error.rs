@@ -116,6 +116,13 @@ impl ApiError {
         .cause(cause)
     }
 
+    /// 503 `unavailable` with `Retry-After: 1`: nothing reached the dependency (it refused
+    /// the connection, or none is up), so the request may be sent again as it is.
+    #[must_use]
+    pub fn unavailable_briefly(cause: impl std::fmt::Display) -> Self {
+        Self::unavailable(cause).retry_after(std::time::Duration::from_secs(1))
+    }
+
     /// 503 `timeout`: the request took longer than the configured limit.
     #[must_use]
     pub fn timeout() -> Self {
@@ -170,14 +177,15 @@ impl ApiError {
         .details(json!({ "consumer": consumer, "known": known }))
     }
 
-    /// 429 `rate_limited`: the caller placed orders faster than their allowance; `wait` is
-    /// how long until the next is allowed (`Retry-After`).
+    /// 429 `rate_limited`: the caller sent `what` (`"orders"`, `"requests"`) faster than
+    /// their allowance; `wait` is how long until the next is allowed (`Retry-After`, and
+    /// `details.retry_after_seconds`).
     #[must_use]
-    pub fn rate_limited(wait: std::time::Duration) -> Self {
+    pub fn rate_limited(what: &str, wait: std::time::Duration) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            "too many orders in a short time; retry after the time in Retry-After",
+            format!("too many {what} in a short time; retry after the time in Retry-After"),
         )
         .details(json!({ "retry_after_seconds": whole_seconds(wait) }))
         .retry_after(wait)
@@ -354,7 +362,7 @@ impl From<commerce_core::Error> for ApiError {
             }
             // The lock service down is a dependency down, not a concurrent change.
             E::Strategy(ref source) if lock_service_down(source.as_ref()) => {
-                Self::unavailable(e_chain(&e)).retry_after(std::time::Duration::from_secs(1))
+                Self::unavailable_briefly(e_chain(&e))
             }
             E::Conflict(_) | E::StockChanged { .. } | E::Strategy(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -30,8 +30,14 @@ pub const SCHEMAS: &[&str] = &["commerce", "commerce_outbox", "payment"];
 const EVERY: Duration = Duration::from_secs(1);
 const FOR: Duration = Duration::from_secs(300);
 
+/// The advisory lock a round holds (transaction-scoped), so that of several instances on one
+/// database one analyzes a grown table and the others skip that round.
+const ROUND_LOCK: i64 = 0x636f_6d6d_7374_6174; // "commstat"
+
 /// Analyzes each table of `schemas` that has never been analyzed and has at least `min_rows`
-/// live rows; returns the tables analyzed (`schema.table`).
+/// live rows; returns the tables analyzed (`schema.table`). A round holds an advisory lock
+/// to its end: while another instance's round runs on the same database this one returns
+/// nothing at once (the other analyzes what grew).
 ///
 /// # Errors
 /// When the database cannot be asked or an `ANALYZE` fails.
@@ -40,6 +46,14 @@ pub async fn analyze_grown(
     schemas: &[&str],
     min_rows: i64,
 ) -> sqlx::Result<Vec<String>> {
+    let mut round = pool.begin().await?;
+    let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(ROUND_LOCK)
+        .fetch_one(&mut *round)
+        .await?;
+    if !ours {
+        return Ok(Vec::new());
+    }
     // Never analyzed: `reltuples` is -1 until the first ANALYZE (or VACUUM) of the table.
     let grown: Vec<String> = sqlx::query_scalar(
         "SELECT format('%I.%I', s.schemaname, s.relname) \
@@ -49,14 +63,16 @@ pub async fn analyze_grown(
     )
     .bind(schemas)
     .bind(min_rows)
-    .fetch_all(pool)
+    .fetch_all(&mut *round)
     .await?;
     for table in &grown {
-        // The name is Postgres's own, quoted by format('%I').
+        // The name is Postgres's own, quoted by format('%I'). ANALYZE may run inside a
+        // transaction; its statistics are visible to others once the round commits.
         sqlx::query(&format!("ANALYZE {table}"))
-            .execute(pool)
+            .execute(&mut *round)
             .await?;
     }
+    round.commit().await?;
     Ok(grown)
 }
 
@@ -197,5 +213,35 @@ mod tests {
         .await
         .unwrap();
         assert!(reltuples < 0.0, "never analyzed: {reltuples}");
+    }
+
+    #[tokio::test]
+    async fn a_round_another_instance_is_running_is_skipped_not_repeated() {
+        let db = app_db().await;
+        add_payments(db.pool(), 2_000).await;
+        // Another instance of the app, in the middle of its round on the same database.
+        let mut other = PgConnection::connect(&db.url()).await.unwrap();
+        let mut round = other.begin().await.unwrap();
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(ROUND_LOCK)
+            .fetch_one(&mut *round)
+            .await
+            .unwrap();
+        assert!(held);
+        let analyzed = analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
+            .await
+            .unwrap();
+        assert!(
+            analyzed.is_empty(),
+            "another instance is at it, so this one leaves the tables to it: {analyzed:?}"
+        );
+        round.rollback().await.unwrap();
+        let analyzed = analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
+            .await
+            .unwrap();
+        assert!(
+            analyzed.contains(&"payment.payments".to_owned()),
+            "its round over, the next one runs: {analyzed:?}"
+        );
     }
 }

@@ -89,7 +89,7 @@ pub async fn place(
         .check(&caller.user_id)
         .map_err(|wait| {
             count_order("rate_limited");
-            ApiError::rate_limited(wait)
+            ApiError::rate_limited("orders", wait)
         })?;
     let mut request = NewOrder::new(caller.user_id.clone()).policy(match body.on_shortage {
         Shortage::Reject => ShortagePolicy::Reject,
