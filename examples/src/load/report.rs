@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check::Verdict;
 use super::drive::Totals;
-use super::profile::Profile;
+use super::profile::{CpuSplit, Profile};
 use super::{Mode, Plan};
 
 /// What one (strategy, scenario) run measured.
@@ -251,9 +251,51 @@ pub fn saga_line(row: &Row, through_crate: Option<&Row>) -> Option<String> {
                 saga.paid_per_s / c.ok_per_s
             )
         });
+    let cost = through_crate
+        .and_then(|c| cost_line(row, c))
+        .map_or_else(String::new, |line| format!("\n{line}"));
     Some(format!(
-        "  saga: {:.1} paid/s, {} CREATED when the load stopped, {drained}{ratio}",
+        "  saga: {:.1} paid/s, {} CREATED when the load stopped, {drained}{ratio}{cost}",
         saga.paid_per_s, saga.created_at_stop
+    ))
+}
+
+/// What an order costs the machine over HTTP and through the crate, and what half the
+/// crate's rate would allow: the machine's cores divided by half the crate row's orders a
+/// second.
+///
+/// `None` without both rows' CPU figures, for a row that turned orders away (its CPU went to
+/// refusals too), and for one whose saga fell behind (at least a tenth of its orders unpaid
+/// during the load: their payment's CPU came after the window).
+fn cost_line(http: &Row, through_crate: &Row) -> Option<String> {
+    let (over_http, by_crate) = (
+        http.profile.as_ref()?.cpu?,
+        through_crate.profile.as_ref()?.cpu?,
+    );
+    let kept_pace = http
+        .saga
+        .is_some_and(|saga| saga.paid_per_s >= 0.9 * http.ok_per_s);
+    if http.ok_per_s <= 0.0
+        || through_crate.ok_per_s <= 0.0
+        || http.rejected_per_s > 0.0
+        || through_crate.rejected_per_s > 0.0
+        || !kept_pace
+    {
+        return None;
+    }
+    // The run's own cores: Postgres, Redis and this process (clients and code under test).
+    let per_order =
+        |cpu: CpuSplit, rate: f64| (cpu.postgres + cpu.redis + cpu.harness) / rate * 1e6;
+    let cores =
+        by_crate.postgres + by_crate.redis + by_crate.harness + by_crate.other + by_crate.idle;
+    Some(format!(
+        "  cost: {:.0} µs of CPU per order over HTTP (Postgres {:.0}, this process {:.0}), {:.0} \
+         through the crate; half the crate's rate on these {cores:.0} cores allows {:.0} µs per order",
+        per_order(over_http, http.ok_per_s),
+        over_http.postgres / http.ok_per_s * 1e6,
+        over_http.harness / http.ok_per_s * 1e6,
+        per_order(by_crate, through_crate.ok_per_s),
+        cores / (0.5 * through_crate.ok_per_s) * 1e6,
     ))
 }
 
@@ -267,4 +309,110 @@ pub fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     };
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(strategy: &str, ok_per_s: f64, cpu: Option<CpuSplit>, saga: Option<SagaPace>) -> Row {
+        Row {
+            strategy: strategy.to_owned(),
+            scenario: "hot".to_owned(),
+            mode: "closed".to_owned(),
+            clients: 32,
+            connections: 32,
+            elapsed_s: 10.0,
+            ok: 0,
+            rejected: 0,
+            errors: 0,
+            shed: 0,
+            ok_per_s,
+            rejected_per_s: 0.0,
+            sold_out_after_s: None,
+            p50_ms: 0.0,
+            p95_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+            check_ok: true,
+            check: "ok".to_owned(),
+            profile: Some(Profile {
+                write_tx_per_s: 0.0,
+                orders_per_tx: 0.0,
+                cpu,
+            }),
+            saga,
+        }
+    }
+
+    fn cpu(postgres: f64, harness: f64, other: f64) -> Option<CpuSplit> {
+        Some(CpuSplit {
+            postgres,
+            redis: 0.0,
+            harness,
+            other,
+            idle: 2.0 - postgres - harness - other,
+        })
+    }
+
+    const PACE: Option<SagaPace> = Some(SagaPace {
+        paid_per_s: 2_523.3,
+        created_at_stop: 233,
+        drained_after_s: Some(0.07),
+    });
+
+    #[test]
+    fn the_saga_line_prices_an_order_against_half_the_crates_rate() {
+        // The figures of a run of the hot row (2026-12-07, 07:33 UTC).
+        let http = row("batching+http", 2_546.5, cpu(1.13, 0.62, 0.01), PACE);
+        let by_crate = row("batching", 13_403.6, cpu(0.78, 0.12, 0.04), None);
+        let line = saga_line(&http, Some(&by_crate)).unwrap();
+        assert!(
+            line.contains("ok/s over HTTP / through the crate: 0.19x"),
+            "{line}"
+        );
+        // (1.13 + 0.62) / 2,546.5 = 687 µs; 0.90 / 13,403.6 = 67 µs; 2 / 6,701.8 = 298 µs.
+        assert!(
+            line.contains(
+                "cost: 687 µs of CPU per order over HTTP (Postgres 444, this process 243), 67 \
+                 through the crate; half the crate's rate on these 2 cores allows 298 µs per order"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn without_cpu_figures_or_a_crate_row_the_saga_line_has_no_cost() {
+        let http = row("batching+http", 2_546.5, None, PACE);
+        let by_crate = row("batching", 13_403.6, cpu(0.78, 0.12, 0.04), None);
+        let line = saga_line(&http, Some(&by_crate)).unwrap();
+        assert!(line.contains("0.19x") && !line.contains("cost:"), "{line}");
+        let line = saga_line(
+            &row("batching+http", 2_546.5, cpu(1.13, 0.62, 0.0), PACE),
+            None,
+        )
+        .unwrap();
+        assert!(!line.contains("x,") && !line.contains("cost:"), "{line}");
+        assert!(
+            saga_line(&by_crate, None).is_none(),
+            "a crate row has no saga"
+        );
+        // A saga that fell behind: the window's CPU does not hold its orders' payments.
+        let behind = Some(SagaPace {
+            paid_per_s: 858.4,
+            created_at_stop: 15_256,
+            drained_after_s: Some(3.42),
+        });
+        let line = saga_line(
+            &row("batching+http", 5_210.9, cpu(0.99, 0.90, 0.0), behind),
+            Some(&by_crate),
+        )
+        .unwrap();
+        assert!(!line.contains("cost:"), "{line}");
+        // A sell-out: most of the CPU answered refusals.
+        let mut sold_out = row("batching+http", 1_752.4, cpu(0.16, 1.75, 0.07), PACE);
+        sold_out.rejected_per_s = 16_974.8;
+        let line = saga_line(&sold_out, Some(&by_crate)).unwrap();
+        assert!(!line.contains("cost:"), "{line}");
+    }
 }
