@@ -165,3 +165,53 @@ async fn completing_backorders_finds_them_by_key_once_the_tables_grew() {
         after - before
     );
 }
+
+/// `ROUNDS` keyed orders of product 1 by `commerce`, each under a new key.
+async fn keyed_orders(commerce: &Commerce, round: usize) {
+    for n in 0..ROUNDS {
+        commerce
+            .place_order(
+                NewOrder::new(format!("user-{n}"))
+                    .line(1, 1)
+                    .idempotency_key(format!("key-{round}-{n}")),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Placing a keyed order looks its key up among the orders already placed: once the tables
+/// grew, by the key's index, whichever strategy places it.
+async fn keys_found_by_index(commerce: Commerce, db: TestDb) {
+    product(&commerce, 1, 1_000).await;
+    keyed_orders(&commerce, 0).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    grow(&mut conn).await;
+    let before = seq_scans(&mut conn, "orders").await;
+    drop(conn);
+    keyed_orders(&commerce, 1).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let after = seq_scans(&mut conn, "orders").await;
+    assert_eq!(
+        after - before,
+        0,
+        "{ROUNDS} keyed placements read orders whole {} times",
+        after - before
+    );
+}
+
+#[tokio::test]
+async fn a_keyed_order_finds_its_key_by_index_once_the_tables_grew() {
+    let (db, commerce) = one_connection().await;
+    keys_found_by_index(commerce, db).await;
+}
+
+#[cfg(feature = "batching")]
+#[tokio::test]
+async fn a_batch_of_keyed_orders_finds_its_keys_by_index_once_the_tables_grew() {
+    let (db, _) = one_connection().await;
+    let commerce = Commerce::builder(db.pool().clone())
+        .strategy(commerce_core::strategy::Batching::new())
+        .build();
+    keys_found_by_index(commerce, db).await;
+}

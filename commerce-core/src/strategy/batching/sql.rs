@@ -218,10 +218,15 @@ pub(super) async fn taken_keys(
     if indexes.is_empty() {
         return Ok(Vec::new());
     }
+    // Unprepared, planned for its keys each time: prepared, Postgres kept the generic plan
+    // it made while the orders were few (reading them all is cheapest there) until something
+    // analyzed the table, and every batch then read every order (3 ms a batch after 30,000
+    // orders, most of the Postgres time of the benchmark's realistic row).
     let rows: Vec<(i64, Uuid)> = sqlx::query_as(
         "SELECT t.i, o.id FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS t(i, u, k) \
          JOIN commerce.orders o ON o.user_id = t.u AND o.idempotency_key = t.k",
     )
+    .persistent(false)
     .bind(&indexes)
     .bind(&users)
     .bind(&keys)
