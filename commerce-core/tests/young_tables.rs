@@ -215,3 +215,71 @@ async fn a_batch_of_keyed_orders_finds_its_keys_by_index_once_the_tables_grew() 
         .build();
     keys_found_by_index(commerce, db).await;
 }
+
+/// The sweep for orders stuck in a status (the app runs it every few seconds) reads the
+/// waiting orders by their index once the tables grew, not every order.
+#[tokio::test]
+async fn the_sweep_for_stuck_orders_reads_by_index_once_the_tables_grew() {
+    let (db, commerce) = one_connection().await;
+    product(&commerce, 1, 0).await;
+    for i in 0..3 {
+        place(&commerce, &format!("user-{i}"), ShortagePolicy::Backorder).await;
+    }
+    let sweep = async || {
+        commerce
+            .orders_stuck_in(OrderStatus::Backordered, std::time::Duration::ZERO, 100)
+            .await
+            .unwrap()
+    };
+    for _ in 0..ROUNDS {
+        assert_eq!(sweep().await.len(), 3);
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    grow(&mut conn).await;
+    let before = seq_scans(&mut conn, "orders").await;
+    drop(conn);
+    for _ in 0..ROUNDS {
+        assert_eq!(sweep().await.len(), 3);
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    let after = seq_scans(&mut conn, "orders").await;
+    assert_eq!(
+        after - before,
+        0,
+        "{ROUNDS} sweeps read orders whole {} times",
+        after - before
+    );
+}
+
+/// The purge of kept idempotency keys (run periodically) finds them by their index once the
+/// tables grew.
+#[tokio::test]
+async fn the_key_purge_finds_kept_keys_by_index_once_the_tables_grew() {
+    let (db, commerce) = one_connection().await;
+    product(&commerce, 1, 1_000).await;
+    keyed_orders(&commerce, 0).await;
+    let purge = async || {
+        commerce
+            .forget_idempotency_keys(std::time::Duration::from_secs(3_600), 100)
+            .await
+            .unwrap()
+    };
+    for _ in 0..ROUNDS {
+        assert_eq!(purge().await, 0, "every key is younger than an hour");
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    grow(&mut conn).await;
+    let before = seq_scans(&mut conn, "orders").await;
+    drop(conn);
+    for _ in 0..ROUNDS {
+        assert_eq!(purge().await, 0);
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    let after = seq_scans(&mut conn, "orders").await;
+    assert_eq!(
+        after - before,
+        0,
+        "{ROUNDS} purges read orders whole {} times",
+        after - before
+    );
+}

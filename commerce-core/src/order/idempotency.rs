@@ -76,6 +76,11 @@ const MAX_FORGET: u32 = 10_000;
 /// order cannot be crossed.
 pub(crate) async fn forget_keys(pool: &PgPool, older_than: Duration, limit: u32) -> Result<u64> {
     let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    // Unprepared (decision 0019), and the orders updated by primary key (`=
+    // ANY(ARRAY(...))`) rather than joined to the chosen ids: prepared, the plan made while
+    // the table was young (read it whole) stayed until something analyzed it; joined, each
+    // call's own plan still read the table whole into a hash join up to some tens of
+    // thousands of orders (tests/young_tables.rs).
     let cleared = sqlx::query(
         "WITH old AS ( \
            SELECT id FROM commerce.orders \
@@ -84,8 +89,9 @@ pub(crate) async fn forget_keys(pool: &PgPool, older_than: Duration, limit: u32)
            ORDER BY created_at LIMIT $2 \
            FOR UPDATE SKIP LOCKED \
          ) \
-         UPDATE commerce.orders o SET idempotency_key = NULL FROM old WHERE o.id = old.id",
+         UPDATE commerce.orders SET idempotency_key = NULL WHERE id = ANY(ARRAY(SELECT id FROM old))",
     )
+    .persistent(false)
     .bind(micros)
     .bind(i64::from(limit.clamp(1, MAX_FORGET)))
     .execute(pool)

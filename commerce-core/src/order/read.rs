@@ -175,11 +175,15 @@ pub(crate) async fn orders_stuck_in(
     limit: u32,
 ) -> Result<Vec<OrderId>> {
     let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    // Unprepared (decision 0019): only a plan made for its status can use the index of the
+    // waiting orders (a partial one), and a generic plan made while the table was young
+    // (read it whole) stayed until something analyzed the table (tests/young_tables.rs).
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM commerce.orders WHERE status = $1 \
          AND updated_at < now() - make_interval(secs => $2::float8 / 1000000) \
          ORDER BY updated_at LIMIT $3",
     )
+    .persistent(false)
     .bind(status.as_str())
     .bind(micros)
     .bind(i64::from(limit.clamp(1, 1000)))
