@@ -54,6 +54,18 @@ async fn seq_scans(conn: &mut PgConnection, table: &str) -> i64 {
     commerce_testkit::seq_scans(conn, "commerce", table).await
 }
 
+/// Grows the tables ([`grow`]), then runs `calls` (which take the pool's one connection as
+/// they need it) and returns how many times they read `commerce.{table}` whole.
+async fn whole_reads_once_grown(db: &TestDb, table: &str, calls: impl AsyncFnOnce()) -> i64 {
+    let mut conn = db.pool().acquire().await.unwrap();
+    grow(&mut conn).await;
+    let before = seq_scans(&mut conn, table).await;
+    drop(conn);
+    calls().await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    seq_scans(&mut conn, table).await - before
+}
+
 async fn place(commerce: &Commerce, user: &str, policy: ShortagePolicy) -> OrderId {
     commerce
         .place_order(NewOrder::new(user).line(1, 1).policy(policy))
@@ -109,22 +121,17 @@ async fn a_page_of_orders_reads_its_lines_by_key_once_the_tables_grew() {
         let page = commerce.orders_of_user("shopper", 10, None).await.unwrap();
         assert_eq!(page.orders.len(), 5);
     }
-    let mut conn = db.pool().acquire().await.unwrap();
-    grow(&mut conn).await;
-    let before = seq_scans(&mut conn, "order_lines").await;
-    drop(conn);
-    for _ in 0..ROUNDS {
-        let page = commerce.orders_of_user("shopper", 10, None).await.unwrap();
-        assert_eq!(page.orders.len(), 5);
-        assert!(page.orders.iter().all(|o| o.lines.len() == 1));
-    }
-    let mut conn = db.pool().acquire().await.unwrap();
-    let after = seq_scans(&mut conn, "order_lines").await;
+    let whole = whole_reads_once_grown(&db, "order_lines", async || {
+        for _ in 0..ROUNDS {
+            let page = commerce.orders_of_user("shopper", 10, None).await.unwrap();
+            assert_eq!(page.orders.len(), 5);
+            assert!(page.orders.iter().all(|o| o.lines.len() == 1));
+        }
+    })
+    .await;
     assert_eq!(
-        after - before,
-        0,
-        "{ROUNDS} pages read order_lines whole {} times",
-        after - before
+        whole, 0,
+        "{ROUNDS} pages read order_lines whole {whole} times"
     );
 }
 
@@ -149,20 +156,15 @@ async fn completing_backorders_finds_them_by_key_once_the_tables_grew() {
     for n in 0..ROUNDS {
         backorder_round(&commerce, n).await;
     }
-    let mut conn = db.pool().acquire().await.unwrap();
-    grow(&mut conn).await;
-    let before = seq_scans(&mut conn, "orders").await;
-    drop(conn);
-    for n in ROUNDS..2 * ROUNDS {
-        backorder_round(&commerce, n).await;
-    }
-    let mut conn = db.pool().acquire().await.unwrap();
-    let after = seq_scans(&mut conn, "orders").await;
+    let whole = whole_reads_once_grown(&db, "orders", async || {
+        for n in ROUNDS..2 * ROUNDS {
+            backorder_round(&commerce, n).await;
+        }
+    })
+    .await;
     assert_eq!(
-        after - before,
-        0,
-        "{ROUNDS} completions read orders whole {} times",
-        after - before
+        whole, 0,
+        "{ROUNDS} completions read orders whole {whole} times"
     );
 }
 
@@ -185,18 +187,13 @@ async fn keyed_orders(commerce: &Commerce, round: usize) {
 async fn keys_found_by_index(commerce: Commerce, db: TestDb) {
     product(&commerce, 1, 1_000).await;
     keyed_orders(&commerce, 0).await;
-    let mut conn = db.pool().acquire().await.unwrap();
-    grow(&mut conn).await;
-    let before = seq_scans(&mut conn, "orders").await;
-    drop(conn);
-    keyed_orders(&commerce, 1).await;
-    let mut conn = db.pool().acquire().await.unwrap();
-    let after = seq_scans(&mut conn, "orders").await;
+    let whole = whole_reads_once_grown(&db, "orders", async || {
+        keyed_orders(&commerce, 1).await;
+    })
+    .await;
     assert_eq!(
-        after - before,
-        0,
-        "{ROUNDS} keyed placements read orders whole {} times",
-        after - before
+        whole, 0,
+        "{ROUNDS} keyed placements read orders whole {whole} times"
     );
 }
 
@@ -234,21 +231,13 @@ async fn the_sweep_for_stuck_orders_reads_by_index_once_the_tables_grew() {
     for _ in 0..ROUNDS {
         assert_eq!(sweep().await.len(), 3);
     }
-    let mut conn = db.pool().acquire().await.unwrap();
-    grow(&mut conn).await;
-    let before = seq_scans(&mut conn, "orders").await;
-    drop(conn);
-    for _ in 0..ROUNDS {
-        assert_eq!(sweep().await.len(), 3);
-    }
-    let mut conn = db.pool().acquire().await.unwrap();
-    let after = seq_scans(&mut conn, "orders").await;
-    assert_eq!(
-        after - before,
-        0,
-        "{ROUNDS} sweeps read orders whole {} times",
-        after - before
-    );
+    let whole = whole_reads_once_grown(&db, "orders", async || {
+        for _ in 0..ROUNDS {
+            assert_eq!(sweep().await.len(), 3);
+        }
+    })
+    .await;
+    assert_eq!(whole, 0, "{ROUNDS} sweeps read orders whole {whole} times");
 }
 
 /// The purge of kept idempotency keys (run periodically) finds them by their index once the
@@ -267,19 +256,11 @@ async fn the_key_purge_finds_kept_keys_by_index_once_the_tables_grew() {
     for _ in 0..ROUNDS {
         assert_eq!(purge().await, 0, "every key is younger than an hour");
     }
-    let mut conn = db.pool().acquire().await.unwrap();
-    grow(&mut conn).await;
-    let before = seq_scans(&mut conn, "orders").await;
-    drop(conn);
-    for _ in 0..ROUNDS {
-        assert_eq!(purge().await, 0);
-    }
-    let mut conn = db.pool().acquire().await.unwrap();
-    let after = seq_scans(&mut conn, "orders").await;
-    assert_eq!(
-        after - before,
-        0,
-        "{ROUNDS} purges read orders whole {} times",
-        after - before
-    );
+    let whole = whole_reads_once_grown(&db, "orders", async || {
+        for _ in 0..ROUNDS {
+            assert_eq!(purge().await, 0);
+        }
+    })
+    .await;
+    assert_eq!(whole, 0, "{ROUNDS} purges read orders whole {whole} times");
 }
