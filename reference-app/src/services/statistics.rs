@@ -126,6 +126,13 @@ mod tests {
         }
     }
 
+    /// One round of the task, as it runs it: the tables it analyzed.
+    async fn analyze_round(db: &TestDb) -> Vec<String> {
+        analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
+            .await
+            .unwrap()
+    }
+
     /// A fresh database with every schema the app migrates.
     async fn app_db() -> TestDb {
         TestDb::new(&crate::migrators().map(|(_, migrator)| migrator)).await
@@ -173,9 +180,7 @@ mod tests {
             "the plan kept from the empty table reads all of it (the problem this fixes)"
         );
 
-        let analyzed = analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
-            .await
-            .unwrap();
+        let analyzed = analyze_round(&db).await;
         assert!(
             analyzed.contains(&"payment.payments".to_owned()),
             "analyzed: {analyzed:?}"
@@ -190,10 +195,7 @@ mod tests {
             "the same prepared statement on the same connection probes the primary key now"
         );
         assert!(
-            analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
-                .await
-                .unwrap()
-                .is_empty(),
+            analyze_round(&db).await.is_empty(),
             "once analyzed, a table is left to autovacuum"
         );
     }
@@ -202,9 +204,7 @@ mod tests {
     async fn tables_below_the_threshold_are_left_alone() {
         let db = app_db().await;
         add_payments(db.pool(), 10).await;
-        let analyzed = analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
-            .await
-            .unwrap();
+        let analyzed = analyze_round(&db).await;
         assert!(analyzed.is_empty(), "analyzed: {analyzed:?}");
         let reltuples: f32 = sqlx::query_scalar(
             "SELECT reltuples FROM pg_class WHERE oid = 'payment.payments'::regclass",
@@ -228,17 +228,13 @@ mod tests {
             .await
             .unwrap();
         assert!(held);
-        let analyzed = analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
-            .await
-            .unwrap();
+        let analyzed = analyze_round(&db).await;
         assert!(
             analyzed.is_empty(),
             "another instance is at it, so this one leaves the tables to it: {analyzed:?}"
         );
         round.rollback().await.unwrap();
-        let analyzed = analyze_grown(db.pool(), SCHEMAS, FIRST_STATISTICS_ROWS)
-            .await
-            .unwrap();
+        let analyzed = analyze_round(&db).await;
         assert!(
             analyzed.contains(&"payment.payments".to_owned()),
             "its round over, the next one runs: {analyzed:?}"
