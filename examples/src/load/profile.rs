@@ -47,6 +47,14 @@ pub struct CpuSplit {
     pub idle: f64,
 }
 
+impl CpuSplit {
+    /// The machine's cores: the five shares added up.
+    #[must_use]
+    pub fn cores(&self) -> f64 {
+        self.postgres + self.redis + self.harness + self.other + self.idle
+    }
+}
+
 /// A reading taken before or after the load.
 #[derive(Debug)]
 pub(crate) struct Sample {
@@ -255,7 +263,7 @@ mod tests {
         let cpu = split(before, after).unwrap();
         assert!((cpu.postgres - 1.0).abs() < 1e-9, "{cpu:?}");
         assert!((cpu.idle - 0.2).abs() < 1e-9, "{cpu:?}");
-        let sum = cpu.postgres + cpu.redis + cpu.harness + cpu.other + cpu.idle;
+        let sum = cpu.cores();
         assert!((sum - 2.0).abs() < 1e-9, "{cpu:?}");
         // A counter that went backwards (a reboot between readings) gives no split.
         assert_eq!(split(after, before), None);
@@ -266,7 +274,7 @@ mod tests {
             ..after
         };
         let cpu = split(before, over).unwrap();
-        let sum = cpu.postgres + cpu.redis + cpu.harness + cpu.other + cpu.idle;
+        let sum = cpu.cores();
         assert!((sum - 2.0).abs() < 1e-9 && cpu.other == 0.0, "{cpu:?}");
     }
 

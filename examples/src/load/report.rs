@@ -286,8 +286,7 @@ fn cost_line(http: &Row, through_crate: &Row) -> Option<String> {
     // The run's own cores: Postgres, Redis and this process (clients and code under test).
     let per_order =
         |cpu: CpuSplit, rate: f64| (cpu.postgres + cpu.redis + cpu.harness) / rate * 1e6;
-    let cores =
-        by_crate.postgres + by_crate.redis + by_crate.harness + by_crate.other + by_crate.idle;
+    let cores = by_crate.cores();
     Some(format!(
         "  cost: {:.0} µs of CPU per order over HTTP (Postgres {:.0}, this process {:.0}), {:.0} \
          through the crate; half the crate's rate on these {cores:.0} cores allows {:.0} µs per order",
