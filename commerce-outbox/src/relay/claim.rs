@@ -82,7 +82,9 @@ struct ClaimRecord {
     payload: serde_json::Value,
     traceparent: Option<String>,
     attempts: i32,
-    aggregate_head: i64,
+    /// Never null for a row the claim locked (it is unsettled itself, in the statement's
+    /// snapshot); a row without one would stay pending.
+    aggregate_head: Option<i64>,
 }
 
 /// A locked outbox row the relay is about to publish.
@@ -96,8 +98,10 @@ pub(crate) struct ClaimedRow {
     pub(crate) aggregate_head: i64,
 }
 
-impl From<ClaimRecord> for ClaimedRow {
-    fn from(record: ClaimRecord) -> Self {
+impl ClaimedRow {
+    /// The row to publish, or `None` when its aggregate's head was not read (it then stays
+    /// pending, as rows whose predecessor another relay holds do).
+    fn from_record(record: ClaimRecord) -> Option<Self> {
         let envelope = Envelope {
             id: EventId(record.id),
             event_type: record.event_type,
@@ -109,15 +113,13 @@ impl From<ClaimRecord> for ClaimedRow {
             payload: record.payload,
             traceparent: record.traceparent,
         };
-        Self {
+        Some(Self {
             message: OutboundMessage::new(record.topic, envelope),
             attempts: record.attempts,
-            aggregate_head: record.aggregate_head,
-        }
+            aggregate_head: record.aggregate_head?,
+        })
     }
-}
 
-impl ClaimedRow {
     fn aggregate(&self) -> (String, String) {
         let envelope = &self.message.envelope;
         (
@@ -147,16 +149,18 @@ pub(crate) async fn claim(
     limit: i64,
     skip_topics: &[String],
 ) -> Result<Claim> {
-    let candidates: Vec<ClaimedRow> = sqlx::query_as::<_, ClaimRecord>(CLAIM_SQL)
+    let records = sqlx::query_as::<_, ClaimRecord>(CLAIM_SQL)
         .bind(limit)
         .bind(skip_topics)
         .fetch_all(&mut *conn)
-        .await?
+        .await?;
+    let locked = records.len();
+    let candidates = records
         .into_iter()
-        .map(ClaimedRow::from)
+        .filter_map(ClaimedRow::from_record)
         .collect();
     Ok(Claim {
-        locked: candidates.len(),
+        locked,
         rows: keep_publishable(candidates),
     })
 }
